@@ -1,0 +1,210 @@
+"""Model bundles: the published, versioned unit the service loads.
+
+    models/<version>/
+        manifest.json      version, created, dataset, backbone, dim, items, index, metrics, ...
+        encoder.pt         weights + preprocessing (input size, mean, std)
+        config.json        the training config
+        index.faiss        FAISS index, row r = item r
+        embeddings.npy     N x dim float32 unit vectors
+        items.json         {"ids": [...], "labels": [class index or -1], "classes": [...]}
+        metrics.json, progress.jsonl, curves.png   from the training run
+    models/CURRENT         the current version's name
+
+A bundle is written under a temporary name, validated, then renamed into place; CURRENT is
+replaced atomically. A bundle that fails validation never becomes current.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer import index as faiss_index
+from trainer.checkpoint import atomic_file, atomic_write_json
+from trainer.encoder_file import EmbeddingModel
+from trainer.errors import BundleError
+
+FORMAT = 1
+CURRENT = "CURRENT"
+RUN_FILES = ("encoder.pt", "config.json", "metrics.json", "progress.jsonl", "curves.png")
+
+
+def new_version(tag: str = "") -> str:
+    """Sortable, unique without coordination: 20261126-141503-<tag or random>."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    suffix = "".join(c for c in tag if c.isalnum())[:8] or secrets.token_hex(4)
+    return f"{stamp}-{suffix}"
+
+
+def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike[str], *,
+                 dataset: str, version: str | None = None, index_kind: str | None = None,
+                 extra: dict[str, Any] | None = None) -> Path:
+    """Build a bundle from a finished training run; returns its final path (not yet current)."""
+    run, root = Path(run_dir), Path(models_root)
+    root.mkdir(parents=True, exist_ok=True)
+    version = version or new_version()
+    final = root / version
+    if final.exists():
+        raise BundleError(f"model version {version} already exists")
+    tmp = root / f".tmp-{version}-{secrets.token_hex(3)}"
+    tmp.mkdir()
+    try:
+        for name in RUN_FILES:
+            if (run / name).exists():
+                shutil.copy2(run / name, tmp / name)
+        config = json.loads((run / "config.json").read_text())
+        metrics = json.loads((run / "metrics.json").read_text())
+        with np.load(run / "embeddings.npz") as saved:
+            vectors = np.ascontiguousarray(saved["vectors"], dtype=np.float32)
+            ids = [str(i) for i in saved["ids"]]
+            labels = saved["labels"].astype(int).tolist()
+            classes = [str(c) for c in saved["classes"]]
+        with atomic_file(tmp / "embeddings.npy") as f:
+            np.save(f, vectors)
+        atomic_write_json(tmp / "items.json", {"ids": ids, "labels": labels, "classes": classes})
+        built = faiss_index.build(vectors, index_kind or config.get("index", "auto"))
+        faiss_index.save(built, tmp / "index.faiss")
+        manifest = {
+            "format": FORMAT,
+            "version": version,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dataset": dataset,
+            "backbone": config["backbone"],
+            "dim": int(vectors.shape[1]),
+            "image_size": config.get("image_size") or None,
+            "item_count": len(ids),
+            "labelled_items": int(sum(1 for lab in labels if lab >= 0)),
+            "classes": classes,
+            "index": built.describe(),
+            "metrics": metrics,
+            "training_time_s": metrics.get("training_time_s"),
+            "config": config,
+            **(extra or {}),
+        }
+        atomic_write_json(tmp / "manifest.json", manifest)
+        validate(tmp)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def validate(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load every part and check that they agree; raise BundleError otherwise."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        items = json.loads((path / "items.json").read_text())
+        vectors = np.load(path / "embeddings.npy", mmap_mode="r")
+        built = faiss_index.load(path / "index.faiss", manifest["index"])
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise BundleError(f"bundle {path.name} is incomplete: {exc}") from exc
+    model = EmbeddingModel.load(path / "encoder.pt", device="cpu", precision="fp32")
+    n, dim = manifest["item_count"], manifest["dim"]
+    problems = []
+    if len(items["ids"]) != n or len(items["labels"]) != n:
+        problems.append(f"items.json lists {len(items['ids'])} items, manifest says {n}")
+    if len(set(items["ids"])) != len(items["ids"]):
+        problems.append("item ids are not unique")
+    if vectors.shape != (n, dim):
+        problems.append(f"embeddings are {vectors.shape}, expected {(n, dim)}")
+    if built.ntotal != n or built.dim != dim:
+        problems.append(f"index holds {built.ntotal} x {built.dim}, expected {n} x {dim}")
+    if model.meta.dim != dim:
+        problems.append(f"encoder outputs {model.meta.dim} dimensions, expected {dim}")
+    else:
+        size = model.meta.image_size
+        out = model.embed_uint8(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+        if out.shape != (1, dim) or not np.isfinite(out).all():
+            problems.append("encoder does not produce finite embeddings")
+    if problems:
+        raise BundleError(f"bundle {path.name} is invalid: " + "; ".join(problems))
+    return manifest
+
+
+def set_current(models_root: str | os.PathLike[str], version: str) -> None:
+    """Atomically point CURRENT at `version` (which must be a valid bundle)."""
+    root = Path(models_root)
+    if not (root / version / "manifest.json").exists():
+        raise BundleError(f"no model version {version!r}")
+    with atomic_file(root / CURRENT) as f:
+        f.write((version + "\n").encode())
+
+
+def current_version(models_root: str | os.PathLike[str]) -> str | None:
+    try:
+        return (Path(models_root) / CURRENT).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def list_versions(models_root: str | os.PathLike[str]) -> list[str]:
+    root = Path(models_root)
+    if not root.exists():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").exists())
+
+
+def read_manifest(models_root: str | os.PathLike[str], version: str) -> dict[str, Any]:
+    path = Path(models_root) / version / "manifest.json"
+    if not _safe_name(version) or not path.exists():
+        raise BundleError(f"no model version {version!r}")
+    return json.loads(path.read_text())
+
+
+def _safe_name(version: str) -> bool:
+    return bool(version) and "/" not in version and "\\" not in version and not (
+        version.startswith("."))
+
+
+@dataclass
+class Bundle:
+    """A bundle loaded for serving: encoder, index, ids, labels and vectors."""
+
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+    model: EmbeddingModel
+    index: faiss_index.SearchIndex
+    ids: list[str]
+    row_of: dict[str, int]
+    labels: np.ndarray
+    classes: list[str]
+    vectors: np.ndarray
+    loaded_at: float
+
+    @classmethod
+    def load(cls, models_root: str | os.PathLike[str], version: str, device: str = "auto",
+             precision: str = "auto") -> Bundle:
+        path = Path(models_root) / version
+        manifest = read_manifest(models_root, version)
+        items = json.loads((path / "items.json").read_text())
+        ids = items["ids"]
+        return cls(
+            version=version, path=path, manifest=manifest,
+            model=EmbeddingModel.load(path / "encoder.pt", device, precision),
+            index=faiss_index.load(path / "index.faiss", manifest["index"]),
+            ids=ids, row_of={item: i for i, item in enumerate(ids)},
+            labels=np.asarray(items["labels"], dtype=np.int64), classes=items["classes"],
+            vectors=np.load(path / "embeddings.npy"), loaded_at=time.time(),
+        )
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def labelled(self) -> bool:
+        return bool((self.labels >= 0).any()) and len(self.classes) >= 2

@@ -1,0 +1,207 @@
+"""Command line: train, evaluate and publish AND models.
+
+    python -m trainer train --data PATH --out DIR [--set key=value ...]
+    python -m trainer evaluate --model DIR --data PATH
+    python -m trainer publish --run DIR --models MODELS_DIR
+    python -m trainer config                    # every key, its default and what it does
+    python -m trainer sample-data DIR           # scikit-learn's digits as an image folder
+
+Running `train` again with the same --out resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import TrainerError, TrainingStopped
+
+log = logging.getLogger("trainer")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an encoder (resumes when --out holds a checkpoint)")
+    t.add_argument("--data", required=True, help="image folder, .zip, .tar(.gz) or .npz")
+    t.add_argument("--out", required=True, help="output folder (checkpoints, model, metrics)")
+    t.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend",
+                   default=[], help="config overrides, e.g. --set backbone=small_cnn rounds=3")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="weighted-kNN accuracy of a trained encoder on a dataset")
+    e.add_argument("--model", required=True, help="training output folder or model bundle")
+    e.add_argument("--data", required=True)
+    e.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend",
+                   default=[], help="knn_k, knn_sigma, device, num_workers")
+
+    b = sub.add_parser("publish", help="turn a finished run into a versioned bundle")
+    b.add_argument("--run", required=True, help="training output folder")
+    b.add_argument("--models", required=True, help="models folder (bundles + CURRENT)")
+    b.add_argument("--dataset", default=None, help="dataset name in the manifest")
+    b.add_argument("--index", default=None, choices=["auto", "flat", "ivf", "hnsw"])
+    b.add_argument("--no-current", action="store_true", help="do not make it the current one")
+
+    sub.add_parser("config", help="list every config key with its default")
+    s = sub.add_parser("sample-data", help="write scikit-learn's digits as an image folder")
+    s.add_argument("dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    # With a progress bar, only warnings (e.g. unreadable images) interrupt it.
+    quiet_bar = args.command == "train" and not args.quiet
+    logging.basicConfig(level=logging.WARNING if quiet_bar else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"train": _train, "evaluate": _evaluate, "publish": _publish,
+                "config": _config, "sample-data": _sample_data}[args.command](args)
+    except TrainingStopped as exc:
+        print(f"stopped ({exc.reason}); run the same command again to resume", file=sys.stderr)
+        return 130
+    except TrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from trainer.config import TrainConfig
+    from trainer.data import open_collection
+    from trainer.engine import Trainer
+
+    config = TrainConfig.from_strings(args.overrides)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    collection = open_collection(args.data, work_dir=args.out)
+    print(f"dataset {collection.name}: {_describe(collection.summary())}")
+    bar = None if args.quiet else tqdm(total=config.total_epochs, unit="epoch", dynamic_ncols=True)
+
+    def on_epoch(r: dict[str, Any]) -> None:
+        if bar is None:
+            return
+        bar.n = r["global_epoch"]
+        postfix = {"round": f"{r['round']}/{r['rounds'] - 1}", "loss": f"{r['loss']:.3f}",
+                   "lr": f"{r['lr']:.2g}", "img/s": f"{r['images_per_s']:.0f}"}
+        if r["neighbourhood_quality"] is not None:
+            postfix["nq"] = f"{r['neighbourhood_quality']:.3f}"
+        if r["knn_top1"] is not None:
+            postfix["knn"] = f"{r['knn_top1']:.3f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.refresh()
+
+    def on_status(phase: str, info: dict[str, Any]) -> None:
+        if phase == "discovery" and bar is not None:
+            bar.write(f"round {info['round']}: discovering {info['anchors']} anchor "
+                      "neighbourhoods")
+
+    stop = _StopOnSignal()
+    try:
+        result = Trainer(config, collection, args.out, on_epoch=on_epoch, on_status=on_status,
+                         should_stop=stop).run()
+    finally:
+        stop.restore()
+        if bar is not None:
+            bar.close()
+    print(json.dumps(result.metrics, indent=2))
+    print(f"model, metrics and curves in {result.out_dir}")
+    return 0
+
+
+class _StopOnSignal:
+    """First Ctrl-C (or SIGTERM) stops after the current batch with a checkpoint; a second
+    one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT,
+                                                                       signal.SIGTERM)}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.reason:
+            raise KeyboardInterrupt
+        self.reason = "interrupted"
+        print("\nstopping after this batch (press Ctrl-C again to abort)", file=sys.stderr)
+
+    def __call__(self) -> str | None:
+        return self.reason
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from trainer.config import TrainConfig
+    from trainer.data import open_collection
+    from trainer.encoder_file import EmbeddingModel
+    from trainer.evaluation import knn_evaluation
+    from trainer.loader import BatchReader, embed_all, prepare
+
+    model_dir = Path(args.model)
+    saved = json.loads((model_dir / "config.json").read_text()) if (
+        model_dir / "config.json").exists() else {}
+    config = TrainConfig.from_strings(args.overrides, saved)
+    model = EmbeddingModel.load(model_dir / "encoder.pt", config.device, config.precision)
+    collection = open_collection(args.data)
+    size = model.meta.image_size
+    prepared = prepare(collection, size, cache=config.cache_images,
+                       cache_max_gb=config.cache_max_gb, num_workers=config.num_workers)
+    reader = BatchReader(prepared, size, config.num_workers, pin_memory=model.runtime.cuda)
+    coll = prepared.collection
+    vectors = embed_all(reader, len(coll), model.meta.dim, model.embed_uint8)
+    metrics = knn_evaluation(vectors, coll.labels, coll.is_eval, len(coll.classes),
+                             config.knn_k, config.knn_sigma)
+    if metrics is None:
+        print("error: the dataset has no labels to evaluate against", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from trainer.bundle import set_current, write_bundle
+
+    run = Path(args.run)
+    path = write_bundle(run, args.models, dataset=args.dataset or run.name,
+                        index_kind=args.index)
+    if not args.no_current:
+        set_current(args.models, path.name)
+    print(f"published {path}" + ("" if args.no_current else " (current)"))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from trainer.config import TrainConfig
+
+    for key, info in TrainConfig.documentation().items():
+        print(f"{key} = {json.dumps(info['default'])}")
+        print(textwrap.indent(textwrap.fill(info["doc"], 90), "    "))
+    return 0
+
+
+def _sample_data(args: argparse.Namespace) -> int:
+    from trainer.sample_data import write_digits
+
+    root = write_digits(args.dir)
+    print(f"wrote scikit-learn's digits to {root} (train/ and test/, one folder per digit)")
+    return 0
+
+
+def _describe(summary: dict[str, Any]) -> str:
+    parts = [f"{summary['items']} images", f"{summary['train_items']} for training"]
+    if summary["eval_items"]:
+        parts.append(f"{summary['eval_items']} for evaluation")
+    parts.append(f"{len(summary['classes'])} classes" if summary["labelled"] else "unlabelled")
+    if summary["ignored_files"]:
+        parts.append(f"{summary['ignored_files']} non-image files ignored")
+    return ", ".join(parts)

@@ -1,0 +1,76 @@
+"""The trained encoder on disk, and the inference side that embeds images with it.
+
+The file holds the weights with everything needed to preprocess an image the way training did
+(input size, dataset mean and std), so a bundle can be served without its training config.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from trainer.augment import normalise
+from trainer.backbones import Encoder
+from trainer.checkpoint import save
+from trainer.device import Runtime, resolve
+from trainer.errors import BundleError
+from trainer.images import decode_square
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class EncoderMeta:
+    backbone: str
+    dim: int
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def save_encoder(path: str | os.PathLike[str], model: Encoder, meta: EncoderMeta) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save(path, {"format": FORMAT, "meta": meta.__dict__, "state_dict": state})
+
+
+class EmbeddingModel:
+    """A loaded encoder in eval mode: uint8 images or encoded files -> unit vectors."""
+
+    def __init__(self, model: Encoder, meta: EncoderMeta, runtime: Runtime) -> None:
+        self.model = runtime.prepare(model).eval()
+        self.meta = meta
+        self.runtime = runtime
+        self._mean = torch.tensor(meta.mean, device=runtime.device)
+        self._std = torch.tensor(meta.std, device=runtime.device)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str = "auto",
+             precision: str = "auto") -> EmbeddingModel:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            meta = EncoderMeta(**{**blob["meta"], "mean": tuple(blob["meta"]["mean"]),
+                                  "std": tuple(blob["meta"]["std"])})
+            model = Encoder(meta.backbone, meta.dim)
+            model.load_state_dict(blob["state_dict"])
+        except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise BundleError(f"cannot load encoder {os.fspath(path)!r}: {exc}") from exc
+        return cls(model, meta, resolve(device, precision))
+
+    @torch.no_grad()
+    def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """B x 3 x S x S uint8 -> B x D float32 unit vectors."""
+        x = normalise(self.runtime.to_device(images), self._mean, self._std)
+        with self.runtime.autocast():
+            out = self.model(self.runtime.layout(x))
+        return out.float().cpu().numpy()
+
+    def decode(self, data: bytes) -> torch.Tensor:
+        """Encoded image -> 3 x S x S uint8, exactly as training preprocessed it."""
+        return torch.from_numpy(decode_square(data, self.meta.image_size)).permute(2, 0, 1)
+
+    def embed_files(self, blobs: Sequence[bytes]) -> np.ndarray:
+        return self.embed_uint8(torch.stack([self.decode(b) for b in blobs]))

@@ -1,0 +1,431 @@
+"""The round/epoch loop of AND, with checkpoints that make a run resumable bit for bit.
+
+    round 0            instance discrimination (every sample its own class)
+    round r = 1..R-1   discover anchors + neighbourhoods on the bank, then train with Eq. 7
+Each round restarts the learning-rate schedule; weights, bank and optimiser carry over.
+
+A checkpoint after every epoch (and at most every `checkpoint_interval_s` mid-epoch, and when
+asked to stop) holds everything the next step depends on: weights, optimiser, bank, round,
+epoch, step, the epoch's sample order, anchors, neighbourhoods, the RNG state, the config and
+the history. Running again on the same output folder continues from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer import checkpoint
+from trainer.augment import BatchAugment, normalise
+from trainer.backbones import Encoder
+from trainer.bank import MemoryBank
+from trainer.config import TrainConfig
+from trainer.data import Collection
+from trainer.device import Runtime, resolve
+from trainer.discovery import Neighbourhoods, discover, no_neighbourhoods, positive_table
+from trainer.encoder_file import EncoderMeta, save_encoder
+from trainer.errors import TrainerError, TrainingStopped
+from trainer.evaluation import headline, knn_evaluation
+from trainer.loader import BatchReader, embed_all, prepare, split_batches
+from trainer.loss import and_loss, positives_of
+from trainer.progress import EpochRecord, append_jsonl, plot_curves
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+class Trainer:
+    """Train an encoder with AND on `dataset`, writing everything under `out_dir`.
+
+    on_epoch(record): one progress record (dict) per finished epoch.
+    on_status(phase, info): coarse phases ("decoding", "discovery", "embedding", ...).
+    should_stop(): checked between batches; a non-empty string stops the run after a
+        checkpoint with TrainingStopped(reason).
+    """
+
+    def __init__(self, config: TrainConfig, dataset: Collection, out_dir: str | Path, *,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                 on_status: Callable[[str, dict[str, Any]], None] | None = None,
+                 should_stop: Callable[[], str | None] | None = None,
+                 profile: bool = False) -> None:
+        self.config = config
+        self.dataset = dataset
+        self.out = Path(out_dir)
+        self.on_epoch = on_epoch or (lambda record: None)
+        self.on_status = on_status or (lambda phase, info: None)
+        self.should_stop = should_stop or (lambda: None)
+        self.profile = profile  # synchronise CUDA around phases so timings are exact
+
+    # --- public ----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        done = self._finished_result()
+        if done is not None:
+            return done
+        self.on_status("decoding", {"items": len(self.dataset)})
+        prepared = prepare(
+            self.dataset, cfg.input_size, cache=cfg.cache_images, cache_max_gb=cfg.cache_max_gb,
+            on_corrupt=cfg.on_corrupt, num_workers=cfg.num_workers,
+            progress=lambda i, n: self.on_status("decoding", {"done": i, "items": n}),
+        )
+        self.prepared = prepared
+        self.collection = prepared.collection
+        self.train_rows = self.collection.train_indices
+        cfg.validate_for_dataset(len(self.train_rows))
+        self.rt: Runtime = resolve(cfg.device, cfg.precision, cfg.channels_last)
+        self.reader = BatchReader(prepared, cfg.input_size, cfg.num_workers,
+                                  pin_memory=self.rt.cuda)
+        self._build()
+        self._train()
+        return self._finish()
+
+    # --- state -----------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        ids = "\n".join(self.collection.ids[i] for i in self.train_rows)
+        return hashlib.sha256(ids.encode()).hexdigest()[:16]
+
+    def _build(self) -> None:
+        cfg, n = self.config, len(self.train_rows)
+        dev = self.rt.device
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.model = self.rt.prepare(Encoder(cfg.backbone, cfg.embedding_dim))
+        self.bank = MemoryBank(n, cfg.embedding_dim, cfg.bank_momentum, self.gen).to(dev)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+        self.train_labels = torch.from_numpy(self.collection.labels[self.train_rows]).to(dev)
+        self.augment = BatchAugment(
+            cfg.input_size, self.prepared.mean.to(dev), self.prepared.std.to(dev),
+            crop_scale_min=cfg.crop_scale_min, jitter=cfg.color_jitter,
+            grayscale_p=cfg.grayscale_p,
+        )
+        self.round, self.epoch, self.step = 0, 0, 0
+        self.order: np.ndarray | None = None
+        self.hoods: Neighbourhoods | None = no_neighbourhoods(n, dev)
+        self.history: list[dict[str, Any]] = []
+        self.elapsed = 0.0
+        self.discovery_s = 0.0
+        self.embeddings: np.ndarray | None = None
+        self.acc = _EpochAccumulator()
+        path = self.out / CHECKPOINT
+        if path.exists():
+            self._restore(checkpoint.load(path))
+            log.info("resuming %s at round %d epoch %d step %d", self.out, self.round,
+                     self.epoch, self.step)
+        # The log is rewritten from the checkpoint, so it never holds an epoch twice.
+        with open(self.out / "progress.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
+        (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    def _state(self) -> dict[str, Any]:
+        h = self.hoods
+        return {
+            "format": 1,
+            "config": self.config.to_dict(),
+            "fingerprint": self._fingerprint(),
+            "round": self.round, "epoch": self.epoch, "step": self.step,
+            "order": self.order,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "bank": self.bank.vectors.cpu(),
+            "hoods": None if h is None else {
+                "anchors": h.anchors.cpu(), "neighbours": h.neighbours.cpu(),
+                "quality": h.quality, "entropy_mean": h.entropy_mean,
+            },
+            "discovery_s": self.discovery_s,
+            "rng": self.gen.get_state(),
+            "accumulator": self.acc.__dict__.copy(),
+            "history": self.history,
+            "elapsed": self.elapsed + self._session_time(),
+            "mean": self.prepared.mean, "std": self.prepared.std,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        saved = TrainConfig.from_dict(state["config"])
+        theirs, ours = saved.training_identity(), self.config.training_identity()
+        changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+        if changed:
+            raise TrainerError(
+                f"{self.out} holds a run with a different config ({', '.join(changed)} "
+                "differ); use a new output folder or the same settings"
+            )
+        if state["fingerprint"] != self._fingerprint():
+            raise TrainerError(
+                f"{self.out} holds a run on a different set of images; use a new output folder"
+            )
+        dev = self.rt.device
+        self.round, self.epoch, self.step = state["round"], state["epoch"], state["step"]
+        self.order = state["order"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.bank.vectors.copy_(state["bank"].to(dev))
+        h = state["hoods"]
+        n = len(self.train_rows)
+        if h is None:
+            self.hoods = None
+        elif h["anchors"].numel() == 0:
+            self.hoods = no_neighbourhoods(n, dev)
+        else:
+            anchors, neighbours = h["anchors"].to(dev), h["neighbours"].to(dev)
+            self.hoods = Neighbourhoods(anchors, neighbours,
+                                        positive_table(n, anchors, neighbours),
+                                        h["quality"], h["entropy_mean"])
+        self.discovery_s = state["discovery_s"]
+        self.gen.set_state(state["rng"])
+        self.acc = _EpochAccumulator(**state["accumulator"])
+        self.history = state["history"]
+        self.elapsed = state["elapsed"]
+        # The decoding pass measured the same images: keep the statistics training started with.
+        self.prepared.mean.copy_(state["mean"])
+        self.prepared.std.copy_(state["std"])
+
+    def _save(self, extra_name: str | None = None) -> None:
+        state = self._state()
+        checkpoint.save(self.out / CHECKPOINT, state)
+        if extra_name:
+            checkpoint.save(self.out / extra_name, state)
+        self._last_save = time.monotonic()
+
+    # --- the loop --------------------------------------------------------------------------
+    def _session_time(self) -> float:
+        return time.monotonic() - self._session_start if hasattr(self, "_session_start") else 0.0
+
+    def _train(self) -> None:
+        cfg = self.config
+        self._session_start = time.monotonic()
+        self._last_save = time.monotonic()
+        while self.round < cfg.rounds:
+            if self.hoods is None:
+                self._discover()
+            while self.epoch < cfg.epochs_per_round:
+                self._train_epoch()
+            self.round += 1
+            self.epoch = 0
+            self.hoods = None
+
+    def _discover(self) -> None:
+        cfg, n = self.config, len(self.train_rows)
+        count = cfg.anchor_count(self.round, n)
+        self.on_status("discovery", {"round": self.round, "anchors": count})
+        t0 = time.perf_counter()
+        labels = self.train_labels if self.collection.has_labels else None
+        self.hoods = discover(self.bank.vectors, count, cfg.neighbours, cfg.tau, labels)
+        self._sync()
+        self.discovery_s = time.perf_counter() - t0
+        log.info("round %d: %d anchors, neighbourhood quality %s, %.1fs", self.round, count,
+                 self.hoods.quality, self.discovery_s)
+        self._save()
+
+    def _sync(self) -> None:
+        if self.rt.cuda and self.profile:
+            torch.cuda.synchronize()
+
+    def _train_epoch(self) -> None:
+        cfg, n = self.config, len(self.train_rows)
+        lr = cfg.lr_at(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.step == 0:
+            self.order = torch.randperm(n, generator=self.gen).numpy()
+            self.acc = _EpochAccumulator()
+        assert self.order is not None and self.hoods is not None
+        self.embeddings = None
+        batches = split_batches(self.order, cfg.batch_size)
+        positives = self.hoods.positives
+        dev = self.rt.device
+        acc = self.acc
+        loss_sum = torch.zeros((), device=dev)
+        self.model.train()
+        t_prev = time.perf_counter()
+        for _, images in self.reader([self.train_rows[b] for b in batches[self.step:]]):
+            index_np = batches[self.step]
+            time.perf_counter()
+            index = torch.from_numpy(index_np).to(dev, non_blocking=True)
+            x = self.rt.layout(self.augment(self.rt.to_device(images), self.gen))
+            self._sync()
+            t1 = time.perf_counter()
+            with self.rt.autocast():
+                features = self.model(x)
+            # Split the backward pass at the features to time the network and the bank apart.
+            feats = features.detach().requires_grad_(True)
+            self._sync()
+            t2 = time.perf_counter()
+            loss = and_loss(feats, self.bank.vectors, positives_of(index, positives), cfg.tau)
+            loss.backward()
+            self._sync()
+            t3 = time.perf_counter()
+            self.optimizer.zero_grad(set_to_none=True)
+            features.backward(feats.grad)
+            self.optimizer.step()
+            self._sync()
+            t4 = time.perf_counter()
+            self.bank.update(index, feats.detach())
+            loss_sum += loss.detach() * len(index_np)
+            self._sync()
+            t5 = time.perf_counter()
+            acc.data_s += t1 - t_prev  # waiting for the batch, then augmenting it
+            acc.backbone_s += (t2 - t1) + (t4 - t3)
+            acc.bank_s += (t3 - t2) + (t5 - t4)
+            acc.seen += len(index_np)
+            self.step += 1
+            reason = self.should_stop()
+            if reason or time.monotonic() - self._last_save > cfg.checkpoint_interval_s:
+                acc.loss_sum += float(loss_sum)
+                loss_sum.zero_()
+                self._save()
+                if reason:
+                    raise TrainingStopped(reason)
+            t_prev = time.perf_counter()
+        acc.loss_sum += float(loss_sum)
+        self._end_epoch(lr)
+
+    def _end_epoch(self, lr: float) -> None:
+        cfg, acc = self.config, self.acc
+        self.epoch += 1
+        self.step = 0
+        self.order = None
+        epoch_time = acc.data_s + acc.backbone_s + acc.bank_s
+        elapsed = self.elapsed + self._session_time()
+        done_epochs = self.round * cfg.epochs_per_round + self.epoch
+        remaining = cfg.total_epochs - done_epochs
+        knn: dict[str, Any] | None = None
+        last_of_round = self.epoch == cfg.epochs_per_round
+        periodic = cfg.knn_every_epochs > 0 and done_epochs % cfg.knn_every_epochs == 0
+        if (periodic or (last_of_round and cfg.eval_each_round)) and self.collection.has_labels:
+            self.embeddings = self._embed_all()
+            knn = knn_evaluation(self.embeddings, self.collection.labels, self.collection.is_eval,
+                                 len(self.collection.classes), cfg.knn_k, cfg.knn_sigma)
+        top1, top5 = headline(knn)
+        n = len(self.train_rows)
+        hoods = self.hoods
+        assert hoods is not None
+        record = EpochRecord(
+            round=self.round, rounds=cfg.rounds, epoch=self.epoch, epochs=cfg.epochs_per_round,
+            loss=acc.loss_sum / max(acc.seen, 1), lr=lr,
+            anchors=int(hoods.anchors.numel()), anchor_share=hoods.anchors.numel() / n,
+            neighbourhood_quality=hoods.quality,
+            images_per_s=acc.seen / max(epoch_time, 1e-9),
+            elapsed_s=elapsed,
+            eta_s=remaining * elapsed / max(done_epochs, 1),
+            time_data_s=acc.data_s, time_backbone_s=acc.backbone_s, time_bank_s=acc.bank_s,
+            time_discovery_s=self.discovery_s if self.epoch == 1 else 0.0,
+            knn_top1=top1, knn_top5=top5, knn_protocol=knn["knn_protocol"] if knn else None,
+        ).to_dict()
+        self.history.append(record)
+        self.acc = _EpochAccumulator()
+        round_file = f"checkpoint_round{self.round}.pt" if last_of_round else None
+        self._save(round_file)
+        append_jsonl(self.out / "progress.jsonl", record)
+        self.on_epoch(record)
+
+    # --- embedding and outputs -------------------------------------------------------------
+    @torch.no_grad()
+    def _embed_all(self) -> np.ndarray:
+        self.on_status("embedding", {"items": len(self.collection)})
+        mean, std = self.prepared.mean.to(self.rt.device), self.prepared.std.to(self.rt.device)
+
+        def forward(images: torch.Tensor) -> np.ndarray:
+            x = self.rt.layout(normalise(self.rt.to_device(images), mean, std))
+            with self.rt.autocast():
+                return self.model(x).float().cpu().numpy()
+
+        self.model.eval()
+        try:
+            return embed_all(self.reader, len(self.collection), self.config.embedding_dim,
+                             forward)
+        finally:
+            self.model.train()
+
+    def _finish(self) -> RunResult:
+        cfg, coll = self.config, self.collection
+        embeddings = self.embeddings  # from the evaluation after the last epoch, if any
+        if embeddings is None:
+            embeddings = self._embed_all()
+        knn = knn_evaluation(embeddings, coll.labels, coll.is_eval, len(coll.classes),
+                             cfg.knn_k, cfg.knn_sigma) or {}
+        meta = EncoderMeta(
+            backbone=cfg.backbone, dim=cfg.embedding_dim, image_size=cfg.input_size,
+            mean=tuple(self.prepared.mean.tolist()), std=tuple(self.prepared.std.tolist()),
+        )
+        save_encoder(self.out / "encoder.pt", self.model, meta)
+        np.savez(
+            self.out / "embeddings.npz", vectors=embeddings, ids=np.asarray(coll.ids),
+            labels=coll.labels, classes=np.asarray(coll.classes, dtype=str),
+            is_eval=coll.is_eval,
+        )
+        speeds = [r["images_per_s"] for r in self.history]
+        metrics = {
+            **knn,
+            "neighbourhood_quality": {
+                str(r["round"]): r["neighbourhood_quality"]
+                for r in self.history if r["epoch"] == 1 and r["round"] > 0
+            },
+            "final_loss": self.history[-1]["loss"] if self.history else None,
+            "items": len(coll), "train_items": len(self.train_rows),
+            "eval_items": int(coll.is_eval.sum()), "skipped_items": len(coll.skipped),
+            "classes": len(coll.classes),
+            "training_time_s": self.elapsed + self._session_time(),
+            "images_per_s": float(np.median(speeds)) if speeds else None,
+            "backbone": cfg.backbone, "device": str(self.rt.device),
+            "precision": "bf16" if self.rt.bf16 else "fp32",
+            "rounds": cfg.rounds, "epochs_per_round": cfg.epochs_per_round,
+        }
+        checkpoint.atomic_write_json(self.out / "metrics.json", metrics)
+        if coll.skipped:
+            checkpoint.atomic_write_json(
+                self.out / "skipped.json", [{"id": i, "reason": r} for i, r in coll.skipped]
+            )
+        if self.history:
+            plot_curves(self.history, self.out / "curves.png",
+                        title=f"AND on {coll.name} ({cfg.backbone})")
+        self.on_status("done", {"metrics": metrics})
+        return RunResult(self.out, metrics, self.history)
+
+    def _finished_result(self) -> RunResult | None:
+        """A finished run in `out` with the same config is returned, not trained again."""
+        metrics_path, ckpt_path = self.out / "metrics.json", self.out / CHECKPOINT
+        needed = (metrics_path, ckpt_path, self.out / "encoder.pt")
+        if not all(p.exists() for p in needed):
+            return None
+        state = checkpoint.load(ckpt_path)
+        if not _complete(state):
+            return None
+        saved = TrainConfig.from_dict(state["config"]).training_identity()
+        if saved != self.config.training_identity():
+            raise TrainerError(f"{self.out} holds a finished run with a different config; "
+                               "use a new output folder")
+        return RunResult(self.out, json.loads(metrics_path.read_text()), state["history"])
+
+
+@dataclass
+class _EpochAccumulator:
+    loss_sum: float = 0.0
+    seen: int = 0
+    data_s: float = 0.0
+    backbone_s: float = 0.0
+    bank_s: float = 0.0
+
+
+def _complete(state: dict[str, Any]) -> bool:
+    cfg = state["config"]
+    return state["round"] >= cfg["rounds"] - 1 and state["epoch"] >= cfg["epochs_per_round"]
