@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One entry point for a machine without Docker.
+#   bash deploy/local.sh up [--data FOLDER_OR_ARCHIVE]   set up, start API + worker, train a demo
+#   bash deploy/local.sh test [pytest args]              set up, then run the whole test suite
+#   bash deploy/local.sh setup                           only create .venv and install
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+
+setup() {
+    local extra=$1
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "creating $VENV"
+        "$PY" -m venv "$VENV"
+    fi
+    # Reinstall only when the project's requirements changed.
+    local stamp="$VENV/.installed-$extra-$(sha256sum pyproject.toml | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        "$VENV/bin/python" -m pip install --quiet -e ".[$extra]"
+        touch "$stamp"
+    fi
+}
+
+need_system_package() {  # $1 = command, $2 = Debian package
+    command -v "$1" >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing $2"
+        (apt-get install -y --no-install-recommends "$2" >/dev/null 2>&1 \
+            || { apt-get update >/dev/null && apt-get install -y --no-install-recommends "$2" >/dev/null; })
+    else
+        echo "please install $2 (needed for $1)" >&2
+        return 1
+    fi
+}
+
+cmd=${1:-up}
+shift || true
+case "$cmd" in
+    setup)
+        setup cpu
+        ;;
+    test)
+        setup dev
+        # The tests start their own redis-server on a free port, and validate the compose file.
+        need_system_package redis-server redis-server
+        need_system_package docker-compose docker-compose
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    up)
+        setup cpu
+        exec "$VENV/bin/python" -m deploy.local_stack "$@"
+        ;;
+    *)
+        echo "usage: bash deploy/local.sh {up|test|setup}" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,43 @@
+"""Shared fixtures: real image files (scikit-learn's digits, a CIFAR-10 slice) on disk."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+CIFAR_SLICE = DATA / "cifar_slice.zip"
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1,797 greyscale PNGs in train/<digit>/ and test/<digit>/ (read-only: copy to modify)."""
+    from trainer.sample_data import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits") / "digits")
+
+
+@pytest.fixture(scope="session")
+def cifar_zip() -> Path:
+    """96 train + 24 test CIFAR-10 JPEGs of 4 classes under one top folder, as a zip."""
+    return CIFAR_SLICE
+
+
+@pytest.fixture()
+def cifar_dir(tmp_path: Path) -> Path:
+    with zipfile.ZipFile(CIFAR_SLICE) as z:
+        z.extractall(tmp_path)
+    return tmp_path / "cifar10"
+
+
+@pytest.fixture()
+def copy_tree(tmp_path: Path):
+    def copy(src: Path, name: str = "copy") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy

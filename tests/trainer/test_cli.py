@@ -1,0 +1,42 @@
+"""The command line as a user runs it: a real subprocess."""
+
+import json
+import subprocess
+import sys
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def test_train_evaluate_publish(cifar_zip, tmp_path):
+    out = tmp_path / "run"
+    r = _cli("train", "--data", str(cifar_zip), "--out", str(out), "--quiet",
+             "--set", "backbone=small_cnn", "rounds=2", "--set", "epochs_per_round=1",
+             "batch_size=32", "knn_k=10", "num_workers=0")
+    assert r.returncode == 0, r.stderr
+    assert "120 images" in r.stdout and "4 classes" in r.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["knn_top1"] <= 1
+    assert len((out / "progress.jsonl").read_text().splitlines()) == 2
+
+    e = _cli("evaluate", "--model", str(out), "--data", str(cifar_zip), "--set", "knn_k=10")
+    assert e.returncode == 0, e.stderr
+    assert json.loads(e.stdout)["knn_queries"] == 24
+
+    p = _cli("publish", "--run", str(out), "--models", str(tmp_path / "models"))
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "models" / "CURRENT").exists()
+
+
+def test_bad_config_and_bad_data_exit_2_with_a_clear_message(cifar_zip, tmp_path):
+    r = _cli("train", "--data", str(cifar_zip), "--out", str(tmp_path / "o"), "--set", "lr=-1")
+    assert r.returncode == 2 and "'lr'" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_config_lists_every_key():
+    r = _cli("config")
+    assert r.returncode == 0 and "anchor_rate" in r.stdout and "bank_momentum = 0.5" in r.stdout

@@ -1,0 +1,88 @@
+import pytest
+
+from trainer.config import TrainConfig
+from trainer.errors import ConfigError
+
+
+def test_defaults_are_the_reference_schedule():
+    c = TrainConfig()
+    assert (c.backbone, c.rounds, c.epochs_per_round, c.batch_size) == ("resnet18_cifar", 5, 200,
+                                                                        128)
+    assert (c.lr, c.momentum, c.nesterov, c.weight_decay) == (0.03, 0.9, True, 5e-4)
+    assert (c.tau, c.bank_momentum, c.neighbours, c.knn_k, c.knn_sigma) == (0.1, 0.5, 1, 200, 0.1)
+    assert (c.crop_scale_min, c.color_jitter, c.grayscale_p) == (0.2, 0.4, 0.2)
+    assert c.input_size == 32 and c.embedding_dim == 128
+
+
+def test_lr_restarts_and_steps_at_80_120_160_of_200():
+    c = TrainConfig()
+    assert c.lr_at(0) == pytest.approx(0.03)
+    assert c.lr_at(79) == pytest.approx(0.03)
+    assert c.lr_at(80) == pytest.approx(0.003)
+    assert c.lr_at(120) == pytest.approx(0.0003)
+    assert c.lr_at(160) == pytest.approx(0.00003)
+    # A short round never starts decayed.
+    assert TrainConfig(epochs_per_round=2).lr_at(0) == pytest.approx(0.03)
+
+
+def test_anchor_curriculum_is_r_over_R():
+    c = TrainConfig()  # 5 rounds: 25 %, 50 %, 75 %, 100 %
+    assert [c.anchor_count(r, 1000) for r in range(5)] == [0, 250, 500, 750, 1000]
+    assert [c.anchor_count(r, 10) for r in range(5)] == [0, 2, 5, 7, 10]  # floor(N * S)
+    three = TrainConfig(rounds=3)
+    assert [three.anchor_count(r, 100) for r in range(3)] == [0, 50, 100]
+    fixed = TrainConfig(rounds=3, anchor_rate=0.25)
+    assert [fixed.anchor_count(r, 100) for r in range(3)] == [0, 25, 50]
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"lr": -0.1}, "lr"),
+        ({"rounds": 0}, "rounds"),
+        ({"epochs_per_round": 0}, "epochs_per_round"),
+        ({"backbone": "vgg"}, "backbone"),
+        ({"tau": 0}, "tau"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"bank_momentum": 1.0}, "bank_momentum"),
+        ({"lr_milestones": [0.8, 0.4]}, "lr_milestones"),
+        ({"neighbours": 0}, "neighbours"),
+        ({"rounds": "five"}, "rounds"),
+        ({"rounds": 2.5}, "rounds"),
+        ({"nesterov": "yes"}, "nesterov"),
+        ({"lr": float("nan")}, "lr"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(values, key):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig.from_dict(values)
+    assert err.value.key == key
+    assert repr(key) in str(err.value)
+
+
+def test_dataset_dependent_checks():
+    c = TrainConfig.from_dict({"neighbours": 5, "batch_size": 8})
+    with pytest.raises(ConfigError, match="neighbours"):
+        c.validate_for_dataset(5)
+    with pytest.raises(ConfigError, match="batch_size"):
+        c.validate_for_dataset(7)
+    c.validate_for_dataset(100)
+
+
+def test_strings_parse_as_json_or_text():
+    c = TrainConfig.from_strings(["backbone=small_cnn", "lr=0.1", "rounds=3", "nesterov=false",
+                                  "lr_milestones=[0.5, 0.75]"])
+    assert (c.backbone, c.lr, c.rounds, c.nesterov, c.lr_milestones) == (
+        "small_cnn", 0.1, 3, False, (0.5, 0.75))
+    with pytest.raises(ConfigError):
+        TrainConfig.from_strings(["lr"])
+
+
+def test_round_trip_and_documentation():
+    c = TrainConfig.from_dict({"rounds": 2})
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    docs = TrainConfig.documentation()
+    assert set(docs) == set(c.to_dict())
+    assert all(info["doc"] for info in docs.values())

@@ -1,0 +1,154 @@
+import io
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer.data import open_collection
+from trainer.errors import DatasetError
+from trainer.images import InvalidImage, decode_square
+from trainer.loader import prepare
+
+
+def _png(mode="RGB", size=(20, 12), color=128) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
+def test_split_and_class_layout_with_stable_ids(cifar_dir):
+    c = open_collection(cifar_dir)
+    assert c.classes == ["airplane", "cat", "ship", "truck"]
+    assert len(c) == 120 and int(c.is_eval.sum()) == 24
+    assert "train/cat/0000.jpg" in c.ids and "test/ship/0000.jpg" in c.ids
+    i = c.ids.index("test/ship/0000.jpg")
+    assert c.is_eval[i] and c.classes[c.labels[i]] == "ship"
+    assert c.summary()["splits"] == {"train": 96, "test": 24}
+
+
+def test_zip_with_one_top_folder_reads_as_that_folder(cifar_zip, cifar_dir):
+    z = open_collection(cifar_zip)
+    d = open_collection(cifar_dir)
+    assert z.ids == d.ids and (z.labels == d.labels).all()
+    i = z.ids.index("train/airplane/0003.jpg")
+    assert np.array_equal(z.load(i, 32), d.load(d.ids.index("train/airplane/0003.jpg"), 32))
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_tar_archives(cifar_dir, tmp_path, suffix):
+    path = tmp_path / f"data{suffix}"
+    with tarfile.open(path, "w:gz" if suffix.endswith("gz") else "w") as tf:
+        tf.add(cifar_dir, arcname="cifar10")
+    c = open_collection(path, work_dir=str(tmp_path / "work"))
+    assert len(c) == 120 and c.classes == ["airplane", "cat", "ship", "truck"]
+    assert c.load(0, 32).shape == (32, 32, 3)
+
+
+def test_class_folders_without_splits_and_flat_folders(tmp_path):
+    labelled = _write(tmp_path / "a", {f"{c}/{i}.png": _png() for c in "xy" for i in range(3)})
+    c = open_collection(labelled)
+    assert c.classes == ["x", "y"] and not c.is_eval.any() and c.ids[0] == "x/0.png"
+    flat = _write(tmp_path / "b", {f"img{i}.png": _png() for i in range(4)} | {
+        "sub/deeper/img.png": _png(), "notes.txt": b"hello", ".DS_Store": b"x"})
+    f = open_collection(flat)
+    assert not f.has_labels and len(f) == 5 and f.ignored == ["notes.txt"]
+
+
+def test_npz_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_train=rng.integers(0, 255, (30, 8, 8), dtype=np.uint8),
+             y_train=np.arange(30) % 3, x_test=rng.random((6, 3, 8, 8)).astype(np.float32),
+             y_test=np.arange(6) % 3)
+    c = open_collection(path)
+    assert len(c) == 36 and c.classes == ["0", "1", "2"] and int(c.is_eval.sum()) == 6
+    assert c.ids[0] == "train/00000" and c.load(35, 16).shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "RGB"])
+def test_any_mode_and_size_becomes_a_square_rgb(mode):
+    color = 300 if mode == "I;16" else 100
+    out = decode_square(_png(mode, (50, 20), color), 24)
+    assert out.shape == (24, 24, 3) and out.dtype == np.uint8
+
+
+def test_webp_and_jpeg(tmp_path):
+    for fmt in ("WEBP", "JPEG"):
+        buf = io.BytesIO()
+        Image.new("RGB", (300, 200), (10, 200, 30)).save(buf, format=fmt)
+        out = decode_square(buf.getvalue(), 32)
+        assert out.shape == (32, 32, 3) and abs(int(out[16, 16, 1]) - 200) < 10
+
+
+def test_garbage_is_an_invalid_image():
+    with pytest.raises(InvalidImage):
+        decode_square(b"not an image at all", 32)
+
+
+def _corrupt_dataset(cifar_dir: Path) -> Path:
+    (cifar_dir / "train/cat/broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    good = (cifar_dir / "train/cat/0000.jpg").read_bytes()
+    (cifar_dir / "train/ship/truncated.jpg").write_bytes(good[: len(good) // 3])
+    return cifar_dir
+
+
+def test_corrupt_files_are_reported_by_path_and_skipped(cifar_dir):
+    c = open_collection(_corrupt_dataset(cifar_dir))
+    prepared = prepare(c, 32, num_workers=0)
+    skipped = dict(prepared.collection.skipped)
+    assert set(skipped) == {"train/cat/broken.jpg", "train/ship/truncated.jpg"}
+    assert len(prepared.collection) == 120 and prepared.images.shape[0] == 120
+
+
+def test_corrupt_files_refuse_the_dataset_when_asked(cifar_dir):
+    c = open_collection(_corrupt_dataset(cifar_dir))
+    with pytest.raises(DatasetError, match=r"train/cat/broken\.jpg"):
+        prepare(c, 32, on_corrupt="fail", num_workers=0)
+
+
+def test_streaming_mode_decodes_in_worker_processes(cifar_dir):
+    c = open_collection(_corrupt_dataset(cifar_dir))
+    prepared = prepare(c, 32, cache="never", num_workers=2)
+    assert prepared.images is None and len(prepared.collection.skipped) == 2
+    assert prepared.mean.shape == (3,) and (prepared.std > 0).all()
+
+
+def test_unusable_datasets_fail_before_training(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="no images"):
+        open_collection(empty)
+    three = _write(tmp_path / "three", {f"{i}.png": _png() for i in range(3)})
+    with pytest.raises(DatasetError, match="3 training images"):
+        prepare(open_collection(three), 16, num_workers=0)
+    one_class = _write(tmp_path / "one", {f"train/cat/{i}.png": _png() for i in range(20)}
+                       | {f"test/cat/{i}.png": _png() for i in range(2)})
+    with pytest.raises(DatasetError, match="only one class"):
+        open_collection(one_class)
+    with pytest.raises(DatasetError, match="does not exist"):
+        open_collection(tmp_path / "missing")
+    (tmp_path / "x.rar").write_bytes(b"rar")
+    with pytest.raises(DatasetError, match="unsupported"):
+        open_collection(tmp_path / "x.rar")
+
+
+def test_archive_entries_that_escape_are_ignored(tmp_path):
+    path = tmp_path / "evil.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(12):
+            z.writestr(f"ok/{i}.png", _png())
+        z.writestr("../escape.png", _png())
+        z.writestr("/abs.png", _png())
+    c = open_collection(path)
+    assert len(c) == 12 and all(".." not in i and not i.startswith("/") for i in c.ids)

@@ -1,0 +1,112 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from trainer import index as faiss_index
+from trainer.bundle import (
+    Bundle,
+    current_version,
+    list_versions,
+    set_current,
+    validate,
+    write_bundle,
+)
+from trainer.config import TrainConfig
+from trainer.data import open_collection
+from trainer.engine import Trainer
+from trainer.errors import BundleError
+
+
+def _embedding_like(n, d=32, rank=8, seed=0):
+    """Low-rank unit vectors with clusters, like real embeddings (i.i.d. noise is a worst case)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(20, rank))
+    x = centres[rng.integers(0, 20, n)] + 0.3 * rng.normal(size=(n, rank))
+    x = x @ rng.normal(size=(rank, d)) + 0.05 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_flat_index_is_exact_cosine():
+    x = _embedding_like(500)
+    built = faiss_index.build(x, "flat")
+    scores, rows = built.search(x[:3], 5)
+    assert rows[:, 0].tolist() == [0, 1, 2]
+    assert np.allclose(scores[:, 0], 1.0, atol=1e-5)
+    assert built.describe()["recall_at_10"] == 1.0
+    assert faiss_index.choose_kind(10) == "flat"
+    assert faiss_index.choose_kind(10**6) == "hnsw"
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_indexes_reach_the_recall_target(kind):
+    x = _embedding_like(20_000)
+    built = faiss_index.build(x, kind)
+    assert built.recall_at_10 >= faiss_index.TARGET_RECALL
+    assert faiss_index.recall_at_10(built, x) == pytest.approx(built.recall_at_10, abs=0.02)
+    key = "efSearch" if kind == "hnsw" else "nprobe"
+    assert key in built.describe()["params"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from tests.conftest import CIFAR_SLICE
+
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig.from_dict({"backbone": "small_cnn", "rounds": 1, "epochs_per_round": 1,
+                                    "batch_size": 32, "num_workers": 0, "knn_k": 10})
+    Trainer(config, open_collection(CIFAR_SLICE), out).run()
+    return out
+
+
+def test_bundle_is_written_validated_and_made_current(finished_run, tmp_path):
+    models = tmp_path / "models"
+    path = write_bundle(finished_run, models, dataset="cifar-slice", extra={"job_id": "j1"})
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["item_count"] == 120 and manifest["dim"] == 128
+    assert manifest["backbone"] == "small_cnn" and manifest["dataset"] == "cifar-slice"
+    assert manifest["index"]["type"] == "flat" and manifest["index"]["recall_at_10"] == 1.0
+    assert "knn_top1" in manifest["metrics"] and manifest["job_id"] == "j1"
+    assert current_version(models) is None  # written, not yet current
+    set_current(models, path.name)
+    assert current_version(models) == path.name and list_versions(models) == [path.name]
+    bundle = Bundle.load(models, path.name, device="cpu")
+    assert bundle.labelled and bundle.classes == ["airplane", "cat", "ship", "truck"]
+    row = bundle.row_of["train/cat/0000.jpg"]
+    _, rows = bundle.index.search(bundle.vectors[row:row + 1], 2)
+    assert rows[0, 0] == row
+
+
+def test_served_embedding_matches_indexed_one(finished_run, tmp_path, cifar_dir):
+    models = tmp_path / "models"
+    path = write_bundle(finished_run, models, dataset="d")
+    bundle = Bundle.load(models, path.name, device="cpu", precision="fp32")
+    raw = (cifar_dir / "test" / "ship" / "0002.jpg").read_bytes()
+    vec = bundle.model.embed_files([raw])[0]
+    indexed = bundle.vectors[bundle.row_of["test/ship/0002.jpg"]]
+    assert float(vec @ indexed) > 0.99  # fp32 here vs bf16 at training time
+
+
+def test_invalid_bundles_never_become_current(finished_run, tmp_path):
+    models = tmp_path / "models"
+    path = write_bundle(finished_run, models, dataset="d")
+    broken = models / "broken"
+    shutil.copytree(path, broken)
+    (broken / "index.faiss").unlink()
+    with pytest.raises(BundleError):
+        validate(broken)
+    np.save(broken / "embeddings.npy", np.zeros((3, 128), dtype=np.float32))
+    with pytest.raises(BundleError):
+        validate(broken)
+    with pytest.raises(BundleError):
+        set_current(models, "no-such-version")
+    # A build that fails leaves no partial folder behind.
+    (finished_run / "embeddings.npz").rename(finished_run / "hidden.npz")
+    try:
+        with pytest.raises(FileNotFoundError):
+            write_bundle(finished_run, models, dataset="d", version="v-fail")
+    finally:
+        (finished_run / "hidden.npz").rename(finished_run / "embeddings.npz")
+    assert not (models / "v-fail").exists()
+    assert not [p for p in models.iterdir() if p.name.startswith(".tmp")]

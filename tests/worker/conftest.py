@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.processes import Process, RedisServer, start_worker, wait_for
+from worker.jobs import TERMINAL, Job, JobStore, open_store
+from worker.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+SMALL = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 1, "batch_size": 128,
+         "knn_k": 20, "num_workers": 0}
+
+
+@dataclass
+class Stack:
+    """DATA_ROOT / MODELS_ROOT / STATE_ROOT of one test, its settings and its workers."""
+
+    root: Path
+    env: dict[str, str]
+    settings: Settings
+    workers: list[Process] = field(default_factory=list)
+
+    @property
+    def store(self) -> JobStore:
+        return open_store(self.settings)
+
+    def start_worker(self) -> Process:
+        log = self.root / f"worker{len(self.workers)}.log"
+        proc = start_worker(self.env, log)
+        self.workers.append(proc)
+        return proc
+
+    def enqueue(self, job_id: str) -> None:
+        from worker.app import TRAIN_TASK, make_celery
+
+        make_celery(self.settings).send_task(TRAIN_TASK, args=[job_id],
+                                             queue=self.settings.gpu_queue)
+
+    def submit(self, dataset: str = "digits", **config) -> Job:
+        from worker.submit import submit
+
+        return submit(self.store, self.settings, self.enqueue, dataset, SMALL | config)
+
+    def wait(self, job_id: str, predicate, timeout: float = 120, what: str = "") -> Job:
+        def check():
+            job = self.store.get(job_id)
+            return job if job is not None and predicate(job) else None
+
+        try:
+            return wait_for(check, timeout, what or f"job {job_id}")
+        except AssertionError:
+            logs = "\n".join(w.tail() for w in self.workers)
+            raise AssertionError(f"{what}: job is {self.store.get(job_id)}\n{logs}") from None
+
+    def finished(self, job_id: str, timeout: float = 180) -> Job:
+        return self.wait(job_id, lambda j: j.status in TERMINAL, timeout, "job to finish")
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+
+
+def make_stack(tmp_path: Path, digits_dir: Path, broker_url: str | None) -> Stack:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data / "digits")
+    env = {
+        **os.environ,
+        "DATA_ROOT": str(data), "MODELS_ROOT": str(tmp_path / "models"),
+        "STATE_ROOT": str(tmp_path / "state"), "KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
+        "HEARTBEAT_S": "0.3", "LEASE_S": "2", "SWEEP_INTERVAL_S": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("BROKER_URL", None)
+    if broker_url:
+        env["BROKER_URL"] = broker_url
+    settings = Settings(**{k.lower(): v for k, v in env.items() if k in (
+        "DATA_ROOT", "MODELS_ROOT", "STATE_ROOT", "KEY_PREFIX", "HEARTBEAT_S", "LEASE_S",
+        "SWEEP_INTERVAL_S", "BROKER_URL")})
+    settings.ensure_dirs()
+    return Stack(tmp_path, env, settings)
+
+
+@pytest.fixture(params=["redis", "embedded"])
+def stack(request, tmp_path, digits_dir):
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
+    s = make_stack(tmp_path, digits_dir, url)
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def redis_stack(tmp_path, digits_dir, redis_server):
+    s = make_stack(tmp_path, digits_dir, redis_server.url)
+    yield s
+    s.stop()

@@ -1,0 +1,108 @@
+"""Jobs through a real Celery worker process, on Redis and on the embedded default."""
+
+import json
+
+import pytest
+import torch
+
+from trainer.bundle import current_version
+from trainer.errors import ConfigError, DatasetError
+from worker.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED
+
+
+def _weights(stack, job_id):
+    path = stack.settings.runs_root / job_id / "encoder.pt"
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_job_runs_to_a_published_bundle_with_progress(stack):
+    stack.start_worker()
+    job = stack.submit(rounds=2, epochs_per_round=2)
+    assert stack.store.get(job.id).status == QUEUED
+    seen = stack.wait(job.id, lambda j: j.status == RUNNING and j.progress.get("epoch"),
+                      what="progress while running")
+    assert seen.progress["loss"] > 0 and seen.progress["images_per_s"] > 0
+    assert "eta_s" in seen.progress and seen.heartbeat_at
+    done = stack.finished(job.id)
+    assert done.status == SUCCEEDED, done.error
+    assert done.model_version == current_version(stack.settings.models_root)
+    assert done.finished_at >= done.started_at >= done.created_at
+    manifest = json.loads((stack.settings.models_root / done.model_version /
+                           "manifest.json").read_text())
+    assert manifest["item_count"] == 1797 and manifest["job_id"] == job.id
+    assert manifest["index"]["recall_at_10"] == 1.0 and "knn_top1" in manifest["metrics"]
+    assert done.progress["phase"] == "done" and done.progress["metrics"]["knn_top1"] > 0.1
+    history = stack.store.history(job.id)
+    assert [(r["round"], r["epoch"]) for r in history] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+
+
+def test_kill9_of_the_worker_resumes_on_a_new_one_with_the_same_result(stack):
+    worker = stack.start_worker()
+    config = {"rounds": 2, "epochs_per_round": 3}
+    job = stack.submit(**config)
+    stack.wait(job.id, lambda j: j.progress.get("global_epoch", 0) >= 2, 180, "epoch 2")
+    worker.kill9()
+    lost = stack.store.get(job.id)
+    assert lost.status == RUNNING  # nobody has noticed yet: the record says what it knows
+    stack.start_worker()
+    done = stack.finished(job.id, 300)
+    assert done.status == SUCCEEDED, done.error
+    assert done.attempts == 2 and "lost" in (done.note or "")
+    epochs = [r["global_epoch"] for r in stack.store.history(job.id)]
+    assert epochs == sorted(set(epochs))  # never two runs of the same epoch
+    # The same job run without interruption ends with identical weights.
+    again = stack.finished(stack.submit(**config).id, 300)
+    assert again.status == SUCCEEDED
+    a, b = _weights(stack, job.id), _weights(stack, again.id)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert done.progress["metrics"]["knn_top1"] == again.progress["metrics"]["knn_top1"]
+
+
+def test_cancel_running_and_queued_jobs(stack):
+    stack.start_worker()
+    running = stack.submit(rounds=2, epochs_per_round=50)
+    queued = stack.submit()
+    stack.wait(running.id, lambda j: j.status == RUNNING and j.progress.get("epoch"),
+               what="first epoch")
+    assert stack.store.request_cancel(queued.id).status == CANCELED
+    stack.store.request_cancel(running.id)
+    done = stack.finished(running.id, 30)
+    assert done.status == CANCELED and done.finished_at - done.updated_at < 1
+    assert (stack.settings.runs_root / running.id / "checkpoint.pt").exists()
+    never = stack.store.get(queued.id)
+    assert never.status == CANCELED and never.started_at is None and never.attempts == 0
+    # The worker goes on with the next job.
+    assert stack.finished(stack.submit().id).status == SUCCEEDED
+
+
+def test_jobs_on_one_worker_run_one_after_the_other(redis_stack):
+    redis_stack.start_worker()
+    first, second = redis_stack.submit(), redis_stack.submit()
+    a, b = redis_stack.finished(first.id), redis_stack.finished(second.id)
+    assert a.status == b.status == SUCCEEDED
+    assert b.started_at >= a.finished_at
+
+
+def test_failing_job_ends_failed_and_the_next_one_runs(redis_stack):
+    corrupt = redis_stack.settings.data_root / "digits" / "train" / "3" / "broken.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    redis_stack.start_worker()
+    bad = redis_stack.submit(on_corrupt="fail")
+    good = redis_stack.submit()
+    failed = redis_stack.finished(bad.id)
+    assert failed.status == FAILED and "train/3/broken.png" in failed.error
+    assert redis_stack.finished(good.id).status == SUCCEEDED
+
+
+def test_invalid_jobs_are_refused_before_they_are_queued(redis_stack):
+    with pytest.raises(ConfigError, match="'lr'"):
+        redis_stack.submit(lr=-1)
+    with pytest.raises(ConfigError, match="'colour'"):
+        redis_stack.submit(colour="red")
+    with pytest.raises(DatasetError, match="does not exist"):
+        redis_stack.submit(dataset="nope")
+    with pytest.raises(DatasetError, match="does not exist"):
+        redis_stack.submit(dataset="../digits")
+    with pytest.raises(ConfigError, match="batch_size"):
+        redis_stack.submit(batch_size=5000)
+    assert redis_stack.store.list()[1] == 0

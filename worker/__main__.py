@@ -1,0 +1,27 @@
+"""`python -m worker`: a Celery worker for training jobs, one process per GPU.
+
+Extra arguments go to `celery worker`, e.g. `python -m worker --hostname gpu0@%h`.
+The same worker starts with `celery -A worker.app worker -Q gpu -c 1`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from worker.app import app
+from worker.settings import get_settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    settings.ensure_dirs()
+    args = ["worker", "--loglevel=INFO", f"--queues={settings.gpu_queue}", "--concurrency=1",
+            "--pool=prefork", *(argv if argv is not None else sys.argv[1:])]
+    app.worker_main(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""One settings object, read from the environment, shared by the worker and the API."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker, e.g. redis://redis:6379/0. Unset: the embedded default "
+        "(a filesystem queue and a SQLite job table under STATE_ROOT; one machine, no server).",
+    )
+    data_root: Path = Field(default=Path("var/data"),
+                            description="Datasets, one folder or archive per name.")
+    models_root: Path = Field(default=Path("var/models"),
+                              description="Published model bundles and the CURRENT pointer.")
+    state_root: Path = Field(
+        default=Path("var/state"),
+        description="Job checkpoints, and in the embedded default the queue and the job table.",
+    )
+    key_prefix: str = Field(default="and:", description="Prefix of every Redis key we write.")
+    job_time_limit_s: int = Field(
+        default=72 * 3600, ge=60,
+        description="Longest a training job may run; it then stops with a checkpoint.")
+    heartbeat_s: float = Field(default=2.0, gt=0,
+                               description="How often a running job renews its lease and "
+                               "checks for cancellation.")
+    lease_s: float = Field(default=30.0, gt=0,
+                           description="A running job whose lease is older than this is lost "
+                           "and is resumed from its checkpoint by another worker.")
+    sweep_interval_s: float = Field(default=15.0, gt=0,
+                                    description="How often workers look for lost jobs.")
+    max_attempts: int = Field(default=5, ge=1,
+                              description="A job lost this many times is failed, not retried.")
+    gpu_queue: str = Field(default="gpu", description="Queue of training jobs.")
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def uses_redis(self) -> bool:
+        return bool(self.broker_url) and self.broker_url.startswith(("redis://", "rediss://"))
+
+    @property
+    def runs_root(self) -> Path:
+        return self.state_root / "runs"
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_root, self.models_root, self.state_root, self.runs_root):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

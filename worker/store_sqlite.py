@@ -1,0 +1,163 @@
+"""Job records in SQLite for the embedded default: one file under STATE_ROOT shared by the API
+and the worker processes of one machine (WAL mode; every status change is one conditional
+UPDATE, so it is atomic across processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from worker.jobs import JSON_FIELDS, Job, JobStore
+
+_COLUMNS = [f for f in Job.__dataclass_fields__]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS jobs (
+    {", ".join(f"{c} {'TEXT PRIMARY KEY' if c == 'id' else ''}" for c in _COLUMNS)}
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created_at);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE TABLE IF NOT EXISTS history (job_id TEXT, seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                                    record TEXT);
+CREATE INDEX IF NOT EXISTS history_job ON history (job_id, seq);
+CREATE TABLE IF NOT EXISTS leases (job_id TEXT PRIMARY KEY, owner TEXT, expires REAL);
+"""
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        # One connection per thread and process: sqlite3 connections are not fork-safe.
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.row_factory = sqlite3.Row
+            self._local.conn, self._local.pid = conn, os.getpid()
+        yield conn
+
+    @staticmethod
+    def _row(row: sqlite3.Row) -> Job:
+        values = dict(row)
+        for name in JSON_FIELDS:
+            values[name] = json.loads(values[name]) if values[name] else {}
+        values["promote"] = bool(values["promote"])
+        values["cancel_requested"] = bool(values["cancel_requested"])
+        return Job(**values)
+
+    @staticmethod
+    def _value(key: str, value: Any) -> Any:
+        return json.dumps(value) if key in JSON_FIELDS else value
+
+    def create(self, job: Job) -> Job:
+        data = job.to_dict()
+        with self._db() as db:
+            db.execute(
+                f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES "
+                f"({', '.join('?' for _ in _COLUMNS)})",
+                [self._value(c, data[c]) for c in _COLUMNS],
+            )
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return self._row(row) if row else None
+
+    def list(self, offset: int = 0, limit: int = 50,
+             status: str | None = None) -> tuple[list[Job], int]:
+        where, args = ("WHERE status = ?", [status]) if status else ("", [])
+        with self._db() as db:
+            total = db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+            rows = db.execute(
+                f"SELECT * FROM jobs {where} ORDER BY created_at DESC LIMIT ? OFFSET ?",
+                [*args, limit, offset],
+            ).fetchall()
+        return [self._row(r) for r in rows], int(total)
+
+    def _set(self, fields: dict[str, Any]) -> tuple[str, list[Any]]:
+        unknown = set(fields) - set(_COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown job fields {sorted(unknown)}")
+        return ", ".join(f"{k} = ?" for k in fields), [self._value(k, v) for k, v in
+                                                       fields.items()]
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        fields.setdefault("updated_at", time.time())
+        sql, args = self._set(fields)
+        with self._db() as db:
+            db.execute(f"UPDATE jobs SET {sql} WHERE id = ?", [*args, job_id])
+
+    def transition(self, job_id: str, allowed_from: set[str] | frozenset[str], to: str,
+                   **fields: Any) -> bool:
+        fields.setdefault("updated_at", time.time())
+        sql, args = self._set({**fields, "status": to})
+        allowed = sorted(allowed_from)
+        with self._db() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET {sql} WHERE id = ? AND status IN "
+                f"({', '.join('?' for _ in allowed)})",
+                [*args, job_id, *allowed],
+            )
+        return cur.rowcount == 1
+
+    def append_history(self, job_id: str, record: dict[str, Any]) -> None:
+        with self._db() as db:
+            db.execute("INSERT INTO history (job_id, record) VALUES (?, ?)",
+                       (job_id, json.dumps(record)))
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        with self._db() as db:
+            rows = db.execute("SELECT record FROM history WHERE job_id = ? ORDER BY seq",
+                              (job_id,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def acquire(self, job_id: str, owner: str, ttl_s: float) -> bool:
+        now = time.time()
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO leases (job_id, owner, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT(job_id) DO UPDATE SET owner = excluded.owner, "
+                "expires = excluded.expires WHERE leases.expires < ?",
+                (job_id, owner, now + ttl_s, now),
+            )
+        return cur.rowcount == 1
+
+    def renew(self, job_id: str, owner: str, ttl_s: float) -> bool:
+        now = time.time()
+        with self._db() as db:
+            cur = db.execute(
+                "UPDATE leases SET expires = ? WHERE job_id = ? AND owner = ? AND expires >= ?",
+                (now + ttl_s, job_id, owner, now),
+            )
+        return cur.rowcount == 1
+
+    def release(self, job_id: str, owner: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM leases WHERE job_id = ? AND owner = ?", (job_id, owner))
+
+    def lease_holder(self, job_id: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT owner FROM leases WHERE job_id = ? AND expires >= ?",
+                             (job_id, time.time())).fetchone()
+        return row[0] if row else None
+
+    def ping(self) -> None:
+        with self._db() as db:
+            db.execute("SELECT 1").fetchone()

@@ -1,0 +1,41 @@
+"""Submitting a job: everything that can be checked before queueing is checked here, so an
+invalid config or dataset is refused with a message instead of failing later on a worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from worker.jobs import Job, JobStore
+from worker.settings import Settings
+
+
+def dataset_path(settings: Settings, name: str) -> Path:
+    """DATA_ROOT/<name>, refusing names that point outside it."""
+    from trainer.errors import DatasetError
+
+    root = settings.data_root.resolve()
+    path = (root / name).resolve()
+    if not name or not path.is_relative_to(root) or path == root or not path.exists():
+        raise DatasetError(f"dataset {name!r} does not exist")
+    return path
+
+
+def check_job(settings: Settings, dataset: str, config: dict[str, Any]) -> None:
+    """Raise ConfigError or DatasetError for a job that cannot run."""
+    from trainer.config import TrainConfig
+    from trainer.data import open_collection
+
+    cfg = TrainConfig.from_dict(config)
+    collection = open_collection(dataset_path(settings, dataset), name=dataset)
+    collection.check_trainable()
+    cfg.validate_for_dataset(len(collection.train_indices))
+
+
+def submit(store: JobStore, settings: Settings, enqueue: Callable[[str], None], dataset: str,
+           config: dict[str, Any], promote: bool = True) -> Job:
+    check_job(settings, dataset, config)
+    job = store.create(Job.new(dataset, config, promote))
+    enqueue(job.id)
+    return job
