@@ -165,8 +165,8 @@ def read_manifest(models_root: str | os.PathLike[str], version: str) -> dict[str
 
 
 def _safe_name(version: str) -> bool:
-    return bool(version) and "/" not in version and "\\" not in version and not (
-        version.startswith("."))
+    return bool(version) and not any(c in version for c in "/\\\x00") and not (
+        version.startswith(".")) and len(version) <= 255
 
 
 @dataclass

@@ -256,11 +256,6 @@ class TrainConfig:
             raise ConfigError(
                 "neighbours", f"must be smaller than the number of training images ({n_train})"
             )
-        if self.batch_size > n_train:
-            raise ConfigError(
-                "batch_size", f"{self.batch_size} exceeds the number of training images "
-                f"({n_train})"
-            )
 
     @classmethod
     def documentation(cls) -> dict[str, dict[str, Any]]:

@@ -250,7 +250,8 @@ class Trainer:
             self.acc = _EpochAccumulator()
         assert self.order is not None and self.hoods is not None
         self.embeddings = None
-        batches = split_batches(self.order, cfg.batch_size)
+        # A collection smaller than a batch trains in one batch per epoch.
+        batches = split_batches(self.order, min(cfg.batch_size, n))
         positives = self.hoods.positives
         dev = self.rt.device
         acc = self.acc

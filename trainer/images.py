@@ -6,6 +6,7 @@ match the indexed one for the same file.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -51,7 +52,10 @@ def decode_square(data: bytes, size: int) -> np.ndarray:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
             Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImage(f"cannot decode image: {exc}") from exc
+        # Messages of PIL name in-memory objects (<_io.BytesIO object at 0x...>): drop them.
+        reason = re.sub(r"\s*<[^>]*object at 0x[0-9a-f]+>", "", str(exc)).strip() or (
+            type(exc).__name__)
+        raise InvalidImage(f"not a readable image ({reason})") from exc
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -15,9 +15,11 @@ def dataset_path(settings: Settings, name: str) -> Path:
     """DATA_ROOT/<name>, refusing names that point outside it."""
     from trainer.errors import DatasetError
 
+    if not name or "\x00" in name or len(name) > 1024:
+        raise DatasetError(f"dataset {name!r} does not exist")
     root = settings.data_root.resolve()
     path = (root / name).resolve()
-    if not name or not path.is_relative_to(root) or path == root or not path.exists():
+    if not path.is_relative_to(root) or path == root or not path.exists():
         raise DatasetError(f"dataset {name!r} does not exist")
     return path
 

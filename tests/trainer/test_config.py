@@ -66,9 +66,7 @@ def test_dataset_dependent_checks():
     c = TrainConfig.from_dict({"neighbours": 5, "batch_size": 8})
     with pytest.raises(ConfigError, match="neighbours"):
         c.validate_for_dataset(5)
-    with pytest.raises(ConfigError, match="batch_size"):
-        c.validate_for_dataset(7)
-    c.validate_for_dataset(100)
+    c.validate_for_dataset(6)  # a batch larger than the dataset just takes all of it
 
 
 def test_strings_parse_as_json_or_text():

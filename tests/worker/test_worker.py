@@ -103,6 +103,6 @@ def test_invalid_jobs_are_refused_before_they_are_queued(redis_stack):
         redis_stack.submit(dataset="nope")
     with pytest.raises(DatasetError, match="does not exist"):
         redis_stack.submit(dataset="../digits")
-    with pytest.raises(ConfigError, match="batch_size"):
-        redis_stack.submit(batch_size=5000)
+    with pytest.raises(ConfigError, match="neighbours"):
+        redis_stack.submit(neighbours=5000)
     assert redis_stack.store.list()[1] == 0

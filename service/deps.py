@@ -1,0 +1,56 @@
+"""Shared resources as dependencies: the app builds them once (app.state); tests may replace
+them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.batcher import EmbedBatcher
+from service.errors import not_ready
+from service.metrics import Metrics
+from service.registry import ModelRegistry, Served
+from service.settings import ServiceSettings
+from worker.jobs import JobStore
+
+
+def _settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def _store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def _registry(request: Request) -> ModelRegistry:
+    return request.app.state.registry
+
+
+def _batcher(request: Request) -> EmbedBatcher:
+    return request.app.state.batcher
+
+
+def _metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def _enqueue(request: Request) -> Callable[[str], None]:
+    return request.app.state.enqueue
+
+
+SettingsDep = Annotated[ServiceSettings, Depends(_settings)]
+StoreDep = Annotated[JobStore, Depends(_store)]
+RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
+BatcherDep = Annotated[EmbedBatcher, Depends(_batcher)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+EnqueueDep = Annotated[Callable[[str], None], Depends(_enqueue)]
+
+
+def served_model(registry: ModelRegistry, version: str | None) -> Served:
+    """The bundle this request will use from start to end (see registry)."""
+    try:
+        return registry.get(version)
+    except LookupError:
+        raise not_ready("no model has been published yet; train one with POST /train") from None

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from service.auth import Admin, Reader
+from service.deps import RegistryDep, SettingsDep
+from service.errors import conflict, problems
+from service.schemas import ModelsPublic, ModelSummary
+from trainer.bundle import current_version, list_versions, read_manifest, set_current, validate
+from trainer.errors import BundleError
+
+router = APIRouter(tags=["models"])
+
+
+def _summary(manifest: dict[str, Any], current: str | None) -> ModelSummary:
+    metrics = manifest.get("metrics") or {}
+    return ModelSummary(
+        version=manifest["version"], current=manifest["version"] == current,
+        created=manifest.get("created"), dataset=manifest.get("dataset"),
+        backbone=manifest.get("backbone"), dim=manifest.get("dim"),
+        item_count=manifest.get("item_count"),
+        index_type=(manifest.get("index") or {}).get("type"),
+        knn_top1=metrics.get("knn_top1"), job_id=manifest.get("job_id"),
+    )
+
+
+@router.get("/models", response_model=ModelsPublic, dependencies=[Reader],
+            responses=problems(401, 403), summary="Published model versions, newest first")
+def list_models(settings: SettingsDep) -> ModelsPublic:
+    current = current_version(settings.models_root)
+    data = []
+    for version in reversed(list_versions(settings.models_root)):
+        try:
+            data.append(_summary(read_manifest(settings.models_root, version), current))
+        except (BundleError, ValueError, KeyError):
+            continue
+    return ModelsPublic(data=data, count=len(data), current=current)
+
+
+@router.get("/models/{version}", dependencies=[Reader], responses=problems(401, 403, 404),
+            summary="A model's manifest (metrics, index, config, training time)")
+def get_model(version: str, settings: SettingsDep) -> dict[str, Any]:
+    manifest = read_manifest(settings.models_root, version)
+    return manifest | {"current": version == current_version(settings.models_root)}
+
+
+@router.post("/models/{version}/promote", response_model=ModelSummary, dependencies=[Admin],
+             responses=problems(401, 403, 404, 409),
+             summary="Make a version the current one (the API swaps to it without downtime)")
+async def promote(version: str, settings: SettingsDep, registry: RegistryDep) -> ModelSummary:
+    manifest = read_manifest(settings.models_root, version)
+
+    def swap() -> None:
+        try:
+            validate(settings.models_root / version)
+        except BundleError as exc:
+            raise conflict(f"model {version} fails validation: {exc}") from None
+        set_current(settings.models_root, version)
+        registry.refresh()
+
+    await run_in_threadpool(swap)
+    return _summary(manifest, current_version(settings.models_root))

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import ServiceSettings
+from tests.conftest import CIFAR_SLICE
+from trainer.bundle import set_current, write_bundle
+from trainer.config import TrainConfig
+from trainer.data import open_collection
+from trainer.engine import Trainer
+
+ADMIN = "admin-key-for-tests-0123456789"
+V1, V2 = "20260101-000000-first", "20260102-000000-second"
+
+
+@pytest.fixture(scope="session")
+def models_template(tmp_path_factory) -> Path:
+    """Two real bundles trained on the CIFAR slice (different seeds); V1 is current."""
+    root = tmp_path_factory.mktemp("models")
+    for seed, version in ((0, V1), (1, V2)):
+        run = tmp_path_factory.mktemp(f"run{seed}")
+        config = TrainConfig.from_dict({"backbone": "small_cnn", "rounds": 1,
+                                        "epochs_per_round": 1, "batch_size": 32, "knn_k": 10,
+                                        "num_workers": 0, "seed": seed})
+        Trainer(config, open_collection(CIFAR_SLICE), run).run()
+        write_bundle(run, root, dataset="cifar-slice", version=version, extra={"job_id": None})
+    set_current(root, V1)
+    return root
+
+
+@dataclass
+class Api:
+    client: TestClient
+    settings: ServiceSettings
+    queued: list[str] = field(default_factory=list)
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN}"}
+
+
+def make_settings(tmp_path: Path, models_template: Path, **overrides) -> ServiceSettings:
+    models = tmp_path / "models"
+    shutil.copytree(models_template, models)
+    data = tmp_path / "data"
+    data.mkdir()
+    values = {"data_root": data, "models_root": models, "state_root": tmp_path / "state",
+              "admin_api_key": ADMIN, "device": "cpu", "model_poll_s": 0.2} | overrides
+    return ServiceSettings(**values)
+
+
+@pytest.fixture()
+def api(tmp_path, models_template):
+    settings = make_settings(tmp_path, models_template)
+    queued: list[str] = []
+    app = create_app(settings, enqueue=queued.append)
+    with TestClient(app) as client:
+        yield Api(client, settings, queued)
