@@ -51,7 +51,7 @@ case "$cmd" in
         ;;
     up)
         setup cpu
-        exec "$VENV/bin/python" -m deploy.local_stack "$@"
+        exec "$VENV/bin/python" deploy/local_stack.py "$@"
         ;;
     *)
         echo "usage: bash deploy/local.sh {up|test|setup}" >&2

@@ -122,6 +122,9 @@ class ModelRegistry:
     def get(self, version: str | None = None) -> Served:
         """The bundle a request uses: the current one, or a pinned version."""
         serving = self.current
+        if serving is None:
+            self.refresh()  # a first model may have been published since the last poll
+            serving = self.current
         if version is None or (serving is not None and version == serving.version):
             if serving is None:
                 raise LookupError("no model has been published yet")

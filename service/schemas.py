@@ -175,6 +175,17 @@ class ModelSummary(BaseModel):
     job_id: str | None
 
 
+class Item(BaseModel):
+    id: str
+    label: str | None
+
+
+class ItemsPublic(BaseModel):
+    model_version: str
+    data: list[Item]
+    count: int
+
+
 class ModelsPublic(BaseModel):
     data: list[ModelSummary]
     count: int

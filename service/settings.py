@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from worker.settings import Settings
 
@@ -38,6 +38,11 @@ class ServiceSettings(Settings):
     model_poll_s: float = Field(default=1.0, gt=0,
                                 description="How often the API looks for a new current model.")
     device: str = Field(default="auto", description="Inference device: auto, cpu or cuda.")
+
+    @field_validator("admin_api_key", "read_api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def production(self) -> bool:

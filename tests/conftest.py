@@ -41,3 +41,13 @@ def copy_tree(tmp_path: Path):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server of our own on a free port (never the machine's shared one)."""
+    from tests.processes import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -198,6 +198,15 @@ def _train_and_publish(job: Job, store: JobStore, settings: Settings,
         return fail(f"internal error: {type(exc).__name__}: {exc}")
 
 
+def record_crash(store: JobStore, job_id: str, exit_code: int) -> None:
+    """The job's process died without recording an end (native crash, out-of-memory kill)."""
+    how = (f"was killed by signal {-exit_code}" if exit_code < 0 else
+           f"exited with code {exit_code}")
+    hint = " (signal 9 is often the kernel's out-of-memory killer)" if exit_code == -9 else ""
+    store.transition(job_id, {QUEUED, RUNNING}, FAILED, finished_at=time.time(),
+                     error=f"the training process {how}{hint}")
+
+
 def _is_cuda_oom(exc: BaseException) -> bool:
     try:
         import torch

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1,
                               description="A job lost this many times is failed, not retried.")
     gpu_queue: str = Field(default="gpu", description="Queue of training jobs.")
+
+    @field_validator("broker_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty variable (BROKER_URL= in an env file) means "not set".
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def embedded(self) -> bool:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 from celery import signals
 
 from worker.app import TRAIN_TASK, app
 from worker.jobs import open_store
-from worker.runner import run_job
+from worker.runner import record_crash
 from worker.settings import get_settings
 from worker.sweeper import Sweeper
 
@@ -16,9 +18,22 @@ log = logging.getLogger(__name__)
 
 
 @app.task(name=TRAIN_TASK, acks_late=True)
-def train(job_id: str) -> str | None:
-    settings = get_settings()
-    return run_job(job_id, open_store(settings), settings)
+def train(job_id: str) -> int:
+    """Run the job in a child process (worker.job_process) and wait for it."""
+    proc = subprocess.Popen([sys.executable, "-m", "worker.job_process", job_id])
+    try:
+        code = proc.wait()
+    except BaseException:  # soft time limit, shutdown: do not leave the trainer behind
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    if code != 0:
+        settings = get_settings()
+        record_crash(open_store(settings), job_id, code)
+    return code
 
 
 def enqueue(job_id: str) -> None:

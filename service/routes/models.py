@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import Admin, Reader
-from service.deps import RegistryDep, SettingsDep
+from service.deps import RegistryDep, SettingsDep, served_model
 from service.errors import conflict, problems
-from service.schemas import ModelsPublic, ModelSummary
+from service.schemas import Item, ItemsPublic, ModelsPublic, ModelSummary
 from trainer.bundle import current_version, list_versions, read_manifest, set_current, validate
 from trainer.errors import BundleError
 
@@ -63,3 +63,18 @@ async def promote(version: str, settings: SettingsDep, registry: RegistryDep) ->
 
     await run_in_threadpool(swap)
     return _summary(manifest, current_version(settings.models_root))
+
+
+@router.get("/models/{version}/items", response_model=ItemsPublic, dependencies=[Reader],
+            responses=problems(401, 403, 404, 422, 503),
+            summary="The indexed items of a model (ids and labels), in index order")
+def list_items(version: str, response: Response, registry: RegistryDep,
+               offset: int = Query(0, ge=0, le=10**9),
+               limit: int = Query(100, ge=1, le=10_000)) -> ItemsPublic:
+    served = served_model(registry, version)
+    bundle = served.bundle
+    rows = range(offset, min(offset + limit, len(bundle.ids)))
+    data = [Item(id=bundle.ids[r], label=bundle.classes[bundle.labels[r]]
+                 if bundle.labels[r] >= 0 else None) for r in rows]
+    response.headers["X-Model-Version"] = served.version
+    return ItemsPublic(model_version=served.version, data=data, count=len(bundle.ids))

@@ -7,17 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import Process, RedisServer, start_worker, wait_for
+from tests.processes import Process, start_worker, wait_for
 from worker.jobs import TERMINAL, Job, JobStore, open_store
 from worker.settings import Settings
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
 
 SMALL = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 1, "batch_size": 128,
          "knn_k": 20, "num_workers": 0}

@@ -1,0 +1,271 @@
+"""The whole system on one machine, without Docker or Redis (the embedded default).
+
+Starts the API and a worker as child processes, uploads a dataset through the API (scikit-learn's
+digits unless --data names a folder or archive), trains a model with POST /train, follows the job
+to its published bundle, and prints requests that work against it. Ctrl-C stops everything it
+started. Run through `bash deploy/local.sh up`, which also sets up the virtual environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = {"backbone": "small_cnn", "rounds": 3, "epochs_per_round": 4, "batch_size": 128,
+               "knn_k": 50}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bash deploy/local.sh up", description=__doc__)
+    p.add_argument("--data", help="folder, .zip or .tar(.gz) of your images (default: digits)")
+    p.add_argument("--name", help="dataset name (default: from --data, or 'digits')")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend",
+                   default=[], help="training config overrides, e.g. --set epochs_per_round=20")
+    p.add_argument("--no-train", action="store_true",
+                   help="only start the API and the worker")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="stop everything once the model is published (for scripts and CI)")
+    args = p.parse_args(argv)
+
+    home = Path(os.environ.get("AND_HOME", REPO / "var"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.setdefault("DATA_ROOT", str(home / "data"))
+    env.setdefault("MODELS_ROOT", str(home / "models"))
+    env.setdefault("STATE_ROOT", str(home / "state"))
+    key = env.setdefault("ADMIN_API_KEY", _saved_key(home))
+    base = f"http://127.0.0.1:{args.port}"
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    children: list[subprocess.Popen] = []
+
+    def stop_all(*_: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+
+    def start(name: str, *cmd: str) -> None:
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+        children.append(subprocess.Popen([sys.executable, *cmd], cwd=REPO, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True))
+        print(f"started {name} (pid {children[-1].pid}); log: {logs / f'{name}.log'}")
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        start("worker", "-m", "worker")
+        start("api", "-m", "service", "--host", "127.0.0.1", "--port", str(args.port))
+        _wait_healthy(base, children)
+        print(f"API ready at {base} (docs: {base}/docs); jobs run on the embedded queue, "
+              f"data and models live in {home}")
+        if not args.no_train:
+            version = _demo(base, key, args, home)
+            _print_examples(base, key, version, env["DATA_ROOT"])
+        if args.exit_when_done:
+            return 0
+        print("\nPress Ctrl-C to stop the API and the worker.")
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        print("a process stopped unexpectedly; see the logs above", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...")
+        return 0
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop_all()
+        print("stopped the API and the worker")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _saved_key(home: Path) -> str:
+    """A random admin key, kept between runs so printed examples keep working."""
+    path = home / "admin.key"
+    if path.exists():
+        return path.read_text().strip()
+    home.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(24)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def _request(method: str, url: str, key: str | None = None, body: bytes | None = None,
+             content_type: str | None = None) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=body, method=method)
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=600) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        raise RuntimeError(f"{method} {url} -> {exc.code}: {detail}") from None
+
+
+def _wait_healthy(base: str, children: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(c.poll() is not None for c in children):
+            raise RuntimeError("the API or the worker exited during start-up; see its log")
+        try:
+            _request("GET", f"{base}/healthz")
+            return
+        except (OSError, RuntimeError):
+            time.sleep(0.5)
+    raise RuntimeError("the API did not answer within 120 s")
+
+
+def _archive_of(args: argparse.Namespace, workdir: Path) -> tuple[str, Path]:
+    """(dataset name, archive to upload)."""
+    if args.data:
+        src = Path(args.data).expanduser().resolve()
+        if not src.exists():
+            raise RuntimeError(f"{src} does not exist")
+        name = args.name or src.name.split(".")[0]
+        if src.is_dir():
+            return name, Path(shutil.make_archive(str(workdir / name), "zip", src))
+        return name, src
+    from trainer.sample_data import write_digits
+
+    folder = write_digits(workdir / "digits")
+    return args.name or "digits", Path(shutil.make_archive(str(workdir / "digits"), "zip",
+                                                          folder))
+
+
+def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        name, archive = _archive_of(args, Path(tmp))
+        existing = {d["name"] for d in _request("GET", f"{base}/datasets", key)["data"]}
+        if name in existing:
+            print(f"dataset {name!r} is already uploaded; training on it")
+        else:
+            print(f"uploading {archive.name} as dataset {name!r}...")
+            body, ctype = _multipart({"name": name}, "file", archive)
+            summary = _request("POST", f"{base}/datasets", key, body, ctype)
+            print(f"  {summary['items']} images, {len(summary['classes'])} classes, "
+                  f"splits {summary['splits']}")
+    config = dict(DEMO_CONFIG)
+    for pair in args.overrides:
+        k, _, v = pair.partition("=")
+        try:
+            config[k] = json.loads(v)
+        except json.JSONDecodeError:
+            config[k] = v
+    job = _request("POST", f"{base}/train", key,
+                   json.dumps({"dataset": name, "config": config}).encode(), "application/json")
+    print(f"training job {job['id']} queued with config {json.dumps(config)}")
+    last = None
+    while True:
+        job = _request("GET", f"{base}/jobs/{job['id']}", key)
+        p = job["progress"]
+        line = _progress_line(job["status"], p)
+        if line != last:
+            print("  " + line)
+            last = line
+        if job["status"] in ("succeeded", "failed", "canceled"):
+            break
+        time.sleep(1)
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"the job ended {job['status']}: {job['error']}")
+    return job["model_version"]
+
+
+def _progress_line(status: str, p: dict[str, Any]) -> str:
+    if status != "running" or "epoch" not in p:
+        return f"{status} ({p.get('phase', 'waiting')})"
+    parts = [f"round {p['round']}/{p['rounds'] - 1}", f"epoch {p['epoch']}/{p['epochs']}",
+             f"loss {p['loss']:.3f}", f"{p['images_per_s']:.0f} img/s",
+             f"eta {p['eta_s']:.0f}s"]
+    if p.get("neighbourhood_quality") is not None:
+        parts.append(f"neighbourhood quality {p['neighbourhood_quality']:.2f}")
+    if p.get("knn_top1") is not None:
+        parts.append(f"kNN top-1 {p['knn_top1']:.3f}")
+    return ", ".join(parts)
+
+
+def _multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    out = bytearray()
+    for k, v in fields.items():
+        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                ).encode()
+    out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{file_field}\"; "
+            f"filename=\"{path.name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+    out += path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
+    model = _request("GET", f"{base}/models/{version}", key)
+    metrics = model.get("metrics", {})
+    print(f"\nmodel {version} is published and current: {model['item_count']} items indexed, "
+          f"kNN top-1 {metrics.get('knn_top1', metrics.get('loo_knn_top1'))}")
+    _wait_serving(base, version)
+    some_id = _first_item(base, key, version)
+    image = Path(data_root) / model["dataset"] / some_id
+    auth = f"-H 'Authorization: Bearer {key}'"
+    q = urllib.parse.quote(some_id)
+    nb = _request("GET", f"{base}/neighbours/{q}?k=3", key)
+    print(f"neighbours of {some_id}: " + ", ".join(
+        f"{n['id']} ({n['score']:.2f})" for n in nb["neighbours"]))
+    print(f"""
+Try it (the admin key is in {Path(os.environ.get('AND_HOME', REPO / 'var')) / 'admin.key'}):
+  curl -s {base}/models/{version}
+  curl -s '{base}/neighbours/{some_id}?k=5'
+  curl -s -F files=@{image} {base}/embed
+  curl -s -F files=@{image} -F k=5 {base}/search
+  curl -s -H 'Content-Type: application/json' -d '{{"ids": ["{some_id}"]}}' {base}/classify
+  curl -s {auth} {base}/jobs
+""")
+
+
+def _first_item(base: str, key: str, version: str) -> str:
+    return _request("GET", f"{base}/models/{version}/items?limit=1", key)["data"][0]["id"]
+
+
+def _wait_serving(base: str, version: str) -> None:
+    """The API swaps to a new model within a second or so of its publication."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if _request("GET", f"{base}/readyz")["checks"].get("model") == version:
+                return
+        except (OSError, RuntimeError):
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"the API did not load model {version} within 60 s")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    raise SystemExit(main())

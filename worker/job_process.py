@@ -1,0 +1,31 @@
+"""`python -m worker.job_process JOB_ID`: one training job in a process of its own.
+
+The Celery task only supervises this process. Training gets an ordinary process (free to start
+DataLoader workers, unlike a daemonic pool child), CUDA lives and dies with it, and a native
+crash or an out-of-memory kill ends the job as failed with a reason instead of taking the
+worker down.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from worker.jobs import open_store
+from worker.runner import run_job
+from worker.settings import get_settings
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if len(argv) != 1:
+        print("usage: python -m worker.job_process JOB_ID", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    run_job(argv[0], open_store(settings), settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
