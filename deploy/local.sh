@@ -19,6 +19,11 @@ setup() {
     local stamp="$VENV/.installed-$extra-$(sha256sum pyproject.toml | cut -c1-16)"
     if [ ! -f "$stamp" ]; then
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
+        if [ -n "${TORCH_INDEX_URL:-}" ]; then
+            # e.g. https://download.pytorch.org/whl/cpu for a small CPU-only install
+            "$VENV/bin/python" -m pip install --quiet --index-url "$TORCH_INDEX_URL" \
+                torch==2.14.1 torchvision==0.29.1
+        fi
         "$VENV/bin/python" -m pip install --quiet -e ".[$extra]"
         touch "$stamp"
     fi

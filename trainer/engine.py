@@ -64,7 +64,7 @@ class Trainer:
                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
                  on_status: Callable[[str, dict[str, Any]], None] | None = None,
                  should_stop: Callable[[], str | None] | None = None,
-                 profile: bool = False) -> None:
+                 profile: bool = False, max_steps: int | None = None) -> None:
         self.config = config
         self.dataset = dataset
         self.out = Path(out_dir)
@@ -72,10 +72,12 @@ class Trainer:
         self.on_status = on_status or (lambda phase, info: None)
         self.should_stop = should_stop or (lambda: None)
         self.profile = profile  # synchronise CUDA around phases so timings are exact
+        self.max_steps = max_steps  # cut every epoch short (speed benchmarks, smoke runs)
 
     # --- public ----------------------------------------------------------------------------
     def run(self) -> RunResult:
         cfg = self.config
+        self._session_start = self._last_save = time.monotonic()
         self.out.mkdir(parents=True, exist_ok=True)
         done = self._finished_result()
         if done is not None:
@@ -114,11 +116,6 @@ class Trainer:
             weight_decay=cfg.weight_decay,
         )
         self.train_labels = torch.from_numpy(self.collection.labels[self.train_rows]).to(dev)
-        self.augment = BatchAugment(
-            cfg.input_size, self.prepared.mean.to(dev), self.prepared.std.to(dev),
-            crop_scale_min=cfg.crop_scale_min, jitter=cfg.color_jitter,
-            grayscale_p=cfg.grayscale_p,
-        )
         self.round, self.epoch, self.step = 0, 0, 0
         self.order: np.ndarray | None = None
         self.hoods: Neighbourhoods | None = no_neighbourhoods(n, dev)
@@ -132,6 +129,12 @@ class Trainer:
             self._restore(checkpoint.load(path))
             log.info("resuming %s at round %d epoch %d step %d", self.out, self.round,
                      self.epoch, self.step)
+        # After the restore: a resumed run normalises with the statistics it started with.
+        self.augment = BatchAugment(
+            cfg.input_size, self.prepared.mean.to(dev), self.prepared.std.to(dev),
+            crop_scale_min=cfg.crop_scale_min, jitter=cfg.color_jitter,
+            grayscale_p=cfg.grayscale_p,
+        )
         # The log is rewritten from the checkpoint, so it never holds an epoch twice.
         with open(self.out / "progress.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
@@ -208,12 +211,10 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------
     def _session_time(self) -> float:
-        return time.monotonic() - self._session_start if hasattr(self, "_session_start") else 0.0
+        return time.monotonic() - self._session_start
 
     def _train(self) -> None:
         cfg = self.config
-        self._session_start = time.monotonic()
-        self._last_save = time.monotonic()
         while self.round < cfg.rounds:
             if self.hoods is None:
                 self._discover()
@@ -251,7 +252,7 @@ class Trainer:
         assert self.order is not None and self.hoods is not None
         self.embeddings = None
         # A collection smaller than a batch trains in one batch per epoch.
-        batches = split_batches(self.order, min(cfg.batch_size, n))
+        batches = split_batches(self.order, min(cfg.batch_size, n))[:self.max_steps]
         positives = self.hoods.positives
         dev = self.rt.device
         acc = self.acc

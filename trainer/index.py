@@ -104,30 +104,40 @@ def recall_at_10(built: SearchIndex, x: np.ndarray, breadth: int | None = None,
                  seed: int = 0, n_queries: int = RECALL_QUERIES) -> float:
     """Recall@10 of the index against exact search, on items of the collection used as
     queries with their own entry left out of both answers."""
-    n = x.shape[0]
-    if n < 2:
-        return 1.0
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(n, size=min(n, n_queries), replace=False)
-    q = x[rows]
-    k = min(10, n - 1)
-    exact = faiss.IndexFlatIP(x.shape[1])
-    exact.add(x)
-    _, truth = exact.search(q, k + 1)
-    _, found = built.search(q, k + 1, breadth)
-    hits = 0
-    for r, t, f in zip(rows, truth, found, strict=True):
-        t_set = [i for i in t if i != r][:k]
-        f_set = {i for i in f if i != r and i >= 0}
-        hits += len(set(t_set) & f_set)
-    return hits / (len(rows) * k)
+    probe = _Probe(x, seed, n_queries)
+    return probe.recall(built, breadth)
+
+
+class _Probe:
+    """Held-out queries and their exact answers, computed once for several breadths."""
+
+    def __init__(self, x: np.ndarray, seed: int, n_queries: int) -> None:
+        n = x.shape[0]
+        rng = np.random.default_rng(seed)
+        self.rows = rng.choice(n, size=min(n, n_queries), replace=False)
+        self.queries = x[self.rows]
+        self.k = min(10, n - 1)
+        exact = faiss.IndexFlatIP(x.shape[1])
+        exact.add(x)
+        _, truth = exact.search(self.queries, self.k + 1)
+        self.truth = [[i for i in t if i != r][:self.k] for r, t in
+                      zip(self.rows, truth, strict=True)]
+
+    def recall(self, built: SearchIndex, breadth: int | None) -> float:
+        if self.k < 1:
+            return 1.0
+        _, found = built.search(self.queries, self.k + 1, breadth)
+        hits = sum(len(set(t) & {i for i in f if i != r and i >= 0})
+                   for r, t, f in zip(self.rows, self.truth, found, strict=True))
+        return hits / (len(self.rows) * self.k)
 
 
 def _tune(built: SearchIndex, x: np.ndarray, key: str, candidates: list[int], seed: int) -> None:
     """Smallest breadth reaching TARGET_RECALL (else the largest tried)."""
+    probe = _Probe(x, seed, RECALL_QUERIES)
     recall = 0.0
     for value in candidates:
-        recall = recall_at_10(built, x, value, seed)
+        recall = probe.recall(built, value)
         built.params[key] = value
         if recall >= TARGET_RECALL:
             break

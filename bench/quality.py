@@ -1,0 +1,76 @@
+"""Quality at equal budgets: AND vs Instance discrimination (rounds=1) vs raw pixels, by
+weighted-kNN top-1 on a labelled test split (CIFAR-10 from ../shared/data by default).
+
+    python -m bench.quality --data /path/to/cifar10 --budgets 25 50 [--set key=value ...]
+
+A budget is the total number of epochs: AND spends it as 5 rounds of budget/5 epochs, Instance
+as one round of `budget` epochs. Final-epoch figures on recomputed features; nothing is
+selected on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import report
+from trainer.augment import normalise
+from trainer.config import TrainConfig
+from trainer.data import open_collection
+from trainer.engine import Trainer
+from trainer.evaluation import knn_evaluation
+from trainer.loader import prepare
+
+
+def raw_pixels(data: str, k: int, sigma: float) -> float:
+    """kNN on the images themselves: standardised pixels, cosine similarity."""
+    prepared = prepare(open_collection(data), 32)
+    c = prepared.collection
+    assert prepared.images is not None
+    x = torch.nn.functional.normalize(
+        normalise(prepared.images, prepared.mean, prepared.std).flatten(1), dim=1).numpy()
+    return knn_evaluation(x, c.labels, c.is_eval, len(c.classes), k, sigma)["knn_top1"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
+                                         / "cifar10-jpeg.zip"))
+    p.add_argument("--budgets", type=int, nargs="+", default=[25, 50])
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                   metavar="KEY=VALUE")
+    p.add_argument("--out", default=None, help="also write the JSON report here")
+    args = p.parse_args()
+    base = TrainConfig.from_strings(["backbone=small_cnn", *args.overrides])
+    results = {"data": args.data, "backbone": base.backbone, "runs": []}
+    results["raw_pixels_knn_top1"] = raw_pixels(args.data, base.knn_k, base.knn_sigma)
+    print(f"raw pixels: {results['raw_pixels_knn_top1']:.4f}", flush=True)
+    for budget in args.budgets:
+        for method, rounds in (("AND", 5), ("Instance", 1)):
+            config = base.replace(rounds=rounds, epochs_per_round=budget // rounds)
+            t0 = time.time()
+            with tempfile.TemporaryDirectory() as out:
+                history: list[dict] = []
+                result = Trainer(config, open_collection(args.data), out,
+                                 on_epoch=history.append).run()
+            per_round = [(r["round"], r["knn_top1"], r["neighbourhood_quality"])
+                         for r in history if r["knn_top1"] is not None]
+            run = {"method": method, "budget_epochs": budget, "rounds": rounds,
+                   "epochs_per_round": budget // rounds,
+                   "knn_top1": result.metrics["knn_top1"],
+                   "knn_top5": result.metrics["knn_top5"],
+                   "per_round": per_round, "wall_s": round(time.time() - t0, 1),
+                   "images_per_s": result.metrics["images_per_s"]}
+            results["runs"].append(run)
+            print(f"{method:9s} budget {budget:3d}: kNN top-1 {run['knn_top1']:.4f} "
+                  f"({run['wall_s']:.0f}s) per round {per_round}", flush=True)
+    report("quality", results, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Serving benchmark, in one run on one machine:
+
+1. /embed images/s at 1, 8 and 32 concurrent clients (one 32x32 PNG per request) against the
+   raw batched forward throughput of the same model: their ratio is the figure (goal >= 0.8).
+2. /neighbours p50/p99 latency at 50,000 and 1,000,000 items, exact and HNSW, with the HNSW
+   index's recall@10 (embedding-like synthetic vectors: clustered, low-rank).
+
+    python -m bench.serve [--sizes 50000 1000000] [--duration 10]
+
+The load generator (asyncio + httpx, one process) shares the machine with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.common import REPO, report
+from trainer.backbones import Encoder
+from trainer.bundle import set_current, write_bundle
+from trainer.config import TrainConfig
+from trainer.encoder_file import EmbeddingModel, EncoderMeta, save_encoder
+
+
+def embedding_like(n: int, d: int = 128, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(1000, 32)).astype(np.float32)
+    x = centres[rng.integers(0, 1000, n)] + 0.5 * rng.normal(size=(n, 32)).astype(np.float32)
+    x = x @ rng.normal(size=(32, d)).astype(np.float32) + 0.1 * rng.normal(size=(n, d)).astype(
+        np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_bundle(models: Path, work: Path, version: str, n: int, index: str,
+                backbone: str) -> None:
+    run = work / version
+    run.mkdir(parents=True)
+    torch.manual_seed(0)
+    encoder = Encoder(backbone, 128)
+    size = TrainConfig(backbone=backbone).input_size
+    save_encoder(run / "encoder.pt", encoder,
+                 EncoderMeta(backbone, 128, size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    (run / "config.json").write_text(json.dumps(TrainConfig(backbone=backbone).to_dict()))
+    (run / "metrics.json").write_text("{}")
+    ids = np.asarray([f"item/{i:07d}.jpg" for i in range(n)])
+    np.savez(run / "embeddings.npz", vectors=embedding_like(n), ids=ids,
+             labels=np.full(n, -1), classes=np.asarray([], dtype=str), is_eval=np.zeros(n, bool))
+    t0 = time.time()
+    write_bundle(run, models, dataset=f"synthetic-{n}", version=version, index_kind=index)
+    print(f"built {version} in {time.time() - t0:.0f}s", flush=True)
+
+
+def png_32() -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def raw_forward(models: Path, version: str, batch: int, seconds: float = 10) -> float:
+    model = EmbeddingModel.load(models / version / "encoder.pt")
+    size = model.meta.image_size
+    x = torch.randint(0, 255, (batch, 3, size, size), dtype=torch.uint8)
+    for _ in range(3):
+        model.embed_uint8(x)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        model.embed_uint8(x)
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+async def load(url: str, clients: int, seconds: float, request) -> dict:
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        deadline = time.perf_counter() + seconds
+
+        async def one_client() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                r = await request(client)
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - t)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        elapsed = time.perf_counter() - t0
+    ms = sorted(x * 1000 for x in latencies)
+    return {"clients": clients, "requests_per_s": round(len(ms) / elapsed, 1), "errors": errors,
+            "p50_ms": round(statistics.median(ms), 2) if ms else None,
+            "p99_ms": round(ms[int(0.99 * (len(ms) - 1))], 2) if ms else None}
+
+
+def start_api(models: Path, state: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "MODELS_ROOT": str(models), "DATA_ROOT": str(state / "data"),
+           "STATE_ROOT": str(state), "ADMIN_API_KEY": "bench-admin-key-0123456789"}
+    env.pop("BROKER_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port),
+                             "--log-level", "warning"], cwd=REPO, env=env)
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the API did not become ready")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[50_000, 1_000_000])
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--backbone", default="resnet18_cifar")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    results: dict = {"backbone": args.backbone}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        models, work = tmp_path / "models", tmp_path / "work"
+        versions = []
+        for n in args.sizes:
+            for index in ("flat", "hnsw"):
+                version = f"v-{n}-{index}"
+                make_bundle(models, work, version, n, index, args.backbone)
+                versions.append((n, index, version))
+        set_current(models, versions[0][2])
+        batch = 64  # the batcher's largest batch (EMBED_MAX_BATCH)
+        results["raw_forward_images_per_s"] = round(raw_forward(models, versions[0][2], batch), 1)
+        print(f"raw batched forward (batch {batch}): {results['raw_forward_images_per_s']} img/s",
+              flush=True)
+        proc = start_api(models, tmp_path, args.port)
+        url = f"http://127.0.0.1:{args.port}"
+        try:
+            image = png_32()
+
+            async def embed(client: httpx.AsyncClient) -> httpx.Response:
+                return await client.post("/embed", files=[("files", ("q.png", image,
+                                                                      "image/png"))])
+
+            results["embed"] = []
+            for clients in (1, 8, 32):
+                asyncio.run(load(url, clients, 2, embed))  # warm-up
+                r = asyncio.run(load(url, clients, args.duration, embed))
+                r["ratio_to_raw"] = round(r["requests_per_s"] /
+                                          results["raw_forward_images_per_s"], 3)
+                print(f"/embed {r}", flush=True)
+                results["embed"].append(r)
+
+            results["neighbours"] = []
+            rng = np.random.default_rng(1)
+            for n, index, version in versions:
+                manifest = httpx.get(f"{url}/models/{version}").json()
+                ids = [f"item/{i:07d}.jpg" for i in rng.integers(0, n, 100_000)]
+                counter = iter(range(10**9))
+
+                async def neighbours(client: httpx.AsyncClient, version=version, ids=ids,
+                                     counter=counter) -> httpx.Response:
+                    return await client.get(f"/neighbours/{ids[next(counter) % len(ids)]}",
+                                            params={"k": 10, "model_version": version})
+
+                asyncio.run(load(url, 1, 2, neighbours))
+                r = asyncio.run(load(url, 1, args.duration, neighbours))
+                r |= {"items": n, "index": index,
+                      "recall_at_10": manifest["index"]["recall_at_10"],
+                      "index_params": manifest["index"]["params"],
+                      "build_s": manifest["index"]["build_s"]}
+                print(f"/neighbours {r}", flush=True)
+                results["neighbours"].append(r)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    report("serve", results, args.out)
+
+
+if __name__ == "__main__":
+    main()
