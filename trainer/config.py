@@ -107,6 +107,12 @@ class TrainConfig:
         default="auto",
     )
     channels_last: bool = _doc("Use the channels_last memory format for conv nets.", default=True)
+    compile: str = _doc(
+        "torch.compile the training forward pass: auto (for runs of 2,000+ steps, where a C "
+        "compiler is present; about +45 % on a CPU ResNet-18 for a one-off minute), always or "
+        "never.",
+        default="auto",
+    )
     num_workers: int = _doc(
         "Decoding processes; -1 = one per CPU core (up to 8).", default=-1
     )
@@ -197,7 +203,7 @@ class TrainConfig:
     # fast the run goes, never what it computes.
     RUNTIME_KEYS: typing.ClassVar[frozenset[str]] = frozenset(
         {"device", "num_workers", "cache_images", "cache_max_gb", "checkpoint_interval_s",
-         "on_corrupt", "eval_each_round", "knn_every_epochs", "index"}
+         "on_corrupt", "eval_each_round", "knn_every_epochs", "index", "compile"}
     )
 
     def training_identity(self) -> dict[str, Any]:
@@ -242,6 +248,8 @@ class TrainConfig:
              "device", "must be auto, cpu, cuda or cuda:N")
         need(self.precision in ("auto", "bf16", "fp32"), "precision",
              "must be auto, bf16 or fp32")
+        need(self.compile in ("auto", "always", "never"), "compile",
+             "must be auto, always or never")
         need(-1 <= self.num_workers <= 64, "num_workers", "must be between -1 and 64")
         need(self.cache_images in ("auto", "always", "never"), "cache_images",
              "must be auto, always or never")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from trainer.progress import EpochRecord, append_jsonl, plot_curves
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+COMPILE_MIN_STEPS = 2000  # below this the one-off compilation costs more than it saves
 
 
 @dataclass
@@ -96,6 +98,7 @@ class Trainer:
         self.reader = BatchReader(prepared, cfg.input_size, cfg.num_workers,
                                   pin_memory=self.rt.cuda)
         self._build()
+        self._choose_forward()
         self._train()
         return self._finish()
 
@@ -209,6 +212,55 @@ class Trainer:
             checkpoint.save(self.out / extra_name, state)
         self._last_save = time.monotonic()
 
+    def _choose_forward(self) -> None:
+        """The eager model, or a compiled one for long runs (compiled once per input shape:
+        only full batches use it, the last short batch of an epoch runs eager)."""
+        cfg, n = self.config, len(self.train_rows)
+        steps = cfg.total_epochs * max(1, n // cfg.batch_size)
+        has_cc = shutil.which("cc") is not None or shutil.which("gcc") is not None
+        want = cfg.compile == "always" or (
+            cfg.compile == "auto" and steps >= COMPILE_MIN_STEPS and has_cc)
+        self.train_forward: torch.nn.Module = torch.compile(self.model) if want else self.model
+        self._compiled_checked = not want
+
+    def _forward_backward(self, x: torch.Tensor, index: torch.Tensor,
+                          positives: torch.Tensor, full: bool) -> _StepOut:
+        net = self.train_forward if full else self.model
+        if net is self.model or self._compiled_checked:
+            return self._step_parts(net, x, index, positives)
+        try:
+            out = self._step_parts(net, x, index, positives)
+        except Exception:
+            # Compilation failed (no compiler, an unsupported op): train eagerly instead.
+            # Nothing was applied yet: the optimiser steps after a successful backward pass.
+            log.warning("torch.compile failed; training without it", exc_info=True)
+            self.train_forward = self.model
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self._step_parts(self.model, x, index, positives)
+        self._compiled_checked = True
+        return out
+
+    def _step_parts(self, net: torch.nn.Module, x: torch.Tensor, index: torch.Tensor,
+                    positives: torch.Tensor) -> _StepOut:
+        """Forward, loss, and the backward pass split at the features (timed apart)."""
+        t1 = time.perf_counter()
+        with self.rt.autocast():
+            features = net(x)
+        feats = features.detach().requires_grad_(True)
+        self._sync()
+        t2 = time.perf_counter()
+        loss = and_loss(feats, self.bank.vectors, positives_of(index, positives),
+                        self.config.tau)
+        loss.backward()
+        self._sync()
+        t3 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        features.backward(feats.grad)
+        self.optimizer.step()
+        self._sync()
+        t4 = time.perf_counter()
+        return _StepOut(feats.detach(), loss.detach(), (t1, t2, t3, t4))
+
     # --- the loop --------------------------------------------------------------------------
     def _session_time(self) -> float:
         return time.monotonic() - self._session_start
@@ -252,7 +304,8 @@ class Trainer:
         assert self.order is not None and self.hoods is not None
         self.embeddings = None
         # A collection smaller than a batch trains in one batch per epoch.
-        batches = split_batches(self.order, min(cfg.batch_size, n))[:self.max_steps]
+        full_batch = min(cfg.batch_size, n)
+        batches = split_batches(self.order, full_batch)[:self.max_steps]
         positives = self.hoods.positives
         dev = self.rt.device
         acc = self.acc
@@ -261,28 +314,13 @@ class Trainer:
         t_prev = time.perf_counter()
         for _, images in self.reader([self.train_rows[b] for b in batches[self.step:]]):
             index_np = batches[self.step]
-            time.perf_counter()
             index = torch.from_numpy(index_np).to(dev, non_blocking=True)
             x = self.rt.layout(self.augment(self.rt.to_device(images), self.gen))
             self._sync()
-            t1 = time.perf_counter()
-            with self.rt.autocast():
-                features = self.model(x)
-            # Split the backward pass at the features to time the network and the bank apart.
-            feats = features.detach().requires_grad_(True)
-            self._sync()
-            t2 = time.perf_counter()
-            loss = and_loss(feats, self.bank.vectors, positives_of(index, positives), cfg.tau)
-            loss.backward()
-            self._sync()
-            t3 = time.perf_counter()
-            self.optimizer.zero_grad(set_to_none=True)
-            features.backward(feats.grad)
-            self.optimizer.step()
-            self._sync()
-            t4 = time.perf_counter()
-            self.bank.update(index, feats.detach())
-            loss_sum += loss.detach() * len(index_np)
+            out = self._forward_backward(x, index, positives, full=len(index_np) == full_batch)
+            t1, t2, t3, t4 = out.times
+            self.bank.update(index, out.features)
+            loss_sum += out.loss * len(index_np)
             self._sync()
             t5 = time.perf_counter()
             acc.data_s += t1 - t_prev  # waiting for the batch, then augmenting it
@@ -417,6 +455,13 @@ class Trainer:
             raise TrainerError(f"{self.out} holds a finished run with a different config; "
                                "use a new output folder")
         return RunResult(self.out, json.loads(metrics_path.read_text()), state["history"])
+
+
+@dataclass
+class _StepOut:
+    features: torch.Tensor  # detached, for the bank update
+    loss: torch.Tensor
+    times: tuple[float, float, float, float]  # forward start, loss, bank backward, step done
 
 
 @dataclass

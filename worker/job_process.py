@@ -9,10 +9,11 @@ worker down.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from worker.jobs import open_store
-from worker.runner import run_job
+from worker.runner import run_job, shutdown_requested
 from worker.settings import get_settings
 
 
@@ -23,7 +24,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m worker.job_process JOB_ID", file=sys.stderr)
         return 2
     settings = get_settings()
-    run_job(argv[0], open_store(settings), settings)
+    # The worker forwards its shutdown as SIGTERM: stop after this batch, checkpoint, re-queue.
+    signal.signal(signal.SIGTERM, lambda signum, frame: shutdown_requested.set())
+    from worker.tasks import enqueue
+
+    run_job(argv[0], open_store(settings), settings, requeue=enqueue)
     return 0
 
 

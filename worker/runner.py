@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 CANCEL_REASON = "canceled"
 LEASE_LOST = "lease lost"
 DEADLINE = "time limit"
+SHUTDOWN = "worker shutting down"
+
+# Set by the job process when its worker shuts down (SIGTERM): the job checkpoints, goes back
+# on the queue and resumes on the next worker instead of being cut off later.
+shutdown_requested = threading.Event()
 
 
 class Heartbeat(threading.Thread):
@@ -46,6 +52,8 @@ class Heartbeat(threading.Thread):
     def reason(self) -> str | None:
         if self._reason is None and time.monotonic() > self.deadline:
             self._reason = DEADLINE
+        if self._reason is None and shutdown_requested.is_set():
+            self._reason = SHUTDOWN
         return self._reason
 
     def run(self) -> None:
@@ -75,9 +83,10 @@ def bundle_version(job: Job) -> str:
     return f"{stamp}-{job.id[:8]}"
 
 
-def run_job(job_id: str, store: JobStore, settings: Settings) -> str | None:
+def run_job(job_id: str, store: JobStore, settings: Settings,
+            requeue: Callable[[str], None] | None = None) -> str | None:
     """Run (or resume) a job to its end. Returns the final status, or None when another
-    process holds it."""
+    process holds it. `requeue` puts a job back on the queue after a graceful shutdown."""
     job = store.get(job_id)
     if job is None:
         log.warning("job %s does not exist; ignoring its message", job_id)
@@ -112,15 +121,15 @@ def run_job(job_id: str, store: JobStore, settings: Settings) -> str | None:
         heartbeat = Heartbeat(store, job_id, owner, settings,
                               deadline=time.monotonic() + settings.job_time_limit_s)
         heartbeat.start()
-        return _train_and_publish(job, store, settings, heartbeat)
+        return _train_and_publish(job, store, settings, heartbeat, requeue)
     finally:
         if heartbeat is not None:
             heartbeat.stop()
         store.release(job_id, owner)
 
 
-def _train_and_publish(job: Job, store: JobStore, settings: Settings,
-                       heartbeat: Heartbeat) -> str | None:
+def _train_and_publish(job: Job, store: JobStore, settings: Settings, heartbeat: Heartbeat,
+                       requeue: Callable[[str], None] | None) -> str | None:
     # Imported here: the worker's parent process never loads torch, let alone CUDA.
     from trainer.bundle import read_manifest, set_current, validate, write_bundle
     from trainer.config import TrainConfig
@@ -184,6 +193,14 @@ def _train_and_publish(job: Job, store: JobStore, settings: Settings,
         if stop.reason == LEASE_LOST:
             log.warning("job %s: lease lost; leaving it to whoever holds it now", job.id)
             return None
+        if stop.reason == SHUTDOWN and requeue is not None:
+            # Not a failed attempt: the count stays as it was before this start.
+            store.transition(job.id, {RUNNING}, QUEUED, attempts=job.attempts,
+                             progress={**progress, "phase": "requeued"},
+                             note="its worker shut down; re-queued to resume from its "
+                             "checkpoint")
+            requeue(job.id)
+            return QUEUED
         return fail(f"stopped at the time limit ({settings.job_time_limit_s} s); its checkpoint "
                     "is kept")
     except TrainerError as exc:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from celery import signals
 
@@ -56,3 +60,40 @@ def _start_sweeper(**_: object) -> None:
 def _stop_sweeper(**_: object) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+
+
+@signals.worker_shutting_down.connect
+def _stop_running_jobs(**_: object) -> None:
+    """Warm shutdown (SIGTERM, docker stop): ask running jobs to checkpoint and go back on the
+    queue, instead of waiting hours for them or losing their progress since the last
+    checkpoint to a SIGKILL."""
+    for pid in job_processes(os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            log.info("asked job process %d to checkpoint and re-queue", pid)
+
+
+def job_processes(ancestor: int) -> list[int]:
+    """Descendants of `ancestor` running worker.job_process (read from /proc)."""
+    parents: dict[int, int] = {}
+    commands: dict[int, bytes] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+            commands[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        # The field after the parenthesised command name: state, then the parent's pid.
+        parents[int(entry)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+    found = []
+    for pid, cmd in commands.items():
+        if b"worker.job_process" not in cmd:
+            continue
+        p = parents.get(pid, 0)
+        while p > 1 and p != ancestor:
+            p = parents.get(p, 0)
+        if p == ancestor:
+            found.append(pid)
+    return found

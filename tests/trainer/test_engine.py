@@ -101,3 +101,24 @@ def test_labels_without_test_split_give_leave_one_out_figures(tmp_path, cifar_di
     assert "knn_top1" not in result.metrics
     assert 0 <= result.metrics["loo_knn_top1"] <= 1
     assert result.metrics["knn_protocol"] == "leave-one-out"
+
+
+def test_a_failing_compiled_forward_falls_back_to_eager_without_changing_the_result(
+        cifar_dir, tmp_path, monkeypatch):
+    eager, _ = _run(cifar_dir, tmp_path / "eager", compile="never")
+
+    class Broken(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Broken.calls += 1
+            raise RuntimeError("no C compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda model: Broken())
+    fallback, _ = _run(cifar_dir, tmp_path / "fallback", compile="always")
+    assert Broken.calls == 1  # tried once, then eager for the rest of the run
+    weights_a, bank_a = _state(tmp_path / "eager")
+    weights_b, bank_b = _state(tmp_path / "fallback")
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert torch.equal(bank_a, bank_b)
+    assert eager.metrics["knn_top1"] == fallback.metrics["knn_top1"]

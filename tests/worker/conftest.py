@@ -45,7 +45,7 @@ class Stack:
 
         return submit(self.store, self.settings, self.enqueue, dataset, SMALL | config)
 
-    def wait(self, job_id: str, predicate, timeout: float = 120, what: str = "") -> Job:
+    def wait(self, job_id: str, predicate, timeout: float = 300, what: str = "") -> Job:
         def check():
             job = self.store.get(job_id)
             return job if job is not None and predicate(job) else None
@@ -56,7 +56,7 @@ class Stack:
             logs = "\n".join(w.tail() for w in self.workers)
             raise AssertionError(f"{what}: job is {self.store.get(job_id)}\n{logs}") from None
 
-    def finished(self, job_id: str, timeout: float = 180) -> Job:
+    def finished(self, job_id: str, timeout: float = 400) -> Job:
         return self.wait(job_id, lambda j: j.status in TERMINAL, timeout, "job to finish")
 
     def stop(self) -> None:

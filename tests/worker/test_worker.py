@@ -106,3 +106,18 @@ def test_invalid_jobs_are_refused_before_they_are_queued(redis_stack):
     with pytest.raises(ConfigError, match="neighbours"):
         redis_stack.submit(neighbours=5000)
     assert redis_stack.store.list()[1] == 0
+
+
+def test_worker_shutdown_requeues_its_job_and_another_worker_finishes_it(redis_stack):
+    first = redis_stack.start_worker()
+    job = redis_stack.submit(rounds=2, epochs_per_round=3)
+    redis_stack.wait(job.id, lambda j: j.progress.get("global_epoch", 0) >= 1, what="epoch 1")
+    first.stop(timeout=120)  # SIGTERM: a warm shutdown, as docker stop does
+    requeued = redis_stack.store.get(job.id)
+    assert requeued.status == QUEUED and "shut down" in requeued.note
+    assert requeued.attempts == 0  # a shutdown is not a failed attempt
+    redis_stack.start_worker()
+    done = redis_stack.finished(job.id)
+    assert done.status == SUCCEEDED and done.attempts == 1
+    epochs = [r["global_epoch"] for r in redis_stack.store.history(job.id)]
+    assert epochs == list(range(1, 7))
