@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.common import report
@@ -44,31 +45,47 @@ def main() -> None:
     p.add_argument("--budgets", type=int, nargs="+", default=[25, 50])
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                    metavar="KEY=VALUE")
+    p.add_argument("--methods", nargs="+", default=["AND", "Instance"],
+                   choices=["AND", "Instance"])
+    p.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32"],
+                   help="run each method in each precision (bf16 vs fp32 accuracy check)")
+    p.add_argument("--train-items", type=int, default=None,
+                   help="train on the first N training images only (test split unchanged)")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     args = p.parse_args()
     base = TrainConfig.from_strings(["backbone=small_cnn", *args.overrides])
-    results = {"data": args.data, "backbone": base.backbone, "runs": []}
+    results = {"data": args.data, "backbone": base.backbone, "train_items": args.train_items,
+               "runs": []}
+
+    def dataset():
+        collection = open_collection(args.data)
+        if args.train_items:
+            keep = np.concatenate([collection.train_indices[:args.train_items],
+                                   collection.eval_indices])
+            collection = collection.subset(np.sort(keep))
+        return collection
+
     results["raw_pixels_knn_top1"] = raw_pixels(args.data, base.knn_k, base.knn_sigma)
     print(f"raw pixels: {results['raw_pixels_knn_top1']:.4f}", flush=True)
-    for budget in args.budgets:
-        for method, rounds in (("AND", 5), ("Instance", 1)):
-            config = base.replace(rounds=rounds, epochs_per_round=budget // rounds)
-            t0 = time.time()
-            with tempfile.TemporaryDirectory() as out:
-                history: list[dict] = []
-                result = Trainer(config, open_collection(args.data), out,
-                                 on_epoch=history.append).run()
-            per_round = [(r["round"], r["knn_top1"], r["neighbourhood_quality"])
-                         for r in history if r["knn_top1"] is not None]
-            run = {"method": method, "budget_epochs": budget, "rounds": rounds,
-                   "epochs_per_round": budget // rounds,
-                   "knn_top1": result.metrics["knn_top1"],
-                   "knn_top5": result.metrics["knn_top5"],
-                   "per_round": per_round, "wall_s": round(time.time() - t0, 1),
-                   "images_per_s": result.metrics["images_per_s"]}
-            results["runs"].append(run)
-            print(f"{method:9s} budget {budget:3d}: kNN top-1 {run['knn_top1']:.4f} "
-                  f"({run['wall_s']:.0f}s) per round {per_round}", flush=True)
+    runs = [(b, m, p) for b in args.budgets for m in args.methods for p in args.precisions]
+    for budget, method, precision in runs:
+        rounds = 5 if method == "AND" else 1
+        config = base.replace(rounds=rounds, epochs_per_round=budget // rounds,
+                              precision=precision)
+        t0 = time.time()
+        history: list[dict] = []
+        with tempfile.TemporaryDirectory() as out:
+            result = Trainer(config, dataset(), out, on_epoch=history.append).run()
+        per_round = [(r["round"], r["knn_top1"], r["neighbourhood_quality"])
+                     for r in history if r["knn_top1"] is not None]
+        run = {"method": method, "precision": result.metrics["precision"],
+               "budget_epochs": budget, "rounds": rounds, "epochs_per_round": budget // rounds,
+               "knn_top1": result.metrics["knn_top1"], "knn_top5": result.metrics["knn_top5"],
+               "per_round": per_round, "wall_s": round(time.time() - t0, 1),
+               "images_per_s": result.metrics["images_per_s"]}
+        results["runs"].append(run)
+        print(f"{method:9s} {run['precision']} budget {budget:3d}: kNN top-1 "
+              f"{run['knn_top1']:.4f} ({run['wall_s']:.0f}s) per round {per_round}", flush=True)
     report("quality", results, args.out)
 
 
