@@ -213,13 +213,15 @@ class Trainer:
         self._last_save = time.monotonic()
 
     def _choose_forward(self) -> None:
-        """The eager model, or a compiled one for long runs (compiled once per input shape:
-        only full batches use it, the last short batch of an epoch runs eager)."""
+        """The eager model, or a compiled one for long CUDA runs (compiled once per input
+        shape: only full batches use it, the last short batch of an epoch runs eager). On CPU
+        `auto` stays eager: measured within +-8 % of eager (docs/benchmarks.md), not worth a
+        one-off compilation and a C compiler."""
         cfg, n = self.config, len(self.train_rows)
         steps = cfg.total_epochs * max(1, n // cfg.batch_size)
         has_cc = shutil.which("cc") is not None or shutil.which("gcc") is not None
         want = cfg.compile == "always" or (
-            cfg.compile == "auto" and steps >= COMPILE_MIN_STEPS and has_cc)
+            cfg.compile == "auto" and self.rt.cuda and steps >= COMPILE_MIN_STEPS and has_cc)
         self.train_forward: torch.nn.Module = torch.compile(self.model) if want else self.model
         self._compiled_checked = not want
 
