@@ -13,11 +13,9 @@ The load generator (asyncio + httpx, one process) shares the machine with the se
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,7 @@ import torch
 from PIL import Image
 
 from bench.common import REPO, report
+from bench.loadgen import load, multipart, request_bytes
 from trainer.backbones import Encoder
 from trainer.bundle import set_current, write_bundle
 from trainer.config import TrainConfig
@@ -84,32 +83,6 @@ def raw_forward(models: Path, version: str, batch: int, seconds: float = 10) -> 
     return n / (time.perf_counter() - t0)
 
 
-async def load(url: str, clients: int, seconds: float, request) -> dict:
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        deadline = time.perf_counter() + seconds
-
-        async def one_client() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                t = time.perf_counter()
-                r = await request(client)
-                if r.status_code == 200:
-                    latencies.append(time.perf_counter() - t)
-                else:
-                    errors += 1
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        elapsed = time.perf_counter() - t0
-    ms = sorted(x * 1000 for x in latencies)
-    return {"clients": clients, "requests_per_s": round(len(ms) / elapsed, 1), "errors": errors,
-            "p50_ms": round(statistics.median(ms), 2) if ms else None,
-            "p99_ms": round(ms[int(0.99 * (len(ms) - 1))], 2) if ms else None}
-
-
 def start_api(models: Path, state: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "MODELS_ROOT": str(models), "DATA_ROOT": str(state / "data"),
            "STATE_ROOT": str(state), "ADMIN_API_KEY": "bench-admin-key-0123456789"}
@@ -125,6 +98,12 @@ def start_api(models: Path, state: Path, port: int) -> subprocess.Popen:
         time.sleep(0.5)
     proc.kill()
     raise RuntimeError("the API did not become ready")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -154,16 +133,17 @@ def main() -> None:
         proc = start_api(models, tmp_path, args.port)
         url = f"http://127.0.0.1:{args.port}"
         try:
-            image = png_32()
-
-            async def embed(client: httpx.AsyncClient) -> httpx.Response:
-                return await client.post("/embed", files=[("files", ("q.png", image,
-                                                                      "image/png"))])
+            host = f"127.0.0.1:{args.port}"
+            body, ctype = multipart("files", "q.png", png_32(), "image/png")
+            embed_request = request_bytes("POST", "/embed", host, body, ctype)
 
             results["embed"] = []
             for clients in (1, 8, 32):
-                asyncio.run(load(url, clients, 2, embed))  # warm-up
-                r = asyncio.run(load(url, clients, args.duration, embed))
+                load("127.0.0.1", args.port, clients, 2, lambda: embed_request)  # warm-up
+                cpu0 = process_cpu_s(proc.pid)
+                r = load("127.0.0.1", args.port, clients, args.duration, lambda: embed_request)
+                r["server_cpu_share"] = round((process_cpu_s(proc.pid) - cpu0) / args.duration,
+                                              2)
                 r["ratio_to_raw"] = round(r["requests_per_s"] /
                                           results["raw_forward_images_per_s"], 3)
                 print(f"/embed {r}", flush=True)
@@ -174,15 +154,15 @@ def main() -> None:
             for n, index, version in versions:
                 manifest = httpx.get(f"{url}/models/{version}").json()
                 ids = [f"item/{i:07d}.jpg" for i in rng.integers(0, n, 100_000)]
+                requests = [request_bytes(
+                    "GET", f"/neighbours/{i}?k=10&model_version={version}", host) for i in ids]
                 counter = iter(range(10**9))
 
-                async def neighbours(client: httpx.AsyncClient, version=version, ids=ids,
-                                     counter=counter) -> httpx.Response:
-                    return await client.get(f"/neighbours/{ids[next(counter) % len(ids)]}",
-                                            params={"k": 10, "model_version": version})
+                def neighbours(requests=requests, counter=counter) -> bytes:
+                    return requests[next(counter) % len(requests)]
 
-                asyncio.run(load(url, 1, 2, neighbours))
-                r = asyncio.run(load(url, 1, args.duration, neighbours))
+                load("127.0.0.1", args.port, 1, 2, neighbours)
+                r = load("127.0.0.1", args.port, 1, args.duration, neighbours)
                 r |= {"items": n, "index": index,
                       "recall_at_10": manifest["index"]["recall_at_10"],
                       "index_params": manifest["index"]["params"],

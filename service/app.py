@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import errors
-from service.batcher import EmbedBatcher
+from service.batcher import EmbedBatcher, cpu_workers
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
 from service.routes import classify, datasets, health, jobs, models, retrieval
@@ -106,7 +106,8 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     registry = ModelRegistry(settings.models_root, settings.device, settings.model_poll_s,
                              on_swap=metrics.set_model)
     batcher = EmbedBatcher(settings.embed_max_batch, settings.embed_max_wait_ms / 1000,
-                           on_batch=metrics.embed_batch.observe)
+                           on_batch=metrics.embed_batch.observe,
+                           workers=settings.embed_workers or cpu_workers(settings.device))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

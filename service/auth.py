@@ -16,6 +16,7 @@ bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
+# The checks below are `async def`: cheap, and FastAPI would otherwise run them in a thread.
 def _matches(given: str, key: SecretStr | None) -> bool:
     return key is not None and hmac.compare_digest(given.encode(), key.get_secret_value().encode())
 
@@ -29,14 +30,14 @@ def _check(credentials: HTTPAuthorizationCredentials | None,
         raise ProblemError(403, "Forbidden", "this key may not use this route")
 
 
-def require_admin(request: Request, credentials: Credentials) -> None:
+async def require_admin(request: Request, credentials: Credentials) -> None:
     settings = request.app.state.settings
     if settings.admin_api_key is None and not settings.production:
         return  # development without a key: open, and the log said so at start
     _check(credentials, [settings.admin_api_key])
 
 
-def require_read(request: Request, credentials: Credentials) -> None:
+async def require_read(request: Request, credentials: Credentials) -> None:
     settings = request.app.state.settings
     if settings.read_api_key is None:
         return

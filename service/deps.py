@@ -1,5 +1,6 @@
 """Shared resources as dependencies: the app builds them once (app.state); tests may replace
-them."""
+them. The providers are `async def` on purpose: FastAPI runs a plain `def` dependency in its
+thread pool, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -16,27 +17,27 @@ from service.settings import ServiceSettings
 from worker.jobs import JobStore
 
 
-def _settings(request: Request) -> ServiceSettings:
+async def _settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-def _store(request: Request) -> JobStore:
+async def _store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def _registry(request: Request) -> ModelRegistry:
+async def _registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def _batcher(request: Request) -> EmbedBatcher:
+async def _batcher(request: Request) -> EmbedBatcher:
     return request.app.state.batcher
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def _enqueue(request: Request) -> Callable[[str], None]:
+async def _enqueue(request: Request) -> Callable[[str], None]:
     return request.app.state.enqueue
 
 

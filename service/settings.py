@@ -35,6 +35,10 @@ class ServiceSettings(Settings):
                                  description="Images the embedding batcher runs together.")
     embed_max_wait_ms: float = Field(default=2.0, ge=0,
                                      description="How long the batcher waits to fill a batch.")
+    embed_workers: int = Field(
+        default=0, ge=0, le=64,
+        description="Inference threads; 0 = one per CPU core on CPU (each running "
+        "single-threaded kernels), one on CUDA.")
     model_poll_s: float = Field(default=1.0, gt=0,
                                 description="How often the API looks for a new current model.")
     device: str = Field(default="auto", description="Inference device: auto, cpu or cuda.")

@@ -37,6 +37,7 @@ from service.settings import ServiceSettings
 from trainer.images import InvalidImage
 
 router = APIRouter(tags=["retrieval"])
+INLINE_DECODE_BYTES = 16 * 1024
 VERSION_QUERY = Query(None, max_length=128,
                       description="Serve with this model version instead of the current one.")
 
@@ -52,7 +53,10 @@ async def embed_images(blobs: list[bytes], served: Served, batcher: BatcherDep) 
                 raise InvalidImage(f"image {i}: {exc}") from None
         return torch.stack(out)
 
-    images = await run_in_threadpool(decode)
+    # Small images decode in microseconds, less than a hop to the thread pool costs; large ones
+    # would stall the event loop, so they go to a thread.
+    small = sum(len(b) for b in blobs) <= INLINE_DECODE_BYTES
+    images = decode() if small else await run_in_threadpool(decode)
     try:
         return await batcher.embed(served.bundle.model, images)
     except Overloaded as exc:
