@@ -30,17 +30,38 @@ def _meta_path(settings: ServiceSettings, name: str) -> Path:
     return settings.data_root / META / f"{name}.json"
 
 
+def _fingerprint(path: Path) -> list[int]:
+    """Changes when images are added to or removed from a dataset, without listing its files:
+    an archive's size and mtime, or the mtimes of a folder and of its folders two levels down
+    (split and class folders), where adding or removing a file shows."""
+    path = path.resolve()
+    if path.is_file():
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+    stamps = [path.stat().st_mtime_ns]
+    for child in (c for c in path.iterdir() if c.is_dir()):
+        stamps.append(child.stat().st_mtime_ns)
+        stamps.extend(g.stat().st_mtime_ns for g in child.iterdir() if g.is_dir())
+    return [len(stamps), max(stamps)]
+
+
 def _summarise(settings: ServiceSettings, name: str) -> dict[str, Any]:
     """Scan a dataset (file names only, no decoding) and cache its summary."""
+    stamp = _fingerprint(settings.data_root / name)
     collection = open_collection(settings.data_root / name, name=name)
     summary = collection.summary()
     summary.pop("skipped", None)
     summary["ignored"] = collection.ignored[:100]
     summary["name"] = name
+    _write_meta(settings, name, summary, stamp)
+    return summary
+
+
+def _write_meta(settings: ServiceSettings, name: str, summary: dict[str, Any],
+                stamp: list[int]) -> None:
     meta = _meta_path(settings, name)
     meta.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps(summary))
-    return summary
+    meta.write_text(json.dumps({"stamp": stamp, "summary": summary}))
 
 
 def _summary(settings: ServiceSettings, name: str) -> dict[str, Any]:
@@ -48,8 +69,11 @@ def _summary(settings: ServiceSettings, name: str) -> dict[str, Any]:
         raise not_found(f"no dataset {name!r}")
     meta = _meta_path(settings, name)
     if meta.exists():
-        return json.loads(meta.read_text())
-    return _summarise(settings, name)
+        cached = json.loads(meta.read_text())
+        # A registered folder can change under the service: summarise it again when it did.
+        if cached.get("stamp") == _fingerprint(settings.data_root / name):
+            return cached["summary"]
+    return _summarise(settings, name)  # a DatasetError is answered as 422 problem+json
 
 
 def _names(settings: ServiceSettings) -> list[str]:
@@ -126,7 +150,7 @@ def _store_upload(settings: ServiceSettings, name: str, upload: UploadFile) -> d
         summary = _summarise(settings, name)
         summary["ignored"] = report.ignored[:100]
         summary["ignored_files"] = len(report.ignored)
-        _meta_path(settings, name).write_text(json.dumps(summary))
+        _write_meta(settings, name, summary, _fingerprint(root / name))
         return summary
     finally:
         remove_tree(work)

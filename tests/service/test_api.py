@@ -47,6 +47,11 @@ def test_upload_register_and_list_datasets(api, cifar_zip, cifar_dir):
     listed = c.get("/datasets").json()
     assert listed["count"] >= 2 and {"slice", "mine"} <= {d["name"] for d in listed["data"]}
     assert c.get("/datasets/slice").json()["eval_items"] == 24
+    # A registered folder changes under the service: its summary follows.
+    cat = folder / "imgs" / "cat"
+    shutil.copy(next(cat.iterdir()), cat / "added.jpg")
+    assert c.get("/datasets/mine").json()["items"] == 97
+    assert c.get("/datasets/slice").json()["ignored_files"] == 0  # the upload's own summary
 
 
 def test_train_status_list_progress_and_cancel(api, cifar_zip):
