@@ -27,9 +27,9 @@ from trainer.evaluation import knn_evaluation
 from trainer.loader import prepare
 
 
-def raw_pixels(data: str, k: int, sigma: float) -> float:
+def raw_pixels(collection, k: int, sigma: float) -> float:
     """kNN on the images themselves: standardised pixels, cosine similarity."""
-    prepared = prepare(open_collection(data), 32)
+    prepared = prepare(collection, 32)
     c = prepared.collection
     assert prepared.images is not None
     x = torch.nn.functional.normalize(
@@ -50,7 +50,9 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", default=["auto"], choices=["auto", "bf16", "fp32"],
                    help="run each method in each precision (bf16 vs fp32 accuracy check)")
     p.add_argument("--train-items", type=int, default=None,
-                   help="train on the first N training images only (test split unchanged)")
+                   help="train on N training images drawn at random (seed 0; items are "
+                   "sorted by class, so the first N would hold few classes); test split "
+                   "unchanged")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     args = p.parse_args()
     base = TrainConfig.from_strings(["backbone=small_cnn", *args.overrides])
@@ -60,12 +62,12 @@ def main() -> None:
     def dataset():
         collection = open_collection(args.data)
         if args.train_items:
-            keep = np.concatenate([collection.train_indices[:args.train_items],
-                                   collection.eval_indices])
+            train = np.random.default_rng(0).permutation(collection.train_indices)
+            keep = np.concatenate([train[:args.train_items], collection.eval_indices])
             collection = collection.subset(np.sort(keep))
         return collection
 
-    results["raw_pixels_knn_top1"] = raw_pixels(args.data, base.knn_k, base.knn_sigma)
+    results["raw_pixels_knn_top1"] = raw_pixels(dataset(), base.knn_k, base.knn_sigma)
     print(f"raw pixels: {results['raw_pixels_knn_top1']:.4f}", flush=True)
     runs = [(b, m, p) for b in args.budgets for m in args.methods for p in args.precisions]
     for budget, method, precision in runs:
