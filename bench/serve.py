@@ -7,7 +7,8 @@
 
     python -m bench.serve [--sizes 50000 1000000] [--duration 10]
 
-The load generator (asyncio + httpx, one process) shares the machine with the server.
+The load generator (bench/loadgen.py: raw HTTP/1.1 on keep-alive sockets, one process)
+shares the machine with the server and reports its own CPU use.
 """
 
 from __future__ import annotations

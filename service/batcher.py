@@ -1,10 +1,11 @@
 """Micro-batching of embedding work.
 
 Requests put their decoded images on a bounded queue and await a future. An inference thread
-takes the first waiting request, collects more until `max_batch` images or `max_wait_s` has
-passed, runs one forward pass per model version in the batch, and hands each request its rows.
-Under load the model runs full batches (its efficient regime) instead of many batches of one;
-the event loop never runs model code.
+takes the first waiting request and everything already queued, then waits (at most
+`max_wait_s`, up to `max_batch` images) only while its share of the recent load has not
+arrived; it runs one forward pass per model version in the batch and hands each request its
+rows. A lone request therefore never waits, and under load the model runs large batches (its
+efficient regime) instead of many small ones; the event loop never runs model code.
 
 On CPU several inference threads each run single-threaded kernels (see `cpu_workers`): one
 batch computes while the next is collected, and no OpenMP team waits on a core that the event
@@ -29,6 +30,7 @@ import torch
 from trainer.encoder_file import EmbeddingModel
 
 log = logging.getLogger(__name__)
+PEAK_WINDOW_S = 0.5
 
 
 @dataclass
@@ -44,12 +46,18 @@ class Overloaded(Exception):
 
 
 class EmbedBatcher:
-    def __init__(self, max_batch: int = 64, max_wait_s: float = 0.002, max_queue: int = 1024,
+    def __init__(self, max_batch: int = 64, max_wait_s: float = 0.01, max_queue: int = 1024,
                  on_batch: Callable[[int], None] | None = None, workers: int = 1) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch or (lambda n: None)
         self.workers = max(1, workers)
+        # Images handed to embed() and not yet answered: queued, being collected or computed;
+        # and the most seen at once in this and the previous window of PEAK_WINDOW_S.
+        self._pending = 0
+        self._peak = [0, 0]
+        self._window_end = 0.0
+        self._pending_lock = threading.Lock()
         self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=max_queue)
         self._threads: list[threading.Thread] = []
 
@@ -70,11 +78,36 @@ class EmbedBatcher:
     async def embed(self, model: EmbeddingModel, images: torch.Tensor) -> np.ndarray:
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
+        # Counted before it is queued: a thread may answer it before put_nowait returns.
+        self._add_pending(images.shape[0])
         try:
             self._queue.put_nowait(_Work(model, images, future, loop))
         except queue.Full:
+            self._add_pending(-images.shape[0])
             raise Overloaded("too many embedding requests are waiting") from None
         return await future
+
+    def _add_pending(self, n: int) -> None:
+        with self._pending_lock:
+            self._pending += n
+            now = time.monotonic()
+            if now >= self._window_end:
+                # The window that just ended is "previous" only if it ended recently.
+                recent = now < self._window_end + PEAK_WINDOW_S
+                self._peak = [self._peak[1] if recent else 0, 0]
+                self._window_end = now + PEAK_WINDOW_S
+            self._peak[1] = max(self._peak[1], self._pending)
+
+    def _share(self) -> int:
+        """This thread's fair share of the recent load: a batch waits for that many images at
+        most, so no thread waits for images that are not coming or that another thread will
+        take. The recent peak rather than the current count, because under a closed-loop load
+        many clients are between requests (reading an answer, sending the next) at any moment.
+        """
+        with self._pending_lock:
+            load = max(self._pending, *self._peak) if time.monotonic() < (
+                self._window_end + PEAK_WINDOW_S) else self._pending
+        return -(-load // self.workers)
 
     # --- inference thread -------------------------------------------------------------------
     def _next_batch(self, carry: _Work | None) -> tuple[list[_Work] | None, _Work | None]:
@@ -86,7 +119,11 @@ class EmbedBatcher:
         batch, count = [first], first.images.shape[0]
         deadline = time.monotonic() + self.max_wait_s
         while count < self.max_batch:
-            remaining = deadline - time.monotonic()
+            # Wait only for the share of pending images this thread should run; take at once
+            # whatever is already queued. Under load, requests come back in bursts (one finished
+            # batch answers many clients, whose next requests arrive one HTTP parse apart), so
+            # a batch waits for its share instead of starting small and starving the cores.
+            remaining = deadline - time.monotonic() if count < self._share() else 0
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else (
                     self._queue.get_nowait())
@@ -127,9 +164,11 @@ class EmbedBatcher:
             self.on_batch(images.shape[0])
         except Exception as exc:  # answered per request, never kills the thread
             log.exception("embedding batch failed")
+            self._add_pending(-sum(w.images.shape[0] for w in works))
             for w in works:
                 w.loop.call_soon_threadsafe(_set_exception, w.future, exc)
             return
+        self._add_pending(-images.shape[0])
         start = 0
         for w in works:
             n = w.images.shape[0]

@@ -33,8 +33,10 @@ class ServiceSettings(Settings):
     max_classify_k: int = Field(default=1000, ge=1)
     embed_max_batch: int = Field(default=64, ge=1,
                                  description="Images the embedding batcher runs together.")
-    embed_max_wait_ms: float = Field(default=2.0, ge=0,
-                                     description="How long the batcher waits to fill a batch.")
+    embed_max_wait_ms: float = Field(
+        default=10.0, ge=0,
+        description="Longest wait to fill a batch; a batch waits only while more requests "
+        "are expected (a lone request never waits).")
     embed_workers: int = Field(
         default=0, ge=0, le=64,
         description="Inference threads; 0 = one per CPU core on CPU (each running "

@@ -4,11 +4,12 @@ several inference threads stop cleanly."""
 import asyncio
 import os
 import threading
+import time
 
 import numpy as np
 import torch
 
-from service.batcher import EmbedBatcher
+from service.batcher import PEAK_WINDOW_S, EmbedBatcher
 
 
 class RowSums:
@@ -22,6 +23,14 @@ class RowSums:
         self.threads.add(threading.current_thread().name)
         self.torch_threads.add(torch.get_num_threads())
         return images.flatten(1).sum(1, keepdim=True).float().numpy()
+
+
+class SlowRowSums(RowSums):
+    """With a fixed cost per forward pass, as a real model has: batching pays."""
+
+    def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
+        time.sleep(0.005)
+        return super().embed_uint8(images)
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_rows():
@@ -49,3 +58,53 @@ def test_concurrent_requests_are_batched_and_each_gets_its_rows():
     # Inference threads split the cores between them; the rest of the process keeps its own.
     assert torch.get_num_threads() == main_threads
     assert model.torch_threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
+
+
+def test_a_lone_request_never_waits_for_a_batch_to_fill():
+    """Even with a long max_wait, and also once an earlier burst of load has passed."""
+    model = RowSums()
+    batcher = EmbedBatcher(max_batch=64, max_wait_s=2.0, workers=1)
+    batcher.start()
+    one = torch.ones((1, 1, 2, 2), dtype=torch.uint8)
+
+    async def timed_one() -> float:
+        start = time.perf_counter()
+        await batcher.embed(model, one)
+        return time.perf_counter() - start
+
+    async def burst():
+        await asyncio.gather(*(batcher.embed(model, one) for _ in range(32)))
+
+    try:
+        first = asyncio.run(timed_one())
+        asyncio.run(burst())
+        time.sleep(2.5 * PEAK_WINDOW_S)  # the burst is no longer recent load
+        after_burst = asyncio.run(timed_one())
+    finally:
+        batcher.stop()
+    assert first < 0.5 and after_burst < 0.5
+
+
+def test_a_batch_waits_for_requests_that_are_on_their_way():
+    """Closed-loop clients whose next requests come back staggered (as they do over HTTP):
+    the thread waits for its share of the recent load instead of running each as it comes."""
+    model, sizes = SlowRowSums(), []
+    batcher = EmbedBatcher(max_batch=8, max_wait_s=0.5, on_batch=sizes.append, workers=1)
+    batcher.start()
+
+    async def client(i: int) -> None:
+        for _ in range(6):
+            await batcher.embed(model, torch.full((1, 1, 2, 2), i, dtype=torch.uint8))
+            await asyncio.sleep(0.004 * i)  # reading the answer, sending the next request
+
+    async def clients():
+        await asyncio.gather(*(client(i) for i in range(8)))
+
+    try:
+        asyncio.run(clients())
+    finally:
+        batcher.stop()
+    assert sum(sizes) == 48
+    # About 6 batches of 8 (the first ones start before the load is known), where running
+    # requests as they come would make 40 or more.
+    assert len(sizes) <= 12, sizes
