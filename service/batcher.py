@@ -45,6 +45,39 @@ class Overloaded(Exception):
     pass
 
 
+class _RecentLoad:
+    """Images handed to the batcher and not yet answered (queued, being collected or computed),
+    and the most seen at once lately: in the current window of PEAK_WINDOW_S and the one before
+    it. The recent peak, not the current count, is the load: under a closed-loop load many
+    clients are between requests (reading an answer, sending the next) at any moment."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._previous_peak = 0
+        self._peak = 0
+        self._window_end = 0.0
+
+    def _roll(self, now: float) -> None:
+        if now >= self._window_end:
+            # The window that just ended counts as "previous" only if it ended recently.
+            recent = now < self._window_end + PEAK_WINDOW_S
+            self._previous_peak = self._peak if recent else 0
+            self._peak = self._pending
+            self._window_end = now + PEAK_WINDOW_S
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self._pending += n
+            self._roll(time.monotonic())
+            self._peak = max(self._peak, self._pending)
+
+    def recent_peak(self) -> int:
+        with self._lock:
+            self._roll(time.monotonic())
+            return max(self._pending, self._peak, self._previous_peak)
+
+
 class EmbedBatcher:
     def __init__(self, max_batch: int = 64, max_wait_s: float = 0.01, max_queue: int = 1024,
                  on_batch: Callable[[int], None] | None = None, workers: int = 1) -> None:
@@ -52,12 +85,7 @@ class EmbedBatcher:
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch or (lambda n: None)
         self.workers = max(1, workers)
-        # Images handed to embed() and not yet answered: queued, being collected or computed;
-        # and the most seen at once in this and the previous window of PEAK_WINDOW_S.
-        self._pending = 0
-        self._peak = [0, 0]
-        self._window_end = 0.0
-        self._pending_lock = threading.Lock()
+        self._load = _RecentLoad()
         self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=max_queue)
         self._threads: list[threading.Thread] = []
 
@@ -79,35 +107,19 @@ class EmbedBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         # Counted before it is queued: a thread may answer it before put_nowait returns.
-        self._add_pending(images.shape[0])
+        self._load.add(images.shape[0])
         try:
             self._queue.put_nowait(_Work(model, images, future, loop))
         except queue.Full:
-            self._add_pending(-images.shape[0])
+            self._load.add(-images.shape[0])
             raise Overloaded("too many embedding requests are waiting") from None
         return await future
-
-    def _add_pending(self, n: int) -> None:
-        with self._pending_lock:
-            self._pending += n
-            now = time.monotonic()
-            if now >= self._window_end:
-                # The window that just ended is "previous" only if it ended recently.
-                recent = now < self._window_end + PEAK_WINDOW_S
-                self._peak = [self._peak[1] if recent else 0, 0]
-                self._window_end = now + PEAK_WINDOW_S
-            self._peak[1] = max(self._peak[1], self._pending)
 
     def _share(self) -> int:
         """This thread's fair share of the recent load: a batch waits for that many images at
         most, so no thread waits for images that are not coming or that another thread will
-        take. The recent peak rather than the current count, because under a closed-loop load
-        many clients are between requests (reading an answer, sending the next) at any moment.
-        """
-        with self._pending_lock:
-            load = max(self._pending, *self._peak) if time.monotonic() < (
-                self._window_end + PEAK_WINDOW_S) else self._pending
-        return -(-load // self.workers)
+        take."""
+        return -(-self._load.recent_peak() // self.workers)
 
     # --- inference thread -------------------------------------------------------------------
     def _next_batch(self, carry: _Work | None) -> tuple[list[_Work] | None, _Work | None]:
@@ -164,11 +176,11 @@ class EmbedBatcher:
             self.on_batch(images.shape[0])
         except Exception as exc:  # answered per request, never kills the thread
             log.exception("embedding batch failed")
-            self._add_pending(-sum(w.images.shape[0] for w in works))
             for w in works:
                 w.loop.call_soon_threadsafe(_set_exception, w.future, exc)
             return
-        self._add_pending(-images.shape[0])
+        finally:
+            self._load.add(-sum(w.images.shape[0] for w in works))
         start = 0
         for w in works:
             n = w.images.shape[0]
