@@ -42,19 +42,23 @@ class SearchIndex:
     def dim(self) -> int:
         return int(self.index.d)
 
-    def search(self, queries: np.ndarray, k: int,
-               breadth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows), each Q x k; rows are -1 where fewer than k items exist."""
+    def search(self, queries: np.ndarray, k: int, breadth: int | None = None,
+               selector: faiss.IDSelector | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, rows), each Q x k; rows are -1 where fewer than k items exist (or pass
+        `selector`, which keeps only the rows it selects)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, self.ntotal))
-        return self.index.search(q, k, params=self._params(breadth))
+        return self.index.search(q, k, params=self._params(breadth, selector))
 
-    def _params(self, breadth: int | None) -> faiss.SearchParameters | None:
+    def _params(self, breadth: int | None,
+                selector: faiss.IDSelector | None = None) -> faiss.SearchParameters | None:
+        extra = {"sel": selector} if selector is not None else {}
         if self.kind == "hnsw":
-            return faiss.SearchParametersHNSW(efSearch=breadth or self.params["efSearch"])
+            return faiss.SearchParametersHNSW(efSearch=breadth or self.params["efSearch"],
+                                              **extra)
         if self.kind == "ivf":
-            return faiss.SearchParametersIVF(nprobe=breadth or self.params["nprobe"])
-        return None
+            return faiss.SearchParametersIVF(nprobe=breadth or self.params["nprobe"], **extra)
+        return faiss.SearchParameters(**extra) if extra else None
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "params": dict(self.params), "recall_at_10": self.recall_at_10,
