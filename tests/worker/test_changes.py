@@ -1,0 +1,79 @@
+"""The change log contract, on a real Redis and a real SQLite file."""
+
+import threading
+import uuid
+
+import numpy as np
+import pytest
+
+from worker.changes import ADD, DELETE, Change, ChangeConflict
+from worker.changes_redis import RedisChangeLog
+from worker.changes_sqlite import SqliteChangeLog
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def log(request, tmp_path):
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+        return RedisChangeLog(url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+    return SqliteChangeLog(tmp_path / "jobs.sqlite3")
+
+
+def _add(item, label=None, vector=(1.0, 0.0)):
+    return Change(ADD, item, label=label, path=f".items/{item}", version="v1",
+                  vector=np.asarray(vector, dtype=np.float32))
+
+
+def test_entries_come_back_in_order_with_their_vectors(log):
+    assert log.last_seq("d") == 0 and log.since("d", 0) == []
+    log.append("d", [_add("a", "cat"), _add("b", vector=(0.6, 0.8))], known={})
+    log.append("d", [Change(DELETE, "a")], known={})
+    log.append("other", [_add("a")], known={})  # datasets have logs of their own
+    entries = log.since("d", 0)
+    assert [(c.seq, c.op, c.id) for c in entries] == [(1, ADD, "a"), (2, ADD, "b"),
+                                                      (3, DELETE, "a")]
+    assert entries[0].label == "cat" and entries[0].version == "v1"
+    assert np.array_equal(entries[1].vector, np.asarray([0.6, 0.8], dtype=np.float32))
+    assert entries[2].vector is None
+    assert [c.seq for c in log.since("d", 1)] == [2, 3] and log.last_seq("d") == 3
+    assert [c.seq for c in log.since("d", 0, limit=2)] == [1, 2]
+    assert [c.seq for c in log.changes_between("d", 1, 2)] == [2]
+    assert log.item_state("d", "a")["state"] == "deleted"
+    assert log.item_state("d", "b")["state"] == "live" and log.item_state("d", "z") is None
+
+
+def test_conflicts_append_nothing(log):
+    log.append("d", [_add("a")], known={"base.jpg": True})
+    with pytest.raises(ChangeConflict) as err:
+        log.append("d", [_add("new"), _add("a")], known={})
+    assert err.value.item == "a" and err.value.exists
+    with pytest.raises(ChangeConflict):  # in the published snapshot, untouched by the log
+        log.append("d", [_add("base.jpg")], known={"base.jpg": True})
+    with pytest.raises(ChangeConflict) as err:
+        log.append("d", [Change(DELETE, "nothing")], known={})
+    assert not err.value.exists
+    assert log.last_seq("d") == 1 and log.item_state("d", "new") is None
+    # upsert replaces; a deleted id can be added again; a request may delete what it added.
+    log.append("d", [_add("a"), _add("base.jpg")], known={"base.jpg": True}, upsert=True)
+    log.append("d", [Change(DELETE, "base.jpg")], known={"base.jpg": True})
+    log.append("d", [_add("base.jpg"), Change(DELETE, "base.jpg")], known={"base.jpg": True})
+    assert log.last_seq("d") == 6
+
+
+def test_concurrent_writers_never_add_the_same_id_twice(log):
+    wins, losses = [], []
+
+    def writer(n):
+        try:
+            log.append("d", [_add(f"x{n}"), _add("shared")], known={})
+            wins.append(n)
+        except ChangeConflict:
+            losses.append(n)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(losses) == 7
+    assert [c.seq for c in log.since("d", 0)] == [1, 2]
