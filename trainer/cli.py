@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend",
                    default=[], help="config overrides, e.g. --set backbone=small_cnn rounds=3")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--models", default=None,
+                   help="models folder, to start from a published version with "
+                   "--set init_from=<version>")
 
     e = sub.add_parser("evaluate", help="weighted-kNN accuracy of a trained encoder on a dataset")
     e.add_argument("--model", required=True, help="training output folder or model bundle")
@@ -76,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from trainer import warm_start
     from trainer.config import TrainConfig
     from trainer.data import open_collection
     from trainer.engine import Trainer
 
     config = TrainConfig.from_strings(args.overrides)
+    weights = warm_start.resolve(config.init_from, args.models) if config.init_from else None
     Path(args.out).mkdir(parents=True, exist_ok=True)
     collection = open_collection(args.data, work_dir=args.out)
     print(f"dataset {collection.name}: {_describe(collection.summary())}")
@@ -107,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     stop = _StopOnSignal()
     try:
         result = Trainer(config, collection, args.out, on_epoch=on_epoch, on_status=on_status,
-                         should_stop=stop).run()
+                         should_stop=stop, init_weights=weights).run()
     finally:
         stop.restore()
         if bar is not None:

@@ -42,6 +42,14 @@ class TrainConfig:
     embedding_dim: int = _doc(
         "Dimension of the L2-normalised embedding (the paper's 128).", default=128
     )
+    init_from: str = _doc(
+        "Start from existing weights instead of random ones: a published model version (the "
+        "same backbone and embedding_dim; a grown collection re-trains in a fraction of the "
+        "epochs), or a file: an encoder.pt of this project or, for backbone=resnet18, a "
+        "torchvision ResNet-18 state dict such as downloaded ImageNet weights (files under the "
+        "data root for jobs, any path on the command line). Empty: random initialisation.",
+        default="",
+    )
     # --- curriculum ----------------------------------------------------------------------
     rounds: int = _doc(
         "Rounds including round 0 (instance discrimination); rounds=1 is the Instance "
@@ -250,6 +258,8 @@ class TrainConfig:
         need(self.compile in ("auto", "always", "never"), "compile",
              "must be auto, always or never")
         need(-1 <= self.num_workers <= 64, "num_workers", "must be between -1 and 64")
+        need(len(self.init_from) <= 1024 and self.init_from.isprintable(), "init_from",
+             "must be a model version or a file path of at most 1024 printable characters")
         need(self.cache_images in ("auto", "always", "never"), "cache_images",
              "must be auto, always or never")
         need(0 < self.cache_max_gb <= 1024, "cache_max_gb", "must be in (0, 1024]")

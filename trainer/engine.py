@@ -39,6 +39,7 @@ from trainer.evaluation import headline, knn_evaluation
 from trainer.loader import BatchReader, embed_all, prepare, split_batches
 from trainer.loss import and_loss, positives_of
 from trainer.progress import EpochRecord, append_jsonl, plot_curves
+from trainer.warm_start import load_initial_weights
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class Trainer:
                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
                  on_status: Callable[[str, dict[str, Any]], None] | None = None,
                  should_stop: Callable[[], str | None] | None = None,
-                 profile: bool = False, max_steps: int | None = None) -> None:
+                 profile: bool = False, max_steps: int | None = None,
+                 init_weights: str | Path | None = None) -> None:
         self.config = config
         self.dataset = dataset
         self.out = Path(out_dir)
@@ -75,6 +77,9 @@ class Trainer:
         self.should_stop = should_stop or (lambda: None)
         self.profile = profile  # synchronise CUDA around phases so timings are exact
         self.max_steps = max_steps  # cut every epoch short (speed benchmarks, smoke runs)
+        # The file behind config.init_from: the caller resolves a model version to its
+        # encoder file; on its own, init_from is a path.
+        self.init_weights = init_weights or config.init_from or None
 
     # --- public ----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -132,6 +137,8 @@ class Trainer:
             self._restore(checkpoint.load(path))
             log.info("resuming %s at round %d epoch %d step %d", self.out, self.round,
                      self.epoch, self.step)
+        elif self.init_weights:
+            self._warm_start(self.init_weights)
         # After the restore: a resumed run normalises with the statistics it started with.
         self.augment = BatchAugment(
             cfg.input_size, self.prepared.mean.to(dev), self.prepared.std.to(dev),
@@ -142,6 +149,14 @@ class Trainer:
         with open(self.out / "progress.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
         (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    def _warm_start(self, weights: str | Path) -> None:
+        """Start from existing weights; the bank starts as their embeddings of the training
+        images (rather than random vectors), so round 0 begins where those weights are."""
+        loaded = load_initial_weights(self.model, weights)
+        log.info("starting from %s", loaded)
+        vectors = self._embed_all()[self.train_rows]
+        self.bank.vectors.copy_(torch.from_numpy(vectors).to(self.rt.device))
 
     def _state(self) -> dict[str, Any]:
         h = self.hoods
@@ -431,6 +446,7 @@ class Trainer:
             "backbone": cfg.backbone, "device": str(self.rt.device),
             "precision": "bf16" if self.rt.bf16 else "fp32",
             "rounds": cfg.rounds, "epochs_per_round": cfg.epochs_per_round,
+            "init_from": cfg.init_from or None,
         }
         checkpoint.atomic_write_json(self.out / "metrics.json", metrics)
         if coll.skipped:
