@@ -1,0 +1,111 @@
+"""A served model's collection as the change log has changed it since the bundle was published.
+
+The bundle is an immutable snapshot that covers the log up to `changes_seq` (in its manifest);
+the view applies every later entry of its dataset's log, in order, to a LiveIndex. An entry's
+vector is used as it is when the served model made it; otherwise the image is embedded again
+with the served model, so a view never mixes vectors of two models. Every replica builds its own
+view from the bundle and the log, so nothing lives only in one process's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.bundle import Bundle
+from trainer.images import InvalidImage, decode_square
+from trainer.live_index import LiveIndex
+from worker.changes import Change, ChangeLog
+from worker.live import net_changes
+
+log = logging.getLogger(__name__)
+PAGE = 1000  # log entries applied per step
+
+
+class LiveView:
+    def __init__(self, bundle: Bundle, changes: ChangeLog | None,
+                 dataset_root: Path | None) -> None:
+        self.bundle = bundle
+        self.changes = changes
+        self.dataset = str(bundle.manifest.get("dataset") or "")
+        self.dataset_root = dataset_root
+        self.index = LiveIndex(bundle.index, bundle.vectors, bundle.ids, bundle.labels,
+                               bundle.classes)
+        self.applied = int(bundle.manifest.get("changes_seq") or 0)
+        self._lock = threading.Lock()  # one thread applies entries at a time, in order
+        self._rebuilding = threading.Lock()
+
+    @property
+    def writable(self) -> bool:
+        return self.changes is not None and self.dataset_root is not None
+
+    def catch_up(self) -> int:
+        """Apply every entry after the last one applied; returns the position reached."""
+        if self.changes is None or not self.dataset:
+            return self.applied
+        with self._lock:
+            while True:
+                entries = self.changes.since(self.dataset, self.applied, PAGE)
+                if not entries:
+                    return self.applied
+                self._apply(entries)
+                self.applied = entries[-1].seq
+
+    def _apply(self, entries: list[Change]) -> None:
+        added, deleted = net_changes(entries)
+        if deleted:
+            self.index.delete(sorted(deleted))
+        if not added:
+            return
+        version = self.bundle.version
+        ready: list[Change] = []
+        again: list[Change] = []
+        for change in added.values():
+            mine = change.vector is not None and change.version == version
+            (ready if mine else again).append(change)
+        vectors = [np.stack([c.vector for c in ready])] if ready else []
+        kept = list(ready)
+        if again:
+            made, usable = self._embed_again(again)
+            vectors.append(made)
+            kept.extend(usable)
+        if kept:
+            self.index.upsert([c.id for c in kept], np.concatenate(vectors),
+                              [c.label for c in kept])
+
+    def _embed_again(self, entries: Iterable[Change]) -> tuple[np.ndarray, list[Change]]:
+        """Vectors of the served model for entries another model embedded."""
+        model = self.bundle.model
+        size = model.meta.image_size
+        images, usable = [], []
+        for change in entries:
+            try:
+                data = (self.dataset_root / (change.path or "")).read_bytes() if (
+                    self.dataset_root and change.path) else b""
+                images.append(torch.from_numpy(decode_square(data, size)).permute(2, 0, 1))
+                usable.append(change)
+            except (OSError, InvalidImage) as exc:
+                log.warning("item %s cannot be embedded again (%s); left out", change.id, exc)
+        if not images:
+            return np.zeros((0, self.index.dim), dtype=np.float32), []
+        out = [model.embed_uint8(torch.stack(images[i:i + 256]))
+               for i in range(0, len(images), 256)]
+        return np.concatenate(out), usable
+
+    def rebuild_if_due(self) -> bool:
+        """Compact the index when changes pass their threshold (in the calling thread; other
+        threads keep searching and writing meanwhile)."""
+        if not self.index.rebuild_due() or not self._rebuilding.acquire(blocking=False):
+            return False
+        try:
+            kind = str((self.bundle.manifest.get("config") or {}).get("index", "auto"))
+            self.index.rebuild(kind)
+            log.info("model %s: index rebuilt (%s)", self.bundle.version, self.index.describe())
+            return True
+        finally:
+            self._rebuilding.release()
