@@ -12,7 +12,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors
+from service import console, errors
 from service.batcher import EmbedBatcher, cpu_workers
 from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
@@ -131,6 +131,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     errors.install(app)
     for module in (health, datasets, jobs, models, retrieval, classify):
         app.include_router(module.router)
+    console.install(app)
 
     upload_limit = settings.max_upload_mb * 1024 * 1024
     # Base64 inflates 4/3; a little room for JSON and multipart framing.

@@ -173,6 +173,10 @@ class ModelSummary(BaseModel):
     index_type: str | None
     knn_top1: float | None
     job_id: str | None
+    pixel_knn_top1: float | None = Field(
+        default=None, description="The same weighted kNN on raw pixels (the baseline).")
+    recall_at_10: float | None = Field(default=None,
+                                       description="Index recall@10 against exact search.")
 
 
 class Item(BaseModel):

@@ -8,11 +8,13 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import Admin, Reader
 from service.deps import RegistryDep, SettingsDep, served_model
 from service.errors import conflict, problems
+from service.item_filter import matching_rows
 from service.schemas import Item, ItemsPublic, ModelsPublic, ModelSummary
 from trainer.bundle import current_version, list_versions, read_manifest, set_current, validate
 from trainer.errors import BundleError
 
 router = APIRouter(tags=["models"])
+FILTER_TEXT = r"^[^\x00-\x1f\x7f]+$"  # printable text: no control characters
 
 
 def _summary(manifest: dict[str, Any], current: str | None) -> ModelSummary:
@@ -24,6 +26,8 @@ def _summary(manifest: dict[str, Any], current: str | None) -> ModelSummary:
         item_count=manifest.get("item_count"),
         index_type=(manifest.get("index") or {}).get("type"),
         knn_top1=metrics.get("knn_top1"), job_id=manifest.get("job_id"),
+        pixel_knn_top1=metrics.get("pixel_knn_top1"),
+        recall_at_10=(manifest.get("index") or {}).get("recall_at_10"),
     )
 
 
@@ -67,14 +71,23 @@ async def promote(version: str, settings: SettingsDep, registry: RegistryDep) ->
 
 @router.get("/models/{version}/items", response_model=ItemsPublic, dependencies=[Reader],
             responses=problems(401, 403, 404, 422, 503),
-            summary="The indexed items of a model (ids and labels), in index order")
+            summary="The indexed items of a model (ids and labels), in index order; `count` "
+            "is the number that match the filters")
 def list_items(version: str, response: Response, registry: RegistryDep,
                offset: int = Query(0, ge=0, le=10**9),
-               limit: int = Query(100, ge=1, le=10_000)) -> ItemsPublic:
+               limit: int = Query(100, ge=1, le=10_000),
+               label: str | None = Query(None, min_length=1, max_length=256,
+                                         pattern=FILTER_TEXT,
+                                         description="Only items of this class."),
+               prefix: str | None = Query(None, min_length=1, max_length=1024,
+                                          pattern=FILTER_TEXT,
+                                          description="Only items whose id starts with this."),
+               ) -> ItemsPublic:
     served = served_model(registry, version)
     bundle = served.bundle
-    rows = range(offset, min(offset + limit, len(bundle.ids)))
+    matching = matching_rows(bundle, label, prefix)
+    rows = matching[offset:offset + limit]
     data = [Item(id=bundle.ids[r], label=bundle.classes[bundle.labels[r]]
                  if bundle.labels[r] >= 0 else None) for r in rows]
     response.headers["X-Model-Version"] = served.version
-    return ItemsPublic(model_version=served.version, data=data, count=len(bundle.ids))
+    return ItemsPublic(model_version=served.version, data=data, count=len(matching))
