@@ -77,8 +77,10 @@ export function drawCharts(container, records, state) {
         {
           size: 56,
           values: panel.percent
-            ? (u, ticks) => ticks.map((t) => `${Math.round(t * 100)} %`)
-            : panel.log ? (u, ticks) => ticks.map((t) => t.toExponential(0)) : undefined,
+            ? (u, ticks) => ticks.map((t) => (t == null ? "" : `${Math.round(t * 100)} %`))
+            : panel.log
+              ? (u, ticks) => ticks.map((t) => (t == null ? "" : t.toExponential(0)))
+              : undefined,
         },
       ],
       series: [{ label: "epoch" }, ...panel.series.map((s) => ({

@@ -248,24 +248,34 @@ export async function render(main, route) {
     form.append("k", String(k));
     const version = encodeURIComponent(state.model);
     try {
-      const found = await api(`/search?model_version=${version}`, { method: "POST", body: form,
-        admin: false });
-      if (stopped) return;
-      const parts = [h("h3", {}, `${found.results[0].neighbours.length} nearest items`),
-        neighbourList(state.model, null, found.results[0].neighbours, null)];
-      if ((manifest?.classes || []).length >= 2) {
+      const labelled = (manifest?.classes || []).length >= 2;
+      const classify = async () => {
+        if (!labelled) return null;
         const cform = new FormData();
         cform.append("files", file, file.name);
         try {
           const classified = await api(`/classify?model_version=${version}`,
             { method: "POST", body: cform, admin: false });
-          const prediction = classified.predictions[0];
-          parts.unshift(h("p", { id: "search-label" }, "Predicted label ",
-            h("strong", {}, prediction.label)), classBars(prediction.scores));
+          return classified.predictions[0];
         } catch (error) {
-          parts.unshift(h("p", { class: "muted" }, `No class scores: ${error.message}`));
+          return error;
         }
+      };
+      const [found, prediction] = await Promise.all([
+        api(`/search?model_version=${version}`, { method: "POST", body: form, admin: false }),
+        classify(),
+      ]);
+      if (stopped) return;
+      const parts = [];
+      if (prediction instanceof Error) {
+        parts.push(h("p", { class: "muted" }, `No class scores: ${prediction.message}`));
+      } else if (prediction) {
+        parts.push(h("p", { id: "search-label" }, "Predicted label ",
+          h("strong", {}, prediction.label)), classBars(prediction.scores));
       }
+      // Built last: thumbnails start loading once they are in the page.
+      parts.push(h("h3", {}, `${found.results[0].neighbours.length} nearest items`),
+        neighbourList(state.model, null, found.results[0].neighbours, null));
       clear(searchBox, h("div", { class: "query" }, preview, h("p", { class: "id" }, file.name)),
         parts);
       sizeBars(searchBox);

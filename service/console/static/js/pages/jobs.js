@@ -16,7 +16,7 @@ function badge(status) {
 function stage(job) {
   const p = job.progress || {};
   if (job.status === "succeeded") return "done";
-  if (p.epoch) return `round ${p.round}/${p.rounds - 1}, epoch ${p.epoch}/${p.epochs}`;
+  if (p.epoch) return `round ${p.round + 1}/${p.rounds}, epoch ${p.epoch}/${p.epochs}`;
   return p.phase || "";
 }
 
@@ -83,7 +83,7 @@ function summary(job) {
   return h("dl", { class: "stats", id: "job-stats" },
     stat("Status", badge(job.status), "job-status"),
     stat("Phase", p.phase || "–", "job-phase"),
-    stat("Round", p.round !== undefined ? `${p.round} of ${p.rounds - 1} (0 = instance)` : "–"),
+    stat("Round", p.round !== undefined ? `${p.round + 1} / ${p.rounds}` : "–"),
     stat("Epoch", p.epoch !== undefined ? `${p.epoch} / ${p.epochs}` : "–", "job-epoch"),
     stat("Images/s", p.images_per_s ? fmtInt(Math.round(p.images_per_s)) : "–"),
     stat("ETA", job.status === "running" ? fmtDuration(p.eta_s) : "–"),
@@ -104,8 +104,8 @@ async function renderJob(main, id) {
   const charts = h("div", { class: "charts", id: "job-charts", dataset: { points: "0" } });
   main.append(h("h1", {}, "Job ", h("code", {}, id.slice(0, 8))), problem, head, bar, live,
     h("h2", {}, "Training curves"),
-    h("p", { class: "muted small" }, "Per epoch; dashed lines mark the start of each AND ",
-      "round (round 0 is instance discrimination)."),
+    h("p", { class: "muted small" }, "Per epoch. The first round is instance discrimination; ",
+      "dashed lines mark the start of each AND round (anchors and neighbourhoods found anew)."),
     charts);
   let timer = null;
   let stopped = false;
