@@ -292,9 +292,12 @@ def test_bad_input_shows_the_problem_and_the_page_keeps_working(stack: Stack,
 def test_phone_width_keyboard_and_alt_texts(stack: Stack, browser: Browser) -> None:
     watch = Watch()
     page = logged_in(browser, stack, watch, PHONE)
-    for name in ("datasets", "train", "jobs", "models", "explore", "map"):
+    ready = {"datasets": "#dataset-list table", "train": "#train-form", "jobs": "#jobs-table",
+             "models": "#models-table", "explore": "#explore-grid img[src^='blob:']",
+             "map": "#map-canvas[data-points]"}
+    for name, selector in ready.items():
         page.goto(f"{stack.base}/#/{name}")
-        expect(page.locator("#main h1")).to_be_visible()
+        page.wait_for_selector(selector)
         settle(page)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{name} is {width} px wide at 390 px"

@@ -76,6 +76,10 @@ export function drawCharts(container, records, state) {
         { label: "epoch", size: 36 },
         {
           size: 56,
+          // Log scale: label and grid the powers of ten only.
+          filter: panel.log
+            ? (u, splits) => splits.map((v) => (v && Math.abs(Math.log10(v) % 1) < 1e-9 ? v : null))
+            : undefined,
           values: panel.percent
             ? (u, ticks) => ticks.map((t) => (t == null ? "" : `${Math.round(t * 100)} %`))
             : panel.log

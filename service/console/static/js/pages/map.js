@@ -87,7 +87,8 @@ export async function render(main, route) {
   const index = buildIndex(xs, ys);
   status.textContent = `${fmtInt(n)} points` +
     (n < data.item_count ? ` (a random sample of ${fmtInt(data.item_count)} items)` : "") +
-    ` · model ${data.model_version}`;
+    ` · model ${data.model_version} · wheel or +/− to zoom, drag to pan, hover for the image, ` +
+    "click for its neighbours";
   clear(legend, groups.map((g) => {
     const swatch = h("span", { class: "swatch" });
     swatch.style.background = colourOf(g.label);
@@ -131,7 +132,9 @@ export async function render(main, route) {
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.fillStyle = "#ffffff";
     ctx.fillRect(0, 0, view.w, view.h);
-    const r = Math.min(5, Math.max(1.2, 1.6 * Math.sqrt(view.scale / view.base)));
+    // Larger points for small maps; they grow a little as one zooms in.
+    const r0 = Math.min(4, Math.max(1.2, 5.5 - 0.9 * Math.log10(n + 1)));
+    const r = Math.min(8, r0 * Math.sqrt(view.scale / view.base));
     const d = 2 * r;
     const { scale, tx, ty, w, h: height } = view;
     let drawn = 0;
