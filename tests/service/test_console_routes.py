@@ -154,3 +154,23 @@ def test_model_list_reports_the_pixel_baseline_and_recall(api):
     assert 0 <= mine["pixel_knn_top1"] <= 1
     assert mine["recall_at_10"] == manifest["index"]["recall_at_10"]
     assert manifest["map_points"] == 120
+
+
+def test_images_and_map_need_the_read_key_when_one_is_set(tmp_path, models_template):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+
+    settings = make_settings(tmp_path, models_template, read_api_key="read-key-0123456789abcd")
+    with zipfile.ZipFile(CIFAR_SLICE) as z:
+        z.extractall(settings.data_root / "cifar-slice")
+    with TestClient(create_app(settings, enqueue=lambda job_id: None)) as c:
+        for path in (f"/models/{V1}/images/{ITEM}", f"/models/{V1}/thumbnails/{ITEM}",
+                     f"/models/{V1}/map"):
+            assert c.get(path).status_code == 401
+            wrong = c.get(path, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 403
+            ok = c.get(path, headers={"Authorization": "Bearer read-key-0123456789abcd"})
+            assert ok.status_code == 200, path
+        assert c.get("/").status_code == 200  # the page itself is open: it asks for the key

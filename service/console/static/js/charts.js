@@ -14,6 +14,10 @@ const PANELS = [
     series: [{ key: "neighbourhood_quality", label: "quality", stroke: "#9467bd" }] },
 ];
 
+function powersOfTen(u, splits) {
+  return splits.map((v) => (v && Math.abs(Math.log10(v) % 1) < 1e-9 ? v : null));
+}
+
 function roundStarts(records) {
   return records.filter((r) => r.epoch === 1 && r.round > 0).map((r) => r.global_epoch - 0.5);
 }
@@ -77,9 +81,9 @@ export function drawCharts(container, records, state) {
         {
           size: 56,
           // Log scale: label and grid the powers of ten only.
-          filter: panel.log
-            ? (u, splits) => splits.map((v) => (v && Math.abs(Math.log10(v) % 1) < 1e-9 ? v : null))
-            : undefined,
+          filter: panel.log ? powersOfTen : undefined,
+          grid: panel.log ? { filter: powersOfTen } : undefined,
+          ticks: panel.log ? { filter: powersOfTen } : undefined,
           values: panel.percent
             ? (u, ticks) => ticks.map((t) => (t == null ? "" : `${Math.round(t * 100)} %`))
             : panel.log
