@@ -231,7 +231,7 @@ def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
     metrics = model.get("metrics", {})
     print(f"\nmodel {version} is published and current: {model['item_count']} items indexed, "
           f"kNN top-1 {metrics.get('knn_top1', metrics.get('loo_knn_top1'))}")
-    _wait_serving(base, version)
+    _wait_serving(base, key, version)
     some_id = _first_item(base, key, version)
     image = Path(data_root) / model["dataset"] / some_id
     auth = f"-H 'Authorization: Bearer {key}'"
@@ -254,12 +254,13 @@ def _first_item(base: str, key: str, version: str) -> str:
     return _request("GET", f"{base}/models/{version}/items?limit=1", key)["data"][0]["id"]
 
 
-def _wait_serving(base: str, version: str) -> None:
-    """The API swaps to a new model within a second or so of its publication."""
+def _wait_serving(base: str, key: str, version: str) -> None:
+    """The API swaps to a new model within a second or so of its publication (readiness
+    names the version to a caller with a key when READ_API_KEY is set)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if _request("GET", f"{base}/readyz")["checks"].get("model") == version:
+            if _request("GET", f"{base}/readyz", key)["checks"].get("model") == version:
                 return
         except (OSError, RuntimeError):
             pass
