@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -103,6 +105,37 @@ class _LoadThrottle:
         return (1 - self.tokens) / self.rate
 
 
+class _Loader:
+    """One daemon thread that runs loads in order (a load stuck on a slow disk never holds
+    up the process's exit, as a thread pool's worker would)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
+            queue.Queue())
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((future, fn, args))
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="model-load",
+                                                daemon=True)
+                self._thread.start()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, fn, args = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever waits for this load
+                future.set_exception(exc)
+
+
 class ModelRegistry:
     def __init__(self, models_root: Path, device: str = "auto", poll_s: float = 1.0,
                  on_swap: Callable[[str], None] | None = None, cache_size: int = 2,
@@ -122,7 +155,7 @@ class ModelRegistry:
         self._inflight: dict[tuple[str, bool], Future[Served]] = {}
         self._throttle = _LoadThrottle(loads_per_min)
         self._lock = threading.Lock()  # guards the bookkeeping above; never held while loading
-        self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-load")
+        self._loader = _Loader()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
