@@ -236,7 +236,7 @@ def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
     pixels = metrics.get("pixel_knn_top1")
     print(f"  weighted kNN top-1: model {_share(top1)}, raw pixels {_share(pixels)} (the same "
           "kNN on the images themselves)")
-    _wait_serving(base, version)
+    _wait_serving(base, key, version)
     some_id = _first_item(base, key, version)
     image = Path(data_root) / model["dataset"] / some_id
     auth = f"-H 'Authorization: Bearer {key}'"
@@ -264,12 +264,13 @@ def _first_item(base: str, key: str, version: str) -> str:
     return _request("GET", f"{base}/models/{version}/items?limit=1", key)["data"][0]["id"]
 
 
-def _wait_serving(base: str, version: str) -> None:
-    """The API swaps to a new model within a second or so of its publication."""
+def _wait_serving(base: str, key: str, version: str) -> None:
+    """The API swaps to a new model within a second or so of its publication (readiness
+    names the version to a caller with a key when READ_API_KEY is set)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if _request("GET", f"{base}/readyz")["checks"].get("model") == version:
+            if _request("GET", f"{base}/readyz", key)["checks"].get("model") == version:
                 return
         except (OSError, RuntimeError):
             pass

@@ -9,6 +9,7 @@ from collections import OrderedDict
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from service.auth import Reader
 from service.deps import RegistryDep, served_model
@@ -70,10 +71,11 @@ def _encoded(served: Served) -> bytes:
             responses={200: {"model": MapPublic, "content": {"application/json": {}}},
                        304: {"description": "Not modified"}} | problems(401, 403, 404, 503),
             summary="2-D map of a model's items (PCA then t-SNE of their embeddings)")
-def model_map(version: str, request: Request, registry: RegistryDep) -> Response:
-    served = served_model(registry, version)
+async def model_map(version: str, request: Request, registry: RegistryDep) -> Response:
+    served = await served_model(registry, version)
     tag = f'"map-{served.version}"'
     headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL, "X-Model-Version": served.version}
     if not_modified(request, tag):
         return Response(status_code=304, headers=headers)
-    return Response(_encoded(served), media_type="application/json", headers=headers)
+    body = await run_in_threadpool(_encoded, served)
+    return Response(body, media_type="application/json", headers=headers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import zipfile
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from service.auth import Reader
 from service.deps import RegistryDep, SettingsDep, served_model
@@ -92,9 +93,14 @@ def _answer(request: Request, body: bytes, media_type: str, tag: str,
 @router.get("/models/{version}/images/{item_id:path}", dependencies=[Reader],
             response_class=Response, responses=IMAGE_RESPONSES | problems(401, 403, 404, 503),
             summary="The image file of an indexed item, as stored in its dataset")
-def item_image(version: str, item_id: str, request: Request, settings: SettingsDep,
-               registry: RegistryDep) -> Response:
-    served = served_model(registry, version)
+async def item_image(version: str, item_id: str, request: Request, settings: SettingsDep,
+                     registry: RegistryDep) -> Response:
+    served = await served_model(registry, version)
+    return await run_in_threadpool(_image, request, settings, served, item_id)
+
+
+def _image(request: Request, settings: ServiceSettings, served: Served,
+           item_id: str) -> Response:
     found = _locate(request, settings, served, item_id)
     tag = etag("image", found.etag_seed)
     if not_modified(request, tag):
@@ -107,11 +113,16 @@ def item_image(version: str, item_id: str, request: Request, settings: SettingsD
             responses=IMAGE_RESPONSES | problems(401, 403, 404, 422, 503),
             summary="A thumbnail of an indexed item's image (fits in size x size, never "
             "enlarged)")
-def item_thumbnail(version: str, item_id: str, request: Request, settings: SettingsDep,
-                   registry: RegistryDep,
-                   size: int = Query(128, ge=THUMB_SIZES[0], le=THUMB_SIZES[1],
-                                     description="Longest side in pixels.")) -> Response:
-    served = served_model(registry, version)
+async def item_thumbnail(version: str, item_id: str, request: Request, settings: SettingsDep,
+                         registry: RegistryDep,
+                         size: int = Query(128, ge=THUMB_SIZES[0], le=THUMB_SIZES[1],
+                                           description="Longest side in pixels.")) -> Response:
+    served = await served_model(registry, version)
+    return await run_in_threadpool(_thumbnail, request, settings, served, item_id, size)
+
+
+def _thumbnail(request: Request, settings: ServiceSettings, served: Served, item_id: str,
+               size: int) -> Response:
     found = _locate(request, settings, served, item_id)
     tag = etag("thumbnail", size, found.etag_seed)
     if not_modified(request, tag):
