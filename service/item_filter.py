@@ -10,7 +10,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-from service.errors import invalid
 from trainer.bundle import Bundle
 
 _MAX_CHAR = "\U0010ffff"  # sorts after every character an id can continue with
@@ -46,10 +45,8 @@ def matching_rows(bundle: Bundle, label: str | None = None,
         hi = bisect.bisect_left(ids, prefix + _MAX_CHAR, lo)
         rows = np.sort(order[lo:hi])
     if label is not None:
-        if label not in bundle.classes:
-            shown = ", ".join(bundle.classes[:20]) + (" ..." if len(bundle.classes) > 20 else "")
-            raise invalid(f"label: model {bundle.version} has no class {label!r} "
-                          f"(classes: {shown or 'none'})")
+        if label not in bundle.classes:  # a filter that matches nothing
+            return np.zeros(0, dtype=np.int64)
         wanted = bundle.classes.index(label)
         if isinstance(rows, range):
             rows = np.flatnonzero(bundle.labels == wanted)

@@ -16,8 +16,9 @@ from tests.service.conftest import ADMIN, V1, make_settings
 
 READ = "read-key-for-tests-0123456789"
 METRICS = "metrics-key-for-tests-012345"
-# Open on purpose: orchestrators probe them without a key.
-PUBLIC = {"/healthz", "/readyz"}
+# Open on purpose: orchestrators probe the health routes without a key; the console's page is
+# static (no data in it) and asks for the key itself.
+PUBLIC = {"/healthz", "/readyz", "/"}
 DOCS = {"/docs", "/redoc", "/openapi.json"}
 SAMPLE_PARAMS = {"item_id:path": "train/cat/0000.jpg", "version": V1, "job_id": "abc",
                  "name": "slice"}
