@@ -52,6 +52,8 @@ case "$cmd" in
         # The tests start their own redis-server on a free port, and validate the compose file.
         need_system_package redis-server redis-server
         need_system_package docker-compose docker-compose
+        # The console tests drive Debian's chromium headless (Playwright uses it as it is).
+        need_system_package chromium chromium
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     up)

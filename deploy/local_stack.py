@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
 
     children: list[subprocess.Popen] = []
+    print(f"Console: {base}/  (open it in a browser once the API is ready; the admin key it "
+          f"asks for is in {home / 'admin.key'})", flush=True)
 
     def stop_all(*_: Any) -> None:
         for child in children:
@@ -79,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         start("worker", "-m", "worker")
         start("api", "-m", "service", "--host", "127.0.0.1", "--port", str(args.port))
         _wait_healthy(base, children)
-        print(f"API ready at {base} (docs: {base}/docs); jobs run on the embedded queue, "
-              f"data and models live in {home}")
+        print(f"API ready at {base} (console: {base}/, docs: {base}/docs); jobs run on the "
+              f"embedded queue, data and models live in {home}")
         if not args.no_train:
             version = _demo(base, key, args, home)
             _print_examples(base, key, version, env["DATA_ROOT"])
@@ -229,17 +231,21 @@ def _multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[byt
 def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
     model = _request("GET", f"{base}/models/{version}", key)
     metrics = model.get("metrics", {})
-    print(f"\nmodel {version} is published and current: {model['item_count']} items indexed, "
-          f"kNN top-1 {metrics.get('knn_top1', metrics.get('loo_knn_top1'))}")
-    _wait_serving(base, version)
+    print(f"\nmodel {version} is published and current: {model['item_count']} items indexed")
+    top1 = metrics.get("knn_top1", metrics.get("loo_knn_top1"))
+    pixels = metrics.get("pixel_knn_top1")
+    print(f"  weighted kNN top-1: model {_share(top1)}, raw pixels {_share(pixels)} (the same "
+          "kNN on the images themselves)")
+    _wait_serving(base, key, version)
     some_id = _first_item(base, key, version)
     image = Path(data_root) / model["dataset"] / some_id
     auth = f"-H 'Authorization: Bearer {key}'"
     q = urllib.parse.quote(some_id)
     nb = _request("GET", f"{base}/neighbours/{q}?k=3", key)
     print(f"neighbours of {some_id}: " + ", ".join(
-        f"{n['id']} ({n['score']:.2f})" for n in nb["neighbours"]))
+        f"{n['id']} ({n['score']:.4f})" for n in nb["neighbours"]))
     print(f"""
+Look at it: {base}/ (Explore, Embedding map)
 Try it (the admin key is in {Path(os.environ.get('AND_HOME', REPO / 'var')) / 'admin.key'}):
   curl -s {base}/models/{version}
   curl -s '{base}/neighbours/{some_id}?k=5'
@@ -250,16 +256,21 @@ Try it (the admin key is in {Path(os.environ.get('AND_HOME', REPO / 'var')) / 'a
 """)
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
 def _first_item(base: str, key: str, version: str) -> str:
     return _request("GET", f"{base}/models/{version}/items?limit=1", key)["data"][0]["id"]
 
 
-def _wait_serving(base: str, version: str) -> None:
-    """The API swaps to a new model within a second or so of its publication."""
+def _wait_serving(base: str, key: str, version: str) -> None:
+    """The API swaps to a new model within a second or so of its publication (readiness
+    names the version to a caller with a key when READ_API_KEY is set)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if _request("GET", f"{base}/readyz")["checks"].get("model") == version:
+            if _request("GET", f"{base}/readyz", key)["checks"].get("model") == version:
                 return
         except (OSError, RuntimeError):
             pass

@@ -12,12 +12,17 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import errors
+from service import console, contract, errors
 from service.batcher import EmbedBatcher, cpu_workers
+from service.decoding import QueryDecoder
+from service.limits import Limits
 from service.metrics import Metrics, MetricsMiddleware
+from service.probes import BrokerConnection, CachedProbe
 from service.registry import ModelRegistry
-from service.routes import classify, datasets, health, jobs, models, retrieval
+from service.routes import classify, datasets, docs, health, jobs, models, retrieval
+from service.schemas import query_models
 from service.settings import ServiceSettings, get_service_settings
+from service.uploads import sweep_stale_uploads
 from worker.jobs import JobStore, open_store
 
 log = logging.getLogger(__name__)
@@ -40,10 +45,11 @@ class UnsafeSettings(RuntimeError):
 
 
 class _BodyLimit:
-    """A request-body limit chosen by path (archives may be large, queries may not), answered
-    with a problem: up front from Content-Length, or as soon as a streamed body passes it."""
+    """A request-body limit chosen by path and media type (archives may be large, queries may
+    not; see service/limits.py), answered with a problem: up front from Content-Length, or as
+    soon as a streamed body passes it."""
 
-    def __init__(self, app: ASGIApp, limit_for: Callable[[str], int]) -> None:
+    def __init__(self, app: ASGIApp, limit_for: Callable[[str, str], int]) -> None:
         self.app = app
         self.limit_for = limit_for
 
@@ -51,8 +57,10 @@ class _BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit_for(scope["path"])
-        declared = Headers(scope=scope).get("content-length", "")
+        headers = Headers(scope=scope)
+        media = headers.get("content-type", "").split(";")[0].strip().lower()
+        limit = self.limit_for(scope["path"], media)
+        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             response = errors.problem_response(Request(scope), 413, "Content Too Large",
                                                f"the request body exceeds {limit} bytes")
@@ -69,16 +77,6 @@ class _BodyLimit:
             return message
 
         await self.app(scope, limited, send)
-
-
-def _broker_check(settings: ServiceSettings) -> Callable[[], None]:
-    def check() -> None:
-        from worker.app import make_celery
-
-        with make_celery(settings).connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-
-    return check
 
 
 def _celery_enqueue(settings: ServiceSettings) -> Callable[[str], None]:
@@ -102,15 +100,25 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
         log.warning("ADMIN_API_KEY is not set: mutating routes are open (development only)")
     settings.ensure_dirs()
     store = store or open_store(settings)
+    limits = Limits.of(settings)
     metrics = Metrics(store.counts)
     registry = ModelRegistry(settings.models_root, settings.device, settings.model_poll_s,
-                             on_swap=metrics.set_model)
+                             on_swap=metrics.set_model, cache_size=settings.model_cache_size,
+                             loads_per_min=settings.model_loads_per_min,
+                             on_load=metrics.count_load)
     batcher = EmbedBatcher(settings.embed_max_batch, settings.embed_max_wait_ms / 1000,
+                           max_queued_images=settings.embed_max_queued_images,
                            on_batch=metrics.embed_batch.observe,
                            workers=settings.embed_workers or cpu_workers(settings.device))
+    decoder = QueryDecoder(settings.max_query_pixels, settings.decode_concurrency)
+    metrics.watch(decoder, batcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        swept = sweep_stale_uploads(settings.data_root)
+        if swept:
+            log.warning("removed %d upload folders left by interrupted uploads", len(swept))
+        decoder.start()
         registry.start()
         batcher.start()
         try:
@@ -119,24 +127,28 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
             batcher.stop()
             registry.stop()
 
+    # The documentation routes are the app's own (service/routes/docs.py), with their guard.
     app = FastAPI(title="AND embedding retrieval", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
+    app.state.limits = limits
+    app.state.bodies = query_models(limits)
     app.state.store = store
     app.state.registry = registry
     app.state.batcher = batcher
+    app.state.decoder = decoder
     app.state.metrics = metrics
     app.state.enqueue = enqueue or _celery_enqueue(settings)
-    app.state.broker_check = _broker_check(settings)
+    app.state.store_probe = CachedProbe(store.ping)
+    app.state.broker_probe = CachedProbe(BrokerConnection(settings))
     errors.install(app)
     for module in (health, datasets, jobs, models, retrieval, classify):
         app.include_router(module.router)
+    console.install(app)
+    if settings.api_docs != "off":
+        app.include_router(docs.router)
+    contract.install(app)
 
-    upload_limit = settings.max_upload_mb * 1024 * 1024
-    # Base64 inflates 4/3; a little room for JSON and multipart framing.
-    query_limit = int(settings.max_images_per_request * settings.max_image_mb * 1024 * 1024
-                      * 4 / 3) + 65536
-    app.add_middleware(_BodyLimit, limit_for=lambda path: upload_limit
-                       if path.rstrip("/") == "/datasets" else query_limit)
+    app.add_middleware(_BodyLimit, limit_for=limits.body_limit)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

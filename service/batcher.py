@@ -1,8 +1,9 @@
 """Micro-batching of embedding work.
 
-Requests put their decoded images on a bounded queue and await a future. An inference thread
-takes the first waiting request and everything already queued, then waits (at most
-`max_wait_s`, up to `max_batch` images) only while its share of the recent load has not
+Requests put their decoded images on a queue and await a future; at most `max_queued_images`
+images wait or run at once (past that a request is refused at once: Overloaded, 503). An
+inference thread takes the first waiting request and everything already queued, then waits (at
+most `max_wait_s`, up to `max_batch` images) only while its share of the recent load has not
 arrived; it runs one forward pass per model version in the batch and hands each request its
 rows. A lone request therefore never waits, and under load the model runs large batches (its
 efficient regime) instead of many small ones; the event loop never runs model code.
@@ -72,6 +73,20 @@ class _RecentLoad:
             self._roll(time.monotonic())
             self._peak = max(self._peak, self._pending)
 
+    def try_add(self, n: int, limit: int) -> bool:
+        """Add n images unless that passes `limit` (one request alone always fits)."""
+        with self._lock:
+            if self._pending and self._pending + n > limit:
+                return False
+            self._pending += n
+            self._roll(time.monotonic())
+            self._peak = max(self._peak, self._pending)
+            return True
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
     def recent_peak(self) -> int:
         with self._lock:
             self._roll(time.monotonic())
@@ -79,15 +94,22 @@ class _RecentLoad:
 
 
 class EmbedBatcher:
-    def __init__(self, max_batch: int = 64, max_wait_s: float = 0.01, max_queue: int = 1024,
+    def __init__(self, max_batch: int = 64, max_wait_s: float = 0.01,
+                 max_queued_images: int = 1024,
                  on_batch: Callable[[int], None] | None = None, workers: int = 1) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.max_queued_images = max_queued_images
         self.on_batch = on_batch or (lambda n: None)
         self.workers = max(1, workers)
         self._load = _RecentLoad()
-        self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[_Work | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
+
+    @property
+    def pending_images(self) -> int:
+        """Images queued or being embedded now."""
+        return self._load.pending
 
     def start(self) -> None:
         self._threads = [t for t in self._threads if t.is_alive()]
@@ -106,13 +128,12 @@ class EmbedBatcher:
     async def embed(self, model: EmbeddingModel, images: torch.Tensor) -> np.ndarray:
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
-        # Counted before it is queued: a thread may answer it before put_nowait returns.
-        self._load.add(images.shape[0])
-        try:
-            self._queue.put_nowait(_Work(model, images, future, loop))
-        except queue.Full:
-            self._load.add(-images.shape[0])
-            raise Overloaded("too many embedding requests are waiting") from None
+        # Counted before it is queued: a thread may answer it before put_nowait returns. A
+        # request larger than the bound on its own still runs when nothing else waits.
+        if not self._load.try_add(images.shape[0], self.max_queued_images):
+            raise Overloaded(f"more than {self.max_queued_images} images are waiting to be "
+                             "embedded")
+        self._queue.put_nowait(_Work(model, images, future, loop))
         return await future
 
     def _share(self) -> int:

@@ -4,15 +4,26 @@ thread pool, a thread hop per dependency per request."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.batcher import EmbedBatcher
-from service.errors import not_ready
+from service.decoding import QueryDecoder
+from service.errors import not_found, not_ready
+from service.limits import Limits
 from service.metrics import Metrics
-from service.registry import ModelRegistry, Served
+from service.registry import (
+    BrokenVersion,
+    ModelRegistry,
+    NoModel,
+    Served,
+    TooManyLoads,
+    UnknownVersion,
+)
+from service.schemas import QueryModels
 from service.settings import ServiceSettings
 from worker.jobs import JobStore
 
@@ -37,6 +48,18 @@ async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+async def _limits(request: Request) -> Limits:
+    return request.app.state.limits
+
+
+async def _bodies(request: Request) -> QueryModels:
+    return request.app.state.bodies
+
+
+async def _decoder(request: Request) -> QueryDecoder:
+    return request.app.state.decoder
+
+
 async def _enqueue(request: Request) -> Callable[[str], None]:
     return request.app.state.enqueue
 
@@ -46,12 +69,19 @@ StoreDep = Annotated[JobStore, Depends(_store)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 BatcherDep = Annotated[EmbedBatcher, Depends(_batcher)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
+LimitsDep = Annotated[Limits, Depends(_limits)]
+BodiesDep = Annotated[QueryModels, Depends(_bodies)]
+DecoderDep = Annotated[QueryDecoder, Depends(_decoder)]
 EnqueueDep = Annotated[Callable[[str], None], Depends(_enqueue)]
 
 
-def served_model(registry: ModelRegistry, version: str | None) -> Served:
+async def served_model(registry: ModelRegistry, version: str | None) -> Served:
     """The bundle this request will use from start to end (see registry)."""
     try:
-        return registry.get(version)
-    except LookupError:
+        return await registry.get(version)
+    except NoModel:
         raise not_ready("no model has been published yet; train one with POST /train") from None
+    except UnknownVersion:
+        raise not_found(f"no model version {version!r}") from None
+    except (BrokenVersion, TooManyLoads) as exc:
+        raise not_ready(str(exc), retry_after_s=max(1, math.ceil(exc.retry_in_s))) from None

@@ -29,7 +29,9 @@ class Problem(BaseModel):
     detail: str | None = Field(default=None, description="What went wrong with this request.")
     instance: str | None = Field(default=None, description="The request path.")
     errors: list[dict[str, Any]] | None = Field(
-        default=None, description="Field-level validation errors, when there are several.")
+        default=None, description="Field-level validation errors (at most 20).")
+    error_count: int | None = Field(
+        default=None, description="How many validation errors there were in all.")
 
 
 class ProblemError(StarletteHTTPException):
@@ -38,10 +40,11 @@ class ProblemError(StarletteHTTPException):
 
     def __init__(self, status: int, title: str, detail: str | None = None,
                  errors: list[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, error_count: int | None = None) -> None:
         super().__init__(status, detail or title, headers)
         self.status, self.title, self.problem_detail = status, title, detail
         self.errors = errors
+        self.error_count = error_count
 
 
 def not_found(detail: str) -> ProblemError:
@@ -52,8 +55,18 @@ def conflict(detail: str) -> ProblemError:
     return ProblemError(409, "Conflict", detail)
 
 
-def invalid(detail: str, errors: list[dict[str, Any]] | None = None) -> ProblemError:
-    return ProblemError(422, "Unprocessable Content", detail, errors)
+def invalid(detail: str, errors: list[dict[str, Any]] | None = None,
+            error_count: int | None = None) -> ProblemError:
+    return ProblemError(422, "Unprocessable Content", detail, errors,
+                        error_count=error_count if errors else None)
+
+
+def invalid_archive(detail: str) -> ProblemError:
+    return ProblemError(422, "Invalid Archive", detail)
+
+
+def insufficient_storage(detail: str) -> ProblemError:
+    return ProblemError(507, "Insufficient Storage", detail)
 
 
 def too_large(detail: str) -> ProblemError:
@@ -64,27 +77,31 @@ def unsupported(detail: str) -> ProblemError:
     return ProblemError(415, "Unsupported Media Type", detail)
 
 
-def not_ready(detail: str) -> ProblemError:
-    return ProblemError(503, "Service Unavailable", detail, headers={"Retry-After": "5"})
+def not_ready(detail: str, retry_after_s: int = 5) -> ProblemError:
+    return ProblemError(503, "Service Unavailable", detail,
+                        headers={"Retry-After": str(retry_after_s)})
 
 
 def problem_response(request: Request, status: int, title: str, detail: str | None = None,
                      errors: list[dict[str, Any]] | None = None,
-                     headers: dict[str, str] | None = None) -> JSONResponse:
+                     headers: dict[str, str] | None = None,
+                     error_count: int | None = None) -> JSONResponse:
     body = Problem(title=title, status=status, detail=detail, instance=request.url.path,
-                   errors=errors).model_dump(exclude_none=True)
+                   errors=errors, error_count=error_count).model_dump(exclude_none=True)
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
            415: "Unsupported Media Type", 422: "Unprocessable Content",
-           429: "Too Many Requests", 503: "Service Unavailable"}
+           429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable",
+           507: "Insufficient Storage"}
+MAX_ERRORS = 20
 
 
 def _clean_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     out = []
-    for e in exc.errors():
+    for e in exc.errors()[:MAX_ERRORS]:
         out.append({"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
                     "type": str(e.get("type", ""))})
     return out
@@ -94,7 +111,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(request, exc.status, exc.title, exc.problem_detail,
-                                exc.errors, exc.headers)
+                                exc.errors, exc.headers, exc.error_count)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -102,24 +119,31 @@ def install(app: FastAPI) -> None:
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(p for p in first["loc"] if p not in ("body", "query", "path"))
         detail = f"{where}: {first['msg']}" if where else first["msg"]
-        return problem_response(request, 422, "Unprocessable Content", detail, errors)
+        return problem_response(request, 422, "Unprocessable Content", detail, errors,
+                                error_count=len(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = _TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
-        return problem_response(request, exc.status_code, title, detail,
-                                headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path.
+            from service.routing import allowed_methods
+
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope["path"]))
+        return problem_response(request, exc.status_code, title, detail, headers=headers)
 
     @app.exception_handler(ConfigError)
     async def _config(request: Request, exc: ConfigError) -> JSONResponse:
         return problem_response(request, 422, "Invalid Training Config", str(exc),
                                 [{"loc": ["config", exc.key], "msg": exc.message,
-                                  "type": "config"}])
+                                  "type": "config"}], error_count=1)
 
     @app.exception_handler(DatasetError)
     async def _dataset(request: Request, exc: DatasetError) -> JSONResponse:
-        return problem_response(request, 422, "Unusable Dataset", str(exc))
+        # The request named a dataset that exists but cannot be used as it is now.
+        return problem_response(request, 409, "Unusable Dataset", str(exc))
 
     @app.exception_handler(InvalidImage)
     async def _image(request: Request, exc: InvalidImage) -> JSONResponse:
@@ -143,7 +167,7 @@ def install(app: FastAPI) -> None:
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {PROBLEM: {}}, "description": title}
     for code, title in _TITLES.items() if code not in (405, 429)
-} | {500: {"model": Problem, "content": {PROBLEM: {}}, "description": "Internal Server Error"}}
+}
 
 
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:

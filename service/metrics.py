@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -40,6 +40,14 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         self.model = Gauge("and_model_info", "The model version being served (value 1)",
                            ["version"], registry=self.registry)
+        self.model_loads = Counter("and_model_loads", "Model bundle loads by outcome",
+                                   ["outcome"], registry=self.registry)
+        self.embed_queue = Gauge("and_embed_queue_images",
+                                 "Images waiting for or in embedding",
+                                 registry=self.registry)
+        self.decodes = Gauge("and_query_decodes_running",
+                             "Query image decodes running in the thread pool",
+                             registry=self.registry)
         self.registry.register(_JobCounts(job_counts))
         self._version: str | None = None
 
@@ -48,6 +56,13 @@ class Metrics:
             self.model.remove(self._version)
         self.model.labels(version).set(1)
         self._version = version
+
+    def count_load(self, version: str, ok: bool) -> None:
+        self.model_loads.labels("loaded" if ok else "failed").inc()
+
+    def watch(self, decoder: Any, batcher: Any) -> None:
+        self.decodes.set_function(lambda: decoder.running)
+        self.embed_queue.set_function(lambda: batcher.pending_images)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,25 +3,39 @@
 A background thread watches models/CURRENT. When it names a new version, that bundle is loaded
 beside the serving one and a single reference is swapped. A request takes the reference once
 and uses that bundle for everything it does, so no request fails during a swap and none mixes
-two versions. Requests may also pin an older version (kept in a small cache).
+two versions.
+
+Requests may also pin another version. Reading a loaded version takes no lock: the current
+model is one reference and the cache of other versions a dict that is replaced, never changed
+in place. Every load runs on one loader thread, never on the event loop; a request that needs a
+version being loaded awaits that same load. The cache keeps MODEL_CACHE_SIZE versions besides
+the current one (least recently used dropped first), pinned loads are limited to
+MODEL_LOADS_PER_MIN (bursts of 2), and a bundle that fails to load is not tried again before a
+back-off (1 s doubling to 60 s) has passed, however many requests ask for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 import threading
-from collections import OrderedDict
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 
-from trainer.bundle import Bundle, current_version, list_versions
-from trainer.errors import BundleError
+from trainer.bundle import Bundle, current_version
 from trainer.index import SearchIndex
 
 log = logging.getLogger(__name__)
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 60.0
+LOAD_BURST = 2
 
 
 class Served:
@@ -48,18 +62,100 @@ class Served:
         return np.where(rows >= 0, self.labelled_rows[np.clip(rows, 0, None)], -1)
 
 
+class NoModel(LookupError):
+    """Nothing to serve yet (none published, or the current one cannot be loaded)."""
+
+
+class UnknownVersion(LookupError):
+    pass
+
+
+class BrokenVersion(RuntimeError):
+    """A published version that failed to load; the reason is in the log only."""
+
+    def __init__(self, version: str, retry_in_s: float) -> None:
+        super().__init__(f"model {version} cannot be loaded (the API log says why); next try "
+                         f"in {max(1, round(retry_in_s))} s")
+        self.version, self.retry_in_s = version, retry_in_s
+
+
+class TooManyLoads(RuntimeError):
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__("too many model versions are being loaded; retry shortly")
+        self.retry_in_s = retry_in_s
+
+
+class _LoadThrottle:
+    """A token bucket: `per_min` loads a minute, at most `burst` at once."""
+
+    def __init__(self, per_min: int, burst: int = LOAD_BURST) -> None:
+        self.rate = per_min / 60.0
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.at = time.monotonic()
+
+    def take(self) -> float:
+        """0 when a load may start now (and counts it), else seconds until one may."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class _Loader:
+    """One daemon thread that runs loads in order (a load stuck on a slow disk never holds
+    up the process's exit, as a thread pool's worker would)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
+            queue.Queue())
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._queue.put((future, fn, args))
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="model-load",
+                                                daemon=True)
+                self._thread.start()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            future, fn, args = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever waits for this load
+                future.set_exception(exc)
+
+
 class ModelRegistry:
     def __init__(self, models_root: Path, device: str = "auto", poll_s: float = 1.0,
-                 on_swap: Callable[[str], None] | None = None, pinned_cache: int = 2) -> None:
+                 on_swap: Callable[[str], None] | None = None, cache_size: int = 2,
+                 loads_per_min: int = 10,
+                 on_load: Callable[[str, bool], None] | None = None) -> None:
         self.models_root = Path(models_root)
         self.device = device
         self.poll_s = poll_s
         self.on_swap = on_swap or (lambda version: None)
+        self.on_load = on_load or (lambda version, ok: None)
+        self.cache_size = cache_size
         self.current: Served | None = None
-        self.last_error: str | None = None
-        self._pinned: OrderedDict[str, Served] = OrderedDict()
-        self._pinned_cache = pinned_cache
-        self._lock = threading.Lock()  # serialises loading, never held while serving
+        self.last_error: str | None = None  # says which version failed, never where or why
+        self._cached: dict[str, Served] = {}  # replaced whole under _lock, read without it
+        self._used: dict[str, float] = {}
+        self._broken: dict[str, tuple[float, int]] = {}  # version -> (next try, failures)
+        self._inflight: dict[tuple[str, bool], Future[Served]] = {}
+        self._throttle = _LoadThrottle(loads_per_min)
+        self._lock = threading.Lock()  # guards the bookkeeping above; never held while loading
+        self._loader = _Loader()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -84,58 +180,151 @@ class ModelRegistry:
             except Exception:  # keep serving the old model whatever happens
                 log.exception("checking for a new model failed")
 
-    # --- loading --------------------------------------------------------------------------
-    def _load(self, version: str) -> Served:
-        return Served(Bundle.load(self.models_root, version, device=self.device))
+    # --- reading (any thread or the event loop; no lock, no I/O) ---------------------------
+    def peek(self, version: str | None = None) -> Served | None:
+        """The current model, or a loaded pinned version; None when it is not loaded."""
+        current = self.current
+        if version is None or (current is not None and current.version == version):
+            return current
+        served = self._cached.get(version)
+        if served is not None:
+            self._used[version] = time.monotonic()
+        return served
 
-    def refresh(self) -> str | None:
-        """Load and swap in the version CURRENT names, if it changed."""
+    async def get(self, version: str | None = None) -> Served:
+        """The bundle a request uses: loaded already, or loaded now off the event loop."""
+        served = self.peek(version)
+        if served is not None:
+            return served
+        if version is None:
+            return await asyncio.wrap_future(self._current_future())
+        return await asyncio.wrap_future(self._pinned_future(version))
+
+    # --- loading (the loader thread) -------------------------------------------------------
+    def refresh(self, force: bool = False) -> str | None:
+        """Load and swap in the version CURRENT names, if it changed (blocking: not for the
+        event loop). A version that failed lately is left alone unless `force`."""
+        try:
+            self._current_future(force).result()
+        except NoModel:
+            pass
+        except Exception:  # already logged by the loader; the old model keeps serving
+            pass
+        current = self.current
+        return current.version if current else None
+
+    def _current_future(self, force: bool = False) -> Future[Served]:
         wanted = current_version(self.models_root)
-        serving = self.current
-        if wanted is None or (serving is not None and serving.version == wanted):
-            return serving.version if serving else None
+        current = self.current
+        if wanted is None:
+            return _failed(NoModel("no model has been published yet"))
+        if current is not None and current.version == wanted:
+            return _done(current)
+        if not force:
+            wait = self._backoff_left(wanted)
+            if wait > 0:
+                return _failed(BrokenVersion(wanted, wait))
+        return self._submit(wanted, make_current=True)
+
+    def _pinned_future(self, version: str) -> Future[Served]:
+        if not (self.models_root / version / "manifest.json").is_file():
+            return _failed(UnknownVersion(f"no model version {version!r}"))
+        wait = self._backoff_left(version)
+        if wait > 0:
+            return _failed(BrokenVersion(version, wait))
         with self._lock:
-            if self.current is not None and self.current.version == wanted:
-                return wanted
+            running = self._inflight.get((version, False))
+            if running is not None and not running.done():
+                return running
+            wait = self._throttle.take()
+        if wait > 0:
+            return _failed(TooManyLoads(wait))
+        return self._submit(version, make_current=False)
+
+    def _submit(self, version: str, make_current: bool) -> Future[Served]:
+        key = (version, make_current)
+        with self._lock:
+            running = self._inflight.get(key)
+            if running is None or running.done():
+                task = self._make_current if make_current else self._load_pinned
+                running = self._loader.submit(task, version)
+                self._inflight[key] = running
+            return running
+
+    def _backoff_left(self, version: str) -> float:
+        entry = self._broken.get(version)
+        return 0.0 if entry is None else entry[0] - time.monotonic()
+
+    def _load(self, version: str) -> Served:
+        try:
+            served = Served(Bundle.load(self.models_root, version, device=self.device))
+        except Exception as exc:
+            failures = self._broken.get(version, (0.0, 0))[1] + 1
+            delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures - 1))
+            self._broken[version] = (time.monotonic() + delay, failures)
+            log.error("cannot load model %s (next try in %.0f s): %s", version, delay, exc)
+            self.on_load(version, False)
+            raise BrokenVersion(version, delay) from None
+        self._broken.pop(version, None)
+        self.on_load(version, True)
+        return served
+
+    def _make_current(self, version: str) -> Served:
+        current = self.current
+        if current is not None and current.version == version:
+            return current
+        served = self._cached.get(version)
+        if served is None:
             try:
-                loaded = self._pinned.pop(wanted, None) or self._load(wanted)
-            except (BundleError, OSError, ValueError, KeyError, RuntimeError) as exc:
+                served = self._load(version)
+            except BrokenVersion:
                 # A bad bundle never replaces a good one.
-                self.last_error = f"cannot load model {wanted}: {exc}"
-                log.error("%s; still serving %s", self.last_error,
-                          serving.version if serving else "nothing")
-                return serving.version if serving else None
-            previous = self.current
-            self.current = loaded  # the swap: one reference assignment
-            self.last_error = None
-            if previous is not None:
-                self._remember(previous)
-        log.info("serving model %s", wanted)
-        self.on_swap(wanted)
-        return wanted
-
-    def _remember(self, served: Served) -> None:
-        self._pinned[served.version] = served
-        while len(self._pinned) > self._pinned_cache:
-            self._pinned.popitem(last=False)
-
-    def get(self, version: str | None = None) -> Served:
-        """The bundle a request uses: the current one, or a pinned version."""
-        serving = self.current
-        if serving is None:
-            self.refresh()  # a first model may have been published since the last poll
-            serving = self.current
-        if version is None or (serving is not None and version == serving.version):
-            if serving is None:
-                raise LookupError("no model has been published yet")
-            return serving
-        if version not in list_versions(self.models_root):
-            raise BundleError(f"no model version {version!r}")
+                self.last_error = f"model {version} cannot be loaded"
+                raise
         with self._lock:
-            cached = self._pinned.get(version)
-            if cached is None:
-                cached = self._load(version)
-                self._remember(cached)
-            else:
-                self._pinned.move_to_end(version)
-            return cached
+            previous = self.current
+            self.current = served  # the swap: one reference assignment
+            cache = {v: s for v, s in self._cached.items() if v != version}
+            if previous is not None:
+                cache[previous.version] = previous
+                self._used[previous.version] = time.monotonic()
+            self._cached = self._trim(cache)
+        self.last_error = None
+        log.info("serving model %s", version)
+        self.on_swap(version)
+        return served
+
+    def _load_pinned(self, version: str) -> Served:
+        served = self.peek(version)
+        if served is not None:
+            return served
+        served = self._load(version)
+        with self._lock:
+            self._used[version] = time.monotonic()
+            self._cached = self._trim({**self._cached, version: served})
+        return served
+
+    def _trim(self, cache: dict[str, Served]) -> dict[str, Served]:
+        """At most cache_size versions, the least recently used dropped (lock held)."""
+        keep = sorted(cache, key=lambda v: self._used.get(v, 0.0), reverse=True)
+        keep = keep[:self.cache_size]
+        for version in set(self._used) - set(keep):
+            self._used.pop(version, None)
+        return {v: cache[v] for v in keep}
+
+    @property
+    def loaded_versions(self) -> list[str]:
+        current = self.current
+        return ([current.version] if current else []) + list(self._cached)
+
+
+def _done(value: Served) -> Future[Served]:
+    future: Future[Served] = Future()
+    future.set_result(value)
+    return future
+
+
+def _failed(exc: Exception) -> Future[Served]:
+    future: Future[Served] = Future()
+    future.set_exception(exc)
+    return future

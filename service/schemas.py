@@ -1,27 +1,67 @@
-"""Request and response shapes. Requests refuse unknown fields."""
+"""Request and response shapes. Requests refuse unknown fields and take JSON types as they
+are (no "5" for 5); query bodies are built per app from its limits (`query_models`)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from service.limits import DIM_MAX, ID_MAX, VERSION_MAX, Limits
 from worker.jobs import Job
 
-DATASET_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Names and paths a request may give, as anchored patterns for the OpenAPI document and for
+# pydantic (whose `$` is the end of the text). Python code uses the compiled `fullmatch`
+# forms: in Python's `re`, `$` also matches before a trailing newline.
+_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+DATASET_NAME = f"^{_NAME}$"
+DATASET_NAME_RE = re.compile(_NAME)
+_VERSION = rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{VERSION_MAX - 1}}}"
+VERSION = f"^{_VERSION}$"
+VERSION_RE = re.compile(_VERSION)
+JOB_ID = r"^[A-Za-z0-9_-]{1,64}$"
+# Item ids are paths inside a dataset: any text without control characters.
+ITEM_ID = rf"^[^\x00-\x1f\x7f]{{1,{ID_MAX}}}$"
+# A folder or archive under the data root: relative, '/'-separated segments that are neither
+# empty, '.', '..' nor hidden (dot-first: .meta and upload leftovers), with no control
+# characters or backslashes. Written without look-arounds so that generators can use it.
+_SEGMENT = r"[^./\\\x00-\x1f\x7f][^/\\\x00-\x1f\x7f]{0,254}"
+DATA_PATH = rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,15}}$"
+DATA_PATH_RE = re.compile(DATA_PATH[1:-1])
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+DOUBLE_MAX = sys.float_info.max
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema counts 6.0 as an integer; strict pydantic would not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+
+def is_dataset_name(name: str) -> bool:
+    return DATASET_NAME_RE.fullmatch(name) is not None
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 # --- datasets -------------------------------------------------------------------------------
 
 class DatasetRegister(Strict):
     name: str = Field(pattern=DATASET_NAME, description="Name to train with.")
-    path: str | None = Field(
-        default=None, max_length=1024,
-        description="Folder or archive under the data root (default: the name itself).")
+    path: str = Field(
+        default=None, max_length=ID_MAX, pattern=DATA_PATH,  # type: ignore[assignment]
+        description="Folder or archive under the data root, relative to it (default: the "
+        "name itself).")
 
 
 class DatasetPublic(BaseModel):
@@ -45,10 +85,10 @@ class DatasetsPublic(BaseModel):
 # --- jobs -------------------------------------------------------------------------------------
 
 class TrainRequest(Strict):
-    dataset: str = Field(min_length=1, max_length=256, description="Dataset name.")
+    dataset: str = Field(pattern=DATASET_NAME, description="Dataset name.")
     config: dict[str, Any] = Field(
         default_factory=dict,
-        description="Trainer config overrides (see GET /config for every key and default).")
+        description="Trainer config overrides: the TrainConfig schema (also GET /config).")
     promote: bool = Field(default=True,
                           description="Make the published model current when the job ends.")
 
@@ -99,10 +139,6 @@ class JobProgress(BaseModel):
 
 # --- embeddings, neighbours, search, classification ---------------------------------------------
 
-class ImagesRequest(Strict):
-    images: list[str] = Field(min_length=1, description="Base64-encoded image files.")
-
-
 class EmbedResponse(BaseModel):
     model_version: str
     dim: int
@@ -121,14 +157,6 @@ class NeighboursResponse(BaseModel):
     neighbours: list[Neighbour]
 
 
-class SearchRequest(Strict):
-    vectors: list[list[float]] | None = Field(default=None, min_length=1,
-                                              description="Query vectors (model dimension).")
-    images: list[str] | None = Field(default=None, min_length=1,
-                                     description="Base64-encoded query images.")
-    k: int = Field(default=10, ge=1, description="Neighbours per query.")
-
-
 class SearchResult(BaseModel):
     neighbours: list[Neighbour]
 
@@ -136,15 +164,6 @@ class SearchResult(BaseModel):
 class SearchResponse(BaseModel):
     model_version: str
     results: list[SearchResult]
-
-
-class ClassifyRequest(Strict):
-    ids: list[str] | None = Field(default=None, min_length=1,
-                                  description="Indexed items (their own label is left out).")
-    images: list[str] | None = Field(default=None, min_length=1,
-                                     description="Base64-encoded images.")
-    k: int = Field(default=200, ge=1, description="Neighbours that vote.")
-    sigma: float = Field(default=0.1, gt=0, le=100, description="Vote weight exp(s / sigma).")
 
 
 class Prediction(BaseModel):
@@ -173,6 +192,10 @@ class ModelSummary(BaseModel):
     index_type: str | None
     knn_top1: float | None
     job_id: str | None
+    pixel_knn_top1: float | None = Field(
+        default=None, description="The same weighted kNN on raw pixels (the baseline).")
+    recall_at_10: float | None = Field(default=None,
+                                       description="Index recall@10 against exact search.")
 
 
 class Item(BaseModel):
@@ -195,3 +218,71 @@ class ModelsPublic(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, Any] = Field(default_factory=dict)
+
+
+# --- query bodies, bounded by the app's limits ------------------------------------------------
+
+@dataclass(frozen=True)
+class QueryModels:
+    embed: type[Strict]
+    search: type[Strict]
+    classify: type[Strict]
+
+
+def _one_of(model: Strict, *names: str) -> None:
+    given = [n for n in names if n in model.model_fields_set]
+    if len(given) != 1:
+        raise ValueError(f"send either `{names[0]}` or `{names[1]}`")
+
+
+@lru_cache(maxsize=8)
+def query_models(limits: Limits) -> QueryModels:
+    """JSON bodies of /embed, /search and /classify with the bounds of these limits. An absent
+    list defaults to empty (not validated); an empty one that is sent fails min_length."""
+    image = Annotated[str, Field(max_length=limits.b64_image_chars, pattern=BASE64,
+                                 description="A base64-encoded image file.")]
+
+    def images_field() -> Any:
+        return Field(default_factory=list, min_length=1, max_length=limits.images,
+                     description="Base64-encoded image files.")
+    number = Annotated[float, Field(ge=-DOUBLE_MAX, le=DOUBLE_MAX)]
+    vector = Annotated[list[number], Field(min_length=1, max_length=DIM_MAX)]
+    item = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ITEM_ID)]
+    either = {"oneOf": [{"required": ["vectors"]}, {"required": ["images"]}]}
+    either_ids = {"oneOf": [{"required": ["ids"]}, {"required": ["images"]}]}
+
+    class ImagesRequest(Strict):
+        images: list[image] = Field(min_length=1, max_length=limits.images,
+                                    description="Base64-encoded image files.")
+
+    class SearchRequest(Strict):
+        model_config = ConfigDict(json_schema_extra=either)
+        vectors: list[vector] = Field(
+            default_factory=list, min_length=1, max_length=limits.images,
+            description="Query vectors of the model's dimension, not all zero.")
+        images: list[image] = images_field()
+        k: JsonInt = Field(default=limits.default_k, ge=1, le=limits.k,
+                       description="Neighbours per query.")
+
+        @model_validator(mode="after")
+        def _either(self) -> SearchRequest:
+            _one_of(self, "vectors", "images")
+            return self
+
+    class ClassifyRequest(Strict):
+        model_config = ConfigDict(json_schema_extra=either_ids)
+        ids: list[item] = Field(
+            default_factory=list, min_length=1, max_length=limits.images,
+            description="Indexed items (their own label is left out).")
+        images: list[image] = images_field()
+        k: JsonInt = Field(default=limits.default_classify_k, ge=1, le=limits.classify_k,
+                       description="Neighbours that vote.")
+        sigma: float = Field(default=0.1, gt=0, le=100,
+                             description="Vote weight exp(s / sigma).")
+
+        @model_validator(mode="after")
+        def _either(self) -> ClassifyRequest:
+            _one_of(self, "ids", "images")
+            return self
+
+    return QueryModels(ImagesRequest, SearchRequest, ClassifyRequest)

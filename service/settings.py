@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
@@ -22,13 +23,33 @@ class ServiceSettings(Settings):
         default=None, description="Bearer key for mutating routes (train, cancel, datasets, "
         "promote). Unset in development: those routes are open (a warning is logged).")
     read_api_key: SecretStr | None = Field(
-        default=None, description="Bearer key for read routes; unset: read routes are open.")
+        default=None, description="Bearer key for read routes (and /metrics and the detail of "
+        "/readyz); unset: read routes are open.")
+    metrics_api_key: SecretStr | None = Field(
+        default=None, description="Bearer key for /metrics only (for a Prometheus scraper); "
+        "unset: /metrics takes the read key.")
+    api_docs: Literal["open", "key", "off"] = Field(
+        default="open", description="/docs, /redoc and /openapi.json: open, key (need the read "
+        "key when one is set) or off.")
     max_upload_mb: int = Field(default=2048, ge=1, description="Largest dataset archive.")
     max_extracted_mb: int = Field(default=20480, ge=1,
                                   description="Largest total size an archive may expand to.")
-    max_archive_entries: int = Field(default=2_000_000, ge=1)
-    max_images_per_request: int = Field(default=64, ge=1)
-    max_image_mb: float = Field(default=10.0, gt=0, description="Largest single query image.")
+    max_archive_entries: int = Field(default=2_000_000, ge=1,
+                                     description="Most entries (files, folders) in an archive.")
+    min_free_disk_mb: int = Field(
+        default=1024, ge=0, description="An upload is refused (507) rather than leave less "
+        "free disk than this under DATA_ROOT.")
+    max_images_per_request: int = Field(default=64, ge=1, le=4096)
+    max_image_mb: float = Field(default=10.0, gt=0, le=1024,
+                                description="Largest single query image (bytes).")
+    max_query_pixels: int = Field(
+        default=16_000_000, ge=1024, description="Largest query image (width x height), read "
+        "from its header before anything is decoded: a 12-megapixel photo passes, a "
+        "decompression bomb does not.")
+    decode_concurrency: int = Field(
+        default=0, ge=0, le=256, description="Query images decoded at once in one API process "
+        "(each may take ~20 bytes per pixel); 0 = one per CPU core. Small images decode "
+        "inline and do not count.")
     max_k: int = Field(default=1000, ge=1, description="Largest k for neighbours and search.")
     max_classify_k: int = Field(default=1000, ge=1)
     embed_max_batch: int = Field(default=64, ge=1,
@@ -37,15 +58,24 @@ class ServiceSettings(Settings):
         default=10.0, ge=0,
         description="Longest wait to fill a batch; a batch waits only while more requests "
         "are expected (a lone request never waits).")
+    embed_max_queued_images: int = Field(
+        default=1024, ge=1, description="Images waiting for or in embedding at once; past it "
+        "/embed, /search and /classify by image answer 503 with Retry-After.")
     embed_workers: int = Field(
         default=0, ge=0, le=64,
         description="Inference threads; 0 = one per CPU core on CPU (each running "
         "single-threaded kernels), one on CUDA.")
     model_poll_s: float = Field(default=1.0, gt=0,
                                 description="How often the API looks for a new current model.")
+    model_cache_size: int = Field(
+        default=2, ge=0, le=64, description="Model versions kept loaded besides the current one, "
+        "for requests that pin ?model_version= (least recently used dropped first).")
+    model_loads_per_min: int = Field(
+        default=10, ge=1, description="Loads of pinned (not current) versions per minute, in "
+        "bursts of at most 2; past it such requests answer 503 with Retry-After.")
     device: str = Field(default="auto", description="Inference device: auto, cpu or cuda.")
 
-    @field_validator("admin_api_key", "read_api_key", mode="before")
+    @field_validator("admin_api_key", "read_api_key", "metrics_api_key", mode="before")
     @classmethod
     def _empty_key_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -58,7 +88,8 @@ class ServiceSettings(Settings):
         """Why these keys are unsafe outside development (empty: they are fine)."""
         problems = []
         for name, key in (("ADMIN_API_KEY", self.admin_api_key),
-                          ("READ_API_KEY", self.read_api_key)):
+                          ("READ_API_KEY", self.read_api_key),
+                          ("METRICS_API_KEY", self.metrics_api_key)):
             value = key.get_secret_value() if key else None
             if value is None:
                 if name == "ADMIN_API_KEY":

@@ -1,8 +1,13 @@
 """Dataset uploads: streamed to disk, then checked and unpacked into DATA_ROOT/<name>.
 
-Refused: entries that would land outside the target folder (absolute paths, `..`), links and
-devices, archives that expand past the size or entry limits, files that are not archives.
-Reported: entries that are not images (left out of the dataset).
+Refused: entries that would land outside the target folder (absolute paths, `..`, drive
+letters, backslashes that climb), links and devices, archives with more than the entry limit
+or that expand past the size limit, files that are not archives. Every limit is checked before
+the work it bounds: a zip's entry count from its end record and a bounded walk of its central
+directory, before the directory is read whole; every member's declared size (images or not)
+before its data is read or skipped, since skipping a member of a compressed tar means
+decompressing it; free disk before each write (DiskGuard). Reported: entries that are not
+images (left out of the dataset).
 """
 
 from __future__ import annotations
@@ -10,15 +15,34 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import struct
 import tarfile
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from trainer.images import is_image_name
 
+UPLOAD_PREFIX = ".upload-"
+STALE_UPLOAD_S = 3600
+_EOCD = struct.Struct("<4s4H2LH")          # end of central directory record
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # central directory file header
+_EOCD_SEARCH = _EOCD.size + 65535           # the record ends with a comment of < 64 KiB
+
 
 class UploadRejected(ValueError):
+    pass
+
+
+class TooLarge(UploadRejected):
+    pass
+
+
+class DiskFull(Exception):
     pass
 
 
@@ -28,10 +52,34 @@ class Extracted:
     ignored: list[str] = field(default_factory=list)
 
 
+class DiskGuard:
+    """Refuses a write that would leave less than `reserve` bytes free where `path` lives.
+    statvfs is cheap but not free: it is asked again after every 64 MiB or 1,000 files."""
+
+    EVERY_BYTES = 64 * 1024 * 1024
+    EVERY_FILES = 1000
+
+    def __init__(self, path: Path, reserve: int) -> None:
+        self.path, self.reserve = path, reserve
+        self._free = disk_free(path)
+        self._since_bytes = self._since_files = 0
+
+    def need(self, n: int) -> None:
+        if (self._since_bytes + n >= self.EVERY_BYTES
+                or self._since_files >= self.EVERY_FILES):
+            self._free = disk_free(self.path)
+            self._since_bytes = self._since_files = 0
+        self._since_bytes += n
+        self._since_files += 1
+        if self._free - self._since_bytes < self.reserve:
+            raise DiskFull(f"not enough free disk: writing {n} more bytes would leave less "
+                           f"than MIN_FREE_DISK_MB ({self.reserve // (1024 * 1024)} MB)")
+
+
 def _safe_relative(name: str) -> str:
     posix = PurePosixPath(name.replace("\\", "/"))
     if posix.is_absolute() or ".." in posix.parts or name.startswith(("/", "\\")) or (
-            len(name) > 1 and name[1] == ":"):
+            len(name) > 1 and name[1] == ":") or any(ord(c) < 32 or c == "\x7f" for c in name):
         raise UploadRejected(f"archive entry {name!r} would be written outside the dataset")
     rel = posix.as_posix()
     return "" if rel == "." else rel
@@ -53,71 +101,162 @@ def kind_of(path: Path) -> str:
     try:
         with tarfile.open(path):
             return "tar"
-    except (tarfile.TarError, OSError):
+    except (tarfile.TarError, OSError, EOFError):
         pass
     raise UploadRejected("the file is not a zip or tar archive")
 
 
-def extract(archive: Path, target: Path, max_bytes: int, max_entries: int) -> Extracted:
+def zip_entry_count(path: Path, limit: int) -> int:
+    """Entries of a zip, counted from its end record and then header by header through the
+    central directory (which the record may understate), stopping past `limit`."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        start = max(0, size - _EOCD_SEARCH)
+        f.seek(start)
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or at + _EOCD.size > len(tail):
+            raise UploadRejected("the zip archive has no end record")
+        _, _, _, _, declared, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
+        eocd_at = start + at
+        if 0xFFFF in (declared,) or 0xFFFFFFFF in (cd_size, cd_offset):
+            locator_at = at - _ZIP64_LOCATOR.size
+            if locator_at < 0:
+                raise UploadRejected("the zip64 archive has no locator")
+            sig, _, record_at, _ = _ZIP64_LOCATOR.unpack_from(tail, locator_at)
+            if sig != b"PK\x06\x07":
+                raise UploadRejected("the zip64 archive has no locator")
+            f.seek(record_at)
+            record = f.read(_ZIP64_EOCD.size)
+            if len(record) < _ZIP64_EOCD.size or record[:4] != b"PK\x06\x06":
+                raise UploadRejected("the zip64 end record is damaged")
+            fields = _ZIP64_EOCD.unpack(record)
+            declared, cd_size, cd_offset = fields[6], fields[7], fields[8]
+            eocd_at = locator_at + start - _ZIP64_EOCD.size
+        if declared > limit:
+            raise TooLarge(f"archive holds {declared} entries; the limit is {limit} "
+                           "(MAX_ARCHIVE_ENTRIES)")
+        # Data prepended to the archive shifts every offset: find the directory from the end.
+        cd_start = eocd_at - cd_size
+        if cd_start < 0:
+            raise UploadRejected("the zip archive's central directory is damaged")
+        f.seek(cd_start)
+        reader = f
+        count = 0
+        while True:
+            header = reader.read(_CENTRAL.size)
+            if len(header) < 4 or header[:4] != b"PK\x01\x02":
+                return count
+            if len(header) < _CENTRAL.size:
+                raise UploadRejected("the zip archive's central directory is damaged")
+            count += 1
+            if count > limit:
+                raise TooLarge(f"archive holds more than {limit} entries (MAX_ARCHIVE_ENTRIES)")
+            parts = _CENTRAL.unpack(header)
+            name_len, extra_len, comment_len = parts[12], parts[13], parts[14]
+            reader.seek(name_len + extra_len + comment_len, os.SEEK_CUR)
+
+
+def _copy(src: BinaryIO, dest: Path, declared: int) -> None:
+    """Copy at most `declared` bytes: an entry that yields more than it declared is refused."""
+    with open(dest, "wb") as out:
+        left = declared
+        while True:
+            chunk = src.read(min(1 << 20, left + 1))
+            if not chunk:
+                return
+            left -= len(chunk)
+            if left < 0:
+                raise UploadRejected(f"archive entry {dest.name!r} is larger than it declares")
+            out.write(chunk)
+
+
+def extract(archive: Path, target: Path, max_bytes: int, max_entries: int,
+            disk: DiskGuard) -> Extracted:
     """Unpack image entries of `archive` into `target` (which must not exist)."""
     target.mkdir(parents=True)
-    result = Extracted()
-    total = 0
     kind = kind_of(archive)
     try:
         if kind == "zip":
-            with zipfile.ZipFile(archive) as zf:
-                infos = zf.infolist()
-                if len(infos) > max_entries:
-                    raise UploadRejected(f"archive holds {len(infos)} entries; the limit is "
-                                         f"{max_entries}")
-                for info in infos:
-                    mode = info.external_attr >> 16
-                    if stat.S_ISLNK(mode):
-                        raise UploadRejected(f"archive entry {info.filename!r} is a link")
-                    rel = _safe_relative(info.filename)
-                    if info.is_dir() or not rel or not _wanted(rel, result):
-                        continue
-                    total += info.file_size
-                    if total > max_bytes:
-                        raise UploadRejected(f"archive expands past {max_bytes} bytes")
-                    dest = target / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(dest, "wb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                    result.images += 1
-        else:
-            with tarfile.open(archive) as tf:
-                count = 0
-                for member in tf:
-                    count += 1
-                    if count > max_entries:
-                        raise UploadRejected(f"archive holds more than {max_entries} entries")
-                    rel = _safe_relative(member.name)
-                    if member.issym() or member.islnk():
-                        raise UploadRejected(f"archive entry {member.name!r} is a link")
-                    if member.isdir() or not rel:
-                        continue
-                    if not member.isfile():
-                        raise UploadRejected(f"archive entry {member.name!r} is not a file")
-                    if not _wanted(rel, result):
-                        continue
-                    total += member.size
-                    if total > max_bytes:
-                        raise UploadRejected(f"archive expands past {max_bytes} bytes")
-                    src = tf.extractfile(member)
-                    if src is None:
-                        continue
-                    dest = target / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with src, open(dest, "wb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                    result.images += 1
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
+            return _extract_zip(archive, target, max_bytes, max_entries, disk)
+        return _extract_tar(archive, target, max_bytes, max_entries, disk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError,
+            OSError, struct.error, ValueError) as exc:
+        if isinstance(exc, UploadRejected):
+            raise
         raise UploadRejected(f"the archive is damaged: {exc}") from exc
+
+
+def _too_big(total: int, max_bytes: int) -> None:
+    if total > max_bytes:
+        raise TooLarge(f"archive expands past {max_bytes} bytes (MAX_EXTRACTED_MB)")
+
+
+def _extract_zip(archive: Path, target: Path, max_bytes: int, max_entries: int,
+                 disk: DiskGuard) -> Extracted:
+    zip_entry_count(archive, max_entries)
+    result, total = Extracted(), 0
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            # Unix modes (with the file type) travel in the upper half of external_attr.
+            kind = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
+            if kind == stat.S_IFLNK:
+                raise UploadRejected(f"archive entry {info.filename!r} is a link")
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise UploadRejected(f"archive entry {info.filename!r} is not a file")
+            rel = _safe_relative(info.filename)
+            total += info.file_size  # every entry counts, image or not
+            _too_big(total, max_bytes)
+            if info.is_dir() or not rel or not _wanted(rel, result):
+                continue
+            dest = target / rel
+            disk.need(info.file_size)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src:
+                _copy(src, dest, info.file_size)
+            result.images += 1
+    return result
+
+
+def _extract_tar(archive: Path, target: Path, max_bytes: int, max_entries: int,
+                 disk: DiskGuard) -> Extracted:
+    result, total, count = Extracted(), 0, 0
+    with tarfile.open(archive) as tf:
+        # Headers are read one at a time; moving to the next one reads past (and, compressed,
+        # decompresses) this member's data, so its size is checked before the loop goes on.
+        for member in tf:
+            count += 1
+            if count > max_entries:
+                raise TooLarge(f"archive holds more than {max_entries} entries "
+                               "(MAX_ARCHIVE_ENTRIES)")
+            rel = _safe_relative(member.name)
+            if member.issym() or member.islnk():
+                raise UploadRejected(f"archive entry {member.name!r} is a link")
+            if member.isdev():
+                raise UploadRejected(f"archive entry {member.name!r} is a device")
+            total += member.size
+            _too_big(total, max_bytes)
+            if member.isdir() or not rel:
+                continue
+            if not member.isfile():
+                raise UploadRejected(f"archive entry {member.name!r} is not a file")
+            if not _wanted(rel, result):
+                continue
+            src = tf.extractfile(member)
+            if src is None:
+                continue
+            dest = target / rel
+            disk.need(member.size)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with src:
+                _copy(src, dest, member.size)
+            result.images += 1
+    return result
+
+
+def check_images(result: Extracted) -> None:
     if result.images == 0:
         raise UploadRejected("the archive holds no images (JPEG, PNG, WebP, BMP, GIF or TIFF)")
-    return result
 
 
 def remove_tree(path: Path) -> None:
@@ -130,3 +269,37 @@ def remove_tree(path: Path) -> None:
 def disk_free(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+def sweep_stale_uploads(data_root: Path, older_than_s: float = STALE_UPLOAD_S) -> list[str]:
+    """Remove the work folders of uploads interrupted by a crash (an upload in progress
+    touches its folder far more often than this)."""
+    removed = []
+    if not data_root.is_dir():
+        return removed
+    now = time.time()
+    for entry in data_root.iterdir():
+        if not entry.name.startswith(UPLOAD_PREFIX):
+            continue
+        try:
+            age = now - _last_change(entry)
+        except FileNotFoundError:
+            continue
+        if age > older_than_s:
+            remove_tree(entry)
+            removed.append(entry.name)
+    return removed
+
+
+def _last_change(folder: Path) -> float:
+    """Newest mtime of a work folder, its archive and the folders under it: a file written
+    anywhere in it (another replica's upload in progress) shows in one of them."""
+    if folder.is_symlink() or not folder.is_dir():
+        return folder.lstat().st_mtime
+    newest = folder.lstat().st_mtime
+    archive = folder / "archive"
+    if archive.exists():
+        newest = max(newest, archive.stat().st_mtime)
+    for parent, _, _ in os.walk(folder):
+        newest = max(newest, os.stat(parent).st_mtime)
+    return newest

@@ -7,6 +7,7 @@
         index.faiss        FAISS index, row r = item r
         embeddings.npy     N x dim float32 unit vectors
         items.json         {"ids": [...], "labels": [class index or -1], "classes": [...]}
+        map.npy, map_rows.npy   2-D map of (a sample of) the items (trainer/embedding_map.py)
         metrics.json, progress.jsonl, curves.png   from the training run
     models/CURRENT         the current version's name
 
@@ -17,6 +18,7 @@ replaced atomically. A bundle that fails validation never becomes current.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -29,11 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer import embedding_map
 from trainer import index as faiss_index
 from trainer.checkpoint import atomic_file, atomic_write_json
 from trainer.encoder_file import EmbeddingModel
 from trainer.errors import BundleError
 
+log = logging.getLogger(__name__)
 FORMAT = 1
 CURRENT = "CURRENT"
 RUN_FILES = ("encoder.pt", "config.json", "metrics.json", "progress.jsonl", "curves.png")
@@ -74,6 +78,7 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
         atomic_write_json(tmp / "items.json", {"ids": ids, "labels": labels, "classes": classes})
         built = faiss_index.build(vectors, index_kind or config.get("index", "auto"))
         faiss_index.save(built, tmp / "index.faiss")
+        map_points = _write_map(tmp, vectors)
         manifest = {
             "format": FORMAT,
             "version": version,
@@ -89,6 +94,7 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
             "metrics": metrics,
             "training_time_s": metrics.get("training_time_s"),
             "config": config,
+            "map_points": map_points,
             **(extra or {}),
         }
         atomic_write_json(tmp / "manifest.json", manifest)
@@ -98,6 +104,16 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _write_map(bundle_dir: Path, vectors: np.ndarray) -> int | None:
+    """The 2-D map is for people to look at: a model whose map failed still serves."""
+    try:
+        return embedding_map.write(bundle_dir, vectors)
+    except Exception:
+        log.warning("could not compute the embedding map; publishing without one",
+                    exc_info=True)
+        return None
 
 
 def validate(path: str | os.PathLike[str]) -> dict[str, Any]:

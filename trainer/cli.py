@@ -4,7 +4,7 @@
     python -m trainer evaluate --model DIR --data PATH
     python -m trainer publish --run DIR --models MODELS_DIR
     python -m trainer config                    # every key, its default and what it does
-    python -m trainer sample-data DIR           # scikit-learn's digits as an image folder
+    python -m trainer sample-data DIR [--scattered]  # scikit-learn's digits as an image folder
 
 Running `train` again with the same --out resumes from the last checkpoint.
 """
@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="list every config key with its default")
     s = sub.add_parser("sample-data", help="write scikit-learn's digits as an image folder")
     s.add_argument("dir")
+    s.add_argument("--scattered", action="store_true",
+                   help="draw each digit at a random size, place and pair of colours on a "
+                   "32x32 canvas (raw pixels score near chance on these)")
     return p
 
 
@@ -195,9 +198,9 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _sample_data(args: argparse.Namespace) -> int:
-    from trainer.sample_data import write_digits
+    from trainer.sample_data import write_digits, write_scattered_digits
 
-    root = write_digits(args.dir)
+    root = write_scattered_digits(args.dir) if args.scattered else write_digits(args.dir)
     print(f"wrote scikit-learn's digits to {root} (train/ and test/, one folder per digit)")
     return 0
 

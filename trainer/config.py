@@ -1,8 +1,10 @@
 """Every hyper-parameter of an AND training run, in one typed place.
 
-Defaults are the reference schedule for CIFAR-10 (AND_SPEC.md); each carries a one-line why.
-`TrainConfig.from_dict` refuses unknown keys and bad values with a message naming the key, so
-the CLI, the job queue and the HTTP API all reject the same mistakes the same way.
+Defaults are the reference schedule for CIFAR-10 (AND_SPEC.md); each carries a one-line why
+and its bounds or choices. `TrainConfig.from_dict` refuses unknown keys and bad values with a
+message naming the key, so the CLI, the job queue and the HTTP API all reject the same mistakes
+the same way; `TrainConfig.json_schema()` publishes the same definition (types, bounds,
+defaults, meanings) for HTTP clients.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -20,10 +23,17 @@ from trainer.errors import ConfigError
 BACKBONES = ("resnet18_cifar", "small_cnn", "resnet18")
 NATIVE_IMAGE_SIZE = {"resnet18_cifar": 32, "small_cnn": 32, "resnet18": 224}
 INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
+DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]{1,2})?"
+BOUND_KEYS = ("ge", "gt", "le", "lt", "choices", "pattern", "zero_allowed", "max_items",
+              "message")
 
 
 def _doc(text: str, **kw: Any) -> Any:
-    return field(metadata={"doc": text}, **kw)
+    """A field with its meaning and its limits: ge/gt/le/lt (numbers, or each item of a list),
+    choices, pattern (strings, whole match), zero_allowed (0 also valid, outside the bounds),
+    max_items (lists), message (instead of the one made from the bounds)."""
+    bounds = {k: kw.pop(k) for k in BOUND_KEYS if k in kw}
+    return field(metadata={"doc": text, **bounds}, **kw)
 
 
 @dataclass(frozen=True)
@@ -32,15 +42,17 @@ class TrainConfig:
     backbone: str = _doc(
         "resnet18_cifar (the paper's net for small images), small_cnn (trains in minutes on a "
         "CPU) or resnet18 (ImageNet-style, for 224x224 inputs).",
-        default="resnet18_cifar",
+        default="resnet18_cifar", choices=BACKBONES,
     )
     image_size: int = _doc(
         "Side of the square model input; 0 = the backbone's native size (32 or 224). Images of "
         "any size are resized (shorter side) and centre-cropped to it.",
-        default=0,
+        default=0, ge=8, le=1024, zero_allowed=True,
+        message="must be 0 (native) or between 8 and 1024",
     )
     embedding_dim: int = _doc(
-        "Dimension of the L2-normalised embedding (the paper's 128).", default=128
+        "Dimension of the L2-normalised embedding (the paper's 128).", default=128, ge=2,
+        le=4096,
     )
     init_from: str = _doc(
         "Start from existing weights instead of random ones: a published model version (the "
@@ -48,100 +60,116 @@ class TrainConfig:
         "epochs), or a file: an encoder.pt of this project or, for backbone=resnet18, a "
         "torchvision ResNet-18 state dict such as downloaded ImageNet weights (files under the "
         "data root for jobs, any path on the command line). Empty: random initialisation.",
-        default="",
+        default="", pattern=r"[^\x00-\x1f\x7f]{0,1024}",
+        message="must be a model version or a file path of at most 1024 printable characters",
     )
     # --- curriculum ----------------------------------------------------------------------
     rounds: int = _doc(
         "Rounds including round 0 (instance discrimination); rounds=1 is the Instance "
         "baseline, 5 is the paper's AND.",
-        default=5,
+        default=5, ge=1, le=100,
     )
     epochs_per_round: int = _doc(
-        "Epochs in each round; the learning rate restarts every round.", default=200
+        "Epochs in each round; the learning rate restarts every round.", default=200, ge=1,
+        le=10_000,
     )
     anchor_rate: float = _doc(
         "Share of samples added as anchors per round (round r uses min(1, r*rate)); "
         "0 = 1/(rounds-1), the paper's curriculum S = r/R (0.25 for 5 rounds).",
-        default=0.0,
+        default=0.0, ge=0, le=1, message="must be in [0, 1] (0 = 1/(rounds-1))",
     )
-    neighbours: int = _doc("k of each anchor's neighbourhood (the paper's k=1).", default=1)
+    neighbours: int = _doc("k of each anchor's neighbourhood (the paper's k=1).", default=1,
+                           ge=1, le=1000)
     # --- memory bank and loss ------------------------------------------------------------
-    tau: float = _doc("Softmax temperature of the non-parametric classifier.", default=0.1)
+    tau: float = _doc("Softmax temperature of the non-parametric classifier.", default=0.1,
+                      gt=0, le=10)
     bank_momentum: float = _doc(
-        "m in v <- normalize(m*v + (1-m)*f); 0.5 as in the reference.", default=0.5
+        "m in v <- normalize(m*v + (1-m)*f); 0.5 as in the reference.", default=0.5, ge=0, lt=1
     )
     # --- optimisation --------------------------------------------------------------------
-    batch_size: int = _doc("Images per step.", default=128)
-    lr: float = _doc("SGD learning rate at the start of every round.", default=0.03)
+    batch_size: int = _doc("Images per step.", default=128, ge=2, le=65_536)
+    lr: float = _doc("SGD learning rate at the start of every round.", default=0.03, gt=0, le=10)
     lr_milestones: tuple[float, ...] = _doc(
         "Fractions of a round at which the lr is multiplied by lr_decay (80/120/160 of 200).",
-        default=(0.4, 0.6, 0.8),
+        default=(0.4, 0.6, 0.8), gt=0, le=1, max_items=32,
     )
-    lr_decay: float = _doc("Multiplier applied at each milestone.", default=0.1)
-    momentum: float = _doc("SGD momentum.", default=0.9)
+    lr_decay: float = _doc("Multiplier applied at each milestone.", default=0.1, gt=0, le=1)
+    momentum: float = _doc("SGD momentum.", default=0.9, ge=0, lt=1)
     nesterov: bool = _doc("Nesterov momentum, as in the reference.", default=True)
-    weight_decay: float = _doc("L2 weight decay.", default=5e-4)
+    weight_decay: float = _doc("L2 weight decay.", default=5e-4, ge=0, lt=1)
     # --- augmentation (the reference's CIFAR pipeline) -----------------------------------
     crop_scale_min: float = _doc(
-        "Lower bound of RandomResizedCrop's area scale (upper is 1).", default=0.2
+        "Lower bound of RandomResizedCrop's area scale (upper is 1).", default=0.2, gt=0, le=1
     )
     color_jitter: float = _doc(
-        "Strength of brightness, contrast, saturation and hue jitter.", default=0.4
+        "Strength of brightness, contrast, saturation and hue jitter.", default=0.4, ge=0, le=0.5
     )
-    grayscale_p: float = _doc("Probability of turning a view grey.", default=0.2)
+    grayscale_p: float = _doc("Probability of turning a view grey.", default=0.2, ge=0, le=1)
     # --- evaluation ----------------------------------------------------------------------
-    knn_k: int = _doc("Neighbours voting in weighted kNN evaluation.", default=200)
-    knn_sigma: float = _doc("Temperature of the kNN vote weights exp(s/sigma).", default=0.1)
+    knn_k: int = _doc("Neighbours voting in weighted kNN evaluation.", default=200, ge=1,
+                      le=100_000)
+    knn_sigma: float = _doc("Temperature of the kNN vote weights exp(s/sigma).", default=0.1,
+                            gt=0, le=100)
     eval_each_round: bool = _doc(
         "Measure kNN accuracy at the end of every round (labelled data only); it never "
         "selects a model.",
         default=True,
     )
     knn_every_epochs: int = _doc(
-        "Also measure kNN accuracy every this many epochs (0 = only at round ends).", default=0
+        "Also measure kNN accuracy every this many epochs (0 = only at round ends).", default=0,
+        ge=0, le=10_000,
     )
     # --- index ---------------------------------------------------------------------------
     index: str = _doc(
         "FAISS index of the published collection: auto (exact up to 200k items, HNSW above), "
         "flat, ivf or hnsw.",
-        default="auto",
+        default="auto", choices=INDEX_TYPES,
     )
     # --- runtime -------------------------------------------------------------------------
-    seed: int = _doc("Seed of every random choice; a run is reproducible from it.", default=0)
-    device: str = _doc("auto (CUDA when present), cpu, cuda or cuda:N.", default="auto")
+    seed: int = _doc("Seed of every random choice; a run is reproducible from it.", default=0,
+                     ge=0, le=2**63 - 1, message="must be a non-negative integer below 2**63")
+    device: str = _doc("auto (CUDA when present), cpu, cuda or cuda:N.", default="auto",
+                       pattern=DEVICE_PATTERN, message="must be auto, cpu, cuda or cuda:N")
     precision: str = _doc(
         "auto (bf16 autocast where the hardware has it: CUDA, or a CPU with AMX/AVX512-BF16), "
         "bf16 or fp32. The memory bank and the loss always run in fp32.",
-        default="auto",
+        default="auto", choices=("auto", "bf16", "fp32"),
     )
     channels_last: bool = _doc("Use the channels_last memory format for conv nets.", default=True)
     compile: str = _doc(
         "torch.compile the training forward pass: auto (CUDA runs of 2,000+ steps where a C "
         "compiler is present; on CPU it measured within +-8 % of eager), always or never.",
-        default="auto",
+        default="auto", choices=("auto", "always", "never"),
     )
     num_workers: int = _doc(
-        "Decoding processes; -1 = one per CPU core (up to 8).", default=-1
+        "Decoding processes; -1 = one per CPU core (up to 8).", default=-1, ge=-1, le=64
     )
     cache_images: str = _doc(
         "auto (decode every image once into memory when it fits in cache_max_gb), always or "
         "never (decode on the fly in worker processes).",
-        default="auto",
+        default="auto", choices=("auto", "always", "never"),
     )
-    cache_max_gb: float = _doc("Memory allowed for the decoded image cache.", default=4.0)
+    cache_max_gb: float = _doc("Memory allowed for the decoded image cache.", default=4.0,
+                               gt=0, le=1024)
     on_corrupt: str = _doc(
         "skip (report and leave out unreadable images) or fail (refuse the dataset).",
-        default="skip",
+        default="skip", choices=("skip", "fail"),
     )
     checkpoint_interval_s: float = _doc(
         "Also checkpoint mid-epoch at most this often (seconds), so a lost worker loses little.",
-        default=300.0,
+        default=300.0, ge=1, le=86_400,
     )
 
     # ------------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None = None) -> TrainConfig:
-        """Build a config from overrides; unknown keys and bad values raise ConfigError."""
+    def from_dict(cls, values: Mapping[str, Any] | None = None, *,
+                  strict: bool = False) -> TrainConfig:
+        """Build a config from overrides; unknown keys and bad values raise ConfigError.
+
+        `strict` takes JSON types only as `json_schema()` states them (true, not "true"; a list
+        of milestones, not one number): what an HTTP client sends is then valid exactly when
+        the published schema says so.
+        """
         values = dict(values or {})
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(values) - set(known))
@@ -150,7 +178,8 @@ class TrainConfig:
                 unknown[0], f"unknown key; valid keys are: {', '.join(sorted(known))}"
             )
         hints = typing.get_type_hints(cls)
-        converted = {key: _coerce(key, hints[key], value) for key, value in values.items()}
+        converted = {key: _coerce(key, hints[key], value, strict)
+                     for key, value in values.items()}
         config = cls(**converted)
         config.validate()
         return config
@@ -218,54 +247,16 @@ class TrainConfig:
 
     # --- validation ---------------------------------------------------------------------
     def validate(self) -> None:
-        def need(ok: bool, key: str, message: str) -> None:
-            if not ok:
-                raise ConfigError(key, f"{message} (got {getattr(self, key)!r})")
-
-        need(self.backbone in BACKBONES, "backbone", f"must be one of {', '.join(BACKBONES)}")
-        need(self.image_size == 0 or 8 <= self.image_size <= 1024, "image_size",
-             "must be 0 (native) or between 8 and 1024")
-        need(2 <= self.embedding_dim <= 4096, "embedding_dim", "must be between 2 and 4096")
-        need(1 <= self.rounds <= 100, "rounds", "must be between 1 and 100")
-        need(1 <= self.epochs_per_round <= 10_000, "epochs_per_round",
-             "must be between 1 and 10000")
-        need(0 <= self.anchor_rate <= 1, "anchor_rate", "must be in [0, 1] (0 = 1/(rounds-1))")
-        need(1 <= self.neighbours <= 1000, "neighbours", "must be between 1 and 1000")
-        need(0 < self.tau <= 10, "tau", "must be in (0, 10]")
-        need(0 <= self.bank_momentum < 1, "bank_momentum", "must be in [0, 1)")
-        need(2 <= self.batch_size <= 65_536, "batch_size", "must be between 2 and 65536")
-        need(0 < self.lr <= 10, "lr", "must be in (0, 10]")
-        need(all(0 < m <= 1 for m in self.lr_milestones)
-             and list(self.lr_milestones) == sorted(self.lr_milestones),
-             "lr_milestones", "must be increasing fractions in (0, 1]")
-        need(0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1]")
-        need(0 <= self.momentum < 1, "momentum", "must be in [0, 1)")
-        need(not self.nesterov or self.momentum > 0, "nesterov", "needs momentum > 0")
-        need(0 <= self.weight_decay < 1, "weight_decay", "must be in [0, 1)")
-        need(0 < self.crop_scale_min <= 1, "crop_scale_min", "must be in (0, 1]")
-        need(0 <= self.color_jitter <= 0.5, "color_jitter", "must be in [0, 0.5]")
-        need(0 <= self.grayscale_p <= 1, "grayscale_p", "must be in [0, 1]")
-        need(1 <= self.knn_k <= 100_000, "knn_k", "must be between 1 and 100000")
-        need(0 < self.knn_sigma <= 100, "knn_sigma", "must be in (0, 100]")
-        need(0 <= self.knn_every_epochs <= 10_000, "knn_every_epochs",
-             "must be between 0 and 10000")
-        need(self.index in INDEX_TYPES, "index", f"must be one of {', '.join(INDEX_TYPES)}")
-        need(0 <= self.seed < 2**63, "seed", "must be a non-negative integer")
-        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             "device", "must be auto, cpu, cuda or cuda:N")
-        need(self.precision in ("auto", "bf16", "fp32"), "precision",
-             "must be auto, bf16 or fp32")
-        need(self.compile in ("auto", "always", "never"), "compile",
-             "must be auto, always or never")
-        need(-1 <= self.num_workers <= 64, "num_workers", "must be between -1 and 64")
-        need(len(self.init_from) <= 1024 and self.init_from.isprintable(), "init_from",
-             "must be a model version or a file path of at most 1024 printable characters")
-        need(self.cache_images in ("auto", "always", "never"), "cache_images",
-             "must be auto, always or never")
-        need(0 < self.cache_max_gb <= 1024, "cache_max_gb", "must be in (0, 1024]")
-        need(self.on_corrupt in ("skip", "fail"), "on_corrupt", "must be skip or fail")
-        need(1 <= self.checkpoint_interval_s <= 86_400, "checkpoint_interval_s",
-             "must be between 1 and 86400 seconds")
+        for f in fields(self):
+            problem = _bounds_problem(f.metadata, getattr(self, f.name))
+            if problem:
+                raise ConfigError(f.name, f"{problem} (got {_short(getattr(self, f.name))})")
+        # Rules between keys (json_schema() states the same ones).
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError("nesterov", f"needs momentum > 0 (got {self.nesterov!r})")
+        if list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise ConfigError("lr_milestones", "must be increasing fractions in (0, 1] "
+                              f"(got {self.lr_milestones!r})")
 
     def validate_for_dataset(self, n_train: int) -> None:
         """Checks that need the number of training images."""
@@ -285,37 +276,121 @@ class TrainConfig:
             out[f.name] = {"default": default, "doc": f.metadata.get("doc", "")}
         return out
 
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The config as a JSON Schema object: every key with its type, default, meaning and
+        bounds, and the rule between keys. An object is valid exactly when
+        `from_dict(obj, strict=True)` accepts it, except that milestones must also come in
+        increasing order there."""
+        hints = typing.get_type_hints(cls)
+        properties = {}
+        for f in fields(cls):
+            default = list(f.default) if isinstance(f.default, tuple) else f.default
+            prop = {**_json_type(hints[f.name], f.metadata), "default": default,
+                    "description": f.metadata.get("doc", "")}
+            properties[f.name] = prop
+        return {
+            "title": "TrainConfig", "type": "object", "additionalProperties": False,
+            "description": "Training config overrides; every key is optional.",
+            "properties": properties,
+            # nesterov (default true) needs momentum > 0 (momentum's default is 0.9).
+            "anyOf": [{"properties": {"momentum": {"exclusiveMinimum": 0}}},
+                      {"required": ["nesterov"], "properties": {"nesterov": {"const": False}}}],
+        }
 
-def _coerce(key: str, hint: Any, value: Any) -> Any:
-    """Check `value` against the field's type; ints are accepted for floats, lists for tuples."""
+
+def _bounds_problem(meta: Mapping[str, Any], value: Any) -> str | None:
+    """What is wrong with `value` under a field's bounds (None: nothing)."""
+    if "choices" in meta and value not in meta["choices"]:
+        return meta.get("message") or f"must be one of {', '.join(meta['choices'])}"
+    if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
+        return meta.get("message") or f"must match {meta['pattern']}"
+    items = value if isinstance(value, tuple) else (value,)
+    if "max_items" in meta and len(items) > meta["max_items"]:
+        return f"must have at most {meta['max_items']} items"
+    if meta.get("zero_allowed") and value == 0:
+        return None
+    for x in items:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            continue
+        if not (x >= meta.get("ge", x) and x <= meta.get("le", x)
+                and ("gt" not in meta or x > meta["gt"]) and ("lt" not in meta or x < meta["lt"])):
+            return meta.get("message") or _range_message(meta, isinstance(x, int))
+    return None
+
+
+def _range_message(meta: Mapping[str, Any], integer: bool) -> str:
+    if integer and "ge" in meta and "le" in meta:
+        return f"must be between {meta['ge']} and {meta['le']}"
+    low = f"[{meta['ge']}" if "ge" in meta else f"({meta.get('gt', '-inf')}"
+    high = f"{meta['le']}]" if "le" in meta else f"{meta.get('lt', 'inf')})"
+    return f"must be in {low}, {high}"
+
+
+def _json_type(hint: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    bounds = {key: meta[name] for name, key in (
+        ("ge", "minimum"), ("le", "maximum"), ("gt", "exclusiveMinimum"),
+        ("lt", "exclusiveMaximum")) if name in meta}
+    if hint is bool:
+        return {"type": "boolean"}
+    if hint is str:
+        if "choices" in meta:
+            return {"type": "string", "enum": list(meta["choices"])}
+        if "pattern" in meta:
+            return {"type": "string", "pattern": f"^({meta['pattern']})$"}
+        return {"type": "string"}
+    if typing.get_origin(hint) is tuple:
+        return {"type": "array", "items": {"type": "number", **bounds},
+                **({"maxItems": meta["max_items"]} if "max_items" in meta else {})}
+    kind = "integer" if hint is int else "number"
+    if meta.get("zero_allowed"):
+        return {"type": kind, "anyOf": [{"const": 0}, bounds]}
+    return {"type": kind, **bounds}
+
+
+def _coerce(key: str, hint: Any, value: Any, strict: bool = False) -> Any:
+    """Check `value` against the field's type; ints are accepted for floats, lists for tuples
+    (and, unless `strict`, "true"/"false" for booleans and one number for a list)."""
     origin = typing.get_origin(hint)
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
+        if not strict and isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise ConfigError(key, f"must be true or false (got {value!r})")
+        raise ConfigError(key, f"must be true or false (got {_short(value)})")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(key, f"must be an integer (got {value!r})")
+        raise ConfigError(key, f"must be an integer (got {_short(value)})")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise ConfigError(key, f"must be a finite number (got {value!r})")
-            return float(value)
-        raise ConfigError(key, f"must be a number (got {value!r})")
+            try:
+                number = float(value)
+            except OverflowError:  # an integer too large for a float
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(key, f"must be a finite number (got {_short(value)})")
+            return number
+        raise ConfigError(key, f"must be a number (got {_short(value)})")
     if hint is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(key, f"must be a string (got {value!r})")
+        raise ConfigError(key, f"must be a string (got {_short(value)})")
     if origin is tuple:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not strict and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, f"must be a list of numbers (got {value!r})")
+            raise ConfigError(key, f"must be a list of numbers (got {_short(value)})")
         (item_hint, _) = typing.get_args(hint)
-        return tuple(_coerce(key, item_hint, v) for v in value)
+        return tuple(_coerce(key, item_hint, v, strict) for v in value)
     raise ConfigError(key, f"unsupported type {hint!r}")  # pragma: no cover
+
+
+def _short(value: Any) -> str:
+    """repr(value) for a message, cut short (an int of 4,300+ digits has no repr at all)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"

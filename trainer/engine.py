@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer import checkpoint
+from trainer import baseline, checkpoint
 from trainer.augment import BatchAugment, normalise
 from trainer.backbones import Encoder
 from trainer.bank import MemoryBank
@@ -97,6 +97,8 @@ class Trainer:
         )
         self.prepared = prepared
         self.collection = prepared.collection
+        # What raw pixels score with the same kNN: reported beside the model's accuracy.
+        self.pixel_baseline = baseline.measure(prepared, cfg.knn_k, cfg.knn_sigma)
         self.train_rows = self.collection.train_indices
         cfg.validate_for_dataset(len(self.train_rows))
         self.rt: Runtime = resolve(cfg.device, cfg.precision, cfg.channels_last)
@@ -388,6 +390,8 @@ class Trainer:
             time_discovery_s=self.discovery_s if self.epoch == 1 else 0.0,
             knn_top1=top1, knn_top5=top5, knn_protocol=knn["knn_protocol"] if knn else None,
         ).to_dict()
+        if self.pixel_baseline:
+            record["pixel_knn_top1"] = self.pixel_baseline["pixel_knn_top1"]
         self.history.append(record)
         self.acc = _EpochAccumulator()
         round_file = f"checkpoint_round{self.round}.pt" if last_of_round else None
@@ -433,6 +437,7 @@ class Trainer:
         speeds = [r["images_per_s"] for r in self.history]
         metrics = {
             **knn,
+            **(self.pixel_baseline or {}),
             "neighbourhood_quality": {
                 str(r["round"]): r["neighbourhood_quality"]
                 for r in self.history if r["epoch"] == 1 and r["round"] > 0

@@ -17,12 +17,32 @@ from trainer.errors import TrainerError
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 )
-# Far above any photo; refuses decompression bombs before they allocate.
+# Pillow decoders an image may be read with: the formats of IMAGE_EXTENSIONS. Pillow would
+# otherwise try every decoder it has (PCX, EPS, ICO, ...) on any bytes it is given.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+# Dataset images: far above any photo, so only a decompression bomb is refused (the loader then
+# skips it or refuses the dataset, naming the file, as `on_corrupt` says). Checked from the
+# header, before any pixel is decoded. Queries have their own, smaller limit (the service's
+# MAX_QUERY_PIXELS).
 MAX_PIXELS = 128 * 1024 * 1024
+# These explicit limits replace Pillow's global bomb check (MAX_IMAGE_PIXELS, 89 MP), which
+# would otherwise refuse dataset images below MAX_PIXELS; past twice its value Pillow still
+# refuses on its own. `warnings.catch_warnings` is not thread-safe, so the warning is not
+# turned into an error per call.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class InvalidImage(TrainerError, ValueError):
     """The bytes are not an image we can decode."""
+
+
+class ImageTooLarge(InvalidImage):
+    """An image whose header declares more pixels than the limit in force."""
+
+    def __init__(self, width: int, height: int, limit: int) -> None:
+        self.width, self.height, self.limit = width, height, limit
+        super().__init__(f"image is {width}x{height} pixels ({width * height / 1e6:.1f} MP); "
+                         f"the limit is {limit / 1e6:.1f} MP")
 
 
 def is_image_name(name: str) -> bool:
@@ -30,32 +50,47 @@ def is_image_name(name: str) -> bool:
     return dot >= 0 and name[dot:].lower() in IMAGE_EXTENSIONS
 
 
-def decode_square(data: bytes, size: int) -> np.ndarray:
-    """Decode image bytes to a `size`x`size`x3 uint8 array.
+def open_image(data: bytes, *, formats: tuple[str, ...] = IMAGE_FORMATS,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read an image's header only (nothing is decoded yet): its format must be one of
+    `formats` and its size at most `max_pixels`."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=formats)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
+            Image.DecompressionBombError) as exc:
+        raise InvalidImage(f"not a readable image ({_reason(exc)})") from exc
+    if image.width * image.height > max_pixels:
+        raise ImageTooLarge(image.width, image.height, max_pixels)
+    return image
+
+
+def square(image: Image.Image, size: int) -> np.ndarray:
+    """Decode an opened image to a `size`x`size`x3 uint8 array.
 
     Greyscale, palette, alpha and 16-bit images become RGB; the shorter side is resized to
     `size` and the centre is cropped, so any aspect ratio and any size is accepted.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_PIXELS:
-                raise InvalidImage(f"image too large ({image.width}x{image.height} pixels)")
-            # JPEG can decode at 1/2, 1/4, 1/8 scale directly: big photos decode much faster.
-            image.draft("RGB", (size, size))
-            image = ImageOps.exif_transpose(image)
-            image = _to_rgb(image)
-            image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
-            return np.asarray(image, dtype=np.uint8).copy()
-    except InvalidImage:
-        raise
+        # JPEG can decode at 1/2, 1/4, 1/8 scale directly: big photos decode much faster.
+        image.draft("RGB", (size, size))
+        image = ImageOps.exif_transpose(image)
+        image = _to_rgb(image)
+        image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
+        return np.asarray(image, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Messages of PIL name in-memory objects (<_io.BytesIO object at 0x...>): drop them.
-        reason = re.sub(r"\s*<[^>]*object at 0x[0-9a-f]+>", "", str(exc)).strip() or (
-            type(exc).__name__)
-        raise InvalidImage(f"not a readable image ({reason})") from exc
+            Image.DecompressionBombError) as exc:
+        raise InvalidImage(f"not a readable image ({_reason(exc)})") from exc
+
+
+def decode_square(data: bytes, size: int) -> np.ndarray:
+    """Decode image bytes to a `size`x`size`x3 uint8 array (see `square`)."""
+    return square(open_image(data), size)
+
+
+def _reason(exc: BaseException) -> str:
+    # Messages of PIL name in-memory objects (<_io.BytesIO object at 0x...>): drop them.
+    return re.sub(r"\s*<[^>]*object at 0x[0-9a-f]+>", "", str(exc)).strip() or (
+        type(exc).__name__)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

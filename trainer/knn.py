@@ -15,16 +15,17 @@ def vote(similarities: torch.Tensor, neighbour_labels: torch.Tensor, n_classes: 
     """Q x K similarities and labels -> Q x C class scores that sum to 1 per row.
 
     The row maximum is subtracted before exp: the ranking is unchanged and small sigmas
-    cannot overflow.
+    cannot overflow. The weights are computed in float64: a sigma below float32's smallest
+    number (1e-45) would otherwise divide by zero.
     """
     if similarities.shape[1] == 0:
         return torch.full((similarities.shape[0], n_classes), 1.0 / n_classes)
-    s = similarities.float()
+    s = similarities.double()
     w = torch.exp((s - s.max(1, keepdim=True).values) / sigma)
     w = w.masked_fill(neighbour_labels < 0, 0.0)
-    scores = torch.zeros(s.shape[0], n_classes, device=s.device)
+    scores = torch.zeros(s.shape[0], n_classes, device=s.device, dtype=torch.float64)
     scores.scatter_add_(1, neighbour_labels.clamp(min=0), w)
-    return scores / scores.sum(1, keepdim=True).clamp(min=1e-30)
+    return (scores / scores.sum(1, keepdim=True).clamp(min=1e-30)).float()
 
 
 @torch.no_grad()

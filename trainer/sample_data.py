@@ -30,3 +30,44 @@ def write_digits(root: str | Path, test_share: float = 0.2, seed: int = 0,
             img = img.resize((8 * upscale, 8 * upscale), Image.Resampling.NEAREST)
         img.save(folder / f"{i:04d}.png")
     return root
+
+
+def render_scattered(digit: np.ndarray, rng: np.random.Generator, canvas: int = 32,
+                     min_side: int = 12, max_side: int = 22) -> np.ndarray:
+    """One 8x8 digit (values 0..16) drawn at a random size, position and pair of colours on
+    a `canvas` x `canvas` RGB image, with a little noise. Raw pixels lose their alignment and
+    their colour; the shape is all that stays."""
+    side = int(rng.integers(min_side, max_side + 1))
+    glyph = Image.fromarray((digit * (255.0 / 16.0)).astype(np.uint8), mode="L")
+    alpha = np.asarray(glyph.resize((side, side), Image.Resampling.BILINEAR),
+                       dtype=np.float32)[..., None] / 255.0
+    while True:  # two colours far enough apart to read the digit
+        background, ink = rng.integers(0, 256, size=(2, 3)).astype(np.float32)
+        if np.abs(background - ink).sum() > 200:
+            break
+    image = np.empty((canvas, canvas, 3), dtype=np.float32)
+    image[:] = background
+    top, left = rng.integers(0, canvas - side + 1, size=2)
+    patch = image[top:top + side, left:left + side]
+    image[top:top + side, left:left + side] = patch * (1 - alpha) + ink * alpha
+    image += rng.normal(0, 8, size=image.shape)
+    return np.clip(image, 0, 255).round().astype(np.uint8)
+
+
+def write_scattered_digits(root: str | Path, test_share: float = 0.2, seed: int = 0,
+                           canvas: int = 32) -> Path:
+    """scikit-learn's digits, each drawn once by `render_scattered`, as colour PNGs in
+    root/{train,test}/<digit>/ (the same train/test split as `write_digits`)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    is_test = rng.random(len(digits.images)) < test_share
+    draw = np.random.default_rng(seed + 1)
+    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        folder = root / ("test" if is_test[i] else "train") / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render_scattered(image, draw, canvas), mode="RGB").save(
+            folder / f"{i:04d}.png")
+    return root

@@ -7,23 +7,27 @@ from starlette.concurrency import run_in_threadpool
 
 from service.auth import Reader
 from service.bodies import (
-    FILES_FIELD,
     JSON,
     MULTIPART,
     b64_images,
-    body_doc,
     form_float,
     form_images,
     form_int,
-    read_form,
     read_json,
     require_media,
 )
-from service.deps import BatcherDep, RegistryDep, SettingsDep, served_model
+from service.deps import BatcherDep, BodiesDep, DecoderDep, LimitsDep, RegistryDep, served_model
 from service.errors import ProblemError, invalid, not_found, problems
 from service.registry import Served
-from service.routes.retrieval import VERSION_QUERY, check_k, embed_images, stamp
-from service.schemas import ClassifyRequest, ClassifyResponse, Prediction
+from service.routes.retrieval import (
+    QUERY_ERRORS,
+    VERSION_QUERY,
+    check_k,
+    embed_images,
+    images_form,
+    stamp,
+)
+from service.schemas import ClassifyResponse, Prediction
 from trainer.knn import vote
 
 router = APIRouter(tags=["classification"])
@@ -56,40 +60,38 @@ def classify_vectors(served: Served, queries: np.ndarray, k: int, sigma: float,
 
 
 @router.post("/classify", response_model=ClassifyResponse, dependencies=[Reader],
-             responses=problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
+             responses=problems(*QUERY_ERRORS, 409),
              summary="Weighted-kNN label of images or indexed items",
              description="The k nearest labelled items vote for their class with weight "
              "exp(similarity / sigma); scores are each class's share of the vote. An item "
-             "classified by id does not vote for itself.",
-             openapi_extra=body_doc(ClassifyRequest, FILES_FIELD | {
-                 "k": {"type": "integer", "default": 200},
-                 "sigma": {"type": "number", "default": 0.1}}))
-async def classify(request: Request, response: Response, settings: SettingsDep,
-                   registry: RegistryDep, batcher: BatcherDep,
+             "classified by id does not vote for itself. 409: the model has no labelled items.")
+async def classify(request: Request, response: Response, limits: LimitsDep, bodies: BodiesDep,
+                   registry: RegistryDep, batcher: BatcherDep, decoder: DecoderDep,
                    model_version: str | None = VERSION_QUERY) -> ClassifyResponse:
-    served = served_model(registry, model_version)
+    kind = require_media(request, MULTIPART, JSON)
+    served = await served_model(registry, model_version)
     ids: list[str] | None = None
-    if require_media(request, MULTIPART, JSON) == JSON:
-        body = await read_json(request, ClassifyRequest)
+    if kind == JSON:
+        body = await read_json(request, bodies.classify, limits.ids_budget, limits.images,
+                               limits.b64_image_chars)
         k, sigma = body.k, body.sigma
-        if (body.ids is None) == (body.images is None):
-            raise invalid("send either `ids` or `images`")
-        ids = body.ids
-        blobs = b64_images(body.images, settings) if body.images is not None else None
+        if "ids" in body.model_fields_set:
+            ids = body.ids
+            blobs = None
+        else:
+            blobs = b64_images(body.images, limits)
     else:
-        form = await read_form(request, settings)
-        k, sigma = form_int(form, "k", 200), form_float(form, "sigma", 0.1)
-        blobs = await form_images(form, settings)
-    check_k(k, settings.max_classify_k)
-    if not 0 < sigma <= 100:
-        raise invalid(f"sigma must be in (0, 100] (got {sigma})")
+        form = await images_form(request, limits, {"k", "sigma"})
+        k = form_int(form, "k", limits.default_classify_k)
+        sigma = form_float(form, "sigma", 0.1)
+        check_k(k, limits.classify_k)
+        if not 0 < sigma <= 100:
+            raise invalid(f"sigma must be in (0, 100] (got {sigma})")
+        blobs = await form_images(form, limits)
     if served.voters is None:
         raise ProblemError(409, "Conflict", f"model {served.version} has no labelled items to "
                            "vote; train on a dataset with class folders")
     if ids is not None:
-        if len(ids) > settings.max_images_per_request:
-            raise invalid(f"{len(ids)} ids in one request; the limit is "
-                          f"{settings.max_images_per_request}")
         rows = []
         for item in ids:
             row = served.bundle.row_of.get(item)
@@ -101,7 +103,7 @@ async def classify(request: Request, response: Response, settings: SettingsDep,
         for p, item in zip(predictions, ids, strict=True):
             p.id = item
     else:
-        queries = await embed_images(blobs or [], served, batcher)
+        queries = await embed_images(blobs or [], served, batcher, decoder)
         predictions = await run_in_threadpool(classify_vectors, served, queries, k, sigma)
     stamp(response, served)
     return ClassifyResponse(model_version=served.version, k=k, sigma=sigma,

@@ -2,28 +2,55 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.auth import Admin, Reader
-from service.bodies import JSON, MULTIPART, read_json, require_media
-from service.deps import SettingsDep
-from service.errors import ProblemError, conflict, invalid, not_found, problems, too_large
-from service.schemas import DATASET_NAME, DatasetPublic, DatasetRegister, DatasetsPublic
+from service.bodies import JSON, MULTIPART, read_form, read_json, require_media
+from service.deps import LimitsDep, SettingsDep
+from service.errors import (
+    ProblemError,
+    conflict,
+    insufficient_storage,
+    invalid,
+    invalid_archive,
+    not_found,
+    problems,
+    too_large,
+)
+from service.limits import JSON_BASE, Limits
+from service.schemas import (
+    DATASET_NAME,
+    DatasetPublic,
+    DatasetRegister,
+    DatasetsPublic,
+    is_dataset_name,
+)
 from service.settings import ServiceSettings
-from service.uploads import UploadRejected, disk_free, extract, remove_tree
+from service.uploads import (
+    UPLOAD_PREFIX,
+    DiskFull,
+    DiskGuard,
+    TooLarge,
+    UploadRejected,
+    check_images,
+    extract,
+    remove_tree,
+)
 from trainer.data import open_collection
 from trainer.errors import DatasetError
 
 router = APIRouter(tags=["datasets"])
 META = ".meta"
+MiB = 1024 * 1024
 
 
 def _meta_path(settings: ServiceSettings, name: str) -> Path:
@@ -59,21 +86,39 @@ def _summarise(settings: ServiceSettings, name: str) -> dict[str, Any]:
 
 def _write_meta(settings: ServiceSettings, name: str, summary: dict[str, Any],
                 stamp: list[int]) -> None:
+    """Write the cached summary whole or not at all: a reader never sees half a file."""
     meta = _meta_path(settings, name)
     meta.parent.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps({"stamp": stamp, "summary": summary}))
+    fd, tmp = tempfile.mkstemp(dir=meta.parent, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump({"stamp": stamp, "summary": summary}, f)
+        os.replace(tmp, meta)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_meta(settings: ServiceSettings, name: str) -> dict[str, Any] | None:
+    """The cached summary, or None when there is none or it cannot be read (then the dataset
+    is scanned again and the cache rewritten)."""
+    try:
+        cached = json.loads(_meta_path(settings, name).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(cached, dict) or not isinstance(cached.get("summary"), dict):
+        return None
+    return cached
 
 
 def _summary(settings: ServiceSettings, name: str) -> dict[str, Any]:
-    if not re.match(DATASET_NAME, name) or not (settings.data_root / name).exists():
+    if not is_dataset_name(name) or not (settings.data_root / name).exists():
         raise not_found(f"no dataset {name!r}")
-    meta = _meta_path(settings, name)
-    if meta.exists():
-        cached = json.loads(meta.read_text())
-        # A registered folder can change under the service: summarise it again when it did.
-        if cached.get("stamp") == _fingerprint(settings.data_root / name):
-            return cached["summary"]
-    return _summarise(settings, name)  # a DatasetError is answered as 422 problem+json
+    cached = _read_meta(settings, name)
+    # A registered folder can change under the service: summarise it again when it did.
+    if cached is not None and cached.get("stamp") == _fingerprint(settings.data_root / name):
+        return cached["summary"]
+    return _summarise(settings, name)  # a DatasetError is answered as 409 problem+json
 
 
 def _names(settings: ServiceSettings) -> list[str]:
@@ -81,68 +126,65 @@ def _names(settings: ServiceSettings) -> list[str]:
     if not root.exists():
         return []
     return sorted(p.name for p in root.iterdir()
-                  if not p.name.startswith(".") and re.match(DATASET_NAME, p.name))
-
-
-MULTIPART_DOC = {"type": "object", "required": ["name", "file"], "properties": {
-    "name": {"type": "string", "pattern": DATASET_NAME},
-    "file": {"type": "string", "format": "binary",
-             "description": "zip or tar(.gz) of images; class folders give labels, "
-             "train/ and test/ folders give splits."}}}
+                  if not p.name.startswith(".") and is_dataset_name(p.name))
 
 
 @router.post(
     "/datasets", status_code=201, response_model=DatasetPublic, dependencies=[Admin],
-    responses=problems(400, 401, 403, 409, 413, 415, 422),
+    responses=problems(400, 401, 403, 404, 409, 413, 415, 422, 507),
     summary="Upload an archive of images, or register a folder under the data root",
-    openapi_extra={"requestBody": {"required": True, "content": {
-        MULTIPART: {"schema": MULTIPART_DOC},
-        JSON: {"schema": DatasetRegister.model_json_schema()}}}},
+    description="Multipart: an archive upload (422 when it is not a usable archive of images, "
+    "413 past MAX_UPLOAD_MB, MAX_EXTRACTED_MB or MAX_ARCHIVE_ENTRIES, 507 when storing it "
+    "would leave less than MIN_FREE_DISK_MB free). JSON: a folder or archive already under "
+    "the data root (404 when there is none at that path, 409 when it holds no usable dataset).",
 )
-async def create_dataset(request: Request, response: Response,
-                         settings: SettingsDep) -> DatasetPublic:
+async def create_dataset(request: Request, response: Response, settings: SettingsDep,
+                         limits: LimitsDep) -> DatasetPublic:
     kind = require_media(request, MULTIPART, JSON)
     if kind == JSON:
-        body = await read_json(request, DatasetRegister)
-        summary = await run_in_threadpool(_register, settings, body.name, body.path)
+        body = await read_json(request, DatasetRegister, JSON_BASE)
+        summary = await run_in_threadpool(_register, settings, body.name,
+                                          body.path if "path" in body.model_fields_set else None)
     else:
-        form = await request.form(max_files=1, max_fields=4, max_part_size=4096)
+        form = await read_form(request, {"name", "file"}, {"file"}, max_files=1,
+                               max_part_size=4096)
         name, upload = form.get("name"), form.get("file")
-        if not isinstance(name, str) or not re.match(DATASET_NAME, name):
+        if not isinstance(name, str) or not is_dataset_name(name):
             raise invalid("name: letters, digits, '.', '_' or '-', at most 64, starting with a "
                           "letter or digit")
         if not isinstance(upload, UploadFile):
             raise invalid("file: attach the archive in the multipart field `file`")
-        summary = await run_in_threadpool(_store_upload, settings, name, upload)
+        if upload.size is not None and upload.size > limits.upload_bytes:
+            raise too_large(f"the archive is larger than MAX_UPLOAD_MB "
+                            f"({settings.max_upload_mb} MB)")
+        summary = await run_in_threadpool(_store_upload, settings, limits, name, upload)
     response.headers["Location"] = f"/datasets/{summary['name']}"
     return DatasetPublic(**summary)
 
 
-def _store_upload(settings: ServiceSettings, name: str, upload: UploadFile) -> dict[str, Any]:
+def _store_upload(settings: ServiceSettings, limits: Limits, name: str,
+                  upload: UploadFile) -> dict[str, Any]:
     root = settings.data_root
     root.mkdir(parents=True, exist_ok=True)
     if (root / name).exists():
         raise conflict(f"dataset {name!r} already exists")
-    work = root / f".upload-{uuid.uuid4().hex}"
+    work = root / f"{UPLOAD_PREFIX}{uuid.uuid4().hex}"
     work.mkdir()
     try:
+        disk = DiskGuard(root, settings.min_free_disk_mb * MiB)
         archive = work / "archive"
+        size = upload.size if upload.size is not None else limits.upload_bytes
+        disk.need(size)
         with open(archive, "wb") as out:
             shutil.copyfileobj(upload.file, out, 1 << 20)
-        if disk_free(root) < 2 * archive.stat().st_size:
-            raise ProblemError(507, "Insufficient Storage", "not enough disk for this dataset")
         staged = work / "data"
-        try:
-            report = extract(archive, staged, settings.max_extracted_mb * 1024 * 1024,
-                             settings.max_archive_entries)
-        except UploadRejected as exc:
-            if "expands past" in str(exc):
-                raise too_large(str(exc)) from None
-            raise invalid(str(exc)) from None
+        report = extract(archive, staged, settings.max_extracted_mb * MiB,
+                         settings.max_archive_entries, disk)
+        check_images(report)
         try:
             open_collection(staged, name=name)  # the layout must make a dataset
         except DatasetError as exc:
-            raise invalid(str(exc)) from None
+            raise invalid_archive(str(exc)) from None
         try:
             os.rename(staged, root / name)  # atomic: a dataset appears whole or not at all
         except OSError:
@@ -152,15 +194,24 @@ def _store_upload(settings: ServiceSettings, name: str, upload: UploadFile) -> d
         summary["ignored_files"] = len(report.ignored)
         _write_meta(settings, name, summary, _fingerprint(root / name))
         return summary
+    except TooLarge as exc:
+        raise too_large(str(exc)) from None
+    except UploadRejected as exc:
+        raise invalid_archive(str(exc)) from None
+    except DiskFull as exc:
+        raise insufficient_storage(str(exc)) from None
     finally:
         remove_tree(work)
 
 
 def _register(settings: ServiceSettings, name: str, path: str | None) -> dict[str, Any]:
+    # The name and path passed their patterns: relative, no '..', no control characters.
     root = settings.data_root.resolve()
     target = (root / (path or name)).resolve()
-    if not target.is_relative_to(root) or target == root or not target.exists():
-        raise invalid(f"path {path or name!r} is not a folder or archive under the data root")
+    if not target.is_relative_to(root) or target == root:
+        raise invalid(f"path {path or name!r} leads outside the data root")
+    if not target.exists():
+        raise not_found(f"no folder or archive {path or name!r} under the data root")
     link = root / name
     if path and path != name:
         if link.exists() or link.is_symlink():
@@ -171,7 +222,7 @@ def _register(settings: ServiceSettings, name: str, path: str | None) -> dict[st
     except DatasetError as exc:
         if path and path != name:
             link.unlink(missing_ok=True)
-        raise invalid(str(exc)) from None
+        raise ProblemError(409, "Unusable Dataset", str(exc)) from None
 
 
 @router.get("/datasets", response_model=DatasetsPublic, dependencies=[Reader],
@@ -187,7 +238,9 @@ def list_datasets(settings: SettingsDep) -> DatasetsPublic:
 
 
 @router.get("/datasets/{name}", response_model=DatasetPublic, dependencies=[Reader],
-            responses=problems(401, 403, 404, 422),
+            responses=problems(401, 403, 404, 409, 422),
             summary="Item count, classes and split sizes of a dataset")
-def get_dataset(name: str, settings: SettingsDep) -> DatasetPublic:
+def get_dataset(settings: SettingsDep,
+                name: str = PathParam(pattern=DATASET_NAME, description="A dataset name.")
+                ) -> DatasetPublic:
     return DatasetPublic(**_summary(settings, name))

@@ -1,26 +1,43 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Response
+from typing import Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import Admin, Reader
+from service.bodies import JSON, read_json, require_media
 from service.deps import EnqueueDep, SettingsDep, StoreDep
-from service.errors import conflict, not_ready, problems
-from service.schemas import JobProgress, JobPublic, JobsPublic, JobStatus, TrainRequest
+from service.errors import ProblemError, conflict, not_found, not_ready, problems
+from service.limits import JSON_BASE
+from service.schemas import JOB_ID, JobProgress, JobPublic, JobsPublic, JobStatus, TrainRequest
+from service.settings import ServiceSettings
+from trainer.config import TrainConfig
+from trainer.errors import ConfigError, DatasetError
 from worker.jobs import FAILED, QUEUED, TERMINAL
 from worker.submit import submit
 
 router = APIRouter(tags=["jobs"])
+JOB_PATH = Path(pattern=JOB_ID, description="A job id.")
 
 
-@router.post("/train", status_code=202, response_model=JobPublic, dependencies=[Admin],
-             responses=problems(401, 403, 422, 503),
-             summary="Start a training job on a dataset",
-             description="The config is checked and the dataset scanned before the job is "
-             "queued: an unknown key, a bad value or an unusable dataset is refused with 422. "
-             "Follow the job at the returned Location.")
-async def train(body: TrainRequest, response: Response, settings: SettingsDep,
-                store: StoreDep, enqueue: EnqueueDep) -> JobPublic:
+def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as the published TrainConfig schema takes it (a ConfigError, 422, if not).
+    Milestones may come in any order here; they are kept sorted."""
+    config = dict(config)
+    milestones = config.get("lr_milestones")
+    if isinstance(milestones, list) and all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) for m in milestones):
+        config["lr_milestones"] = sorted(milestones)
+    TrainConfig.from_dict(config, strict=True)
+    return config
+
+
+def _submit(settings: ServiceSettings, store: StoreDep, enqueue: EnqueueDep,
+            body: TrainRequest, config: dict[str, Any]) -> Any:
+    if not (settings.data_root / body.dataset).exists():
+        raise not_found(f"no dataset {body.dataset!r}")
+
     def queue_it(job_id: str) -> None:
         try:
             enqueue(job_id)
@@ -28,8 +45,26 @@ async def train(body: TrainRequest, response: Response, settings: SettingsDep,
             store.transition(job_id, {QUEUED}, FAILED, error=f"could not be queued: {exc}")
             raise not_ready("the job queue is unreachable; the job was not started") from exc
 
-    job = await run_in_threadpool(submit, store, settings, queue_it, body.dataset, body.config,
-                                  body.promote)
+    try:
+        return submit(store, settings, queue_it, body.dataset, config, body.promote)
+    except (ConfigError, DatasetError) as exc:
+        # The config is valid on its own (checked above): the dataset does not fit it.
+        raise ProblemError(409, "Unusable Dataset", str(exc)) from None
+
+
+@router.post("/train", status_code=202, response_model=JobPublic, dependencies=[Admin],
+             responses=problems(401, 403, 404, 409, 413, 415, 422, 503),
+             summary="Start a training job on a dataset",
+             description="The config is checked and the dataset scanned before the job is "
+             "queued: 422 for an unknown key or a bad value, 404 for a dataset that does not "
+             "exist, 409 for one that cannot be trained with this config (no images, fewer "
+             "images than `neighbours`). Follow the job at the returned Location.")
+async def train(request: Request, response: Response, settings: SettingsDep,
+                store: StoreDep, enqueue: EnqueueDep) -> JobPublic:
+    require_media(request, JSON)
+    body = await read_json(request, TrainRequest, JSON_BASE)
+    config = _checked_config(body.config)
+    job = await run_in_threadpool(_submit, settings, store, enqueue, body, config)
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobPublic.of(job)
 
@@ -44,24 +79,25 @@ def list_jobs(store: StoreDep, offset: int = Query(0, ge=0, le=10**9),
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, dependencies=[Reader],
-            responses=problems(401, 403, 404), summary="A job's status, progress and result")
-def get_job(job_id: str, store: StoreDep) -> JobPublic:
+            responses=problems(401, 403, 404, 422),
+            summary="A job's status, progress and result")
+def get_job(store: StoreDep, job_id: str = JOB_PATH) -> JobPublic:
     return JobPublic.of(store.require(job_id))
 
 
 @router.get("/jobs/{job_id}/progress", response_model=JobProgress, dependencies=[Reader],
-            responses=problems(401, 403, 404), summary="Every epoch record of a job so far")
-def job_progress(job_id: str, store: StoreDep) -> JobProgress:
+            responses=problems(401, 403, 404, 422), summary="Every epoch record of a job so far")
+def job_progress(store: StoreDep, job_id: str = JOB_PATH) -> JobProgress:
     store.require(job_id)
     return JobProgress(id=job_id, epochs=store.history(job_id))
 
 
 @router.delete("/jobs/{job_id}", status_code=202, response_model=JobPublic,
-               dependencies=[Admin], responses=problems(401, 403, 404, 409),
+               dependencies=[Admin], responses=problems(401, 403, 404, 409, 422),
                summary="Cancel a job",
                description="A queued job is canceled at once and never starts. A running job "
                "stops after its current batch, keeps its last checkpoint and ends as canceled.")
-def cancel_job(job_id: str, store: StoreDep) -> JobPublic:
+def cancel_job(store: StoreDep, job_id: str = JOB_PATH) -> JobPublic:
     before = store.require(job_id)
     if before.status in TERMINAL:
         raise conflict(f"job {job_id} already {before.status}")

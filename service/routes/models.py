@@ -1,18 +1,24 @@
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import Admin, Reader
 from service.deps import RegistryDep, SettingsDep, served_model
 from service.errors import conflict, problems
-from service.schemas import Item, ItemsPublic, ModelsPublic, ModelSummary
+from service.item_filter import matching_rows
+from service.limits import VERSION_MAX
+from service.schemas import VERSION, Item, ItemsPublic, ModelsPublic, ModelSummary
 from trainer.bundle import current_version, list_versions, read_manifest, set_current, validate
 from trainer.errors import BundleError
 
 router = APIRouter(tags=["models"])
+FILTER_TEXT = r"^[^\x00-\x1f\x7f]+$"  # printable text: no control characters
+log = logging.getLogger(__name__)
+VERSION_PATH = Path(max_length=VERSION_MAX, pattern=VERSION, description="A model version.")
 
 
 def _summary(manifest: dict[str, Any], current: str | None) -> ModelSummary:
@@ -24,6 +30,8 @@ def _summary(manifest: dict[str, Any], current: str | None) -> ModelSummary:
         item_count=manifest.get("item_count"),
         index_type=(manifest.get("index") or {}).get("type"),
         knn_top1=metrics.get("knn_top1"), job_id=manifest.get("job_id"),
+        pixel_knn_top1=metrics.get("pixel_knn_top1"),
+        recall_at_10=(manifest.get("index") or {}).get("recall_at_10"),
     )
 
 
@@ -40,26 +48,29 @@ def list_models(settings: SettingsDep) -> ModelsPublic:
     return ModelsPublic(data=data, count=len(data), current=current)
 
 
-@router.get("/models/{version}", dependencies=[Reader], responses=problems(401, 403, 404),
+@router.get("/models/{version}", dependencies=[Reader], responses=problems(401, 403, 404, 422),
             summary="A model's manifest (metrics, index, config, training time)")
-def get_model(version: str, settings: SettingsDep) -> dict[str, Any]:
+def get_model(settings: SettingsDep, version: str = VERSION_PATH) -> dict[str, Any]:
     manifest = read_manifest(settings.models_root, version)
     return manifest | {"current": version == current_version(settings.models_root)}
 
 
 @router.post("/models/{version}/promote", response_model=ModelSummary, dependencies=[Admin],
-             responses=problems(401, 403, 404, 409),
+             responses=problems(401, 403, 404, 409, 422),
              summary="Make a version the current one (the API swaps to it without downtime)")
-async def promote(version: str, settings: SettingsDep, registry: RegistryDep) -> ModelSummary:
+async def promote(settings: SettingsDep, registry: RegistryDep,
+                  version: str = VERSION_PATH) -> ModelSummary:
     manifest = read_manifest(settings.models_root, version)
 
     def swap() -> None:
         try:
             validate(settings.models_root / version)
         except BundleError as exc:
-            raise conflict(f"model {version} fails validation: {exc}") from None
+            # The reason names files on the server: it goes to the log, not to the client.
+            log.warning("model %s fails validation: %s", version, exc)
+            raise conflict(f"model {version} fails validation (the API log says why)") from None
         set_current(settings.models_root, version)
-        registry.refresh()
+        registry.refresh(force=True)  # validated just now: not held back by an old failure
 
     await run_in_threadpool(swap)
     return _summary(manifest, current_version(settings.models_root))
@@ -67,14 +78,29 @@ async def promote(version: str, settings: SettingsDep, registry: RegistryDep) ->
 
 @router.get("/models/{version}/items", response_model=ItemsPublic, dependencies=[Reader],
             responses=problems(401, 403, 404, 422, 503),
-            summary="The indexed items of a model (ids and labels), in index order")
-def list_items(version: str, response: Response, registry: RegistryDep,
-               offset: int = Query(0, ge=0, le=10**9),
-               limit: int = Query(100, ge=1, le=10_000)) -> ItemsPublic:
-    served = served_model(registry, version)
-    bundle = served.bundle
-    rows = range(offset, min(offset + limit, len(bundle.ids)))
-    data = [Item(id=bundle.ids[r], label=bundle.classes[bundle.labels[r]]
-                 if bundle.labels[r] >= 0 else None) for r in rows]
+            summary="The indexed items of a model (ids and labels), in index order; `count` "
+            "is the number that match the filters")
+async def list_items(response: Response, registry: RegistryDep,
+                     version: str = VERSION_PATH,
+                     offset: int = Query(0, ge=0, le=10**9),
+                     limit: int = Query(100, ge=1, le=10_000),
+                     label: str | None = Query(None, min_length=1, max_length=256,
+                                               pattern=FILTER_TEXT,
+                                               description="Only items of this class."),
+                     prefix: str | None = Query(None, min_length=1, max_length=1024,
+                                                pattern=FILTER_TEXT,
+                                                description="Only items whose id starts with "
+                                                "this."),
+                     ) -> ItemsPublic:
+    served = await served_model(registry, version)
+
+    def page() -> tuple[list[Item], int]:
+        bundle = served.bundle
+        matching = matching_rows(bundle, label, prefix)
+        rows = matching[offset:offset + limit]
+        return [Item(id=bundle.ids[r], label=bundle.classes[bundle.labels[r]]
+                     if bundle.labels[r] >= 0 else None) for r in rows], len(matching)
+
+    data, count = await run_in_threadpool(page)
     response.headers["X-Model-Version"] = served.version
-    return ItemsPublic(model_version=served.version, data=data, count=len(bundle.ids))
+    return ItemsPublic(model_version=served.version, data=data, count=count)

@@ -1,62 +1,53 @@
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import torch
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
 from service.auth import Reader
 from service.batcher import Overloaded
 from service.bodies import (
-    FILES_FIELD,
     JSON,
     MULTIPART,
     b64_images,
-    body_doc,
     form_images,
     form_int,
     read_form,
     read_json,
     require_media,
 )
-from service.deps import BatcherDep, MetricsDep, RegistryDep, SettingsDep, served_model
+from service.deps import (
+    BatcherDep,
+    BodiesDep,
+    DecoderDep,
+    LimitsDep,
+    RegistryDep,
+    served_model,
+)
 from service.errors import ProblemError, invalid, not_found, problems
+from service.limits import ID_MAX, JSON_BASE, VERSION_MAX, Limits
 from service.registry import Served
 from service.schemas import (
+    ITEM_ID,
+    VERSION,
     EmbedResponse,
-    ImagesRequest,
     Neighbour,
     NeighboursResponse,
-    SearchRequest,
     SearchResponse,
     SearchResult,
 )
-from service.settings import ServiceSettings
-from trainer.images import InvalidImage
 
 router = APIRouter(tags=["retrieval"])
-INLINE_DECODE_BYTES = 16 * 1024
-VERSION_QUERY = Query(None, max_length=128,
+VERSION_QUERY = Query(None, max_length=VERSION_MAX, pattern=VERSION,
                       description="Serve with this model version instead of the current one.")
+QUERY_ERRORS = (400, 401, 403, 404, 413, 415, 422, 503)
 
 
-async def embed_images(blobs: list[bytes], served: Served, batcher: BatcherDep) -> np.ndarray:
-    """Decode (thread pool) and embed (batcher thread) a request's images."""
-    def decode() -> torch.Tensor:
-        out = []
-        for i, blob in enumerate(blobs):
-            try:
-                out.append(served.bundle.model.decode(blob))
-            except InvalidImage as exc:
-                raise InvalidImage(f"image {i}: {exc}") from None
-        return torch.stack(out)
-
-    # Small images decode in microseconds, less than a hop to the thread pool costs; large ones
-    # would stall the event loop, so they go to a thread.
-    small = sum(len(b) for b in blobs) <= INLINE_DECODE_BYTES
-    images = decode() if small else await run_in_threadpool(decode)
+async def embed_images(blobs: list[bytes], served: Served, batcher: BatcherDep,
+                       decoder: DecoderDep) -> np.ndarray:
+    """Decode (see service/decoding.py) and embed (batcher thread) a request's images."""
+    images = await decoder.decode(blobs, served.bundle.model.meta.image_size)
     try:
         return await batcher.embed(served.bundle.model, images)
     except Overloaded as exc:
@@ -64,12 +55,8 @@ async def embed_images(blobs: list[bytes], served: Served, batcher: BatcherDep) 
                            headers={"Retry-After": "1"}) from None
 
 
-async def request_images(request: Request, settings: ServiceSettings) -> list[bytes]:
-    kind = require_media(request, MULTIPART, JSON)
-    if kind == JSON:
-        body = await read_json(request, ImagesRequest)
-        return b64_images(body.images, settings)
-    return await form_images(await read_form(request, settings), settings)
+async def images_form(request: Request, limits: Limits, fields: set[str]) -> FormData:
+    return await read_form(request, fields | {"files"}, {"files"}, limits.images + 1)
 
 
 def stamp(response: Response, served: Served) -> None:
@@ -77,15 +64,19 @@ def stamp(response: Response, served: Served) -> None:
 
 
 @router.post("/embed", response_model=EmbedResponse, dependencies=[Reader],
-             responses=problems(400, 401, 403, 404, 413, 415, 422, 503),
-             summary="Embed a batch of images",
-             openapi_extra=body_doc(ImagesRequest, FILES_FIELD))
-async def embed(request: Request, response: Response, settings: SettingsDep,
-                registry: RegistryDep, batcher: BatcherDep, metrics: MetricsDep,
+             responses=problems(*QUERY_ERRORS), summary="Embed a batch of images")
+async def embed(request: Request, response: Response, limits: LimitsDep, bodies: BodiesDep,
+                registry: RegistryDep, batcher: BatcherDep, decoder: DecoderDep,
                 model_version: str | None = VERSION_QUERY) -> EmbedResponse:
-    served = served_model(registry, model_version)
-    blobs = await request_images(request, settings)
-    vectors = await embed_images(blobs, served, batcher)
+    kind = require_media(request, MULTIPART, JSON)
+    served = await served_model(registry, model_version)
+    if kind == JSON:
+        body = await read_json(request, bodies.embed, JSON_BASE, limits.images,
+                               limits.b64_image_chars)
+        blobs = b64_images(body.images, limits)
+    else:
+        blobs = await form_images(await images_form(request, limits, set()), limits)
+    vectors = await embed_images(blobs, served, batcher, decoder)
     stamp(response, served)
     return EmbedResponse(model_version=served.version, dim=served.bundle.dim,
                          embeddings=vectors.tolist())
@@ -118,12 +109,16 @@ def check_k(k: int, limit: int) -> None:
 @router.get("/neighbours/{item_id:path}", response_model=NeighboursResponse,
             dependencies=[Reader], responses=problems(401, 403, 404, 422, 503),
             summary="The k nearest indexed items of an indexed item (itself excluded)")
-async def neighbours(item_id: str, response: Response, settings: SettingsDep,
-                     registry: RegistryDep,
-                     k: int = Query(10, description="How many neighbours (1..MAX_K)."),
+async def neighbours(response: Response, limits: LimitsDep, registry: RegistryDep,
+                     item_id: str = Path(max_length=ID_MAX, pattern=ITEM_ID,
+                                         description="An indexed item's id (its path in the "
+                                         "dataset)."),
+                     k: int | None = Query(None, ge=1, description="How many neighbours "
+                                           "(1..MAX_K; default 10)."),
                      model_version: str | None = VERSION_QUERY) -> NeighboursResponse:
-    check_k(k, settings.max_k)
-    served = served_model(registry, model_version)
+    k = limits.default_k if k is None else k
+    check_k(k, limits.k)
+    served = await served_model(registry, model_version)
     row = served.bundle.row_of.get(item_id)
     if row is None:
         raise not_found(f"no item {item_id!r} in model {served.version}")
@@ -133,48 +128,42 @@ async def neighbours(item_id: str, response: Response, settings: SettingsDep,
     return NeighboursResponse(id=item_id, model_version=served.version, neighbours=found[0])
 
 
-def query_vectors(vectors: list[list[float]], dim: int, version: str,
-                  settings: ServiceSettings) -> np.ndarray:
-    if len(vectors) > settings.max_images_per_request:
-        raise invalid(f"{len(vectors)} vectors in one request; the limit is "
-                      f"{settings.max_images_per_request}")
+def query_vectors(vectors: list[list[float]], dim: int, version: str) -> np.ndarray:
     for i, v in enumerate(vectors):
         if len(v) != dim:
             raise invalid(f"vector {i} has {len(v)} dimensions; model {version} expects {dim}")
-        if not all(math.isfinite(x) for x in v):
-            raise invalid(f"vector {i} has a value that is not a finite number")
     x = np.asarray(vectors, dtype=np.float64)
+    # Scaled by the largest magnitude first: the length of a vector of finite values near the
+    # float limit would overflow.
+    x = x / np.maximum(np.abs(x).max(axis=1, keepdims=True), np.finfo(np.float64).tiny)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if (norms == 0).any() or not np.isfinite(norms).all():
-        raise invalid("a query vector has zero or infinite length")
+    if (norms == 0).any():
+        raise invalid("a query vector is all zeros: it has no direction")
     return (x / norms).astype(np.float32)  # cosine: compare directions
 
 
 @router.post("/search", response_model=SearchResponse, dependencies=[Reader],
-             responses=problems(400, 401, 403, 404, 413, 415, 422, 503),
-             summary="Nearest indexed items of query images or vectors",
-             openapi_extra=body_doc(SearchRequest, FILES_FIELD | {
-                 "k": {"type": "integer", "default": 10}}))
-async def search(request: Request, response: Response, settings: SettingsDep,
-                 registry: RegistryDep, batcher: BatcherDep,
+             responses=problems(*QUERY_ERRORS),
+             summary="Nearest indexed items of query images or vectors")
+async def search(request: Request, response: Response, limits: LimitsDep, bodies: BodiesDep,
+                 registry: RegistryDep, batcher: BatcherDep, decoder: DecoderDep,
                  model_version: str | None = VERSION_QUERY) -> SearchResponse:
-    served = served_model(registry, model_version)
-    if require_media(request, MULTIPART, JSON) == JSON:
-        body = await read_json(request, SearchRequest)
+    kind = require_media(request, MULTIPART, JSON)
+    served = await served_model(registry, model_version)
+    if kind == JSON:
+        body = await read_json(request, bodies.search, limits.vectors_budget(served.bundle.dim),
+                               limits.images, limits.b64_image_chars)
         k = body.k
-        if (body.vectors is None) == (body.images is None):
-            raise invalid("send either `vectors` or `images`")
-        check_k(k, settings.max_k)
-        if body.vectors is not None:
-            queries = query_vectors(body.vectors, served.bundle.dim, served.version, settings)
+        if "vectors" in body.model_fields_set:
+            queries = query_vectors(body.vectors, served.bundle.dim, served.version)
         else:
-            queries = await embed_images(b64_images(body.images or [], settings), served,
-                                         batcher)
+            queries = await embed_images(b64_images(body.images, limits), served, batcher,
+                                         decoder)
     else:
-        form = await read_form(request, settings)
-        k = form_int(form, "k", 10)
-        check_k(k, settings.max_k)
-        queries = await embed_images(await form_images(form, settings), served, batcher)
+        form = await images_form(request, limits, {"k"})
+        k = form_int(form, "k", limits.default_k)
+        check_k(k, limits.k)
+        queries = await embed_images(await form_images(form, limits), served, batcher, decoder)
     found = await run_in_threadpool(neighbours_of, served, queries, k)
     stamp(response, served)
     return SearchResponse(model_version=served.version,

@@ -86,7 +86,7 @@ CASES = [
      {"json": {"ids": ["train/cat/0000.jpg"], "k": 10**7}}, 422),
     ("classify: empty ids", "POST", "/classify", {"json": {"ids": []}}, 422),
     ("train: unknown dataset", "POST", "/train", {"admin": True, "json": {"dataset": "none"}},
-     422),
+     404),
     ("train: unknown config key", "POST", "/train",
      {"admin": True, "json": {"dataset": "ok", "config": {"colour": 1}}}, 422),
     ("train: negative lr", "POST", "/train",
@@ -94,14 +94,14 @@ CASES = [
     ("train: rounds zero", "POST", "/train",
      {"admin": True, "json": {"dataset": "ok", "config": {"rounds": 0}}}, 422),
     ("train: k >= N", "POST", "/train",
-     {"admin": True, "json": {"dataset": "ok", "config": {"neighbours": 12}}}, 422),
+     {"admin": True, "json": {"dataset": "ok", "config": {"neighbours": 12}}}, 409),
     ("train: dataset escapes", "POST", "/train",
      {"admin": True, "json": {"dataset": "../models"}}, 422),
     ("train: extra field", "POST", "/train",
      {"admin": True, "json": {"dataset": "ok", "priority": 1}}, 422),
     ("train: not json", "POST", "/train",
      {"admin": True, "content": b"dataset=ok",
-      "headers": {"content-type": "application/x-www-form-urlencoded"}}, 422),
+      "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415),
     ("upload: ../ entry", "POST", "/datasets",
      {"admin": True, "data": {"name": "evil"},
       "files": {"file": ("e.zip", _zip({"../escape.png": PNG_1PX, "a/1.png": PNG_1PX}))}},
@@ -215,3 +215,22 @@ def test_no_model_yet_is_503(tmp_path, models_template):
         for r in (client.get("/neighbours/a.jpg"), client.get("/readyz"),
                   client.post("/embed", json={"images": [b64]})):
             assert r.status_code == 503 and r.headers["content-type"].startswith(PROBLEM)
+
+
+def test_an_unexpected_error_is_a_500_problem_that_tells_nothing(tmp_path, models_template):
+    """A real failure inside a handler: a published bundle's manifest is damaged on disk."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import V2, make_settings
+
+    settings = make_settings(tmp_path, models_template)
+    (settings.models_root / V2 / "manifest.json").write_text('{"version": "' + V2)
+    app = create_app(settings, enqueue=lambda j: None)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get(f"/models/{V2}")
+    assert r.status_code == 500 and r.headers["content-type"].startswith(PROBLEM)
+    body = r.json()
+    assert body["title"] == "Internal Server Error" and body["instance"] == f"/models/{V2}"
+    assert "Traceback" not in r.text and str(tmp_path) not in r.text
+    assert "JSON" not in body["detail"] and "manifest" not in body["detail"]

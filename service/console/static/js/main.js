@@ -1,0 +1,83 @@
+// The console's router: #/page[/id][?query] -> a page module's render(main, route).
+// A page may return a function that stops its timers when the page is left.
+import { forgetKeys, hasKeys } from "./api.js";
+import { clear, h, releaseImages, showProblem } from "./ui.js";
+
+const PAGES = {
+  datasets: () => import("./pages/datasets.js"),
+  train: () => import("./pages/train.js"),
+  jobs: () => import("./pages/jobs.js"),
+  models: () => import("./pages/models.js"),
+  explore: () => import("./pages/explore.js"),
+  map: () => import("./pages/map.js"),
+};
+const TITLES = {
+  datasets: "Datasets", train: "Train", jobs: "Jobs", models: "Models", explore: "Explore",
+  map: "Embedding map",
+};
+
+let leave = null;
+let generation = 0;
+
+function parse() {
+  const hash = location.hash.replace(/^#\/?/, "");
+  const [path, query = ""] = hash.split("?");
+  const [page, ...rest] = path.split("/");
+  return {
+    page: page || "jobs",
+    id: rest.length ? decodeURIComponent(rest.join("/")) : null,
+    params: new URLSearchParams(query),
+  };
+}
+
+async function route() {
+  const current = ++generation;
+  if (leave) {
+    try { leave(); } catch (_) { /* a page's cleanup never blocks the next one */ }
+    leave = null;
+  }
+  releaseImages();
+  const main = document.getElementById("main");
+  const where = parse();
+  for (const link of document.querySelectorAll("nav a[data-page]")) {
+    if (link.dataset.page === where.page) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  const load = PAGES[where.page];
+  if (!load) {
+    clear(main, h("h1", {}, "Not found"),
+      h("p", { class: "problem", role: "alert" }, `There is no page “${where.page}”.`));
+    return;
+  }
+  document.title = `${TITLES[where.page]} · AND console`;
+  clear(main, h("p", { class: "muted" }, "Loading…"));
+  try {
+    const module = await load();
+    if (current !== generation) return;
+    main.replaceChildren();
+    const cleanup = await module.render(main, where);
+    if (current !== generation) {
+      if (typeof cleanup === "function") cleanup();
+      return;
+    }
+    leave = typeof cleanup === "function" ? cleanup : null;
+  } catch (error) {
+    if (current !== generation) return;
+    clear(main, h("h1", {}, TITLES[where.page]));
+    main.append(h("div", { class: "page-problem" }));
+    showProblem(main.lastChild, error);
+  }
+}
+
+function showKeyButton() {
+  document.getElementById("forget-keys").hidden = !hasKeys();
+}
+
+document.getElementById("forget-keys").addEventListener("click", () => {
+  forgetKeys();
+  route();
+});
+document.addEventListener("keys-changed", showKeyButton);
+window.addEventListener("hashchange", route);
+showKeyButton();
+route();

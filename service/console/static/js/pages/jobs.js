@@ -1,0 +1,180 @@
+// Jobs: the list, and one job's live page (progress, charts, cancel).
+import { api } from "../api.js";
+import { drawCharts } from "../charts.js";
+import {
+  clear, confirmDialog, fmtDuration, fmtInt, fmtNumber, fmtPercent, fmtTime, h, hideProblem,
+  showProblem,
+} from "../ui.js";
+
+const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+const POLL_MS = 1000;
+
+function badge(status) {
+  return h("span", { class: `badge status-${status}` }, status);
+}
+
+function stage(job) {
+  const p = job.progress || {};
+  if (job.status === "succeeded") return "done";
+  if (p.epoch) return `round ${p.round + 1}/${p.rounds}, epoch ${p.epoch}/${p.epochs}`;
+  return p.phase || "";
+}
+
+function listTable(jobs) {
+  if (!jobs.length) {
+    return h("p", { class: "muted" }, "No jobs yet. ", h("a", { href: "#/train" }, "Train"),
+      " a model.");
+  }
+  return h("div", { class: "table-wrap" }, h("table", { id: "jobs-table" },
+    h("caption", { class: "sr-only" }, "Jobs, newest first"),
+    h("thead", {}, h("tr", {},
+      h("th", { scope: "col" }, "Job"), h("th", { scope: "col" }, "Dataset"),
+      h("th", { scope: "col" }, "Status"), h("th", { scope: "col" }, "Stage"),
+      h("th", { scope: "col", class: "num" }, "kNN top-1"),
+      h("th", { scope: "col", class: "num" }, "Raw pixels"),
+      h("th", { scope: "col" }, "Created"))),
+    h("tbody", {}, jobs.map((job) => {
+      const p = job.progress || {};
+      const m = p.metrics || {};
+      const top1 = m.knn_top1 ?? m.loo_knn_top1 ?? p.knn_top1;
+      return h("tr", {},
+        h("th", { scope: "row" }, h("a", { href: `#/jobs/${job.id}` }, job.id.slice(0, 8))),
+        h("td", {}, job.dataset), h("td", {}, badge(job.status)), h("td", {}, stage(job)),
+        h("td", { class: "num" }, fmtPercent(top1)),
+        h("td", { class: "num" }, fmtPercent(m.pixel_knn_top1 ?? p.pixel_knn_top1)),
+        h("td", {}, fmtTime(job.created_at)));
+    }))));
+}
+
+async function renderList(main) {
+  const box = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+  const problem = h("div");
+  main.append(h("h1", {}, "Jobs"), h("p", {}, h("a", { href: "#/train" }, "Start a job")),
+    problem, box);
+  let timer = null;
+  let stopped = false;
+  const refresh = async () => {
+    try {
+      const jobs = await api("/jobs?limit=100");
+      if (stopped) return;
+      hideProblem(problem);
+      clear(box, listTable(jobs.data));
+      const active = jobs.data.some((j) => !TERMINAL.has(j.status));
+      timer = setTimeout(refresh, active ? 2 * POLL_MS : 10 * POLL_MS);
+    } catch (error) {
+      if (stopped) return;
+      showProblem(problem, error);
+      timer = setTimeout(refresh, 10 * POLL_MS);
+    }
+  };
+  await refresh();
+  return () => { stopped = true; clearTimeout(timer); };
+}
+
+function stat(label, value, id) {
+  return [h("dt", {}, label), h("dd", { id }, value)];
+}
+
+function summary(job) {
+  const p = job.progress || {};
+  const m = p.metrics || {};
+  const top1 = m.knn_top1 ?? m.loo_knn_top1 ?? p.knn_top1;
+  const pixels = m.pixel_knn_top1 ?? p.pixel_knn_top1;
+  return h("dl", { class: "stats", id: "job-stats" },
+    stat("Status", badge(job.status), "job-status"),
+    stat("Phase", p.phase || "–", "job-phase"),
+    stat("Round", p.round !== undefined ? `${p.round + 1} / ${p.rounds}` : "–"),
+    stat("Epoch", p.epoch !== undefined ? `${p.epoch} / ${p.epochs}` : "–", "job-epoch"),
+    stat("Images/s", p.images_per_s ? fmtInt(Math.round(p.images_per_s)) : "–"),
+    stat("ETA", job.status === "running" ? fmtDuration(p.eta_s) : "–"),
+    stat("Loss", fmtNumber(p.loss, 4)),
+    stat("kNN top-1", fmtPercent(top1), "job-knn"),
+    stat("Raw pixels kNN top-1", fmtPercent(pixels), "job-pixels"),
+    stat("Neighbourhood quality", fmtPercent(p.neighbourhood_quality)),
+    stat("Attempts", String(job.attempts)),
+    stat("Created", fmtTime(job.created_at)));
+}
+
+async function renderJob(main, id) {
+  const head = h("div", { class: "job-head" });
+  const problem = h("div", { id: "job-problem" });
+  const live = h("div", { id: "job-live", "aria-live": "polite" });
+  const bar = h("progress", { id: "job-progress", max: 1, value: 0,
+    "aria-label": "Training progress" });
+  const charts = h("div", { class: "charts", id: "job-charts", dataset: { points: "0" } });
+  main.append(h("h1", {}, "Job ", h("code", {}, id.slice(0, 8))), problem, head, bar, live,
+    h("h2", {}, "Training curves"),
+    h("p", { class: "muted small" }, "Per epoch. The first round is instance discrimination; ",
+      "dashed lines mark the start of each AND round (anchors and neighbourhoods found anew)."),
+    charts);
+  let timer = null;
+  let stopped = false;
+  let shownEpochs = -1;
+  let job = null;
+  let chartState = null;
+
+  const cancel = h("button", { type: "button", class: "danger", id: "job-cancel",
+    onclick: async () => {
+      const yes = await confirmDialog("Cancel this job?",
+        "A running job stops after its current batch and keeps its checkpoint; a queued job " +
+        "never starts.", "Cancel job");
+      if (!yes) return;
+      try {
+        job = await api(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" });
+        hideProblem(problem);
+        show();
+      } catch (error) {
+        showProblem(problem, error);
+      }
+    } }, "Cancel job");
+
+  function show() {
+    const p = job.progress || {};
+    const links = [];
+    if (job.model_version) {
+      links.push(h("a", { href: `#/explore?model=${encodeURIComponent(job.model_version)}` },
+        `Explore model ${job.model_version}`), " · ",
+      h("a", { href: `#/map?model=${encodeURIComponent(job.model_version)}` }, "its map"));
+    }
+    clear(head,
+      h("p", {}, "Dataset ", h("strong", {}, job.dataset), links.length ? " · " : "", links),
+      job.error ? h("p", { class: "problem", role: "alert" }, `Error: ${job.error}`) : null,
+      job.note ? h("p", { class: "muted" }, job.note) : null,
+      !TERMINAL.has(job.status) && !job.cancel_requested ? cancel : null,
+      job.cancel_requested && !TERMINAL.has(job.status)
+        ? h("p", { class: "muted" }, "Cancel requested: stopping after the current batch.")
+        : null);
+    clear(live, summary(job));
+    const total = (p.rounds || 0) * (p.epochs || 0);
+    bar.value = job.status === "succeeded" ? 1 : total ? (p.global_epoch || 0) / total : 0;
+  }
+
+  async function tick() {
+    try {
+      job = await api(`/jobs/${encodeURIComponent(id)}`);
+      if (stopped) return;
+      hideProblem(problem);
+      show();
+      const epochs = job.progress?.global_epoch ?? 0;
+      if (epochs !== shownEpochs || TERMINAL.has(job.status)) {
+        const history = await api(`/jobs/${encodeURIComponent(id)}/progress`);
+        if (stopped) return;
+        shownEpochs = epochs;
+        chartState = drawCharts(charts, history.epochs, chartState);
+        charts.dataset.points = String(history.epochs.length);
+      }
+      if (!TERMINAL.has(job.status)) timer = setTimeout(tick, POLL_MS);
+      else charts.dataset.final = "true";
+    } catch (error) {
+      if (stopped) return;
+      showProblem(problem, error);
+      if (error.status !== 404) timer = setTimeout(tick, 5 * POLL_MS);
+    }
+  }
+  await tick();
+  return () => { stopped = true; clearTimeout(timer); if (chartState) chartState.destroy(); };
+}
+
+export async function render(main, route) {
+  return route.id ? renderJob(main, route.id) : renderList(main);
+}

@@ -1,0 +1,66 @@
+// Models: every published version with its metrics and index; which one is current; promote.
+import { api } from "../api.js";
+import { clear, confirmDialog, fmtInt, fmtPercent, h, hideProblem, showProblem } from "../ui.js";
+
+function row(m, onPromote) {
+  const enc = encodeURIComponent(m.version);
+  return h("tr", { dataset: { version: m.version } },
+    h("th", { scope: "row" }, h("code", {}, m.version),
+      m.current ? h("span", { class: "badge current" }, "current") : null),
+    h("td", {}, m.dataset || "–"),
+    h("td", {}, m.backbone || "–"),
+    h("td", { class: "num" }, fmtInt(m.item_count)),
+    h("td", {}, m.index_type || "–"),
+    h("td", { class: "num" }, m.recall_at_10 === null ? "–" : m.recall_at_10.toFixed(3)),
+    h("td", { class: "num" }, fmtPercent(m.knn_top1)),
+    h("td", { class: "num" }, fmtPercent(m.pixel_knn_top1)),
+    h("td", {}, m.created ? m.created.replace("T", " ").replace("+00:00", " UTC") : "–"),
+    h("td", { class: "row-actions" },
+      h("a", { href: `#/explore?model=${enc}` }, "Explore"), " ",
+      h("a", { href: `#/map?model=${enc}` }, "Map"), " ",
+      m.current ? null : h("button", { type: "button", class: "small",
+        onclick: () => onPromote(m.version) }, "Promote")));
+}
+
+export async function render(main) {
+  const problem = h("div", { id: "models-problem" });
+  const box = h("div", {}, h("p", { class: "muted" }, "Loading…"));
+  main.append(h("h1", {}, "Models"), problem, box);
+
+  const refresh = async () => {
+    const models = await api("/models");
+    if (!models.data.length) {
+      clear(box, h("p", { class: "muted" }, "No model published yet. ",
+        h("a", { href: "#/train" }, "Train one"), "."));
+      return;
+    }
+    clear(box, h("div", { class: "table-wrap" }, h("table", { id: "models-table" },
+      h("caption", { class: "sr-only" }, "Published models, newest first"),
+      h("thead", {}, h("tr", {},
+        h("th", { scope: "col" }, "Version"), h("th", { scope: "col" }, "Dataset"),
+        h("th", { scope: "col" }, "Backbone"), h("th", { scope: "col", class: "num" }, "Items"),
+        h("th", { scope: "col" }, "Index"),
+        h("th", { scope: "col", class: "num" }, "Recall@10"),
+        h("th", { scope: "col", class: "num" }, "kNN top-1"),
+        h("th", { scope: "col", class: "num" }, "Raw pixels"),
+        h("th", { scope: "col" }, "Created"), h("th", { scope: "col" }, ""))),
+      h("tbody", {}, models.data.map((m) => row(m, promote))))),
+    h("p", { class: "muted small" }, "kNN top-1: weighted kNN on the labelled test split ",
+      "(or leave-one-out); raw pixels: the same kNN on downscaled, standardised pixels."));
+  };
+
+  const promote = async (version) => {
+    const yes = await confirmDialog("Make this model current?",
+      `The API will serve ${version} for every request that does not pin a version.`,
+      "Promote");
+    if (!yes) return;
+    try {
+      await api(`/models/${encodeURIComponent(version)}/promote`, { method: "POST" });
+      hideProblem(problem);
+      await refresh();
+    } catch (error) {
+      showProblem(problem, error);
+    }
+  };
+  await refresh();
+}

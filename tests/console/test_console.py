@@ -1,0 +1,323 @@
+"""The console in a real browser (Debian's chromium, headless, driven by Playwright), through
+a real API process and a real worker process on the embedded default, with keys set.
+
+One stack and one browser for the module: the first test uploads a dataset and trains a
+model through the page; the others use that model. Every test fails on a JavaScript error,
+a failed request or an error answer it did not provoke on purpose. Screenshots of every page
+go to CONSOLE_SCREENSHOTS (default var/screenshots).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import CIFAR_SLICE
+from tests.console.browser import Watch, launch, screenshot_dir
+from tests.processes import Process, free_port, start_worker, wait_for
+
+pytestmark = pytest.mark.slow
+
+READ_KEY = "console-read-key-0123456789"
+ADMIN_KEY = "console-admin-key-0123456789"
+WIDE = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+# A job long enough for the page to see it progress (12 epochs of a 96-image slice, kNN
+# measured every third epoch): seconds on two idle cores.
+FORM = {"backbone": "small_cnn", "rounds": "2", "epochs_per_round": "6", "batch_size": "32",
+        "knn_k": "20"}
+MORE = {"knn_every_epochs": "3", "num_workers": "0"}
+EPOCHS = 12
+LONG = 420_000  # ms: waits that include training (a busy machine is slow, never wrong)
+
+
+@dataclass
+class Stack:
+    base: str
+    root: Path
+    api: Process
+    worker: Process
+    model_version: str | None = None
+    shots: Path = field(default_factory=screenshot_dir)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("console")
+    env = {**os.environ, "DATA_ROOT": str(root / "data"), "MODELS_ROOT": str(root / "models"),
+           "STATE_ROOT": str(root / "state"), "ADMIN_API_KEY": ADMIN_KEY,
+           "READ_API_KEY": READ_KEY, "ENVIRONMENT": "development", "MODEL_POLL_S": "0.3",
+           "HEARTBEAT_S": "0.5", "PYTHONUNBUFFERED": "1"}
+    env.pop("BROKER_URL", None)
+    port = free_port()
+    api = Process([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+                  env, root / "api.log")
+    worker = start_worker(env, root / "worker.log")
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, 120, "the API to answer")
+        yield Stack(base, root, api, worker)
+    finally:
+        worker.stop()
+        api.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser: Browser, watch: Watch, viewport: dict[str, int] = WIDE) -> Page:
+    context = browser.new_context(viewport=viewport)
+    context.set_default_timeout(30_000)
+    return watch.attach(context.new_page())
+
+
+def settle(page: Page) -> None:
+    """Let the page's requests finish before it navigates (no request is cut off)."""
+    page.wait_for_load_state("networkidle")
+
+
+def shoot(page: Page, stack: Stack, name: str) -> None:
+    settle(page)
+    page.screenshot(path=str(stack.shots / f"{name}.png"), full_page=True)
+
+
+def enter_key(page: Page, key: str) -> None:
+    dialog = page.locator("#key-dialog")
+    expect(dialog).to_be_visible()
+    page.fill("#key-input", key)
+    page.click("#key-ok")
+
+
+def loaded_images(page: Page, selector: str) -> list[dict]:
+    return page.eval_on_selector_all(selector, """imgs => imgs.map(i => ({
+        alt: i.alt, src: i.src, width: i.naturalWidth, done: i.complete}))""")
+
+
+def wait_images(page: Page, selector: str, count: int) -> list[dict]:
+    """`count` images under `selector`, every one fetched and decoded (naturalWidth > 1: more
+    than the 1-pixel placeholder)."""
+    page.wait_for_function(
+        """([sel, n]) => { const imgs = [...document.querySelectorAll(sel)];
+            return imgs.length === n && imgs.every(i => i.src.startsWith('blob:')
+                && i.complete && i.naturalWidth > 1); }""",
+        arg=[selector, count])
+    return loaded_images(page, selector)
+
+
+def fill_form(page: Page, values: dict[str, str]) -> None:
+    for key, value in values.items():
+        page.fill(f"#cfg-{key}", value)
+
+
+@pytest.mark.timeout(900)
+def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browser) -> None:
+    watch = Watch()
+    page = open_page(browser, watch)
+
+    # Keys: the page asks for one, shows the API's answer to a wrong one, then works.
+    page.goto(f"{stack.base}/#/datasets")
+    enter_key(page, "not-the-right-key-000")
+    expect(page.locator("#key-error")).to_contain_text("this key may not use this route")
+    enter_key(page, READ_KEY)
+    expect(page.locator("#key-dialog")).to_be_hidden()
+    expect(page.locator("#dataset-list")).to_contain_text("No datasets yet")
+
+    # Upload a small dataset through the page: the admin key is asked for first.
+    page.set_input_files("#upload-file", str(CIFAR_SLICE))
+    page.fill("#upload-name", "cifar")
+    page.click("#upload-form button[type=submit]")
+    enter_key(page, ADMIN_KEY)
+    expect(page.locator("#upload-done")).to_contain_text("120 images, 4 classes")
+    expect(page.locator("#dataset-list tr[data-name=cifar]")).to_contain_text("96")
+    shoot(page, stack, "datasets")
+
+    # Train from the form: a bad value is shown at its field, then a good config starts.
+    page.click("#dataset-list tr[data-name=cifar] a")
+    expect(page.locator("#train-form")).to_be_visible()
+    fill_form(page, FORM | {"rounds": "0"})
+    page.click("#train-submit")
+    expect(page.locator("[data-key=rounds] .field-error")).to_contain_text("between 1 and 100")
+    expect(page.locator("#cfg-rounds")).to_have_attribute("aria-invalid", "true")
+    shoot(page, stack, "train")
+    fill_form(page, FORM)
+    page.click("#train-form details summary")
+    fill_form(page, MORE)
+    page.click("#train-submit")
+    page.wait_for_url("**/#/jobs/*")
+
+    # The job page follows the run without a reload: the chart gains points while it runs.
+    seen: list[tuple[str, int]] = []
+    deadline = time.monotonic() + LONG / 1000
+    while time.monotonic() < deadline:
+        status = page.locator("#job-status").inner_text(timeout=LONG)
+        points = int(page.locator("#job-charts").get_attribute("data-points") or 0)
+        seen.append((status, points))
+        if status in ("succeeded", "failed", "canceled"):
+            break
+        time.sleep(0.2)
+    assert seen[-1][0] == "succeeded", (seen[-1], stack.worker.tail())
+    expect(page.locator("#job-charts")).to_have_attribute("data-points", str(EPOCHS))
+    # Seen part way (running, some epochs drawn), then whole: it grew without a reload.
+    partial = [p for s, p in seen if s == "running" and 0 < p < EPOCHS]
+    assert partial, f"the chart was never seen part way through the run: {seen}"
+    expect(page.locator("#job-charts .chart canvas")).to_have_count(4)
+    expect(page.locator("#job-pixels")).not_to_have_text("–")
+    stack.model_version = page.locator("#main a[href^='#/explore?model=']").first.get_attribute(
+        "href").split("model=")[1]
+    shoot(page, stack, "job")
+
+    page.goto(f"{stack.base}/#/models")
+    row = page.locator(f"#models-table tr[data-version='{stack.model_version}']")
+    expect(row).to_contain_text("current")
+    expect(row).to_contain_text("flat")
+    shoot(page, stack, "models")
+
+    # Explore: thumbnails with their ids as alt text; a click shows k neighbour images.
+    page.goto(f"{stack.base}/#/explore")
+    grid = wait_images(page, "#explore-grid img", 48)
+    assert all(img["alt"] for img in grid)
+    first = page.locator("#explore-grid li").first
+    first_id = first.get_attribute("data-id")
+    assert grid[0]["alt"] == first_id
+    first.locator("button").click()
+    neighbours = wait_images(page, "#neighbours-box .neighbours img", 10)
+    assert first_id not in {img["alt"] for img in neighbours}
+    scores = page.locator("#neighbours-box .score").all_inner_texts()
+    assert len(scores) == 10 and all(len(s.split(".")[1]) >= 4 for s in scores)
+    shoot(page, stack, "explore")
+
+    # Search by uploading a file: results and class scores.
+    query = stack.root / "query.jpg"
+    with zipfile.ZipFile(CIFAR_SLICE) as z:
+        query.write_bytes(z.read("cifar10/test/ship/0000.jpg"))
+    page.set_input_files("#search-file", str(query))
+    wait_images(page, "#search-box .neighbours img", 10)
+    expect(page.locator("#class-scores li")).to_have_count(4)
+    expect(page.locator("#search-label")).to_contain_text("Predicted label")
+    shoot(page, stack, "search")
+
+    # The embedding map draws every point.
+    page.goto(f"{stack.base}/#/map")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#map-canvas')?.dataset.points) === 120")
+    coloured = page.evaluate("""() => { const c = document.querySelector('#map-canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] !== 255 || d[i+1] !== 255
+            || d[i+2] !== 255) n++; return n; }""")
+    assert coloured > 120
+    shoot(page, stack, "map")
+
+    # Keys stay out of URLs and out of the page's HTML; they are in this tab's storage.
+    for key in (READ_KEY, ADMIN_KEY):
+        assert not [u for u in watch.urls if key in u]
+        assert key not in page.content()
+    assert page.evaluate("sessionStorage.getItem('and.adminKey')") == ADMIN_KEY
+    settle(page)
+    watch.check(allowed={401, 403, 422})  # the key prompts and the bad form value
+    assert {a[0] for a in watch.answers} == {401, 403, 422}
+
+
+def logged_in(browser: Browser, stack: Stack, watch: Watch, viewport=WIDE) -> Page:
+    assert stack.model_version, "the first test did not publish a model"
+    page = open_page(browser, watch, viewport)
+    # The keys a person typed in the first test, in this tab's storage before the page runs.
+    page.add_init_script(f"sessionStorage.setItem('and.readKey', '{READ_KEY}');"
+                         f"sessionStorage.setItem('and.adminKey', '{ADMIN_KEY}')")
+    return page
+
+
+def test_bad_input_shows_the_problem_and_the_page_keeps_working(stack: Stack,
+                                                                 browser: Browser) -> None:
+    watch = Watch()
+    page = logged_in(browser, stack, watch)
+
+    # An unknown id in the URL: the API's detail is shown, the grid still works.
+    page.goto(f"{stack.base}/#/explore?item=no/such/item.png")
+    expect(page.locator("#neighbours-problem")).to_contain_text("no item 'no/such/item.png'")
+    wait_images(page, "#explore-grid img", 48)
+
+    # A huge k: the API's limit is shown; a sensible k works again.
+    page.fill("#explore-k", "100000")
+    page.locator("#explore-grid li button").nth(3).click()
+    expect(page.locator("#neighbours-problem")).to_contain_text("k must be between 1 and")
+    page.fill("#explore-k", "5")
+    page.locator("#explore-grid li button").nth(3).click()
+    wait_images(page, "#neighbours-box .neighbours img", 5)
+    expect(page.locator("#neighbours-problem")).to_be_empty()
+
+    # A file that is not an image: the detail is shown; a real image searches again.
+    text = stack.root / "notes.png"
+    text.write_text("these are not pixels")
+    page.set_input_files("#search-file", str(text))
+    expect(page.locator("#search-problem")).to_contain_text("not a readable image")
+    query = stack.root / "query.jpg"
+    page.set_input_files("#search-file", str(query))
+    wait_images(page, "#search-box .neighbours img", 5)
+
+    # A non-archive upload and an unknown job.
+    page.goto(f"{stack.base}/#/datasets")
+    page.set_input_files("#upload-file", str(text))
+    page.fill("#upload-name", "broken")
+    page.click("#upload-form button[type=submit]")
+    expect(page.locator("#upload-problem")).not_to_be_empty()
+    page.goto(f"{stack.base}/#/jobs/no-such-job")
+    expect(page.locator("#job-problem")).to_contain_text("no job 'no-such-job'")
+    page.click("nav a[data-page=models]")
+    expect(page.locator("#models-table")).to_be_visible()
+    settle(page)
+    watch.check(allowed={404, 422})
+
+
+def test_phone_width_keyboard_and_alt_texts(stack: Stack, browser: Browser) -> None:
+    watch = Watch()
+    page = logged_in(browser, stack, watch, PHONE)
+    ready = {"datasets": "#dataset-list table", "train": "#train-form", "jobs": "#jobs-table",
+             "models": "#models-table", "explore": "#explore-grid img[src^='blob:']",
+             "map": "#map-canvas[data-points]"}
+    for name, selector in ready.items():
+        page.goto(f"{stack.base}/#/{name}")
+        page.wait_for_selector(selector)
+        settle(page)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{name} is {width} px wide at 390 px"
+        shoot(page, stack, f"{name}-phone")
+
+    # Keyboard only: tab to the first item of the grid, Enter shows its neighbours.
+    page.goto(f"{stack.base}/#/explore")
+    wait_images(page, "#explore-grid img", 48)
+    first_id = page.locator("#explore-grid li").first.get_attribute("data-id")
+    page.focus("#explore-k")
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.closest('#explore-grid') !== null"):
+            break
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == (
+        f"Neighbours of {first_id}")
+    page.keyboard.press("Enter")
+    wait_images(page, "#neighbours-box .neighbours img", 10)
+    alts = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.alt)")
+    ids = page.eval_on_selector_all("[data-id]", "els => els.map(e => e.dataset.id)")
+    assert all(alts) and set(ids) <= set(alts)
+    settle(page)
+    watch.check()

@@ -1,0 +1,179 @@
+"""What the console reads besides the core API: the page itself, item images and thumbnails
+(confined to their dataset, cached, with ETags), the embedding map, items filtered by label
+and id prefix, and the raw-pixel baseline in the model list. Real bundles, real files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import zipfile
+
+import pytest
+from PIL import Image
+
+from service.item_images import safe_id
+from tests.conftest import CIFAR_SLICE
+from tests.service.conftest import V1
+from trainer.embedding_map import MAP_FILE, ROWS_FILE
+
+ITEM = "test/cat/0000.jpg"
+
+
+@pytest.fixture()
+def served(api):
+    """The API with the models' dataset ("cifar-slice") on disk as a folder (wrapped in one
+    top folder, as the zip is)."""
+    with zipfile.ZipFile(CIFAR_SLICE) as z:
+        z.extractall(api.settings.data_root / "cifar-slice")
+    return api
+
+
+def test_the_console_page_and_its_files(api):
+    r = api.client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert '<script type="module" src="/console/js/main.js">' in r.text
+    js = api.client.get("/console/js/main.js")
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    again = api.client.get("/console/js/main.js", headers={"If-None-Match": js.headers["etag"]})
+    assert again.status_code == 304
+    missing = api.client.get("/console/js/nope.js")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    paths = api.client.get("/openapi.json").json()["paths"]
+    assert "/" not in paths
+    assert {"/models/{version}/images/{item_id}", "/models/{version}/thumbnails/{item_id}",
+            "/models/{version}/map"} <= set(paths)
+
+
+def test_image_is_the_file_and_thumbnails_are_cached_with_etags(served):
+    c = served.client
+    original = (served.settings.data_root / "cifar-slice" / "cifar10" / ITEM).read_bytes()
+    r = c.get(f"/models/{V1}/images/{ITEM}")
+    assert r.status_code == 200 and r.content == original
+    assert r.headers["content-type"] == "image/jpeg" and r.headers["etag"]
+    r = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 24})
+    assert r.status_code == 200 and r.headers["content-type"] in ("image/webp", "image/jpeg")
+    assert "max-age" in r.headers["cache-control"]
+    assert Image.open(io.BytesIO(r.content)).size == (24, 24)
+    big = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 256})
+    assert Image.open(io.BytesIO(big.content)).size == (32, 32)  # never enlarged
+    assert big.headers["etag"] != r.headers["etag"]
+    again = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 24},
+                  headers={"If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    assert c.app.state.thumbnails.bytes > 0
+    # A file that changed gets a new ETag.
+    path = served.settings.data_root / "cifar-slice" / "cifar10" / ITEM
+    os.utime(path, ns=(1, 1))
+    changed = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 24},
+                    headers={"If-None-Match": r.headers["etag"]})
+    assert changed.status_code == 200 and changed.headers["etag"] != r.headers["etag"]
+    bad = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 100000})
+    assert bad.status_code == 422
+
+
+def test_images_stay_inside_their_dataset(served, tmp_path):
+    c = served.client
+    # Dots percent-encoded: clients would resolve them before sending.
+    for item in ("%2E%2E/%2E%2E/etc/passwd", "%2Fetc/passwd", "test/cat/%2E%2E/cat/0000.jpg",
+                 "no/such/item.jpg"):
+        r = c.get(f"/models/{V1}/images/{item}")
+        assert r.status_code == 404, item
+        assert r.headers["content-type"] == "application/problem+json"
+    assert not safe_id("a/../b") and not safe_id("/a") and not safe_id("a//b")
+    assert safe_id(ITEM)
+    # An indexed item whose file became a symlink out of the dataset is not served.
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(b"not for you")
+    target = served.settings.data_root / "cifar-slice" / "cifar10" / "test" / "cat" / "0001.jpg"
+    target.unlink()
+    target.symlink_to(outside)
+    r = c.get(f"/models/{V1}/images/test/cat/0001.jpg")
+    assert r.status_code == 404 and "not in dataset" in r.json()["detail"]
+    assert c.get(f"/models/nope/images/{ITEM}").status_code == 404
+
+
+def test_images_from_a_registered_zip_archive(api):
+    root = api.settings.data_root
+    (root / "imports").mkdir()
+    shutil.copy(CIFAR_SLICE, root / "imports" / "slice.zip")
+    (root / "cifar-slice").symlink_to("imports/slice.zip")
+    r = api.client.get(f"/models/{V1}/images/{ITEM}")
+    with zipfile.ZipFile(CIFAR_SLICE) as z:
+        assert r.status_code == 200 and r.content == z.read(f"cifar10/{ITEM}")
+    assert api.client.get(f"/models/{V1}/thumbnails/{ITEM}").status_code == 200
+
+
+def test_items_filtered_by_label_and_prefix(api):
+    c = api.client
+    everything = c.get(f"/models/{V1}/items", params={"limit": 1000}).json()
+    assert everything["count"] == len(everything["data"]) == 120
+    cats = c.get(f"/models/{V1}/items", params={"label": "cat", "limit": 1000}).json()
+    assert cats["count"] == 30 and {i["label"] for i in cats["data"]} == {"cat"}
+    test = c.get(f"/models/{V1}/items", params={"prefix": "test/", "limit": 1000}).json()
+    assert test["count"] == 24 and all(i["id"].startswith("test/") for i in test["data"])
+    both = c.get(f"/models/{V1}/items",
+                 params={"prefix": "test/", "label": "cat", "offset": 2, "limit": 3}).json()
+    assert both["count"] == 6
+    assert [i["id"] for i in both["data"]] == [f"test/cat/000{n}.jpg" for n in (2, 3, 4)]
+    order = [i["id"] for i in everything["data"]]
+    assert [i["id"] for i in test["data"]] == [i for i in order if i.startswith("test/")]
+    assert c.get(f"/models/{V1}/items", params={"prefix": "zzz"}).json()["count"] == 0
+    # A label the model does not have is a filter that matches nothing, as the schema says.
+    none = c.get(f"/models/{V1}/items", params={"label": "dog"})
+    assert none.status_code == 200 and none.json()["count"] == 0 and none.json()["data"] == []
+    for params in ({"prefix": "x" * 1025}, {"prefix": "a\x01b"},
+                   {"label": ""}):
+        r = c.get(f"/models/{V1}/items", params=params)
+        assert r.status_code == 422, params
+        assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_map_of_a_model_and_of_one_published_without(api):
+    c = api.client
+    r = c.get(f"/models/{V1}/map")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["count"] == body["item_count"] == 120 == len(body["ids"]) == len(body["x"])
+    assert set(body["label"]) == {0, 1, 2, 3} and body["classes"][1] == "cat"
+    assert min(body["x"] + body["y"]) >= 0 and max(body["x"] + body["y"]) <= 1
+    assert c.get(f"/models/{V1}/map", headers={"If-None-Match": r.headers["etag"]}
+                 ).status_code == 304
+    bundle = api.settings.models_root / "20260102-000000-second"
+    (bundle / MAP_FILE).unlink()
+    (bundle / ROWS_FILE).unlink()
+    r = c.get("/models/20260102-000000-second/map")
+    assert r.status_code == 404 and "no embedding map" in r.json()["detail"]
+
+
+def test_model_list_reports_the_pixel_baseline_and_recall(api):
+    models = api.client.get("/models").json()["data"]
+    manifest = json.loads((api.settings.models_root / V1 / "manifest.json").read_text())
+    mine = next(m for m in models if m["version"] == V1)
+    assert mine["pixel_knn_top1"] == manifest["metrics"]["pixel_knn_top1"]
+    assert 0 <= mine["pixel_knn_top1"] <= 1
+    assert mine["recall_at_10"] == manifest["index"]["recall_at_10"]
+    assert manifest["map_points"] == 120
+
+
+def test_images_and_map_need_the_read_key_when_one_is_set(tmp_path, models_template):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+
+    settings = make_settings(tmp_path, models_template, read_api_key="read-key-0123456789abcd")
+    with zipfile.ZipFile(CIFAR_SLICE) as z:
+        z.extractall(settings.data_root / "cifar-slice")
+    with TestClient(create_app(settings, enqueue=lambda job_id: None)) as c:
+        for path in (f"/models/{V1}/images/{ITEM}", f"/models/{V1}/thumbnails/{ITEM}",
+                     f"/models/{V1}/map"):
+            assert c.get(path).status_code == 401
+            wrong = c.get(path, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 403
+            ok = c.get(path, headers={"Authorization": "Bearer read-key-0123456789abcd"})
+            assert ok.status_code == 200, path
+        assert c.get("/").status_code == 200  # the page itself is open: it asks for the key
