@@ -23,7 +23,10 @@ from service.routes import classify, datasets, docs, health, jobs, models, retri
 from service.schemas import query_models
 from service.settings import ServiceSettings, get_service_settings
 from service.uploads import sweep_stale_uploads
+from worker.changes import ChangeLog
 from worker.jobs import JobStore, open_store
+from worker.live import dataset_folder
+from worker.stores import open_changes
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,8 @@ def _celery_enqueue(settings: ServiceSettings) -> Callable[[str], None]:
 
 
 def create_app(settings: ServiceSettings | None = None, *, store: JobStore | None = None,
-               enqueue: Callable[[str], None] | None = None) -> FastAPI:
+               enqueue: Callable[[str], None] | None = None,
+               changes: ChangeLog | None = None) -> FastAPI:
     settings = settings or get_service_settings()
     if settings.production and settings.key_problems():
         raise UnsafeSettings("refusing to start in production: "
@@ -100,12 +104,14 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
         log.warning("ADMIN_API_KEY is not set: mutating routes are open (development only)")
     settings.ensure_dirs()
     store = store or open_store(settings)
+    changes = changes or open_changes(settings)
     limits = Limits.of(settings)
     metrics = Metrics(store.counts)
     registry = ModelRegistry(settings.models_root, settings.device, settings.model_poll_s,
                              on_swap=metrics.set_model, cache_size=settings.model_cache_size,
                              loads_per_min=settings.model_loads_per_min,
-                             on_load=metrics.count_load)
+                             on_load=metrics.count_load, changes=changes,
+                             dataset_root=lambda name: dataset_folder(settings, name))
     batcher = EmbedBatcher(settings.embed_max_batch, settings.embed_max_wait_ms / 1000,
                            max_queued_images=settings.embed_max_queued_images,
                            on_batch=metrics.embed_batch.observe,
@@ -134,6 +140,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.limits = limits
     app.state.bodies = query_models(limits)
     app.state.store = store
+    app.state.changes = changes
     app.state.registry = registry
     app.state.batcher = batcher
     app.state.decoder = decoder

@@ -83,6 +83,16 @@ class DatasetFiles:
             return self._read_folder(root, item_id)
         return self._read_archive(root, item_id)
 
+    def locate_added(self, dataset: str, path: str, item_id: str) -> ItemFile:
+        """An item added through the API: `path` is its image, relative to the dataset root."""
+        root = self.dataset_root(dataset)
+        file = (root / path).resolve()
+        if not safe_id(path) or not file.is_relative_to(root) or not file.is_file():
+            raise NotServed(f"the file of item {item_id!r} is not in dataset {root.name!r}")
+        stat = file.stat()
+        return ItemFile(file.read_bytes, _media_type(path),
+                        f"{file}\0{stat.st_mtime_ns}\0{stat.st_size}")
+
     # --- folders ------------------------------------------------------------------------
     def _read_folder(self, root: Path, item_id: str) -> ItemFile:
         base = self._prefix.get(root)

@@ -9,6 +9,7 @@ view from the bundle and the log, so nothing lives only in one process's memory.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterable
@@ -21,7 +22,7 @@ from trainer.bundle import Bundle
 from trainer.images import InvalidImage, decode_square
 from trainer.live_index import LiveIndex
 from worker.changes import Change, ChangeLog
-from worker.live import net_changes
+from worker.live import ADDED_FILE, net_changes
 
 log = logging.getLogger(__name__)
 PAGE = 1000  # log entries applied per step
@@ -37,6 +38,8 @@ class LiveView:
         self.index = LiveIndex(bundle.index, bundle.vectors, bundle.ids, bundle.labels,
                                bundle.classes)
         self.applied = int(bundle.manifest.get("changes_seq") or 0)
+        # Items added through the log, by id: their image under the dataset root.
+        self.paths: dict[str, str] = _added_paths(bundle.path)
         self._lock = threading.Lock()  # one thread applies entries at a time, in order
         self._rebuilding = threading.Lock()
 
@@ -60,6 +63,8 @@ class LiveView:
         added, deleted = net_changes(entries)
         if deleted:
             self.index.delete(sorted(deleted))
+            for item in deleted:
+                self.paths.pop(item, None)
         if not added:
             return
         version = self.bundle.version
@@ -77,6 +82,7 @@ class LiveView:
         if kept:
             self.index.upsert([c.id for c in kept], np.concatenate(vectors),
                               [c.label for c in kept])
+            self.paths.update({c.id: c.path for c in kept if c.path})
 
     def _embed_again(self, entries: Iterable[Change]) -> tuple[np.ndarray, list[Change]]:
         """Vectors of the served model for entries another model embedded."""
@@ -109,3 +115,11 @@ class LiveView:
             return True
         finally:
             self._rebuilding.release()
+
+
+def _added_paths(bundle_path: Path) -> dict[str, str]:
+    """Images of the items the bundle took from the change log (see worker.live)."""
+    try:
+        return dict(json.loads((bundle_path / ADDED_FILE).read_text()))
+    except FileNotFoundError:
+        return {}

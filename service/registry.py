@@ -26,11 +26,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import faiss
-import numpy as np
-
+from service.live_view import LiveView
 from trainer.bundle import Bundle, current_version
-from trainer.index import SearchIndex
+from trainer.live_index import LiveIndex
+from worker.changes import ChangeLog
 
 log = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 1.0
@@ -39,27 +38,18 @@ LOAD_BURST = 2
 
 
 class Served:
-    """A bundle plus what serving derives from it once (the labelled-only kNN index)."""
+    """A bundle and its live view: the collection as the change log has changed it since the
+    bundle was published (service/live_view.py). Searches go through `index`."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, changes: ChangeLog | None = None,
+                 dataset_root: Path | None = None) -> None:
         self.bundle = bundle
         self.version = bundle.version
-        labelled = np.flatnonzero(bundle.labels >= 0)
-        self.labelled_rows = labelled
-        self.voters: SearchIndex | None = None
-        if bundle.labelled:
-            if len(labelled) == len(bundle.labels):
-                self.voters = bundle.index  # every item votes: search the main index
-            else:
-                flat = faiss.IndexFlatIP(bundle.dim)
-                flat.add(np.ascontiguousarray(bundle.vectors[labelled]))
-                self.voters = SearchIndex(flat, "flat", {}, 1.0)
+        self.live = LiveView(bundle, changes, dataset_root)
 
-    def voter_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Rows of the voters index -> rows of the bundle."""
-        if self.voters is self.bundle.index:
-            return rows
-        return np.where(rows >= 0, self.labelled_rows[np.clip(rows, 0, None)], -1)
+    @property
+    def index(self) -> LiveIndex:
+        return self.live.index
 
 
 class NoModel(LookupError):
@@ -140,8 +130,13 @@ class ModelRegistry:
     def __init__(self, models_root: Path, device: str = "auto", poll_s: float = 1.0,
                  on_swap: Callable[[str], None] | None = None, cache_size: int = 2,
                  loads_per_min: int = 10,
-                 on_load: Callable[[str, bool], None] | None = None) -> None:
+                 on_load: Callable[[str, bool], None] | None = None,
+                 changes: ChangeLog | None = None,
+                 dataset_root: Callable[[str], Path | None] | None = None) -> None:
         self.models_root = Path(models_root)
+        self.changes = changes
+        self.dataset_root = dataset_root or (lambda name: None)
+        self._rebuilds: dict[str, threading.Thread] = {}
         self.device = device
         self.poll_s = poll_s
         self.on_swap = on_swap or (lambda version: None)
@@ -179,6 +174,31 @@ class ModelRegistry:
                 self.refresh()
             except Exception:  # keep serving the old model whatever happens
                 log.exception("checking for a new model failed")
+            self.sync_views()
+
+    def sync_views(self) -> None:
+        """Apply the change log's new entries to every loaded version, and compact an index
+        whose changes passed their threshold (on a thread of its own: polling goes on)."""
+        loaded = [self.current, *self._cached.values()]
+        for served in (s for s in loaded if s is not None):
+            try:
+                served.live.catch_up()
+            except Exception:  # a store blip: the next poll tries again
+                log.exception("applying changes to model %s failed", served.version)
+                continue
+            running = self._rebuilds.get(served.version)
+            if served.index.rebuild_due() and (running is None or not running.is_alive()):
+                thread = threading.Thread(target=self._rebuild, args=(served,),
+                                          name=f"rebuild-{served.version}", daemon=True)
+                self._rebuilds[served.version] = thread
+                thread.start()
+
+    @staticmethod
+    def _rebuild(served: Served) -> None:
+        try:
+            served.live.rebuild_if_due()
+        except Exception:
+            log.exception("rebuilding the index of model %s failed", served.version)
 
     # --- reading (any thread or the event loop; no lock, no I/O) ---------------------------
     def peek(self, version: str | None = None) -> Served | None:
@@ -257,7 +277,12 @@ class ModelRegistry:
 
     def _load(self, version: str) -> Served:
         try:
-            served = Served(Bundle.load(self.models_root, version, device=self.device))
+            bundle = Bundle.load(self.models_root, version, device=self.device)
+            served = Served(bundle, self.changes,
+                            self.dataset_root(str(bundle.manifest.get("dataset") or "")))
+            # Served only once every change made since it was published is applied: after a
+            # swap nothing added is missing and nothing deleted is back.
+            served.live.catch_up()
         except Exception as exc:
             failures = self._broken.get(version, (0.0, 0))[1] + 1
             delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures - 1))

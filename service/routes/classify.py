@@ -34,29 +34,25 @@ router = APIRouter(tags=["classification"])
 
 
 def classify_vectors(served: Served, queries: np.ndarray, k: int, sigma: float,
-                     exclude: list[int] | None = None) -> list[Prediction]:
-    """Weighted kNN over the labelled items: each of the k nearest votes exp(s / sigma)."""
-    assert served.voters is not None
-    bundle = served.bundle
-    extra = 1 if exclude is not None else 0
-    scores, rows = served.voters.search(queries, k + extra)
-    rows = served.voter_rows(rows)
-    if exclude is not None:
-        keep = rows != np.asarray(exclude).reshape(-1, 1)
-        # Drop the item itself, keep the first k of the rest (rows where it was absent drop
-        # their last, k+1-th, neighbour instead).
-        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
-        scores = np.take_along_axis(scores, order, 1)
-        rows = np.take_along_axis(rows, order, 1)
-    labels = np.where(rows >= 0, bundle.labels[np.clip(rows, 0, None)], -1)
-    shares = vote(torch.from_numpy(scores.astype(np.float32)), torch.from_numpy(labels),
-                  len(bundle.classes), sigma).numpy()
-    out = []
-    for share in shares:
-        out.append(Prediction(label=bundle.classes[int(share.argmax())],
-                              scores={c: float(p) for c, p in zip(bundle.classes, share,
-                                                                  strict=True)}))
-    return out
+                     exclude: list[str] | None = None) -> list[Prediction]:
+    """Weighted kNN over the live labelled items: each of the k nearest votes
+    exp(s / sigma). `exclude[i]` (an item classified by id) does not vote for itself."""
+    index = served.index
+    hits = index.search(queries, k, exclude=exclude, voters_only=True)
+    classes = list(index.classes)
+    # Fewer than k voters: pad with non-voting slots (label -1) at the row's lowest score, so
+    # the padding never shifts the scale of the weights.
+    scores = np.zeros((len(queries), k), dtype=np.float32)
+    labels = np.full((len(queries), k), -1, dtype=np.int64)
+    for qi, (s_row, l_row) in enumerate(zip(hits.scores, hits.labels, strict=True)):
+        scores[qi, :len(s_row)] = s_row
+        scores[qi, len(s_row):] = s_row.min() if len(s_row) else 0.0
+        labels[qi, :len(l_row)] = l_row
+    shares = vote(torch.from_numpy(scores), torch.from_numpy(labels), len(classes),
+                  sigma).numpy()
+    return [Prediction(label=classes[int(share.argmax())],
+                       scores={c: float(p) for c, p in zip(classes, share, strict=True)})
+            for share in shares]
 
 
 @router.post("/classify", response_model=ClassifyResponse, dependencies=[Reader],
@@ -88,18 +84,18 @@ async def classify(request: Request, response: Response, limits: LimitsDep, bodi
         if not 0 < sigma <= 100:
             raise invalid(f"sigma must be in (0, 100] (got {sigma})")
         blobs = await form_images(form, limits)
-    if served.voters is None:
+    if served.index.voter_count() == 0 or len(served.index.classes) < 2:
         raise ProblemError(409, "Conflict", f"model {served.version} has no labelled items to "
                            "vote; train on a dataset with class folders")
     if ids is not None:
-        rows = []
+        vectors = []
         for item in ids:
-            row = served.bundle.row_of.get(item)
-            if row is None:
+            vector = served.index.vector(item)
+            if vector is None:
                 raise not_found(f"no item {item!r} in model {served.version}")
-            rows.append(row)
-        queries = served.bundle.vectors[rows]
-        predictions = await run_in_threadpool(classify_vectors, served, queries, k, sigma, rows)
+            vectors.append(vector)
+        queries = np.stack(vectors)
+        predictions = await run_in_threadpool(classify_vectors, served, queries, k, sigma, ids)
         for p, item in zip(predictions, ids, strict=True):
             p.id = item
     else:

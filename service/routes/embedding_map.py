@@ -38,9 +38,10 @@ CACHED_MAPS = 2
 
 
 def _encoded(served: Served) -> bytes:
-    """The answer's JSON, built once per version (a bundle never changes)."""
+    """The answer's JSON, built once per version and change-log position."""
     bundle = served.bundle
-    key = f"{bundle.path}\0{bundle.loaded_at}"
+    # Items deleted since the bundle was published leave the map; the key follows the log.
+    key = f"{bundle.path}\0{bundle.loaded_at}\0{served.live.applied}"
     with _lock:
         body = _cache.get(key)
         if body is not None:
@@ -51,8 +52,10 @@ def _encoded(served: Served) -> bytes:
         raise not_found(f"model {served.version} has no embedding map: it was published "
                         "before maps were computed; train it again to get one")
     rows, coords = found
-    rows = rows[(rows >= 0) & (rows < len(bundle.ids))]
-    coords = coords[:len(rows)]
+    keep = (rows >= 0) & (rows < len(bundle.ids))
+    rows, coords = rows[keep], coords[:len(keep)][keep]
+    live = np.asarray([bundle.ids[r] in served.index for r in rows], dtype=bool)
+    rows, coords = rows[live], coords[live]
     body = json.dumps({
         "model_version": served.version, "count": len(rows), "item_count": len(bundle.ids),
         "classes": bundle.classes, "ids": [bundle.ids[r] for r in rows],
@@ -73,7 +76,7 @@ def _encoded(served: Served) -> bytes:
             summary="2-D map of a model's items (PCA then t-SNE of their embeddings)")
 async def model_map(version: str, request: Request, registry: RegistryDep) -> Response:
     served = await served_model(registry, version)
-    tag = f'"map-{served.version}"'
+    tag = f'"map-{served.version}-{served.live.applied}"'
     headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL, "X-Model-Version": served.version}
     if not_modified(request, tag):
         return Response(status_code=304, headers=headers)

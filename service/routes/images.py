@@ -58,7 +58,7 @@ def not_modified(request: Request, tag: str) -> bool:
 
 
 def _item(served: Served, item_id: str) -> None:
-    if item_id not in served.bundle.row_of:
+    if item_id not in served.index:
         raise not_found(f"no item {item_id!r} in model {served.version}")
 
 
@@ -69,6 +69,9 @@ def _locate(request: Request, settings: ServiceSettings, served: Served,
     if not dataset:
         raise not_found(f"model {served.version} does not name its dataset")
     try:
+        added = served.live.paths.get(item_id)
+        if added is not None:  # added through the API: its own file under the dataset
+            return _files(request, settings).locate_added(dataset, added, item_id)
         return _files(request, settings).locate(dataset, item_id)
     except NotServed as exc:
         raise not_found(str(exc)) from None

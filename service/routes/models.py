@@ -9,7 +9,6 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import Admin, Reader
 from service.deps import RegistryDep, SettingsDep, served_model
 from service.errors import conflict, problems
-from service.item_filter import matching_rows
 from service.limits import VERSION_MAX
 from service.schemas import VERSION, Item, ItemsPublic, ModelsPublic, ModelSummary
 from trainer.bundle import current_version, list_versions, read_manifest, set_current, validate
@@ -95,11 +94,13 @@ async def list_items(response: Response, registry: RegistryDep,
     served = await served_model(registry, version)
 
     def page() -> tuple[list[Item], int]:
-        bundle = served.bundle
-        matching = matching_rows(bundle, label, prefix)
-        rows = matching[offset:offset + limit]
-        return [Item(id=bundle.ids[r], label=bundle.classes[bundle.labels[r]]
-                     if bundle.labels[r] >= 0 else None) for r in rows], len(matching)
+        index = served.index
+        classes = index.classes
+        if label is not None and label not in classes:
+            return [], 0  # a filter that matches nothing
+        wanted = classes.index(label) if label is not None else None
+        items, count = index.items(offset, limit, wanted, prefix)
+        return [Item(id=i, label=classes[lab] if lab >= 0 else None) for i, lab in items], count
 
     data, count = await run_in_threadpool(page)
     response.headers["X-Model-Version"] = served.version

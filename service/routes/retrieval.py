@@ -83,22 +83,15 @@ async def embed(request: Request, response: Response, limits: LimitsDep, bodies:
 
 
 def neighbours_of(served: Served, queries: np.ndarray, k: int,
-                  exclude: list[int] | None = None) -> list[list[Neighbour]]:
-    """k nearest items per query; `exclude[i]` (a row) is left out of query i's answer."""
-    bundle = served.bundle
-    extra = 1 if exclude is not None else 0
-    scores, rows = bundle.index.search(queries, k + extra)
-    out = []
-    for qi, (s_row, r_row) in enumerate(zip(scores, rows, strict=True)):
-        found = []
-        for score, row in zip(s_row, r_row, strict=True):
-            if row < 0 or (exclude is not None and row == exclude[qi]):
-                continue
-            label = int(bundle.labels[row])
-            found.append(Neighbour(id=bundle.ids[row], score=float(score),
-                                   label=bundle.classes[label] if label >= 0 else None))
-        out.append(found[:k])
-    return out
+                  exclude: list[str | None] | None = None) -> list[list[Neighbour]]:
+    """k nearest live items per query; `exclude[i]` (an id) is left out of query i's
+    answer."""
+    index = served.index
+    hits = index.search(queries, k, exclude=exclude)
+    classes = index.classes
+    return [[Neighbour(id=item, score=float(score), label=classes[label] if label >= 0 else None)
+             for item, score, label in zip(ids, scores, labels, strict=True)]
+            for ids, scores, labels in zip(hits.ids, hits.scores, hits.labels, strict=True)]
 
 
 def check_k(k: int, limit: int) -> None:
@@ -119,11 +112,10 @@ async def neighbours(response: Response, limits: LimitsDep, registry: RegistryDe
     k = limits.default_k if k is None else k
     check_k(k, limits.k)
     served = await served_model(registry, model_version)
-    row = served.bundle.row_of.get(item_id)
-    if row is None:
+    vector = served.index.vector(item_id)
+    if vector is None:
         raise not_found(f"no item {item_id!r} in model {served.version}")
-    query = served.bundle.vectors[row:row + 1]
-    found = await run_in_threadpool(neighbours_of, served, query, k, [row])
+    found = await run_in_threadpool(neighbours_of, served, vector[None], k, [item_id])
     stamp(response, served)
     return NeighboursResponse(id=item_id, model_version=served.version, neighbours=found[0])
 
