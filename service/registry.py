@@ -247,7 +247,11 @@ class ModelRegistry:
         return self._submit(wanted, make_current=True)
 
     def _pinned_future(self, version: str) -> Future[Served]:
-        if not (self.models_root / version / "manifest.json").is_file():
+        try:
+            published = (self.models_root / version / "manifest.json").is_file()
+        except (OSError, ValueError):  # a name the file system cannot hold
+            published = False
+        if not published:
             return _failed(UnknownVersion(f"no model version {version!r}"))
         wait = self._backoff_left(version)
         if wait > 0:

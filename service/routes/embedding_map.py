@@ -16,6 +16,7 @@ from service.deps import RegistryDep, served_model
 from service.errors import not_found, problems
 from service.registry import Served
 from service.routes.images import CACHE_CONTROL, not_modified
+from service.routes.models import VERSION_PATH
 from trainer import embedding_map
 
 router = APIRouter(tags=["models"])
@@ -72,9 +73,10 @@ def _encoded(served: Served) -> bytes:
 
 @router.get("/models/{version}/map", dependencies=[Reader], response_class=Response,
             responses={200: {"model": MapPublic, "content": {"application/json": {}}},
-                       304: {"description": "Not modified"}} | problems(401, 403, 404, 503),
+                       304: {"description": "Not modified"}} | problems(401, 403, 404, 422, 503),
             summary="2-D map of a model's items (PCA then t-SNE of their embeddings)")
-async def model_map(version: str, request: Request, registry: RegistryDep) -> Response:
+async def model_map(request: Request, registry: RegistryDep,
+                    version: str = VERSION_PATH) -> Response:
     served = await served_model(registry, version)
     tag = f'"map-{served.version}-{served.live.applied}"'
     headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL, "X-Model-Version": served.version}

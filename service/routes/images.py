@@ -24,6 +24,7 @@ from service.item_images import (
     thumbnail,
 )
 from service.registry import Served
+from service.routes.models import ITEM_PATH, VERSION_PATH
 from service.settings import ServiceSettings
 
 router = APIRouter(tags=["images"])
@@ -94,10 +95,10 @@ def _answer(request: Request, body: bytes, media_type: str, tag: str,
 
 
 @router.get("/models/{version}/images/{item_id:path}", dependencies=[Reader],
-            response_class=Response, responses=IMAGE_RESPONSES | problems(401, 403, 404, 503),
+            response_class=Response, responses=IMAGE_RESPONSES | problems(401, 403, 404, 422, 503),
             summary="The image file of an indexed item, as stored in its dataset")
-async def item_image(version: str, item_id: str, request: Request, settings: SettingsDep,
-                     registry: RegistryDep) -> Response:
+async def item_image(request: Request, settings: SettingsDep, registry: RegistryDep,
+                     version: str = VERSION_PATH, item_id: str = ITEM_PATH) -> Response:
     served = await served_model(registry, version)
     return await run_in_threadpool(_image, request, settings, served, item_id)
 
@@ -116,8 +117,8 @@ def _image(request: Request, settings: ServiceSettings, served: Served,
             responses=IMAGE_RESPONSES | problems(401, 403, 404, 422, 503),
             summary="A thumbnail of an indexed item's image (fits in size x size, never "
             "enlarged)")
-async def item_thumbnail(version: str, item_id: str, request: Request, settings: SettingsDep,
-                         registry: RegistryDep,
+async def item_thumbnail(request: Request, settings: SettingsDep, registry: RegistryDep,
+                         version: str = VERSION_PATH, item_id: str = ITEM_PATH,
                          size: int = Query(128, ge=THUMB_SIZES[0], le=THUMB_SIZES[1],
                                            description="Longest side in pixels.")) -> Response:
     served = await served_model(registry, version)

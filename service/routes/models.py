@@ -9,8 +9,8 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import Admin, Reader
 from service.deps import RegistryDep, SettingsDep, served_model
 from service.errors import conflict, problems
-from service.limits import VERSION_MAX
-from service.schemas import VERSION, Item, ItemsPublic, ModelsPublic, ModelSummary
+from service.limits import ID_MAX, VERSION_MAX
+from service.schemas import ITEM_ID, VERSION, Item, ItemsPublic, ModelsPublic, ModelSummary
 from trainer.bundle import current_version, list_versions, read_manifest, set_current, validate
 from trainer.errors import BundleError
 
@@ -18,6 +18,8 @@ router = APIRouter(tags=["models"])
 FILTER_TEXT = r"^[^\x00-\x1f\x7f]+$"  # printable text: no control characters
 log = logging.getLogger(__name__)
 VERSION_PATH = Path(max_length=VERSION_MAX, pattern=VERSION, description="A model version.")
+ITEM_PATH = Path(max_length=ID_MAX, pattern=ITEM_ID,
+                 description="An indexed item's id (its path in the dataset).")
 
 
 def _summary(manifest: dict[str, Any], current: str | None) -> ModelSummary:
