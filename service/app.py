@@ -19,7 +19,7 @@ from service.limits import Limits
 from service.metrics import Metrics, MetricsMiddleware
 from service.probes import BrokerConnection, CachedProbe
 from service.registry import ModelRegistry
-from service.routes import classify, datasets, docs, health, jobs, models, retrieval
+from service.routes import classify, datasets, docs, health, items, jobs, models, retrieval
 from service.schemas import query_models
 from service.settings import ServiceSettings, get_service_settings
 from service.uploads import sweep_stale_uploads
@@ -149,7 +149,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.store_probe = CachedProbe(store.ping)
     app.state.broker_probe = CachedProbe(BrokerConnection(settings))
     errors.install(app)
-    for module in (health, datasets, jobs, models, retrieval, classify):
+    for module in (health, datasets, jobs, models, retrieval, classify, items):
         app.include_router(module.router)
     console.install(app)
     if settings.api_docs != "off":

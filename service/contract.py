@@ -27,9 +27,17 @@ from service.auth import GUARDS, admin_open, docs_keys, metrics_keys, read_keys
 from service.bodies import JSON, MULTIPART
 from service.decoding import QUERY_FORMATS
 from service.errors import PROBLEM
-from service.limits import Limits
+from service.limits import ID_MAX, Limits
 from service.routing import RouteInfo, flat_routes
-from service.schemas import DATASET_NAME, DatasetRegister, TrainRequest
+from service.schemas import (
+    DATASET_NAME,
+    ITEM_ID,
+    LABEL,
+    LABEL_MAX,
+    NEW_ITEM_ID,
+    DatasetRegister,
+    TrainRequest,
+)
 from service.settings import ServiceSettings
 from trainer.config import TrainConfig
 
@@ -189,6 +197,8 @@ def _add_bodies(paths: dict[str, Any], schemas: dict[str, Any], app: FastAPI, li
     paths["/train"]["post"]["requestBody"] = _body({"$ref": REF.format(model="TrainRequest")},
                                                    None)
 
+    _add_item_bodies(paths, schemas, bodies, limits)
+
     schemas["DatasetRegister"] = _schema(DatasetRegister, schemas)
     schemas["DatasetRegister"]["properties"]["path"].pop("default", None)
     upload = _form({
@@ -200,6 +210,33 @@ def _add_bodies(paths: dict[str, Any], schemas: dict[str, Any], app: FastAPI, li
     paths["/datasets"]["post"]["requestBody"] = _body(
         {"$ref": REF.format(model="DatasetRegister")}, upload,
         {"file": {"contentType": ARCHIVE_TYPES}})
+
+
+def _add_item_bodies(paths: dict[str, Any], schemas: dict[str, Any], bodies: Any,
+                     limits: Limits) -> None:
+    schemas["ItemsAdd"] = _schema(bodies.add_items, schemas)
+    schemas["ItemsDelete"] = _schema(bodies.delete_items, schemas)
+    text = {"type": "string", "minLength": 1, "maxLength": ID_MAX, "pattern": NEW_ITEM_ID}
+    form = _form({
+        "files": _files(limits),
+        "ids": {"type": "array", "items": text, "maxItems": limits.images,
+                "description": "One id per file, in order (or give a prefix)."},
+        "prefix": {"type": "string", "maxLength": ID_MAX, "pattern": ITEM_ID,
+                   "description": "Ids are this + each file's name (or archive entry's path)."},
+        "labels": {"type": "array", "maxItems": limits.images, "items": {
+            "type": "string", "minLength": 1, "maxLength": LABEL_MAX, "pattern": LABEL},
+            "description": "One label per file, in order."},
+        "label": {"type": "string", "minLength": 1, "maxLength": LABEL_MAX, "pattern": LABEL,
+                  "description": "One label for every item."},
+        "archive": {"type": "string", "format": "binary",
+                    "description": f"zip or tar of images, at most {limits.upload_bytes} "
+                    "bytes."}}, [])
+    form["oneOf"] = [{"required": ["files"]}, {"required": ["archive"]}]
+    paths["/items"]["post"]["requestBody"] = _body(
+        {"$ref": REF.format(model="ItemsAdd")}, form,
+        {"files": {"contentType": IMAGE_TYPES}, "archive": {"contentType": ARCHIVE_TYPES}})
+    paths["/items"]["delete"]["requestBody"] = _body(
+        {"$ref": REF.format(model="ItemsDelete")}, None)
 
 
 # --- parameters -----------------------------------------------------------------------------

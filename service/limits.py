@@ -22,7 +22,7 @@ DIM_MAX = 4096
 NUMBER_CHARS = 32
 # Multipart framing: boundary lines and part headers.
 PART_OVERHEAD = 4 * KIB
-IMAGE_ROUTES = ("/embed", "/search", "/classify")
+IMAGE_ROUTES = ("/embed", "/search", "/classify")  # and /items, which also takes archives
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,11 @@ class Limits:
         multipart = media == "multipart/form-data"
         if path == "/datasets" and multipart:
             return self.upload_bytes + PART_OVERHEAD
+        if path == "/items":
+            if multipart:  # image files, or one archive
+                return max(self.upload_bytes, self.images * (self.image_bytes + PART_OVERHEAD)
+                           ) + JSON_BASE
+            return self.images * self.b64_image_chars + JSON_BASE + self.ids_budget
         if path in IMAGE_ROUTES:
             if multipart:
                 return self.images * (self.image_bytes + PART_OVERHEAD) + JSON_BASE

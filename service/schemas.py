@@ -26,6 +26,12 @@ VERSION_RE = re.compile(_VERSION)
 JOB_ID = r"^[A-Za-z0-9_-]{1,64}$"
 # Item ids are paths inside a dataset: any text without control characters.
 ITEM_ID = rf"^[^\x00-\x1f\x7f]{{1,{ID_MAX}}}$"
+# A new item's id: a relative path whose parts are not empty, "." or "..", with no backslash.
+_CHAR = r"[^/\\\x00-\x1f\x7f]"
+_PART = rf"(?:[^/\\\x00-\x1f\x7f.]{_CHAR}*|\.[^/\\\x00-\x1f\x7f.]{_CHAR}*|\.\.{_CHAR}+)"
+NEW_ITEM_ID = rf"^{_PART}(?:/{_PART})*$"
+LABEL_MAX = 256
+LABEL = rf"^[^\x00-\x1f\x7f]{{1,{LABEL_MAX}}}$"
 # A folder or archive under the data root: relative, '/'-separated segments that are neither
 # empty, '.', '..' nor hidden (dot-first: .meta and upload leftovers), with no control
 # characters or backslashes. Written without look-arounds so that generators can use it.
@@ -227,6 +233,8 @@ class QueryModels:
     embed: type[Strict]
     search: type[Strict]
     classify: type[Strict]
+    add_items: type[Strict]
+    delete_items: type[Strict]
 
 
 def _one_of(model: Strict, *names: str) -> None:
@@ -285,4 +293,48 @@ def query_models(limits: Limits) -> QueryModels:
             _one_of(self, "ids", "images")
             return self
 
-    return QueryModels(ImagesRequest, SearchRequest, ClassifyRequest)
+    label_text = Annotated[str, Field(min_length=1, max_length=LABEL_MAX, pattern=LABEL,
+                                      description="A class label (optional).")]
+
+    new_id = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=NEW_ITEM_ID)]
+
+    class NewItem(Strict):
+        id: new_id = Field(description="The item's id: a relative path such as "
+                         "added/2026-11-27/0001.jpg.")
+        image: image
+        label: label_text | None = None
+
+    class ItemsAdd(Strict):
+        items: list[NewItem] = Field(min_length=1, max_length=limits.images,
+                                     description="Items to add, each with its image.")
+
+    class ItemsDelete(Strict):
+        ids: list[item] = Field(min_length=1, max_length=limits.images,
+                                description="Items to delete (all, or none when one is "
+                                "missing).")
+
+    return QueryModels(ImagesRequest, SearchRequest, ClassifyRequest, ItemsAdd, ItemsDelete)
+
+
+# --- the live collection ----------------------------------------------------------------------
+
+class ItemsChanged(BaseModel):
+    model_version: str = Field(description="The model whose collection changed (and whose "
+                               "encoder embedded added images).")
+    dataset: str
+    ids: list[str]
+    seq: int = Field(description="Position of the last change in the dataset's change log.")
+
+
+class ItemPublic(BaseModel):
+    id: str
+    label: str | None
+    model_version: str = Field(description="The model serving the item (every vector served "
+                               "is this model's).")
+    dataset: str
+    added_at: float | None = Field(description="When it was added through the API (Unix "
+                                   "time); null for items of the dataset's own files.")
+    added_with: str | None = Field(description="The model that embedded it when it was "
+                                   "added.")
+    seq: int | None = Field(description="Its entry in the change log.")
+    links: dict[str, str]

@@ -40,6 +40,10 @@ class ServiceSettings(Settings):
         default=1024, ge=0, description="An upload is refused (507) rather than leave less "
         "free disk than this under DATA_ROOT.")
     max_images_per_request: int = Field(default=64, ge=1, le=4096)
+    max_items_per_request: int = Field(
+        default=10_000, ge=1, le=1_000_000,
+        description="Most images one POST /items archive may add (files and JSON bodies take "
+        "MAX_IMAGES_PER_REQUEST).")
     max_image_mb: float = Field(default=10.0, gt=0, le=1024,
                                 description="Largest single query image (bytes).")
     max_query_pixels: int = Field(

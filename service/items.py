@@ -1,0 +1,157 @@
+"""Adding and deleting items of a served model's collection.
+
+An add is all or nothing: every image is decoded (and so checked) and embedded first, then
+written into the dataset (fsynced), and only then are the request's entries appended to the
+change log in one atomic step: that append is the commit. A request that fails before it
+leaves no entry (its files are removed); a process killed before it leaves at most files that
+no entry names; one killed after it has every item in. The answer comes after the append and
+after this replica applied it, so a write is visible at once where it was made, and on the
+other replicas within MODEL_POLL_S.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+
+from service.batcher import EmbedBatcher, Overloaded
+from service.decoding import QueryDecoder
+from service.errors import ProblemError, conflict, invalid, not_found
+from service.limits import ID_MAX
+from service.live_view import LiveView
+from service.registry import Served
+from service.schemas import LABEL, LABEL_MAX, NEW_ITEM_ID
+from trainer.images import InvalidImage
+from worker.changes import ADD, DELETE, Change, ChangeConflict
+from worker.live import store_image
+
+EMBED_CHUNK = 256  # images embedded per batcher request
+_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif",
+           "TIFF": ".tif"}
+
+
+@dataclass
+class NewItem:
+    id: str
+    data: bytes
+    label: str | None = None
+
+
+def is_new_id(item: str) -> bool:
+    return len(item) <= ID_MAX and re.fullmatch(NEW_ITEM_ID, item) is not None
+
+
+def check_id(item: str) -> str:
+    """An id is a relative path: no empty, `.` or `..` parts, no leading slash, no backslash,
+    no control characters (the same rule as dataset ids)."""
+    if not is_new_id(item):
+        raise invalid(f"id {item!r}: must be a relative path without empty, '.' or '..' "
+                      "parts, backslashes or control characters")
+    return item
+
+
+def check_label(label: str | None) -> str | None:
+    if label is not None and not re.fullmatch(LABEL, label):
+        raise invalid(f"label {label!r}: 1 to {LABEL_MAX} characters, no control characters")
+    return label
+
+
+def writable_view(served: Served) -> LiveView:
+    view = served.live
+    if not view.writable:
+        raise conflict(f"model {served.version}'s dataset {view.dataset!r} is not a folder on "
+                       "this server: items can be added to and deleted from folder datasets "
+                       "(uploads are folders) only")
+    return view
+
+
+async def add_items(served: Served, items: list[NewItem], upsert: bool,
+                    decoder: QueryDecoder, batcher: EmbedBatcher) -> list[Change]:
+    view = writable_view(served)
+    seen: set[str] = set()
+    for item in items:
+        check_id(item.id)
+        check_label(item.label)
+        if item.id in seen:
+            raise conflict(f"id {item.id!r} appears twice in this request; nothing was added")
+        seen.add(item.id)
+    model = served.bundle.model
+    images = []
+    for item in items:  # one at a time, so that a bad image is named by its id
+        try:
+            images.append(await decoder.decode([item.data], model.meta.image_size))
+        except InvalidImage as exc:
+            detail = str(exc).removeprefix("image 0: ").removeprefix("image 0 ")
+            raise ProblemError(422, "Invalid Image", f"item {item.id!r}: {detail}; nothing "
+                               "was added") from None
+    vectors = []
+    try:
+        for start in range(0, len(images), EMBED_CHUNK):
+            vectors.append(await batcher.embed(model, torch.cat(images[start:start +
+                                                                        EMBED_CHUNK])))
+    except Overloaded as exc:
+        raise ProblemError(503, "Service Unavailable", str(exc),
+                           headers={"Retry-After": "1"}) from None
+    embedded = np.concatenate(vectors)
+    return await run_in_threadpool(_commit, view, served.version, items, embedded, upsert)
+
+
+def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndarray,
+            upsert: bool) -> list[Change]:
+    assert view.dataset_root is not None and view.changes is not None
+    stored: list[Path] = []
+    try:
+        changes = []
+        for item, vector in zip(items, vectors, strict=True):
+            path = store_image(view.dataset_root, item.data, _suffix(item.data))
+            stored.append(view.dataset_root / path)
+            changes.append(Change(ADD, item.id, label=item.label, path=path, vector=vector,
+                                  version=version))
+        known = {item.id: item.id in view.index for item in items}
+        view.changes.append(view.dataset, changes, known, upsert=upsert)
+    except ChangeConflict as exc:
+        _remove(stored)
+        raise conflict(f"item {exc.item!r} already exists in dataset {view.dataset!r}; send "
+                       "upsert=true to replace it; nothing was added") from None
+    except BaseException:
+        _remove(stored)
+        raise
+    view.catch_up()
+    return changes
+
+
+def delete_items(served: Served, ids: list[str]) -> list[Change]:
+    """Delete `ids` (all or none: 404 when one is not in the collection)."""
+    view = writable_view(served)
+    for item in ids:
+        check_id(item)
+    assert view.changes is not None
+    known = {item: item in view.index for item in ids}
+    try:
+        changes = view.changes.append(view.dataset, [Change(DELETE, i) for i in
+                                                     dict.fromkeys(ids)], known)
+    except ChangeConflict as exc:
+        raise not_found(f"no item {exc.item!r} in dataset {view.dataset!r}; nothing was "
+                        "deleted") from None
+    view.catch_up()
+    return changes
+
+
+def _suffix(data: bytes) -> str:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return _SUFFIX.get(image.format or "", ".img")
+    except (UnidentifiedImageError, OSError):
+        return ".img"
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,239 @@
+"""The live collection: add, replace and delete items of the served model's dataset."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+
+from service.auth import Admin, Reader
+from service.bodies import JSON, MULTIPART, b64_images, read_form, read_json, require_media
+from service.deps import (
+    BatcherDep,
+    BodiesDep,
+    DecoderDep,
+    LimitsDep,
+    RegistryDep,
+    SettingsDep,
+    served_model,
+)
+from service.errors import (
+    ProblemError,
+    insufficient_storage,
+    invalid_archive,
+    not_found,
+    problems,
+    too_large,
+)
+from service.items import NewItem, add_items, check_id, check_label, delete_items, is_new_id
+from service.limits import JSON_BASE, MIB, Limits
+from service.routes.models import ITEM_PATH
+from service.routes.retrieval import VERSION_QUERY
+from service.schemas import ItemPublic, ItemsChanged
+from service.settings import ServiceSettings
+from service.uploads import (
+    UPLOAD_PREFIX,
+    DiskFull,
+    DiskGuard,
+    TooLarge,
+    UploadRejected,
+    extract,
+    remove_tree,
+)
+from worker.changes import Change
+
+router = APIRouter(tags=["items"])
+FORM_FIELDS = {"files", "ids", "labels", "prefix", "label", "archive"}
+UPSERT = Query(False, description="Replace items whose id exists (their image and vector) "
+               "instead of answering 409.")
+
+
+def invalid_form(detail: str) -> ProblemError:
+    """A multipart body whose fields do not fit together (one id per file, a prefix that
+    makes ids of the file names): rules a JSON Schema of the form cannot state."""
+    return ProblemError(422, "Invalid Form", detail)
+
+
+def _changed(served_version: str, dataset: str, changes: list[Change]) -> ItemsChanged:
+    return ItemsChanged(model_version=served_version, dataset=dataset,
+                        ids=[c.id for c in changes], seq=changes[-1].seq if changes else 0)
+
+
+@router.post("/items", status_code=201, response_model=ItemsChanged, dependencies=[Admin],
+             responses=problems(400, 404, 409, 413, 415, 422, 503, 507),
+             summary="Add images to the served collection (or replace them, with upsert)",
+             description="Each image is stored in the model's dataset, embedded with the served "
+             "model and added to its index: `/neighbours`, `/search` and `/classify` find it at "
+             "once on this replica, and on every other within MODEL_POLL_S; the next training "
+             "job trains on it. All or nothing: one bad image, id or conflict and nothing is "
+             "added. Send JSON (`items`: id, base64 image, optional label), or multipart: "
+             "`files` with one `ids` field per file (or a `prefix`: the ids are prefix + file "
+             "name), optional `labels` (one per file) or `label` (all); or one `archive` (zip "
+             "or tar, its entries' paths under `prefix` are the ids) with an optional `label`.")
+async def add(request: Request, response: Response, settings: SettingsDep, limits: LimitsDep,
+              bodies: BodiesDep, registry: RegistryDep, batcher: BatcherDep,
+              decoder: DecoderDep, upsert: bool = UPSERT,
+              model_version: str | None = VERSION_QUERY) -> ItemsChanged:
+    kind = require_media(request, MULTIPART, JSON)
+    served = await served_model(registry, model_version)
+    if kind == JSON:
+        body = await read_json(request, bodies.add_items, JSON_BASE + limits.ids_budget,
+                               limits.images, limits.b64_image_chars)
+        blobs = b64_images([i.image for i in body.items], limits)
+        items = [NewItem(i.id, blob, i.label) for i, blob in zip(body.items, blobs,
+                                                                   strict=True)]
+    else:
+        form = await read_form(request, FORM_FIELDS, {"files", "archive"},
+                               max(limits.images, 1) + 1, max_part_size=64 * 1024)
+        items = await _form_items(form, settings, limits)
+    changes = await add_items(served, items, upsert, decoder, batcher)
+    response.headers["Location"] = f"/items/{quote(changes[0].id)}"
+    response.headers["X-Model-Version"] = served.version
+    return _changed(served.version, served.live.dataset, changes)
+
+
+async def _form_items(form: FormData, settings: ServiceSettings,
+                      limits: Limits) -> list[NewItem]:
+    files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    archives = [f for f in form.getlist("archive") if isinstance(f, UploadFile)]
+    texts = {name: [v for v in form.getlist(name) if isinstance(v, str)]
+             for name in ("ids", "labels", "prefix", "label")}
+    prefix = _one(texts["prefix"], "prefix") or ""
+    label = check_label(_one(texts["label"], "label"))
+    if bool(files) == bool(archives) or len(archives) > 1:
+        raise invalid_form("send image files in `files`, or one archive in `archive`")
+    if archives:
+        if texts["ids"] or texts["labels"]:
+            raise invalid_form("an archive's ids come from its entries' paths (under `prefix`); "
+                          "`ids` and `labels` go with `files`")
+        return await run_in_threadpool(_archive_items, archives[0], prefix, label, settings)
+    if len(files) > limits.images:
+        raise invalid_form(f"{len(files)} images in one request; the limit is {limits.images} "
+                      "(send an archive for more)")
+    ids = texts["ids"]
+    if ids and prefix:
+        raise invalid_form("send `ids` or a `prefix`, not both")
+    if ids and len(ids) != len(files):
+        raise invalid_form(f"{len(files)} files but {len(ids)} ids: send one `ids` field per file")
+    if not ids:
+        names = [f.filename or "" for f in files]
+        if not prefix or any(not n for n in names):
+            raise invalid_form("name every file's id: one `ids` field per file, or a `prefix` "
+                          "and file names")
+        ids = [prefix + Path(n).name for n in names]
+        for item in ids:
+            if not is_new_id(item):
+                raise invalid_form(f"prefix + file name {item!r} is not a valid id: a "
+                                   "relative path without empty, '.' or '..' parts")
+    labels: list[str | None] = list(texts["labels"]) or [label] * len(files)
+    if len(labels) != len(files):
+        raise invalid_form(f"{len(files)} files but {len(labels)} labels: one `labels` field per "
+                      "file, or one `label` for all")
+    items = []
+    for f, item, lab in zip(files, ids, labels, strict=True):
+        data = await f.read(limits.image_bytes + 1)
+        if len(data) > limits.image_bytes:
+            raise too_large(f"image {item!r} is larger than {limits.image_bytes} bytes")
+        items.append(NewItem(check_id(item), data, check_label(lab)))
+    return items
+
+
+def _one(values: list[str], name: str) -> str | None:
+    if len(values) > 1:
+        raise invalid_form(f"send `{name}` once")
+    return values[0] if values else None
+
+
+def _archive_items(upload: UploadFile, prefix: str, label: str | None,
+                   settings: ServiceSettings) -> list[NewItem]:
+    """The images of an archive, with the same limits and checks as dataset uploads (and at
+    most MAX_ITEMS_PER_REQUEST of them); ids are `prefix` + each entry's path."""
+    root = settings.data_root
+    work = root / f"{UPLOAD_PREFIX}{uuid.uuid4().hex}"  # swept at start if left behind
+    work.mkdir(parents=True)
+    try:
+        disk = DiskGuard(root, settings.min_free_disk_mb * MIB)
+        archive = work / "archive"
+        with open(archive, "wb") as out:
+            shutil.copyfileobj(upload.file, out, 1 << 20)
+        disk.need(archive.stat().st_size)
+        staged = work / "data"
+        report = extract(archive, staged, settings.max_extracted_mb * MIB,
+                         min(settings.max_archive_entries, settings.max_items_per_request),
+                         disk)
+        if report.images == 0:
+            raise invalid_archive("the archive holds no images (JPEG, PNG, WebP, BMP, GIF or "
+                                  "TIFF)")
+        if report.images > settings.max_items_per_request:
+            raise too_large(f"the archive holds {report.images} images; the limit is "
+                            f"MAX_ITEMS_PER_REQUEST = {settings.max_items_per_request}")
+        files = sorted(p for p in staged.rglob("*") if p.is_file())
+        return [NewItem(check_id(prefix + p.relative_to(staged).as_posix()), p.read_bytes(),
+                        label) for p in files]
+    except TooLarge as exc:
+        raise too_large(str(exc)) from None
+    except UploadRejected as exc:
+        raise invalid_archive(f"{exc}; nothing was added") from None
+    except DiskFull as exc:
+        raise insufficient_storage(str(exc)) from None
+    finally:
+        remove_tree(work)
+
+
+@router.delete("/items/{item_id:path}", response_model=ItemsChanged, dependencies=[Admin],
+               responses=problems(404, 409, 422, 503),
+               summary="Delete an item from the served collection",
+               description="It leaves the index at once (every replica within MODEL_POLL_S) "
+               "and no later training job sees it.")
+async def delete(response: Response, registry: RegistryDep, item_id: str = ITEM_PATH,
+                 model_version: str | None = VERSION_QUERY) -> ItemsChanged:
+    served = await served_model(registry, model_version)
+    changes = await run_in_threadpool(delete_items, served, [item_id])
+    response.headers["X-Model-Version"] = served.version
+    return _changed(served.version, served.live.dataset, changes)
+
+
+@router.delete("/items", response_model=ItemsChanged, dependencies=[Admin],
+               responses=problems(404, 409, 413, 415, 422, 503),
+               summary="Delete several items (all of them, or none when one is missing)",
+               description="The body is JSON: {\"ids\": [...]}.")
+async def delete_many(request: Request, response: Response, limits: LimitsDep,
+                      bodies: BodiesDep, registry: RegistryDep,
+                      model_version: str | None = VERSION_QUERY) -> ItemsChanged:
+    require_media(request, JSON)
+    served = await served_model(registry, model_version)
+    body = await read_json(request, bodies.delete_items, limits.ids_budget)
+    changes = await run_in_threadpool(delete_items, served, body.ids)
+    response.headers["X-Model-Version"] = served.version
+    return _changed(served.version, served.live.dataset, changes)
+
+
+@router.get("/items/{item_id:path}", response_model=ItemPublic, dependencies=[Reader],
+            responses=problems(404, 422, 503),
+            summary="An item of the served collection: label, model, when it was added")
+async def get_item(response: Response, registry: RegistryDep, item_id: str = ITEM_PATH,
+                   model_version: str | None = VERSION_QUERY) -> ItemPublic:
+    served = await served_model(registry, model_version)
+    view = served.live
+    label = view.index.label(item_id)
+    if label is None:
+        raise not_found(f"no item {item_id!r} in model {served.version}")
+    state = await asyncio.to_thread(
+        lambda: view.changes.item_state(view.dataset, item_id) if view.changes else None)
+    added = state is not None and state.get("state") == "live"
+    response.headers["X-Model-Version"] = served.version
+    quoted = quote(item_id)
+    return ItemPublic(
+        id=item_id, label=view.index.classes[label] if label >= 0 else None,
+        model_version=served.version, dataset=view.dataset,
+        added_at=state["at"] if added else None,
+        added_with=state["version"] if added else None,
+        seq=state["seq"] if added else None,
+        links={"self": f"/items/{quoted}", "neighbours": f"/neighbours/{quoted}",
+               "image": f"/models/{served.version}/images/{quoted}"})
