@@ -18,7 +18,8 @@ from service.metrics import Metrics, MetricsMiddleware
 from service.registry import ModelRegistry
 from service.routes import classify, datasets, health, jobs, models, retrieval
 from service.settings import ServiceSettings, get_service_settings
-from worker.jobs import JobStore, open_store
+from worker.jobs import JobStore
+from worker.stores import open_store
 
 log = logging.getLogger(__name__)
 
