@@ -40,23 +40,28 @@ def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
     """Publish the finished run of `job`; returns its version. Raises TrainingStopped
     (canceled) or LeaseLost."""
     version = bundle_version(job)
-    between_phases()
-    write_bundle(run_dir, settings.models_root, dataset=job.dataset, version=version,
-                 extra={"job_id": job.id}, exist_ok=True, check=between_phases)
-    between_phases()
     store = recorder.store
-    committed = recorder.retrying(lambda: store.transition(
-        job.id, {RUNNING}, RUNNING, owner=recorder.owner, when={"cancel_requested": False},
-        committed=True))
-    if not committed:
-        now = recorder.retrying(lambda: store.require(job.id))
-        if now.status == RUNNING and now.cancel_requested and recorder.lease.held():
-            try:
-                withdraw(settings.models_root, version)
-            except BundleError as exc:  # promoted by hand meanwhile: it stays
-                log.warning("job %s: %s", job.id, exc)
-            raise TrainingStopped(CANCEL_REASON)
-        raise LeaseLost(job.id)
+    try:
+        between_phases()
+        write_bundle(run_dir, settings.models_root, dataset=job.dataset, version=version,
+                     extra={"job_id": job.id}, exist_ok=True, check=between_phases)
+        between_phases()
+        committed = recorder.retrying(lambda: store.transition(
+            job.id, {RUNNING}, RUNNING, owner=recorder.owner, when={"cancel_requested": False},
+            committed=True))
+        if not committed:
+            now = recorder.retrying(lambda: store.require(job.id))
+            if now.status == RUNNING and now.cancel_requested and recorder.lease.held():
+                raise TrainingStopped(CANCEL_REASON)
+            raise LeaseLost(job.id)
+    except TrainingStopped:
+        # Canceled before the commit: nothing of this job is offered, whichever attempt
+        # wrote its bundle.
+        try:
+            withdraw(settings.models_root, version)
+        except BundleError as exc:  # promoted by hand meanwhile: it stays
+            log.warning("job %s: %s", job.id, exc)
+        raise
     if job.promote:
         set_current(settings.models_root, version)
     return version

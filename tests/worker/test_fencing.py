@@ -158,7 +158,7 @@ def test_a_paused_worker_never_writes_the_record_of_a_job_another_took_over(redi
     stack = redis_stack
     tiny = write_tiny_dataset(stack.settings.data_root)
     a = stack.start_worker()
-    job = stack.submit(tiny, **TINY, rounds=2, epochs_per_round=30)
+    job = stack.submit(tiny, **TINY, rounds=2, epochs_per_round=10)
     stack.wait(job.id, lambda j: j.progress.get("global_epoch", 0) >= 1, what="epoch 1 on a")
     a.pause()  # past its lease (LEASE_S=2): b's sweep re-queues the job and b resumes it
     b = stack.start_worker()
@@ -173,14 +173,14 @@ def test_a_paused_worker_never_writes_the_record_of_a_job_another_took_over(redi
     # a wrote nothing: the record is as b left it, every epoch once, b's model current.
     assert stack.store.get(job.id).to_dict() == record
     assert stack.store.history(job.id) == history
-    assert [r["global_epoch"] for r in history] == list(range(1, 61))
+    assert [r["global_epoch"] for r in history] == list(range(1, 21))
     assert current_version(stack.settings.models_root) == done.model_version
     assert validate(stack.settings.models_root / done.model_version) == manifest
     assert not [p for p in stack.settings.models_root.iterdir() if p.name.startswith(".tmp-")]
 
     # Now a paused worker whose training process dies meanwhile (killed while paused): when it
     # resumes, its task must not record the crash over the job the other worker runs now.
-    second = stack.submit(tiny, **TINY, rounds=2, epochs_per_round=40)
+    second = stack.submit(tiny, **TINY, rounds=2, epochs_per_round=15)
     stack.wait(second.id, lambda j: j.progress.get("global_epoch", 0) >= 1,
                what="epoch 1 of the second job")
     holder = _holder(stack, [a, b])
@@ -200,6 +200,6 @@ def test_a_paused_worker_never_writes_the_record_of_a_job_another_took_over(redi
     done = stack.finished(second.id)
     assert done.status == SUCCEEDED, done.error
     assert done.attempts == 2 and done.error is None
-    assert [r["global_epoch"] for r in stack.store.history(second.id)] == list(range(1, 81))
+    assert [r["global_epoch"] for r in stack.store.history(second.id)] == list(range(1, 31))
     assert current_version(stack.settings.models_root) == done.model_version
     assert other.alive() and holder.alive()
