@@ -23,7 +23,8 @@ from service.routes import classify, datasets, docs, health, jobs, models, retri
 from service.schemas import query_models
 from service.settings import ServiceSettings, get_service_settings
 from service.uploads import sweep_stale_uploads
-from worker.jobs import JobStore, open_store
+from worker.jobs import JobStore
+from worker.stores import open_store
 
 log = logging.getLogger(__name__)
 
