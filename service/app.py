@@ -24,9 +24,9 @@ from service.schemas import query_models
 from service.settings import ServiceSettings, get_service_settings
 from service.uploads import sweep_stale_uploads
 from worker.changes import ChangeLog
-from worker.jobs import JobStore, open_store
+from worker.jobs import JobStore
 from worker.live import dataset_folder
-from worker.stores import open_changes
+from worker.stores import open_changes, open_store
 
 log = logging.getLogger(__name__)
 

@@ -35,19 +35,27 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
 
 
 class RedisServer:
-    """redis-server on a free loopback port, nothing kept on disk."""
+    """redis-server on a free loopback port, nothing kept on disk; or, `persistent`, with an
+    append-only file fsynced on every write, so that it can be stopped and started again
+    (`start()`, on the same port) with every key and its expiry, as production's AOF does."""
 
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
             raise RuntimeError("redis-server is not installed (bash deploy/local.sh test "
                                "installs it)")
+        self.workdir, self.persistent = workdir, persistent
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
+        durability = (["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
+                      else ["--appendonly", "no"])
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             *durability, "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url)
         wait_for(lambda: _pings(client), 10, "redis-server to answer")
 
@@ -80,9 +88,17 @@ class Process:
         self.proc.wait(10)
         self._log.close()
 
+    def pause(self) -> None:
+        """SIGSTOP to the whole group (parent, pool, job process): a stalled machine."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def stop(self, timeout: float = 20) -> None:
         if self.alive():
             try:
+                os.killpg(self.proc.pid, signal.SIGCONT)  # a paused one cannot stop
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -11,8 +11,11 @@
         metrics.json, progress.jsonl, curves.png   from the training run
     models/CURRENT         the current version's name
 
-A bundle is written under a temporary name, validated, then renamed into place; CURRENT is
-replaced atomically. A bundle that fails validation never becomes current.
+A bundle is written under a temporary name (`.tmp-*`), validated, its files and then its
+folder fsynced, renamed into place, and the models folder fsynced; only then may CURRENT name
+it, and CURRENT itself is replaced atomically and durably. So after a crash or a power loss
+CURRENT names a whole bundle, and a bundle that fails validation never becomes current.
+Temporary folders a crash left behind are removed by `trainer.leftovers.sweep_leftovers`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,13 +37,13 @@ import torch
 
 from trainer import embedding_map
 from trainer import index as faiss_index
-from trainer.checkpoint import atomic_file, atomic_write_json
+from trainer.checkpoint import atomic_file, atomic_write_json, fsync_dir, fsync_file
 from trainer.encoder_file import EmbeddingModel
 from trainer.errors import BundleError
+from trainer.leftovers import CURRENT, TMP_PREFIX
 
 log = logging.getLogger(__name__)
 FORMAT = 1
-CURRENT = "CURRENT"
 RUN_FILES = ("encoder.pt", "config.json", "metrics.json", "progress.jsonl", "curves.png")
 
 
@@ -52,20 +56,32 @@ def new_version(tag: str = "") -> str:
 
 def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike[str], *,
                  dataset: str, version: str | None = None, index_kind: str | None = None,
-                 extra: dict[str, Any] | None = None) -> Path:
-    """Build a bundle from a finished training run; returns its final path (not yet current)."""
+                 extra: dict[str, Any] | None = None, exist_ok: bool = False,
+                 check: Callable[[], None] | None = None) -> Path:
+    """Build a bundle from a finished training run; returns its final path (not yet current).
+
+    `exist_ok`: a valid bundle of this version already there (published by an earlier attempt
+    of the same job, or by a process that finished first) is kept and its path returned.
+    `check` is called between the steps (copy, index build, validation, rename); whatever it
+    raises aborts the bundle, leaving nothing behind.
+    """
     run, root = Path(run_dir), Path(models_root)
     root.mkdir(parents=True, exist_ok=True)
     version = version or new_version()
     final = root / version
+    check = check or (lambda: None)
     if final.exists():
+        if exist_ok:
+            validate(final)
+            return final
         raise BundleError(f"model version {version} already exists")
-    tmp = root / f".tmp-{version}-{secrets.token_hex(3)}"
+    tmp = root / f"{TMP_PREFIX}{version}-{secrets.token_hex(3)}"
     tmp.mkdir()
     try:
         for name in RUN_FILES:
             if (run / name).exists():
                 shutil.copy2(run / name, tmp / name)
+        check()
         config = json.loads((run / "config.json").read_text())
         metrics = json.loads((run / "metrics.json").read_text())
         with np.load(run / "embeddings.npz") as saved:
@@ -79,6 +95,7 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
         built = faiss_index.build(vectors, index_kind or config.get("index", "auto"))
         faiss_index.save(built, tmp / "index.faiss")
         map_points = _write_map(tmp, vectors)
+        check()
         manifest = {
             "format": FORMAT,
             "version": version,
@@ -99,7 +116,22 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
         }
         atomic_write_json(tmp / "manifest.json", manifest)
         validate(tmp)
-        os.rename(tmp, final)
+        # Files first, then the folder that names them: after a power loss the bundle is
+        # either absent or whole, never a folder of empty files.
+        for part in tmp.iterdir():
+            fsync_file(part)
+        fsync_dir(tmp)
+        check()
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            if not (exist_ok and final.exists()):
+                raise BundleError(f"model version {version} could not be published: "
+                                  f"{exc}") from exc
+            validate(final)  # the same job's bundle, published first by another process
+            shutil.rmtree(tmp, ignore_errors=True)
+            return final
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -114,6 +146,20 @@ def _write_map(bundle_dir: Path, vectors: np.ndarray) -> int | None:
         log.warning("could not compute the embedding map; publishing without one",
                     exc_info=True)
         return None
+
+
+def withdraw(models_root: str | os.PathLike[str], version: str) -> None:
+    """Remove a published bundle that must not be offered (its job was canceled before it
+    became current). Renamed away first, so it disappears whole; never the current one."""
+    root = Path(models_root)
+    if not _safe_name(version) or not (root / version).is_dir():
+        return
+    if current_version(root) == version:
+        raise BundleError(f"model version {version} is current; it cannot be withdrawn")
+    gone = root / f"{TMP_PREFIX}{version}-withdrawn-{secrets.token_hex(3)}"
+    os.rename(root / version, gone)
+    fsync_dir(root)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def validate(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Atomic files: written under a temporary name, flushed, then renamed into place, so a crash
-mid-write leaves the previous version intact."""
+"""Atomic, durable files: written under a temporary name, flushed and fsynced, renamed into
+place, then the folder fsynced, so neither a crash nor a power loss mid-write leaves anything
+but the previous version or the new one, whole."""
 
 from __future__ import annotations
 
@@ -27,6 +28,24 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)  # the rename itself is durable only once its folder is
+
+
+def fsync_file(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the entries of a folder (files created, renamed or removed in it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:

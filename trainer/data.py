@@ -10,10 +10,17 @@ An item's id is its path relative to that root, e.g. `train/cat/0001.jpg`.
 
 from __future__ import annotations
 
+import atexit
+import fcntl
+import json
 import os
+import re
+import secrets
+import shutil
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -172,6 +179,8 @@ def _open_zip(path: Path, name: str) -> Collection:
 
 
 def _open_tar(path: Path, name: str, work_dir: str | None) -> Collection:
+    if path.suffix.lower() != ".tar":
+        return _open_compressed_tar(path, name, work_dir)
     try:
         tf = tarfile.open(path)  # noqa: SIM115 - closed below, after the members are read
     except (tarfile.TarError, OSError) as exc:
@@ -179,26 +188,104 @@ def _open_tar(path: Path, name: str, work_dir: str | None) -> Collection:
     with tf:
         members = [m for m in tf.getmembers() if m.isfile()]  # links are never followed
         safe = {s: m for m in members if (s := _safe_member(m.name))}
-        if path.suffix.lower() == ".tar":
-            # Uncompressed: read members in place by offset, from any process.
-            offsets = {rel: (m.offset_data, m.size) for rel, m in safe.items()}
-            return _from_paths(name, sorted(offsets), TarSource(str(path), offsets))
-        # Compressed tars have no random access: extract the images once (and only once
-        # per work_dir, so a resumed run reuses them).
-        if work_dir is None:
-            target = Path(tempfile.mkdtemp(prefix="and-tar-"))
-        else:
-            target = Path(work_dir) / f"extracted-{path.name}"
-        if not (target / ".complete").exists():
-            for rel, member in safe.items():
+        # Uncompressed: read members in place by offset, from any process.
+        offsets = {rel: (m.offset_data, m.size) for rel, m in safe.items()}
+    return _from_paths(name, sorted(offsets), TarSource(str(path), offsets))
+
+
+# --- compressed tars: extracted once, next to the archive --------------------------------
+#
+# A compressed tar has no random access, and merely listing it decompresses all of it. So its
+# images are extracted once, into a hidden folder beside the archive (or in `work_dir`), named
+# after the archive's size and mtime (a replaced archive is extracted again and the old
+# extraction removed), with the list of every member. Every later open (each training job, each
+# dataset summary) reads that folder and its list instead. The extraction is written under a
+# temporary name and renamed into place, under a lock: concurrent openers wait for one
+# extraction and never see half of one.
+
+_LISTING = ".members.json"
+
+
+def _open_compressed_tar(path: Path, name: str, work_dir: str | None) -> Collection:
+    real = path.resolve()
+    try:
+        st = real.stat()
+    except OSError as exc:
+        raise DatasetError(f"{path.name}: not a readable tar archive ({exc})") from exc
+    base = f".{real.name}"  # hidden: never listed as a dataset of its own
+    key = f"{st.st_size}-{st.st_mtime_ns}"
+    folder = Path(work_dir) if work_dir is not None else real.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{base}.{key}.extracted"
+        listing = _read_listing(target)
+        if listing is None:
+            listing = _extract_once(real, folder, base, target)
+    except PermissionError:
+        # A read-only folder (an archive outside any data root): a private extraction,
+        # removed when this process exits.
+        target = Path(tempfile.mkdtemp(prefix="and-tar-"))
+        atexit.register(shutil.rmtree, target, ignore_errors=True)
+        listing = _extract(real, target)
+    return _from_paths(name, listing, FolderSource(str(target)))
+
+
+def _read_listing(target: Path) -> list[str] | None:
+    try:
+        return json.loads((target / _LISTING).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _extract_once(archive: Path, folder: Path, base: str, target: Path) -> list[str]:
+    with open(folder / f"{base}.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        listing = _read_listing(target)  # extracted by another process while we waited
+        if listing is not None:
+            return listing
+        # Under the lock, anything else of this archive is stale: an older version's
+        # extraction, or one a crash interrupted.
+        ours = re.compile(re.escape(base) + r"\.(\d+-\d+\.extracted|extracting-[\w-]+)")
+        for old in folder.iterdir():
+            if (ours.fullmatch(old.name) and old != target and old.is_dir()
+                    and not old.is_symlink()):
+                shutil.rmtree(old, ignore_errors=True)
+        work = folder / f"{base}.extracting-{os.getpid()}-{secrets.token_hex(3)}"
+        try:
+            listing = _extract(archive, work)
+            os.rename(work, target)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return listing
+
+
+def _extract(archive: Path, target: Path) -> list[str]:
+    """Write the archive's images under `target` with the list of all its safe members."""
+    try:
+        tf = tarfile.open(archive)  # noqa: SIM115 - closed below
+    except (tarfile.TarError, OSError) as exc:
+        raise DatasetError(f"{archive.name}: not a readable tar archive ({exc})") from exc
+    target.mkdir(parents=True, exist_ok=True)
+    names = []
+    try:
+        with tf:
+            for member in tf:  # one pass over the stream
+                rel = _safe_member(member.name) if member.isfile() else None  # no links
+                if rel is None:
+                    continue
+                names.append(rel)
                 src = tf.extractfile(member) if is_image_name(rel) else None
                 if src is not None:
                     dest = target / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(src.read())
-            target.mkdir(parents=True, exist_ok=True)
-            (target / ".complete").touch()
-    return _from_paths(name, sorted(safe), FolderSource(str(target)))
+                    with open(dest, "wb") as out:
+                        shutil.copyfileobj(src, out, 1 << 20)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"{archive.name}: not a readable tar archive ({exc})") from exc
+    names = sorted(set(names))
+    (target / _LISTING).write_text(json.dumps(names))
+    return names
 
 
 def _open_npz(path: Path, name: str) -> Collection:

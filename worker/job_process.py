@@ -1,9 +1,10 @@
-"""`python -m worker.job_process JOB_ID`: one training job in a process of its own.
+"""`python -m worker.job_process JOB_ID [OWNER]`: one training job in a process of its own.
 
 The Celery task only supervises this process. Training gets an ordinary process (free to start
 DataLoader workers, unlike a daemonic pool child), CUDA lives and dies with it, and a native
 crash or an out-of-memory kill ends the job as failed with a reason instead of taking the
-worker down.
+worker down. OWNER is the name this run takes the job's lease under, chosen by the task so that
+it can tell, after a crash, whether the job is still this process's.
 """
 
 from __future__ import annotations
@@ -12,23 +13,25 @@ import logging
 import signal
 import sys
 
-from worker.jobs import open_store
-from worker.runner import run_job, shutdown_requested
+from worker.heartbeat import shutdown_requested
+from worker.runner import run_job
 from worker.settings import get_settings
+from worker.stores import open_store
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if len(argv) != 1:
-        print("usage: python -m worker.job_process JOB_ID", file=sys.stderr)
+    if len(argv) not in (1, 2):
+        print("usage: python -m worker.job_process JOB_ID [OWNER]", file=sys.stderr)
         return 2
     settings = get_settings()
     # The worker forwards its shutdown as SIGTERM: stop after this batch, checkpoint, re-queue.
     signal.signal(signal.SIGTERM, lambda signum, frame: shutdown_requested.set())
     from worker.tasks import enqueue
 
-    run_job(argv[0], open_store(settings), settings, requeue=enqueue)
+    run_job(argv[0], open_store(settings), settings, requeue=enqueue,
+            owner=argv[1] if len(argv) == 2 else None)
     return 0
 
 

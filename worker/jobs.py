@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 import uuid
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field
+from typing import Any, ClassVar
 
 QUEUED, RUNNING, SUCCEEDED = "queued", "running", "succeeded"
 FAILED, CANCELED = "failed", "canceled"
@@ -43,6 +44,11 @@ class Job:
     finished_at: float | None = None
     updated_at: float = field(default_factory=time.time)
     heartbeat_at: float | None = None
+    enqueued_at: float | None = None  # last time a message for it was sent (None: at creation)
+    # Past the point of no return: the bundle is written and about to become current. Set by
+    # the worker only while no cancel is requested, and a cancel is accepted only while it is
+    # unset (each is a compare-and-set on the other), so a canceled job never becomes current.
+    committed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,8 +62,26 @@ class Job:
 JSON_FIELDS = ("config", "progress")
 
 
+def field_default(name: str) -> Any:
+    """A scalar field's default: what a record written before the field existed holds."""
+    default = Job.__dataclass_fields__[name].default
+    if default is MISSING:
+        raise KeyError(f"job field {name!r} has no scalar default")
+    return default
+
+
 class JobStore(ABC):
-    """The contract both stores keep. Every status change is a compare-and-set."""
+    """The contract both stores keep. Every status change is a compare-and-set.
+
+    A worker writes a job's record only while it holds the job's lease: its writes name the
+    `owner`, and the store checks the lease in the same atomic step as the write (a fencing
+    check), so a worker that stalled past its lease while another took the job over writes
+    nothing, whatever it believes.
+    """
+
+    # Errors that mean "the store could not be reached just now": worth retrying.
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (ConnectionError,
+                                                                   TimeoutError)
 
     @abstractmethod
     def create(self, job: Job) -> Job: ...
@@ -75,12 +99,25 @@ class JobStore(ABC):
         """Set fields without looking at the status (progress, heartbeat, note)."""
 
     @abstractmethod
-    def transition(self, job_id: str, allowed_from: set[str] | frozenset[str], to: str,
-                   **fields: Any) -> bool:
-        """Set status `to` (and fields) only if the status is one of `allowed_from`."""
+    def transition(self, job_id: str, allowed_from: set[str] | frozenset[str], to: str, *,
+                   owner: str | None = None, unleased: bool = False,
+                   when: Mapping[str, Any] | None = None, **fields: Any) -> bool:
+        """Set status `to` (and fields) only if the status is one of `allowed_from` and, in the
+        same atomic step: `owner` holds the job's lease (when given); nobody holds a live lease
+        (when `unleased`); every field in `when` has that value (a record written before the
+        field existed counts as holding its default)."""
 
     @abstractmethod
     def append_history(self, job_id: str, record: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def extend_history(self, job_id: str, start: int, records: list[dict[str, Any]], *,
+                       owner: str | None = None) -> int | None:
+        """Write records[i] as history entry `start + i` where that entry is the next one:
+        entries already there are kept, so a retried write or a resumed worker never records
+        an epoch twice, and a gap is never made. Returns the number of entries after the call
+        (less than `start` when entries are missing: send again from there), or None when
+        `owner` does not hold the lease (nothing written)."""
 
     @abstractmethod
     def history(self, job_id: str) -> list[dict[str, Any]]: ...
@@ -111,17 +148,23 @@ class JobStore(ABC):
             raise JobNotFound(job_id)
         return job
 
+    def update_running(self, job_id: str, owner: str, **fields: Any) -> bool:
+        """Fields of a running job (progress, heartbeat), written only while `owner` holds
+        its lease."""
+        return self.transition(job_id, {RUNNING}, RUNNING, owner=owner, **fields)
+
     def request_cancel(self, job_id: str) -> Job:
-        """Queued: canceled at once (it will never start). Running: flagged; the training loop
-        stops at the next batch and the job ends as canceled. Finished: unchanged."""
+        """Queued: canceled at once (it will never start). Running: flagged; the job stops at
+        the next batch or between its last phases and ends as canceled, unless it has already
+        committed to publishing (then the flag is not set: check `cancel_requested`).
+        Finished: unchanged."""
         self.require(job_id)
         now = time.time()
         if self.transition(job_id, {QUEUED}, CANCELED, cancel_requested=True, finished_at=now,
                            updated_at=now):
             return self.require(job_id)
-        job = self.require(job_id)
-        if job.status == RUNNING:
-            self.update(job_id, cancel_requested=True)
+        self.transition(job_id, {RUNNING}, RUNNING, when={"committed": False},
+                        cancel_requested=True)
         return self.require(job_id)
 
     def counts(self) -> dict[str, int]:
@@ -132,14 +175,10 @@ class JobStore(ABC):
         running, _ = self.list(0, 10_000, RUNNING)
         return [job for job in running if self.lease_holder(job.id) is None]
 
-
-def open_store(settings: Any) -> JobStore:
-    """Redis when the broker is Redis, SQLite (under STATE_ROOT) otherwise."""
-    if settings.uses_redis:
-        from worker.store_redis import RedisJobStore
-
-        return RedisJobStore(settings.broker_url, settings.key_prefix)
-    from worker.store_sqlite import SqliteJobStore
-
-    settings.state_root.mkdir(parents=True, exist_ok=True)
-    return SqliteJobStore(settings.state_root / "jobs.sqlite3")
+    def waiting_jobs(self, older_than_s: float) -> list[Job]:
+        """Queued jobs nobody holds whose last message was sent more than `older_than_s` ago:
+        their message may have been lost."""
+        queued, _ = self.list(0, 10_000, QUEUED)
+        cutoff = time.time() - older_than_s
+        return [job for job in queued if (job.enqueued_at or job.updated_at) < cutoff
+                and self.lease_holder(job.id) is None]

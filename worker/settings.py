@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     )
     key_prefix: str = Field(default="and:", description="Prefix of every Redis key we write.")
     job_time_limit_s: int = Field(
-        default=72 * 3600, ge=60,
-        description="Longest a training job may run; it then stops with a checkpoint.")
+        default=72 * 3600, ge=1,
+        description="Longest a training job may run; it then stops with a checkpoint and "
+        "fails. Values of a few seconds are for tests and drills.")
     heartbeat_s: float = Field(default=2.0, gt=0,
                                description="How often a running job renews its lease and "
                                "checks for cancellation.")
@@ -39,6 +40,10 @@ class Settings(BaseSettings):
                                     description="How often workers look for lost jobs.")
     max_attempts: int = Field(default=5, ge=1,
                               description="A job lost this many times is failed, not retried.")
+    resend_queued_after_s: float = Field(
+        default=600.0, gt=0,
+        description="A queued job that no worker has taken this long after its message was "
+        "sent is sent again (its message may have been lost); duplicates are harmless.")
     gpu_queue: str = Field(default="gpu", description="Queue of training jobs.")
 
     @field_validator("broker_url", mode="before")

@@ -1,31 +1,53 @@
 """Job records in Redis: one hash per job, a sorted set per status for listing, a lease key
-with a TTL per running job. Status changes run as Lua scripts, so they are atomic."""
+with a TTL per running job, a list of epoch records per job. Every conditional write (status
+changes, fenced writes) runs as one Lua script, so the check and the write are atomic."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 
-from worker.jobs import JSON_FIELDS, STATUSES, Job, JobStore
+from worker.jobs import JSON_FIELDS, STATUSES, Job, JobStore, field_default
 
-# KEYS: job hash, status-set key prefix, all-jobs zset.
-# ARGV: new status (plain), n, n allowed statuses (JSON, as stored), job id, field, value, ...
+# KEYS: job hash, status-set key prefix, all-jobs zset, lease key.
+# ARGV[1]: JSON {to, allowed: [status as stored], id, owner ("" = any), unleased,
+#                when: [[field, value as stored, default as stored]], set: [[field, value]]}.
 _TRANSITION = """
+local a = cjson.decode(ARGV[1])
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
-local n = tonumber(ARGV[2])
 local ok = false
-for i = 1, n do if ARGV[2 + i] == current then ok = true end end
+for _, s in ipairs(a.allowed) do if s == current then ok = true end end
 if not ok then return 0 end
-local id = ARGV[3 + n]
-local created = redis.call('ZSCORE', KEYS[3], id)
-redis.call('ZREM', KEYS[2] .. string.sub(current, 2, -2), id)
-redis.call('ZADD', KEYS[2] .. ARGV[1], created, id)
-for i = 4 + n, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if a.owner ~= '' and redis.call('GET', KEYS[4]) ~= a.owner then return 0 end
+if a.unleased and redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+for _, c in ipairs(a.when) do
+  local v = redis.call('HGET', KEYS[1], c[1])
+  if not v then v = c[3] end
+  if v ~= c[2] then return 0 end
+end
+local created = redis.call('ZSCORE', KEYS[3], a.id)
+redis.call('ZREM', KEYS[2] .. string.sub(current, 2, -2), a.id)
+redis.call('ZADD', KEYS[2] .. a.to, created, a.id)
+for _, kv in ipairs(a.set) do redis.call('HSET', KEYS[1], kv[1], kv[2]) end
 return 1
+"""
+# KEYS: history list, lease key. ARGV: owner ("" = any), start, record, record, ...
+_EXTEND_HISTORY = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+local n = redis.call('LLEN', KEYS[1])
+local start = tonumber(ARGV[2])
+for i = 3, #ARGV do
+  if start + i - 3 == n then
+    redis.call('RPUSH', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
 """
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -40,12 +62,16 @@ return 0
 
 
 class RedisJobStore(JobStore):
+    transient_errors = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+                        ConnectionError, TimeoutError)
+
     def __init__(self, url: str, prefix: str = "and:") -> None:
         self.url = url
         self.prefix = prefix
         self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
                                       health_check_interval=30)
         self._transition = self.r.register_script(_TRANSITION)
+        self._extend_history = self.r.register_script(_EXTEND_HISTORY)
         self._renew = self.r.register_script(_RENEW)
         self._release = self.r.register_script(_RELEASE)
 
@@ -56,7 +82,8 @@ class RedisJobStore(JobStore):
         values = {k.decode(): json.loads(v) for k, v in raw.items()}
         for name in JSON_FIELDS:
             values.setdefault(name, {})
-        return Job(**values)
+        known = Job.__dataclass_fields__
+        return Job(**{k: v for k, v in values.items() if k in known})
 
     def create(self, job: Job) -> Job:
         # Every field is stored as JSON: None, bools and numbers come back exact.
@@ -89,19 +116,35 @@ class RedisJobStore(JobStore):
             self.r.hset(self._k("job", job_id),
                         mapping={k: json.dumps(v) for k, v in fields.items()})
 
-    def transition(self, job_id: str, allowed_from: set[str] | frozenset[str], to: str,
-                   **fields: Any) -> bool:
+    def transition(self, job_id: str, allowed_from: set[str] | frozenset[str], to: str, *,
+                   owner: str | None = None, unleased: bool = False,
+                   when: Mapping[str, Any] | None = None, **fields: Any) -> bool:
         assert to in STATUSES
         fields.setdefault("updated_at", time.time())
         fields["status"] = to
-        flat = [x for k, v in fields.items() for x in (k, json.dumps(v))]
-        allowed = [json.dumps(s) for s in sorted(allowed_from)]
-        args = [to, str(len(allowed)), *allowed, job_id, *flat]
-        keys = [self._k("job", job_id), self._k("status", ""), self._k("jobs")]
-        return bool(self._transition(keys=keys, args=args))
+        unknown = (set(fields) | set(when or ())) - set(Job.__dataclass_fields__)
+        if unknown:
+            raise KeyError(f"unknown job fields {sorted(unknown)}")
+        spec = {
+            "to": to, "id": job_id, "owner": owner or "", "unleased": unleased,
+            "allowed": [json.dumps(s) for s in sorted(allowed_from)],
+            "when": [[k, json.dumps(v), json.dumps(field_default(k))]
+                     for k, v in (when or {}).items()],
+            "set": [[k, json.dumps(v)] for k, v in fields.items()],
+        }
+        keys = [self._k("job", job_id), self._k("status", ""), self._k("jobs"),
+                self._k("lease", job_id)]
+        return bool(self._transition(keys=keys, args=[json.dumps(spec)]))
 
     def append_history(self, job_id: str, record: dict[str, Any]) -> None:
         self.r.rpush(self._k("history", job_id), json.dumps(record))
+
+    def extend_history(self, job_id: str, start: int, records: list[dict[str, Any]], *,
+                       owner: str | None = None) -> int | None:
+        keys = [self._k("history", job_id), self._k("lease", job_id)]
+        args = [owner or "", start, *(json.dumps(r) for r in records)]
+        n = int(self._extend_history(keys=keys, args=args))
+        return None if n < 0 else n
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.r.lrange(self._k("history", job_id), 0, -1)]

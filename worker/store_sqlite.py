@@ -9,14 +9,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from worker.jobs import JSON_FIELDS, Job, JobStore
+from worker.jobs import JSON_FIELDS, Job, JobStore, field_default
 
 _COLUMNS = [f for f in Job.__dataclass_fields__]
+_BOOLS = [f for f in _COLUMNS if isinstance(Job.__dataclass_fields__[f].default, bool)]
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
@@ -32,11 +33,26 @@ CREATE TABLE IF NOT EXISTS leases (job_id TEXT PRIMARY KEY, owner TEXT, expires 
 
 
 class SqliteJobStore(JobStore):
+    transient_errors = (sqlite3.OperationalError,)  # locked, busy, disk I/O
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._local = threading.local()
         with self._db() as db:
             db.executescript(_SCHEMA)
+            self._add_new_columns(db)
+
+    @staticmethod
+    def _add_new_columns(db: sqlite3.Connection) -> None:
+        """A table made by an older version lacks the newer fields: add them (NULL in old rows
+        reads as the field's default)."""
+        have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        for column in (c for c in _COLUMNS if c not in have):
+            try:
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -57,8 +73,8 @@ class SqliteJobStore(JobStore):
         values = dict(row)
         for name in JSON_FIELDS:
             values[name] = json.loads(values[name]) if values[name] else {}
-        values["promote"] = bool(values["promote"])
-        values["cancel_requested"] = bool(values["cancel_requested"])
+        for name in _BOOLS:
+            values[name] = field_default(name) if values[name] is None else bool(values[name])
         return Job(**values)
 
     @staticmethod
@@ -104,23 +120,59 @@ class SqliteJobStore(JobStore):
         with self._db() as db:
             db.execute(f"UPDATE jobs SET {sql} WHERE id = ?", [*args, job_id])
 
-    def transition(self, job_id: str, allowed_from: set[str] | frozenset[str], to: str,
-                   **fields: Any) -> bool:
+    def transition(self, job_id: str, allowed_from: set[str] | frozenset[str], to: str, *,
+                   owner: str | None = None, unleased: bool = False,
+                   when: Mapping[str, Any] | None = None, **fields: Any) -> bool:
         fields.setdefault("updated_at", time.time())
         sql, args = self._set({**fields, "status": to})
         allowed = sorted(allowed_from)
+        where = [f"id = ? AND status IN ({', '.join('?' for _ in allowed)})"]
+        where_args: list[Any] = [job_id, *allowed]
+        now = time.time()
+        if owner is not None:
+            where.append("EXISTS (SELECT 1 FROM leases WHERE job_id = ? AND owner = ? "
+                         "AND expires >= ?)")
+            where_args += [job_id, owner, now]
+        if unleased:
+            where.append("NOT EXISTS (SELECT 1 FROM leases WHERE job_id = ? AND expires >= ?)")
+            where_args += [job_id, now]
+        for name, value in (when or {}).items():
+            self._set({name: value})  # refuses unknown fields
+            where.append(f"COALESCE({name}, ?) IS ?")
+            where_args += [self._value(name, field_default(name)), self._value(name, value)]
+        # One statement: the conditions and the write are atomic across processes.
         with self._db() as db:
-            cur = db.execute(
-                f"UPDATE jobs SET {sql} WHERE id = ? AND status IN "
-                f"({', '.join('?' for _ in allowed)})",
-                [*args, job_id, *allowed],
-            )
+            cur = db.execute(f"UPDATE jobs SET {sql} WHERE {' AND '.join(where)}",
+                             [*args, *where_args])
         return cur.rowcount == 1
 
     def append_history(self, job_id: str, record: dict[str, Any]) -> None:
         with self._db() as db:
             db.execute("INSERT INTO history (job_id, record) VALUES (?, ?)",
                        (job_id, json.dumps(record)))
+
+    def extend_history(self, job_id: str, start: int, records: list[dict[str, Any]], *,
+                       owner: str | None = None) -> int | None:
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")  # the check and the inserts in one transaction
+            try:
+                if owner is not None and db.execute(
+                        "SELECT 1 FROM leases WHERE job_id = ? AND owner = ? AND expires >= ?",
+                        (job_id, owner, time.time())).fetchone() is None:
+                    db.execute("ROLLBACK")
+                    return None
+                n = db.execute("SELECT COUNT(*) FROM history WHERE job_id = ?",
+                               (job_id,)).fetchone()[0]
+                for i, record in enumerate(records):
+                    if start + i == n:
+                        db.execute("INSERT INTO history (job_id, record) VALUES (?, ?)",
+                                   (job_id, json.dumps(record)))
+                        n += 1
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return int(n)
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
         with self._db() as db:

@@ -12,10 +12,13 @@ from pathlib import Path
 
 from celery import signals
 
+from trainer.leftovers import sweep_leftovers
 from worker.app import TRAIN_TASK, app
-from worker.jobs import open_store
+from worker.jobs import TERMINAL, JobStore
+from worker.lease import new_owner
 from worker.runner import record_crash
 from worker.settings import get_settings
+from worker.stores import open_store
 from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -24,7 +27,11 @@ log = logging.getLogger(__name__)
 @app.task(name=TRAIN_TASK, acks_late=True)
 def train(job_id: str) -> int:
     """Run the job in a child process (worker.job_process) and wait for it."""
-    proc = subprocess.Popen([sys.executable, "-m", "worker.job_process", job_id])
+    store = open_store(get_settings())
+    if not _may_need_running(store, job_id):
+        return 0
+    owner = new_owner()
+    proc = subprocess.Popen([sys.executable, "-m", "worker.job_process", job_id, owner])
     try:
         code = proc.wait()
     except BaseException:  # soft time limit, shutdown: do not leave the trainer behind
@@ -35,9 +42,22 @@ def train(job_id: str) -> int:
             proc.kill()
         raise
     if code != 0:
-        settings = get_settings()
-        record_crash(open_store(settings), job_id, code)
+        record_crash(store, job_id, code, owner)
     return code
+
+
+def _may_need_running(store: JobStore, job_id: str) -> bool:
+    """False for a message that is surely a duplicate (the job is finished, or a live worker
+    holds it): dropped without starting a process. A store error leaves it to the job
+    process to decide."""
+    try:
+        job = store.get(job_id)
+        if job is None or job.status in TERMINAL or store.lease_holder(job_id) is not None:
+            log.info("job %s is finished or held elsewhere; dropping this message", job_id)
+            return False
+    except Exception:
+        log.warning("job %s: the job store did not answer; starting it anyway", job_id)
+    return True
 
 
 def enqueue(job_id: str) -> None:
@@ -52,8 +72,22 @@ def _start_sweeper(**_: object) -> None:
     # In the worker's parent process, which never runs training itself.
     global _sweeper
     settings = get_settings()
-    _sweeper = Sweeper(lambda: open_store(settings), enqueue, settings.sweep_interval_s)
+    try:
+        removed = sweep_leftovers(settings.models_root)
+        if removed:
+            log.info("removed what interrupted publishes left behind: %s", ", ".join(removed))
+    except OSError:
+        log.warning("could not sweep %s for leftovers", settings.models_root, exc_info=True)
+    _sweeper = Sweeper(lambda: open_store(settings), enqueue, settings.sweep_interval_s,
+                       settings.resend_queued_after_s, idle=_idle)
     _sweeper.start()
+
+
+def _idle() -> bool:
+    """This worker runs no task and holds none reserved (read in its parent process)."""
+    from celery.worker import state
+
+    return not state.active_requests and not state.reserved_requests
 
 
 @signals.worker_shutdown.connect

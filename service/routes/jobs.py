@@ -14,7 +14,7 @@ from service.schemas import JOB_ID, JobProgress, JobPublic, JobsPublic, JobStatu
 from service.settings import ServiceSettings
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, DatasetError
-from worker.jobs import FAILED, QUEUED, TERMINAL
+from worker.jobs import CANCELED, FAILED, QUEUED, RUNNING, TERMINAL
 from worker.submit import submit
 
 router = APIRouter(tags=["jobs"])
@@ -96,9 +96,15 @@ def job_progress(store: StoreDep, job_id: str = JOB_PATH) -> JobProgress:
                dependencies=[Admin], responses=problems(401, 403, 404, 409, 422),
                summary="Cancel a job",
                description="A queued job is canceled at once and never starts. A running job "
-               "stops after its current batch, keeps its last checkpoint and ends as canceled.")
+               "stops after its current batch (or between its last phases), keeps its last "
+               "checkpoint and ends as canceled, its model unpublished. Once a job has "
+               "committed to publishing its model, or has ended, the answer is 409.")
 def cancel_job(store: StoreDep, job_id: str = JOB_PATH) -> JobPublic:
     before = store.require(job_id)
     if before.status in TERMINAL:
         raise conflict(f"job {job_id} already {before.status}")
-    return JobPublic.of(store.request_cancel(job_id))
+    job = store.request_cancel(job_id)
+    if job.status != CANCELED and not job.cancel_requested:  # past its point of no return
+        raise conflict(f"job {job_id} already "
+                       f"{'publishing its model' if job.status == RUNNING else job.status}")
+    return JobPublic.of(job)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.processes import Process, start_worker, wait_for
-from worker.jobs import TERMINAL, Job, JobStore, open_store
+from worker.jobs import TERMINAL, Job, JobStore
 from worker.settings import Settings
+from worker.stores import open_store
 
 SMALL = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 1, "batch_size": 128,
          "knn_k": 20, "num_workers": 0}
@@ -28,9 +29,10 @@ class Stack:
     def store(self) -> JobStore:
         return open_store(self.settings)
 
-    def start_worker(self) -> Process:
+    def start_worker(self, **env: str) -> Process:
+        """A worker process; `env` adds or overrides its settings (e.g. MAX_ATTEMPTS="1")."""
         log = self.root / f"worker{len(self.workers)}.log"
-        proc = start_worker(self.env, log)
+        proc = start_worker(self.env | env, log)
         self.workers.append(proc)
         return proc
 
@@ -99,3 +101,37 @@ def redis_stack(tmp_path, digits_dir, redis_server):
     s = make_stack(tmp_path, digits_dir, redis_server.url)
     yield s
     s.stop()
+
+
+@pytest.fixture()
+def restartable_redis(tmp_path):
+    """A redis-server of this test's own that keeps its data (append-only file) across
+    `stop()` and `start()`, as production's Redis does."""
+    from tests.processes import RedisServer
+
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    server = RedisServer(folder, persistent=True)
+    yield server
+    if server.proc.poll() is None:
+        server.stop()
+
+
+# With a tiny dataset: 16 x 16 model inputs, every epoch one small batch.
+TINY = {"image_size": 16}
+
+
+def write_tiny_dataset(data_root: Path, name: str = "tiny.npz", train: int = 24,
+                       test: int = 8) -> str:
+    """A labelled .npz of `train` + `test` random 8x8 images in 4 classes. Trained with SMALL
+    | TINY, every epoch is one small batch, so a job of many epochs stays short and its epochs
+    end often (tests that act between epochs do not depend on the machine's speed)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(data_root / name,
+             x_train=rng.integers(0, 256, (train, 8, 8), dtype=np.uint8),
+             y_train=rng.integers(0, 4, train), x_test=rng.integers(0, 256, (test, 8, 8),
+                                                                   dtype=np.uint8),
+             y_test=rng.integers(0, 4, test))
+    return name

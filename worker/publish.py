@@ -1,0 +1,67 @@
+"""The last phase of a job: write its bundle, commit, make it current.
+
+    between phases: a cancel stops the job (canceled, nothing published), a lost lease stops
+                    the process (the job is another worker's now)
+    commit:         one compare-and-set on the record, while we hold the lease and no cancel is
+                    requested; from here on a cancel is refused (409) and the job publishes
+    set_current:    only after the commit, so a job canceled before it never becomes current
+
+Publishing is idempotent: the version is the job's own (bundle_version), and a valid bundle of
+that version already there (an earlier attempt, or a worker that lost the job but finished
+first) is kept as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from trainer.bundle import set_current, withdraw, write_bundle
+from trainer.errors import BundleError, TrainingStopped
+from worker.heartbeat import CANCEL_REASON
+from worker.jobs import RUNNING, Job
+from worker.lease import LeaseLost
+from worker.recorder import JobRecorder
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def bundle_version(job: Job) -> str:
+    """One version per job, so publishing again after a crash finds its own bundle."""
+    stamp = datetime.fromtimestamp(job.created_at, timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{job.id[:8]}"
+
+
+def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
+            between_phases: Callable[[], None]) -> str:
+    """Publish the finished run of `job`; returns its version. Raises TrainingStopped
+    (canceled) or LeaseLost."""
+    version = bundle_version(job)
+    store = recorder.store
+    try:
+        between_phases()
+        write_bundle(run_dir, settings.models_root, dataset=job.dataset, version=version,
+                     extra={"job_id": job.id}, exist_ok=True, check=between_phases)
+        between_phases()
+        committed = recorder.retrying(lambda: store.transition(
+            job.id, {RUNNING}, RUNNING, owner=recorder.owner, when={"cancel_requested": False},
+            committed=True))
+        if not committed:
+            now = recorder.retrying(lambda: store.require(job.id))
+            if now.status == RUNNING and now.cancel_requested and recorder.lease.held():
+                raise TrainingStopped(CANCEL_REASON)
+            raise LeaseLost(job.id)
+    except TrainingStopped:
+        # Canceled before the commit: nothing of this job is offered, whichever attempt
+        # wrote its bundle.
+        try:
+            withdraw(settings.models_root, version)
+        except BundleError as exc:  # promoted by hand meanwhile: it stays
+            log.warning("job %s: %s", job.id, exc)
+        raise
+    if job.promote:
+        set_current(settings.models_root, version)
+    return version
