@@ -57,13 +57,17 @@ def new_version(tag: str = "") -> str:
 def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike[str], *,
                  dataset: str, version: str | None = None, index_kind: str | None = None,
                  extra: dict[str, Any] | None = None, exist_ok: bool = False,
-                 check: Callable[[], None] | None = None) -> Path:
+                 check: Callable[[], None] | None = None,
+                 embeddings: str | os.PathLike[str] | None = None,
+                 extra_json: dict[str, Any] | None = None) -> Path:
     """Build a bundle from a finished training run; returns its final path (not yet current).
 
     `exist_ok`: a valid bundle of this version already there (published by an earlier attempt
     of the same job, or by a process that finished first) is kept and its path returned.
     `check` is called between the steps (copy, index build, validation, rename); whatever it
-    raises aborts the bundle, leaving nothing behind.
+    raises aborts the bundle, leaving nothing behind. `embeddings`: the items to index, when
+    not the run's own embeddings.npz (e.g. with later changes applied); `extra_json`: more
+    files of the bundle, name -> JSON value.
     """
     run, root = Path(run_dir), Path(models_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -84,7 +88,7 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
         check()
         config = json.loads((run / "config.json").read_text())
         metrics = json.loads((run / "metrics.json").read_text())
-        with np.load(run / "embeddings.npz") as saved:
+        with np.load(embeddings or run / "embeddings.npz") as saved:
             vectors = np.ascontiguousarray(saved["vectors"], dtype=np.float32)
             ids = [str(i) for i in saved["ids"]]
             labels = saved["labels"].astype(int).tolist()
@@ -114,6 +118,8 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
             "map_points": map_points,
             **(extra or {}),
         }
+        for name, value in (extra_json or {}).items():
+            atomic_write_json(tmp / name, value)
         atomic_write_json(tmp / "manifest.json", manifest)
         validate(tmp)
         # Files first, then the folder that names them: after a power loss the bundle is

@@ -18,6 +18,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 ITEMS_DIR = ".items"
 SNAPSHOT_FILE = "changes.json"
 ADDED_FILE = "added.json"  # in a bundle: id -> image path of the items taken from the log
+PUBLISHED_EMBEDDINGS = "embeddings.published.npz"  # a run's embeddings with later changes
 
 
 def dataset_folder(settings: Settings, name: str) -> Path | None:
@@ -132,3 +134,50 @@ def apply_to_embeddings(saved: dict[str, np.ndarray], entries: list[Change],
         "classes": np.asarray(classes, dtype=str),
         "is_eval": np.concatenate([saved["is_eval"][keep], np.zeros(len(new), dtype=bool)]),
     }
+
+
+def embed_files_with(encoder: Path, device: str = "auto",
+                     precision: str = "auto") -> Callable[[list[Path]], np.ndarray]:
+    """Embed image files with an encoder file, preprocessed as in training."""
+    import torch
+
+    from trainer.encoder_file import EmbeddingModel
+    from trainer.images import decode_square
+
+    model = EmbeddingModel.load(encoder, device, precision)
+    size = model.meta.image_size
+
+    def embed(paths: list[Path]) -> np.ndarray:
+        out = []
+        for start in range(0, len(paths), 256):
+            images = [torch.from_numpy(decode_square(p.read_bytes(), size)).permute(2, 0, 1)
+                      for p in paths[start:start + 256]]
+            out.append(model.embed_uint8(torch.stack(images)))
+        return np.concatenate(out) if out else np.zeros((0, model.meta.dim), np.float32)
+
+    return embed
+
+
+def bundle_arguments(run_dir: Path, changes: ChangeLog, dataset: str, dataset_root: Path,
+                     snapshot: int, upto: int,
+                     embed_files: Callable[[list[Path]], np.ndarray]) -> dict[str, Any]:
+    """What write_bundle needs to publish a run with the log applied up to `upto`: the run's
+    embeddings with the changes made since its `snapshot` (added images embedded by the new
+    encoder), the position covered, and the images of every item the log added."""
+    everything = changes.changes_between(dataset, 0, upto)
+    out: dict[str, Any] = {"extra": {"changes_seq": upto}}
+    after = [c for c in everything if c.seq > snapshot]
+    if after:
+        with np.load(run_dir / "embeddings.npz") as saved:
+            arrays = apply_to_embeddings(dict(saved), after, embed_files, dataset_root)
+        path = run_dir / PUBLISHED_EMBEDDINGS
+        np.savez(path, **arrays)
+        out["embeddings"] = path
+        indexed = {str(i) for i in arrays["ids"]}
+    else:
+        with np.load(run_dir / "embeddings.npz") as saved:
+            indexed = {str(i) for i in saved["ids"]}
+    added, _ = net_changes(everything)
+    out["extra_json"] = {ADDED_FILE: {i: c.path for i, c in added.items()
+                                      if c.path and i in indexed}}
+    return out

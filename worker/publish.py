@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from trainer.bundle import set_current, withdraw, write_bundle
 from trainer.errors import BundleError, TrainingStopped
@@ -36,15 +37,20 @@ def bundle_version(job: Job) -> str:
 
 
 def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
-            between_phases: Callable[[], None]) -> str:
-    """Publish the finished run of `job`; returns its version. Raises TrainingStopped
-    (canceled) or LeaseLost."""
+            between_phases: Callable[[], None],
+            prepare: Callable[[], dict[str, Any]] | None = None) -> str:
+    """Publish the finished run of `job`; returns its version. `prepare()` gives more
+    arguments of write_bundle (the live collection's changes, worker/live.py). Raises
+    TrainingStopped (canceled) or LeaseLost."""
     version = bundle_version(job)
     store = recorder.store
     try:
         between_phases()
+        more = prepare() if prepare is not None and not (
+            settings.models_root / version).exists() else {}
+        extra = {"job_id": job.id, **more.pop("extra", {})}
         write_bundle(run_dir, settings.models_root, dataset=job.dataset, version=version,
-                     extra={"job_id": job.id}, exist_ok=True, check=between_phases)
+                     extra=extra, exist_ok=True, check=between_phases, **more)
         between_phases()
         committed = recorder.retrying(lambda: store.transition(
             job.id, {RUNNING}, RUNNING, owner=recorder.owner, when={"cancel_requested": False},

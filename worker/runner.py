@@ -86,11 +86,14 @@ def run_job(job_id: str, store: JobStore, settings: Settings,
 def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
                        recorder: JobRecorder, requeue: Callable[[str], None] | None) -> str:
     # Imported here: the worker's parent process never loads torch, let alone CUDA.
+    from trainer import warm_start
     from trainer.config import TrainConfig
     from trainer.data import open_collection
     from trainer.engine import Trainer
     from trainer.errors import TrainerError, TrainingStopped
+    from worker import live
     from worker.publish import publish
+    from worker.stores import open_changes
 
     run_dir = settings.runs_root / job.id
     progress: dict[str, Any] = {}
@@ -135,11 +138,32 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
     try:
         config = TrainConfig.from_dict(job.config)
         # Archives are extracted once, next to themselves, and shared by jobs and the API.
-        collection = open_collection(dataset_path(settings, job.dataset), name=job.dataset)
+        root = dataset_path(settings, job.dataset)
+        collection = open_collection(root, name=job.dataset)
+        # The collection as the change log left it when this job first started: added items
+        # in, deleted ones out; the same snapshot when the job resumes.
+        changes = open_changes(settings)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        snapshot = recorder.retrying(lambda: live.snapshot_seq(run_dir, changes, job.dataset))
+        collection = recorder.retrying(lambda: live.training_collection(
+            collection, changes, job.dataset, root, snapshot))
+        weights = warm_start.resolve(config.init_from, settings.models_root,
+                                     settings.data_root) if config.init_from else None
         result = Trainer(config, collection, run_dir, on_epoch=on_epoch, on_status=on_status,
-                         should_stop=should_stop).run()
+                         should_stop=should_stop, init_weights=weights).run()
         recorder.progress({**progress, "phase": "publishing"})
-        version = publish(job, run_dir, settings, recorder, between_phases)
+
+        def with_changes() -> dict[str, Any]:
+            """Changes made while the job trained go into its bundle, embedded anew."""
+            upto = recorder.retrying(lambda: changes.last_seq(job.dataset))
+            embed = live.embed_files_with(run_dir / "encoder.pt", config.device,
+                                          config.precision)
+            more = recorder.retrying(lambda: live.bundle_arguments(
+                run_dir, changes, job.dataset, root, snapshot, upto, embed))
+            more["extra"]["init_from"] = config.init_from or None
+            return more
+
+        version = publish(job, run_dir, settings, recorder, between_phases, with_changes)
         recorder.finish(SUCCEEDED, model_version=version, finished_at=time.time(),
                         progress={**progress, "phase": "done", "metrics": result.metrics})
         return SUCCEEDED

@@ -26,10 +26,14 @@ def dataset_path(settings: Settings, name: str) -> Path:
 
 def check_job(settings: Settings, dataset: str, config: dict[str, Any]) -> None:
     """Raise ConfigError or DatasetError for a job that cannot run."""
+    from trainer import warm_start
     from trainer.config import TrainConfig
     from trainer.data import open_collection
 
     cfg = TrainConfig.from_dict(config)
+    if cfg.init_from:  # a published version, or a weights file under the data root
+        warm_start.check(cfg.init_from, cfg.backbone, cfg.embedding_dim, settings.models_root,
+                         settings.data_root)
     collection = open_collection(dataset_path(settings, dataset), name=dataset)
     collection.check_trainable()
     cfg.validate_for_dataset(len(collection.train_indices))
