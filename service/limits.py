@@ -32,13 +32,15 @@ class Limits:
     upload_bytes: int        # one dataset archive
     k: int
     classify_k: int
+    items: int = 10_000      # ids in a bulk delete, images in an archive of POST /items
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> Limits:
         return cls(images=settings.max_images_per_request,
                    image_bytes=int(settings.max_image_mb * MIB),
                    upload_bytes=settings.max_upload_mb * MIB,
-                   k=settings.max_k, classify_k=settings.max_classify_k)
+                   k=settings.max_k, classify_k=settings.max_classify_k,
+                   items=settings.max_items_per_request)
 
     @property
     def default_k(self) -> int:
@@ -60,6 +62,10 @@ class Limits:
     def ids_budget(self) -> int:
         return JSON_BASE + self.images * (ID_MAX + 8)
 
+    @property
+    def bulk_ids_budget(self) -> int:
+        return JSON_BASE + self.items * (ID_MAX + 8)
+
     def body_limit(self, path: str, media: str) -> int:
         """Largest request body for a path and media type, checked before it is read."""
         path = path.rstrip("/") or "/"
@@ -70,7 +76,9 @@ class Limits:
             if multipart:  # image files, or one archive
                 return max(self.upload_bytes, self.images * (self.image_bytes + PART_OVERHEAD)
                            ) + JSON_BASE
-            return self.images * self.b64_image_chars + JSON_BASE + self.ids_budget
+            # base64 images to add, or the ids of a bulk delete
+            return max(self.images * self.b64_image_chars + self.ids_budget,
+                       self.bulk_ids_budget)
         if path in IMAGE_ROUTES:
             if multipart:
                 return self.images * (self.image_bytes + PART_OVERHEAD) + JSON_BASE

@@ -309,7 +309,7 @@ def query_models(limits: Limits) -> QueryModels:
                                      description="Items to add, each with its image.")
 
     class ItemsDelete(Strict):
-        ids: list[item] = Field(min_length=1, max_length=limits.images,
+        ids: list[item] = Field(min_length=1, max_length=limits.items,
                                 description="Items to delete (all, or none when one is "
                                 "missing).")
 

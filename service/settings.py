@@ -42,8 +42,8 @@ class ServiceSettings(Settings):
     max_images_per_request: int = Field(default=64, ge=1, le=4096)
     max_items_per_request: int = Field(
         default=10_000, ge=1, le=1_000_000,
-        description="Most images one POST /items archive may add (files and JSON bodies take "
-        "MAX_IMAGES_PER_REQUEST).")
+        description="Most images one POST /items archive may add, and most ids one bulk DELETE "
+        "/items may name (files and JSON adds take MAX_IMAGES_PER_REQUEST).")
     max_image_mb: float = Field(default=10.0, gt=0, le=1024,
                                 description="Largest single query image (bytes).")
     max_query_pixels: int = Field(

@@ -208,7 +208,7 @@ async def delete_many(request: Request, response: Response, limits: LimitsDep,
                       model_version: str | None = VERSION_QUERY) -> ItemsChanged:
     require_media(request, JSON)
     served = await served_model(registry, model_version)
-    body = await read_json(request, bodies.delete_items, limits.ids_budget)
+    body = await read_json(request, bodies.delete_items, limits.bulk_ids_budget)
     changes = await run_in_threadpool(delete_items, served, body.ids)
     response.headers["X-Model-Version"] = served.version
     return _changed(served.version, served.live.dataset, changes)

@@ -1,0 +1,303 @@
+"""The live collection through the real processes (API and worker, on Redis and on the embedded
+default), over HTTP only: adds found at once, deletes never seen again, both kept across an API
+restart and a kill -9 in the middle of a bulk add, replicas converging, and a training job whose
+publish and swap race with adds and deletes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import random
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.conftest import CIFAR_SLICE
+from tests.processes import Process, free_port, start_worker, wait_for
+
+KEY = "live-admin-key-0123456789abcdef"
+ADMIN = {"Authorization": f"Bearer {KEY}"}
+POLL_S = 0.3
+TINY = {"backbone": "small_cnn", "rounds": 1, "epochs_per_round": 1, "batch_size": 32,
+        "knn_k": 10, "num_workers": 0}
+
+
+def picture(seed: int, shift: int = 0) -> bytes:
+    """A distinct 32x32 picture (coloured shapes on a coloured ground); `shift` brightens it a
+    little: the slightly altered copy a user searches with."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (32, 32), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        x, y = rng.randrange(24), rng.randrange(24)
+        box = (x, y, x + rng.randrange(4, 14), y + rng.randrange(4, 14))
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
+    if shift:
+        image = Image.fromarray(np.clip(np.asarray(image, np.int16) + shift, 0, 255).astype(
+            np.uint8))
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+class Stack:
+    """API process(es) and a worker on one data folder and one store."""
+
+    def __init__(self, root: Path, broker_url: str | None) -> None:
+        self.root = root
+        self.env = {**os.environ, "DATA_ROOT": str(root / "data"),
+                    "MODELS_ROOT": str(root / "models"), "STATE_ROOT": str(root / "state"),
+                    "ADMIN_API_KEY": KEY, "KEY_PREFIX": f"live-{os.getpid()}-{id(self)}:",
+                    "MODEL_POLL_S": str(POLL_S), "HEARTBEAT_S": "0.5", "LEASE_S": "5",
+                    "PYTHONUNBUFFERED": "1"}
+        self.env.pop("BROKER_URL", None)
+        if broker_url:
+            self.env["BROKER_URL"] = broker_url
+        self.apis: list[tuple[Process, str]] = []
+        self.worker = start_worker(self.env, root / "worker.log")
+
+    def start_api(self) -> str:
+        port = free_port()
+        proc = Process([sys.executable, "-m", "service", "--port", str(port)], self.env,
+                       self.root / f"api{len(self.apis)}.log")
+        url = f"http://127.0.0.1:{port}"
+        self.apis.append((proc, url))
+        wait_for(lambda: _answers(url), 120, "the API to answer")
+        return url
+
+    def kill_api(self, url: str) -> None:
+        for proc, u in self.apis:
+            if u == url:
+                proc.kill9()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        for proc, _ in self.apis:
+            proc.stop()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _train(c: httpx.Client, **config) -> str:
+    r = c.post("/train", json={"dataset": "slice", "config": TINY | config}, headers=ADMIN)
+    assert r.status_code == 202, r.text
+    location = r.headers["location"]
+    job = wait_for(lambda: (j := c.get(location).json())["status"] in (
+        "succeeded", "failed", "canceled") and j, 300, "the job to end")
+    assert job["status"] == "succeeded", job
+    return job["model_version"]
+
+
+def _serving(c: httpx.Client, version: str) -> None:
+    wait_for(lambda: c.get("/readyz").json().get("checks", {}).get("model") == version, 60,
+             f"the API to serve {version}")
+
+
+@pytest.fixture(scope="module", params=["redis", "embedded"])
+def stack(request, tmp_path_factory):
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
+    s = Stack(tmp_path_factory.mktemp(f"live-{request.param}"), url)
+    try:
+        api = s.start_api()
+        with httpx.Client(base_url=api, timeout=120) as c, open(CIFAR_SLICE, "rb") as f:
+            r = c.post("/datasets", data={"name": "slice"}, files={"file": ("s.zip", f)},
+                       headers=ADMIN)
+            assert r.status_code == 201, r.text
+            s.version = _train(c)
+            _serving(c, s.version)
+        s.api = api
+        s.kind = request.param
+        yield s
+    finally:
+        s.stop()
+
+
+def _add(c: httpx.Client, prefix: str, seeds: list[int], **params) -> httpx.Response:
+    files = [("files", (f"{n:04d}.png", picture(n), "image/png")) for n in seeds]
+    return c.post("/items", files=files, data={"prefix": prefix, "label": "shape"},
+                  params=params, headers=ADMIN)
+
+
+def _top_hits(c: httpx.Client, seeds: list[int], k: int = 1) -> list[list[str]]:
+    out = []
+    for start in range(0, len(seeds), 64):
+        files = [("files", (f"{n}.png", picture(n, shift=2), "image/png"))
+                 for n in seeds[start:start + 64]]
+        r = c.post("/search", files=files, data={"k": str(k)})
+        assert r.status_code == 200, r.text
+        out.extend([n["id"] for n in res["neighbours"]] for res in r.json()["results"])
+    return out
+
+
+def _count(c: httpx.Client, prefix: str) -> int:
+    version = c.get("/models").json()["current"]
+    return c.get(f"/models/{version}/items", params={"prefix": prefix}).json()["count"]
+
+
+def test_added_items_are_found_deleted_ones_never_again_across_a_restart(stack):
+    c = httpx.Client(base_url=stack.api, timeout=120)
+    seeds = list(range(1000, 1200))
+    for start in range(0, 200, 64):  # 200 images, in requests of at most 64
+        r = _add(c, "added/", seeds[start:start + 64])
+        assert r.status_code == 201, r.text
+        assert r.json()["model_version"] == stack.version
+    ids = [f"added/{n:04d}.png" for n in seeds]
+    assert _count(c, "added/") == 200
+    # Each is found at once, as the top neighbour of its slightly altered copy.
+    assert [h[0] for h in _top_hits(c, seeds)] == ids
+    item = c.get(f"/items/{ids[0]}").json()
+    assert item["label"] == "shape" and item["added_with"] == stack.version
+    assert item["added_at"] and item["seq"] >= 1
+    image = c.get(item["links"]["image"])
+    assert image.status_code == 200 and image.content == picture(seeds[0])
+    # Adding an id that exists is a conflict unless upsert; an upsert replaces the image.
+    assert _add(c, "added/", seeds[:1]).status_code == 409
+    r = c.post("/items", params={"upsert": "true"}, headers=ADMIN, files=[
+        ("files", ("x.png", picture(7), "image/png"))], data={"ids": ids[0]})
+    assert r.status_code == 201, r.text
+    assert _top_hits(c, [7])[0][0] == ids[0]
+    # Delete half, one by one and in bulk: never seen again.
+    gone = ids[:100]
+    for item_id in gone[:10]:
+        assert c.delete(f"/items/{item_id}", headers=ADMIN).status_code == 200
+    r = c.request("DELETE", "/items", json={"ids": gone[10:]}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+
+    def check() -> None:
+        hits = _top_hits(c, seeds, k=10)
+        assert not {h for row in hits for h in row} & set(gone)
+        assert [h[0] for h in hits[100:]] == ids[100:]
+        assert _count(c, "added/") == 100
+        assert c.get(f"/items/{gone[0]}").status_code == 404
+        classified = c.post("/classify", json={"ids": [ids[150]], "k": 5}).json()
+        assert classified["predictions"][0]["label"] == "shape"
+
+    check()
+    # kill -9 of the API and a new one: every add and delete is still there.
+    stack.kill_api(stack.api)
+    stack.api = stack.start_api()
+    c = httpx.Client(base_url=stack.api, timeout=120)
+    _serving(c, stack.version)
+    check()
+
+
+def test_a_bulk_add_killed_midway_is_entirely_in_or_entirely_out(stack, tmp_path):
+    c = httpx.Client(base_url=stack.api, timeout=120)
+    outcomes = []
+    for attempt, delay in enumerate((0.0, 0.6, 1.5)):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for n in range(300):
+                z.writestr(f"{n:04d}.png", picture(5000 + 1000 * attempt + n))
+        prefix = f"bulk{attempt}/"
+
+        def send(body: bytes, prefix: str) -> None:
+            with contextlib.suppress(httpx.HTTPError):  # the API is killed under it
+                httpx.post(f"{stack.api}/items", headers=ADMIN, timeout=120,
+                           files={"archive": ("a.zip", body, "application/zip")},
+                           data={"prefix": prefix})
+
+        sender = threading.Thread(target=send, args=(buf.getvalue(), prefix))
+        sender.start()
+        time.sleep(delay)
+        stack.kill_api(stack.api)
+        sender.join(60)
+        stack.api = stack.start_api()
+        c = httpx.Client(base_url=stack.api, timeout=120)
+        _serving(c, stack.version)
+        count = _count(c, prefix)
+        assert count in (0, 300), (prefix, count)
+        outcomes.append(count)
+    assert c.get("/readyz").status_code == 200
+
+
+def test_replicas_converge_through_the_store(stack):
+    """Two API processes on one store (Redis; or, on one machine, the embedded SQLite file)."""
+    other = stack.start_api()
+    a = httpx.Client(base_url=stack.api, timeout=60)
+    b = httpx.Client(base_url=other, timeout=60)
+    _serving(b, stack.version)
+    r = a.post("/items", headers=ADMIN, files=[("files", ("r.png", picture(42), "image/png"))],
+               data={"ids": "replica/r.png"})
+    assert r.status_code == 201, r.text
+    assert a.get("/items/replica/r.png").status_code == 200  # at once where it was written
+    start = time.monotonic()
+    wait_for(lambda: b.get("/items/replica/r.png").status_code == 200, 30, "the other replica")
+    seen_after = time.monotonic() - start
+    assert b.delete("/items/replica/r.png", headers=ADMIN).status_code == 200
+    wait_for(lambda: a.get("/items/replica/r.png").status_code == 404, 30, "the delete on a")
+    # Within MODEL_POLL_S, with room for a loaded machine.
+    assert seen_after < POLL_S + 5
+
+
+def test_changes_racing_a_publish_and_swap_end_in_the_new_model(stack):
+    c = httpx.Client(base_url=stack.api, timeout=120)
+    base = {i["id"] for i in c.get(f"/models/{stack.version}/items",
+                                   params={"limit": 10_000}).json()["data"]}
+    added: dict[str, int] = {}
+    deleted: set[str] = set()
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def write() -> None:
+        n = 0
+        victims = sorted(i for i in base if i.startswith("train/"))
+        with httpx.Client(base_url=stack.api, timeout=120) as w:
+            while not stop.is_set():
+                seed = 20_000 + n
+                r = w.post("/items", headers=ADMIN, data={"ids": f"race/{n:04d}.png"},
+                           files=[("files", ("r.png", picture(seed), "image/png"))])
+                if r.status_code != 201:
+                    failures.append(f"add {r.status_code} {r.text[:200]}")
+                else:
+                    added[f"race/{n:04d}.png"] = seed
+                if n < len(victims) and n % 3 == 0:
+                    victim = victims[n]
+                    r = w.delete(f"/items/{victim}", headers=ADMIN)
+                    if r.status_code == 200:
+                        deleted.add(victim)
+                    elif r.status_code != 404:
+                        failures.append(f"delete {r.status_code} {r.text[:200]}")
+                n += 1
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        new = _train(c, seed=5)
+        _serving(c, new)
+    finally:
+        stop.set()
+        writer.join(60)
+    assert failures == []
+    assert len(added) >= 5
+    wait_for(lambda: _count(c, "race/") == len(added), 30, "the last adds")
+    items = {i["id"] for i in c.get(f"/models/{new}/items",
+                                    params={"limit": 10_000}).json()["data"]}
+    assert items == (base - deleted) | set(added)
+    # Every added vector is the new encoder's: the same picture embedded by the new model
+    # finds it at similarity 1.
+    seeds = list(added.values())
+    files_ids = list(added)
+    for start in range(0, len(seeds), 64):
+        chunk = seeds[start:start + 64]
+        files = [("files", (f"{n}.png", picture(n), "image/png")) for n in chunk]
+        r = c.post("/search", files=files, data={"k": "1"})
+        assert r.headers["x-model-version"] == new
+        for item_id, result in zip(files_ids[start:start + 64], r.json()["results"],
+                                   strict=True):
+            top = result["neighbours"][0]
+            assert top["id"] == item_id and top["score"] > 0.999, (item_id, top)
