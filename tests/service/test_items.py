@@ -1,0 +1,121 @@
+"""POST /items, DELETE /items and GET /items/{id}: the rules of a request, all or nothing."""
+
+import base64
+import io
+import zipfile
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.errors import PROBLEM
+from tests.conftest import CIFAR_SLICE
+from tests.service.conftest import ADMIN, V1, make_settings
+
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def _png(colour=(200, 30, 30), size=(20, 20)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture()
+def client(tmp_path, models_template):
+    settings = make_settings(tmp_path, models_template)
+    with zipfile.ZipFile(CIFAR_SLICE) as z:  # the bundles' dataset, as a folder
+        z.extractall(settings.data_root / "cifar-slice")
+    with TestClient(create_app(settings, enqueue=lambda j: None)) as c:
+        c.settings = settings
+        yield c
+
+
+def _problem(r, status: int, words: str) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    assert words in r.json()["detail"], r.json()["detail"]
+
+
+def test_add_in_every_form_then_find_get_and_delete(client):
+    r = client.post("/items", headers=AUTH, json={"items": [
+        {"id": "added/a.png", "image": base64.b64encode(_png()).decode(), "label": "cat"}]})
+    assert r.status_code == 201, r.text
+    assert r.json()["ids"] == ["added/a.png"] and r.json()["model_version"] == V1
+    assert r.headers["location"] == "/items/added/a.png"
+    r = client.post("/items", headers=AUTH, data={"ids": ["added/b.png", "added/c.png"],
+                                                  "labels": ["ship", "brand-new"]},
+                    files=[("files", ("b.png", _png((0, 0, 200)), "image/png")),
+                           ("files", ("c.png", _png((0, 200, 0)), "image/png"))])
+    assert r.status_code == 201, r.text
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("one.png", _png((10, 10, 10)))
+        z.writestr("sub/two.png", _png((250, 250, 250)))
+    r = client.post("/items", headers=AUTH, data={"prefix": "zip/", "label": "truck"},
+                    files={"archive": ("a.zip", archive.getvalue(), "application/zip")})
+    assert r.status_code == 201 and r.json()["ids"] == ["zip/one.png", "zip/sub/two.png"]
+    item = client.get("/items/added/c.png").json()
+    assert item["label"] == "brand-new" and item["added_with"] == V1 and item["seq"] == 3
+    base = client.get("/items/train/cat/0000.jpg").json()
+    assert base["added_at"] is None and base["label"] == "cat"
+    listed = client.get(f"/models/{V1}/items", params={"prefix": "zip/"}).json()
+    assert [i["id"] for i in listed["data"]] == ["zip/one.png", "zip/sub/two.png"]
+    assert client.get(f"/models/{V1}/items", params={"label": "brand-new"}).json()["count"] == 1
+    assert client.get(f"/models/{V1}/images/zip/sub/two.png").content == _png((250, 250, 250))
+    # A new class votes.
+    r = client.post("/classify", files=[("files", ("q.png", _png((0, 200, 0)), "image/png"))],
+                    data={"k": "1"})
+    assert r.json()["predictions"][0]["label"] == "brand-new"
+    assert client.delete("/items/added/c.png", headers=AUTH).status_code == 200
+    assert client.get("/items/added/c.png").status_code == 404
+    r = client.request("DELETE", "/items", headers=AUTH,
+                       json={"ids": ["zip/one.png", "train/cat/0000.jpg"]})
+    assert r.status_code == 200 and r.json()["seq"] == 8  # 5 adds, 1 delete, then these 2
+    ids = {n["id"] for n in client.get("/neighbours/train/cat/0001.jpg",
+                                       params={"k": 200}).json()["neighbours"]}
+    assert {"added/a.png", "added/b.png", "zip/sub/two.png"} <= ids
+    assert not ids & {"added/c.png", "zip/one.png", "train/cat/0000.jpg"}
+
+
+def test_bad_requests_change_nothing(client):
+    def count() -> int:
+        return client.get(f"/models/{V1}/items").json()["count"]
+
+    before = count()
+    one = [("files", ("a.png", _png(), "image/png"))]
+    _problem(client.delete("/items/nothing.png", headers=AUTH), 404, "no item")
+    r = client.request("DELETE", "/items", headers=AUTH,
+                       json={"ids": ["train/cat/0000.jpg", "nothing.png"]})
+    _problem(r, 404, "nothing was deleted")
+    assert client.get("/items/train/cat/0000.jpg").status_code == 200
+    _problem(client.post("/items", headers=AUTH, files=one, data={"ids": "train/cat/0000.jpg"}),
+             409, "already exists")
+    for bad in ("../escape.png", "/etc/passwd", "a//b.png", "a/./b.png", "back\\slash.png"):
+        r = client.post("/items", headers=AUTH, files=one, data={"ids": bad})
+        assert r.status_code == 422, (bad, r.text)
+    r = client.post("/items", headers=AUTH, json={"items": [
+        {"id": "x/../../y.png", "image": base64.b64encode(_png()).decode()}]})
+    assert r.status_code == 422
+    twice = [("files", ("a.png", _png(), "image/png"))] * 2
+    _problem(client.post("/items", headers=AUTH, files=twice, data={"ids": ["d.png", "d.png"]}),
+             409, "appears twice")
+    _problem(client.post("/items", headers=AUTH, files=twice, data={"ids": ["e.png"]}),
+             422, "one `ids` field per file")
+    # One corrupt image in an archive: the whole request is refused, named by its path.
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("good.png", _png())
+        z.writestr("bad/broken.png", b"\x89PNG\r\n\x1a\n not really")
+    r = client.post("/items", headers=AUTH, data={"prefix": "z/"},
+                    files={"archive": ("a.zip", archive.getvalue(), "application/zip")})
+    _problem(r, 422, "'z/bad/broken.png'")
+    assert r.json()["title"] == "Invalid Image"
+    _problem(client.post("/items", headers=AUTH, data={"prefix": "z/"},
+                         files={"archive": ("a.zip", b"not a zip", "application/zip")}),
+             422, "not a zip or tar")
+    assert client.post("/items", files=one, data={"ids": "k.png"}).status_code == 401
+    assert count() == before and client.get("/items/z/good.png").status_code == 404
+    added = client.settings.data_root / "cifar-slice" / ".items"
+    assert not added.exists() or list(added.iterdir()) == []  # refused requests leave no file
