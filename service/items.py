@@ -83,14 +83,22 @@ async def add_items(served: Served, items: list[NewItem], upsert: bool,
             raise conflict(f"id {item.id!r} appears twice in this request; nothing was added")
         seen.add(item.id)
     model = served.bundle.model
+    size = model.meta.image_size
     images = []
-    for item in items:  # one at a time, so that a bad image is named by its id
+    for start in range(0, len(items), EMBED_CHUNK):
+        chunk = items[start:start + EMBED_CHUNK]
         try:
-            images.append(await decoder.decode([item.data], model.meta.image_size))
-        except InvalidImage as exc:
-            detail = str(exc).removeprefix("image 0: ").removeprefix("image 0 ")
-            raise ProblemError(422, "Invalid Image", f"item {item.id!r}: {detail}; nothing "
-                               "was added") from None
+            images.append(await decoder.decode([i.data for i in chunk], size))
+        except InvalidImage:
+            # Found again one by one, so that the bad image is named by its id.
+            for item in chunk:
+                try:
+                    await decoder.decode([item.data], size)
+                except InvalidImage as exc:
+                    detail = str(exc).removeprefix("image 0: ").removeprefix("image 0 ")
+                    raise ProblemError(422, "Invalid Image", f"item {item.id!r}: {detail}; "
+                                       "nothing was added") from None
+            raise
     vectors = []
     try:
         for start in range(0, len(images), EMBED_CHUNK):

@@ -9,6 +9,7 @@ import contextlib
 import io
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -301,3 +302,28 @@ def test_changes_racing_a_publish_and_swap_end_in_the_new_model(stack):
                                    strict=True):
             top = result["neighbours"][0]
             assert top["id"] == item_id and top["score"] > 0.999, (item_id, top)
+
+
+def test_the_command_line_adds_finds_and_deletes(stack, tmp_path):
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for n in range(3):
+        (folder / f"s{n}.png").write_bytes(picture(30_000 + n))
+    env = {**stack.env, "AND_API_URL": stack.api}
+
+    def cli(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "service.client", *args], env=env,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert "added 3 items" in cli("add", *map(str, sorted(folder.iterdir())),
+                                  "--prefix", "cli/", "--label", "shot")
+    query = tmp_path / "q.png"
+    query.write_bytes(picture(30_001, shift=2))
+    assert cli("find", str(query), "-k", "1").split()[1] == "cli/s1.png"
+    assert '"label": "shot"' in cli("get", "cli/s1.png")
+    assert "deleted 3 items" in cli("delete", "cli/s0.png", "cli/s1.png", "cli/s2.png")
+    r = subprocess.run([sys.executable, "-m", "service.client", "get", "cli/s1.png"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "404" in r.stderr
