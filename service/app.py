@@ -30,6 +30,10 @@ from worker.stores import open_changes, open_store
 
 log = logging.getLogger(__name__)
 
+# Scheduling priority of the threads that embed collection adds (0 normal, 19 lowest): low
+# enough that a query's threads win a core at once, while idle cores still run the adds.
+BULK_NICE = 10
+
 DESCRIPTION = """
 Image embeddings learned without labels by **Anchor Neighbourhood Discovery** (AND,
 Huang et al., ICML 2019), trained on your own images and served with a FAISS index.
@@ -116,6 +120,11 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
                            max_queued_images=settings.embed_max_queued_images,
                            on_batch=metrics.embed_batch.observe,
                            workers=settings.embed_workers or cpu_workers(settings.device))
+    # Adds to the collection: large batches at once, on threads that queries preempt.
+    bulk_batcher = EmbedBatcher(settings.embed_max_batch, 0.0,
+                                max_queued_images=settings.embed_max_queued_images,
+                                on_batch=metrics.embed_batch.observe, workers=batcher.workers,
+                                nice=BULK_NICE, name="bulk-embed")
     decoder = QueryDecoder(settings.max_query_pixels, settings.decode_concurrency)
     metrics.watch(decoder, batcher)
 
@@ -127,9 +136,11 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
         decoder.start()
         registry.start()
         batcher.start()
+        bulk_batcher.start()
         try:
             yield
         finally:
+            bulk_batcher.stop()
             batcher.stop()
             registry.stop()
 
@@ -143,6 +154,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.changes = changes
     app.state.registry = registry
     app.state.batcher = batcher
+    app.state.bulk_batcher = bulk_batcher
     app.state.decoder = decoder
     app.state.metrics = metrics
     app.state.enqueue = enqueue or _celery_enqueue(settings)

@@ -44,6 +44,10 @@ async def _batcher(request: Request) -> EmbedBatcher:
     return request.app.state.batcher
 
 
+async def _bulk_batcher(request: Request) -> EmbedBatcher:
+    return request.app.state.bulk_batcher
+
+
 async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
@@ -68,6 +72,7 @@ SettingsDep = Annotated[ServiceSettings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 BatcherDep = Annotated[EmbedBatcher, Depends(_batcher)]
+BulkBatcherDep = Annotated[EmbedBatcher, Depends(_bulk_batcher)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 LimitsDep = Annotated[Limits, Depends(_limits)]
 BodiesDep = Annotated[QueryModels, Depends(_bodies)]

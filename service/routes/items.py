@@ -15,8 +15,8 @@ from starlette.datastructures import FormData, UploadFile
 from service.auth import Admin, Reader
 from service.bodies import JSON, MULTIPART, b64_images, read_form, read_json, require_media
 from service.deps import (
-    BatcherDep,
     BodiesDep,
+    BulkBatcherDep,
     DecoderDep,
     LimitsDep,
     RegistryDep,
@@ -77,7 +77,7 @@ def _changed(served_version: str, dataset: str, changes: list[Change]) -> ItemsC
              "name), optional `labels` (one per file) or `label` (all); or one `archive` (zip "
              "or tar, its entries' paths under `prefix` are the ids) with an optional `label`.")
 async def add(request: Request, response: Response, settings: SettingsDep, limits: LimitsDep,
-              bodies: BodiesDep, registry: RegistryDep, batcher: BatcherDep,
+              bodies: BodiesDep, registry: RegistryDep, batcher: BulkBatcherDep,
               decoder: DecoderDep, upsert: bool = UPSERT,
               model_version: str | None = VERSION_QUERY) -> ItemsChanged:
     kind = require_media(request, MULTIPART, JSON)

@@ -108,3 +108,42 @@ def test_a_batch_waits_for_requests_that_are_on_their_way():
     # About 6 batches of 8 (the first ones start before the load is known), where running
     # requests as they come would make 40 or more.
     assert len(sizes) <= 12, sizes
+
+
+class Priorities(RowSums):
+    """Records the OS scheduling priority of the thread that runs each forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nice: set[int] = set()
+
+    def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
+        self.nice.add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return super().embed_uint8(images)
+
+
+def test_the_bulk_lane_runs_at_a_lower_priority_and_leaves_the_rest_of_the_process_alone():
+    """Adds to the collection run on threads that queries preempt; the query lane and the
+    calling thread keep their priority."""
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    bulk_model, query_model = Priorities(), Priorities()
+    bulk = EmbedBatcher(max_batch=8, max_wait_s=0.0, workers=2, nice=before + 5, name="bulk")
+    queries = EmbedBatcher(max_batch=8, max_wait_s=0.0, workers=2)
+    bulk.start()
+    queries.start()
+
+    async def run() -> None:
+        images = torch.ones(4, 3, 2, 2, dtype=torch.uint8)
+        for _ in range(4):
+            await asyncio.gather(bulk.embed(bulk_model, images), queries.embed(query_model,
+                                                                               images))
+
+    try:
+        asyncio.run(run())
+    finally:
+        bulk.stop()
+        queries.stop()
+    assert bulk_model.nice == {before + 5}
+    assert query_model.nice == {before}
+    assert all(name.startswith("bulk-") for name in bulk_model.threads)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
