@@ -257,8 +257,10 @@ Try it (the admin key is in {Path(os.environ.get('AND_HOME', REPO / 'var')) / 'a
 """)
     top1 = metrics.get("knn_top1", metrics.get("loo_knn_top1"))
     pixels = metrics.get("pixel_knn_top1")
-    print(f"Weighted kNN top-1 on the labelled test images: model {_share(top1)}, raw pixels "
-          f"{_share(pixels)} (the same kNN on the downscaled images themselves)")
+    over = ("the labelled test images" if metrics.get("knn_protocol") == "test"
+            else "the labelled images, each left out in turn")
+    print(f"Weighted kNN top-1 on {over}: model {_share(top1)}, raw pixels {_share(pixels)} "
+          "(the same kNN on the downscaled images themselves)")
 
 
 def _share(value: float | None) -> str:
