@@ -66,9 +66,19 @@ def _parser() -> argparse.ArgumentParser:
                       help="draw each digit at a random size, place and pair of colours on a "
                       "32x32 canvas (raw pixels score near chance on these)")
     s.add_argument("--seed", type=int, default=0, help="seed of the random split and drawing")
-    s.add_argument("--per-class", type=int, default=250,
+    s.add_argument("--per-class", type=_positive_int, default=250,
                    help="photo patches: images per class, a fifth of them in test/")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

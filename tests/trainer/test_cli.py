@@ -55,3 +55,10 @@ def test_sample_data_writes_photo_patches_or_digits(tmp_path):
         str(d) for d in range(10)]
     r = _cli("sample-data", "--photo-patches", "--scattered", str(tmp_path / "both"))
     assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+def test_sample_data_refuses_a_bad_count(tmp_path):
+    for bad in ("0", "-3", "many"):
+        r = _cli("sample-data", "--photo-patches", str(tmp_path / "pp"), "--per-class", bad)
+        assert r.returncode == 2 and "--per-class" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "pp").exists()
