@@ -137,6 +137,13 @@ def test_one_command_run_trains_publishes_and_stops_everything(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "is published and current" in r.stdout and "curl" in r.stdout
+    lines = r.stdout.splitlines()
+    # The console's address comes first; the demo data are the photo patches; the last word is
+    # the model's kNN accuracy beside that of raw pixels.
+    assert lines[0].startswith("Console: http://127.0.0.1:"), lines[0]
+    assert "2000 images, 8 classes" in r.stdout
+    assert re.fullmatch(r"Weighted kNN top-1 on the labelled test images: model \d+\.\d %, "
+                        r"raw pixels \d+\.\d % .*", lines[-2]), lines[-3:]
     pids = _pids(r.stdout)
     assert len(pids) == 2 and all(_gone(p) for p in pids)
 

@@ -40,3 +40,25 @@ def test_bad_config_and_bad_data_exit_2_with_a_clear_message(cifar_zip, tmp_path
 def test_config_lists_every_key():
     r = _cli("config")
     assert r.returncode == 0 and "anchor_rate" in r.stdout and "bank_momentum = 0.5" in r.stdout
+
+
+def test_sample_data_writes_photo_patches_or_digits(tmp_path):
+    r = _cli("sample-data", "--photo-patches", str(tmp_path / "pp"), "--per-class", "5",
+             "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert "sky" in r.stdout and "flower_heart" in r.stdout
+    assert len(list((tmp_path / "pp" / "train").glob("*/*.jpg"))) == 8 * 4
+    assert len(list((tmp_path / "pp" / "test").glob("*/*.jpg"))) == 8
+    r = _cli("sample-data", str(tmp_path / "digits"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "digits" / "train").iterdir()) == [
+        str(d) for d in range(10)]
+    r = _cli("sample-data", "--photo-patches", "--scattered", str(tmp_path / "both"))
+    assert r.returncode == 2 and "not allowed with" in r.stderr
+
+
+def test_sample_data_refuses_a_bad_count(tmp_path):
+    for bad in ("0", "-3", "many"):
+        r = _cli("sample-data", "--photo-patches", str(tmp_path / "pp"), "--per-class", bad)
+        assert r.returncode == 2 and "--per-class" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "pp").exists()
