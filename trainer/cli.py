@@ -1,6 +1,7 @@
 """Command line: train, evaluate and publish AND models.
 
     python -m trainer train --data PATH --out DIR [--set key=value ...]
+    python -m trainer train ... --set gpus=2    # 2 processes (GPUs, or Gloo on CPU)
     python -m trainer evaluate --model DIR --data PATH
     python -m trainer publish --run DIR --models MODELS_DIR
     python -m trainer config                    # every key, its default and what it does
@@ -85,7 +86,7 @@ def _train(args: argparse.Namespace) -> int:
     from trainer import warm_start
     from trainer.config import TrainConfig
     from trainer.data import open_collection
-    from trainer.engine import Trainer
+    from trainer.launcher import run_training
 
     config = TrainConfig.from_strings(args.overrides)
     weights = warm_start.resolve(config.init_from, args.models) if config.init_from else None
@@ -114,8 +115,10 @@ def _train(args: argparse.Namespace) -> int:
 
     stop = _StopOnSignal()
     try:
-        result = Trainer(config, collection, args.out, on_epoch=on_epoch, on_status=on_status,
-                         should_stop=stop, init_weights=weights).run()
+        # gpus=k: k processes on this machine (this one is rank 0); under torchrun, the rank
+        # torchrun gave this process.
+        result = run_training(config, collection, args.out, on_epoch=on_epoch,
+                              on_status=on_status, should_stop=stop, init_weights=weights)
     finally:
         stop.restore()
         if bar is not None:
