@@ -53,6 +53,7 @@ class RunResult:
     out_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
+    replica_checks: int = 0  # steps after which the banks of all processes were compared
 
 
 class Trainer:
@@ -515,7 +516,7 @@ class Trainer:
     def _finish(self) -> RunResult:
         cfg, coll = self.config, self.collection
         if not self.main:  # rank 0 writes the outputs
-            return RunResult(self.out, {}, self.history)
+            return RunResult(self.out, {}, self.history, self.replica_checks)
         embeddings = self.embeddings  # from the evaluation after the last epoch, if any
         if embeddings is None:
             embeddings = self._embed_all()
@@ -560,7 +561,7 @@ class Trainer:
             plot_curves(self.history, self.out / "curves.png",
                         title=f"AND on {coll.name} ({cfg.backbone})")
         self.on_status("done", {"metrics": metrics})
-        return RunResult(self.out, metrics, self.history)
+        return RunResult(self.out, metrics, self.history, self.replica_checks)
 
     def _finished_result(self) -> RunResult | None:
         """A finished run in `out` with the same config is returned, not trained again."""
