@@ -48,15 +48,19 @@ def cpu_part(epochs: int) -> dict[str, Any]:
             "eval_each_round": False, "seed": 0}
     with tempfile.TemporaryDirectory() as tmp:
         data = str(write_digits(Path(tmp) / "digits"))
+        two = _run(base | {"gpus": 2}, data) | {"threads_per_process": 1}
         previous = torch.get_num_threads()
-        torch.set_num_threads(2)
         try:
+            torch.set_num_threads(2)
             one = _run(base | {"gpus": 1}, data) | {"threads_per_process": 2}
+            # One thread alone: tells the cost of two threads on busy cores from the rest.
+            torch.set_num_threads(1)
+            single = _run(base | {"gpus": 1}, data) | {"threads_per_process": 1}
         finally:
             torch.set_num_threads(previous)
-        two = _run(base | {"gpus": 2}, data) | {"threads_per_process": 1}
     return {"data": "scikit-learn digits, 1,434 training images, 12 steps per epoch",
-            "one_process_2_threads": one, "two_processes_1_thread": two,
+            "two_processes_1_thread": two, "one_process_2_threads": one,
+            "one_process_1_thread": single,
             "speedup": round(two["images_per_s"] / one["images_per_s"], 2)}
 
 
