@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -93,7 +94,10 @@ def _train(args: argparse.Namespace) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     collection = open_collection(args.data, work_dir=args.out)
     print(f"dataset {collection.name}: {_describe(collection.summary())}")
-    bar = None if args.quiet else tqdm(total=config.total_epochs, unit="epoch", dynamic_ncols=True)
+    # Under torchrun every process runs this command; rank 0 alone reports.
+    other_rank = os.environ.get("RANK", "0") != "0"
+    bar = None if args.quiet or other_rank else tqdm(total=config.total_epochs, unit="epoch",
+                                                     dynamic_ncols=True)
 
     def on_epoch(r: dict[str, Any]) -> None:
         if bar is None:
