@@ -88,11 +88,15 @@ class _BodyLimit:
 
 def _celery_enqueue(settings: ServiceSettings) -> Callable[[str], None]:
     from worker.app import TRAIN_TASK, make_celery
+    from worker.capacity import queue_of_job
+    from worker.stores import open_store
 
     celery = make_celery(settings)
+    store = open_store(settings)
 
     def enqueue(job_id: str) -> None:
-        celery.send_task(TRAIN_TASK, args=[job_id], queue=settings.gpu_queue)
+        # Jobs asking for k GPUs go to the queue of workers that own k.
+        celery.send_task(TRAIN_TASK, args=[job_id], queue=queue_of_job(settings, store, job_id))
 
     return enqueue
 

@@ -54,7 +54,7 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         current = app.state.registry.current
-        key = current.version if current is not None else None
+        key = (current.version if current is not None else None, _gpus_allowed(app))
         if "doc" not in cache or cache["key"] != key:
             cache["doc"] = build(app)
             cache["key"] = key
@@ -157,6 +157,32 @@ def _form(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
             "additionalProperties": False}
 
 
+def _gpus_allowed(app: FastAPI) -> int:
+    """The most GPUs a job may ask for now: the largest live worker's (at least 1, which every
+    worker runs)."""
+    try:
+        return max(1, app.state.store.largest_capacity())
+    except Exception:  # the store is down: the submission itself will say so
+        return 1
+
+
+def _bound_processes(config: dict[str, Any], gpus: int) -> None:
+    """Jobs run on one machine, on at most `gpus` GPUs, with 2 images per process and batch."""
+    props = config["properties"]
+    props["gpus"]["maximum"] = gpus
+    props["gpus"]["description"] += f" At most {gpus} now (the largest live worker's)."
+    props["nodes"]["maximum"] = 1
+    props["nodes"]["description"] += " Jobs submitted here run on one machine: 1."
+    config["allOf"] = [
+        {"if": {"required": ["gpus"], "properties": {"gpus": {"const": k}}},
+         # batch_size left out is 128: enough for up to 64 processes.
+         "then": {"properties": {"batch_size": {"minimum": 2 * k}}}}
+        for k in range(2, gpus + 1)
+    ] if gpus > 1 else []
+    if not config["allOf"]:
+        del config["allOf"]
+
+
 def _add_bodies(paths: dict[str, Any], schemas: dict[str, Any], app: FastAPI, limits: Limits,
                 current: Any) -> None:
     bodies = app.state.bodies
@@ -187,6 +213,7 @@ def _add_bodies(paths: dict[str, Any], schemas: dict[str, Any], app: FastAPI, li
         paths[path]["post"]["requestBody"] = body
 
     config = TrainConfig.json_schema()
+    _bound_processes(config, _gpus_allowed(app))
     schemas["TrainConfig"] = config
     train = _schema(TrainRequest, schemas)
     train["properties"]["config"] = {

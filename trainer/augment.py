@@ -40,13 +40,19 @@ class BatchAugment:
         self.jitter = jitter
         self.grayscale_p = grayscale_p
 
-    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, gen: torch.Generator, total: int | None = None,
+                 start: int = 0) -> torch.Tensor:
+        """Augment `images`, rows start.. of a batch of `total` (default: the whole batch):
+        the random parameters are drawn for all `total` rows, so every process of a
+        distributed run draws the same numbers and its slice looks as in a single process."""
         b = images.shape[0]
-        theta = self._crop_params(b, images.shape[-2], images.shape[-1], gen)
-        factors = 1.0 + (torch.rand(b, 3, generator=gen) * 2 - 1) * self.jitter
-        hue = (torch.rand(b, generator=gen) * 2 - 1) * self.jitter
-        order = torch.argsort(torch.rand(b, 4, generator=gen), dim=1)
-        to_grey = torch.rand(b, generator=gen) < self.grayscale_p
+        n = total or b
+        part = slice(start, start + b)
+        theta = self._crop_params(n, images.shape[-2], images.shape[-1], gen)[part]
+        factors = (1.0 + (torch.rand(n, 3, generator=gen) * 2 - 1) * self.jitter)[part]
+        hue = ((torch.rand(n, generator=gen) * 2 - 1) * self.jitter)[part]
+        order = torch.argsort(torch.rand(n, 4, generator=gen), dim=1)[part]
+        to_grey = (torch.rand(n, generator=gen) < self.grayscale_p)[part]
 
         dev = images.device
         x = images.float().div_(255.0)

@@ -1,6 +1,7 @@
 """Command line: train, evaluate and publish AND models.
 
     python -m trainer train --data PATH --out DIR [--set key=value ...]
+    python -m trainer train ... --set gpus=2    # 2 processes (GPUs, or Gloo on CPU)
     python -m trainer evaluate --model DIR --data PATH
     python -m trainer publish --run DIR --models MODELS_DIR
     python -m trainer config                    # every key, its default and what it does
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -104,14 +106,17 @@ def _train(args: argparse.Namespace) -> int:
     from trainer import warm_start
     from trainer.config import TrainConfig
     from trainer.data import open_collection
-    from trainer.engine import Trainer
+    from trainer.launcher import run_training
 
     config = TrainConfig.from_strings(args.overrides)
     weights = warm_start.resolve(config.init_from, args.models) if config.init_from else None
     Path(args.out).mkdir(parents=True, exist_ok=True)
     collection = open_collection(args.data, work_dir=args.out)
     print(f"dataset {collection.name}: {_describe(collection.summary())}")
-    bar = None if args.quiet else tqdm(total=config.total_epochs, unit="epoch", dynamic_ncols=True)
+    # Under torchrun every process runs this command; rank 0 alone reports.
+    other_rank = os.environ.get("RANK", "0") != "0"
+    bar = None if args.quiet or other_rank else tqdm(total=config.total_epochs, unit="epoch",
+                                                     dynamic_ncols=True)
 
     def on_epoch(r: dict[str, Any]) -> None:
         if bar is None:
@@ -133,8 +138,10 @@ def _train(args: argparse.Namespace) -> int:
 
     stop = _StopOnSignal()
     try:
-        result = Trainer(config, collection, args.out, on_epoch=on_epoch, on_status=on_status,
-                         should_stop=stop, init_weights=weights).run()
+        # gpus=k: k processes on this machine (this one is rank 0); under torchrun, the rank
+        # torchrun gave this process.
+        result = run_training(config, collection, args.out, on_epoch=on_epoch,
+                              on_status=on_status, should_stop=stop, init_weights=weights)
     finally:
         stop.restore()
         if bar is not None:

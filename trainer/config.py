@@ -87,8 +87,16 @@ class TrainConfig:
         "m in v <- normalize(m*v + (1-m)*f); 0.5 as in the reference.", default=0.5, ge=0, lt=1
     )
     # --- optimisation --------------------------------------------------------------------
-    batch_size: int = _doc("Images per step.", default=128, ge=2, le=65_536)
-    lr: float = _doc("SGD learning rate at the start of every round.", default=0.03, gt=0, le=10)
+    batch_size: int = _doc(
+        "Images per step over all processes together (the global batch; the paper's 128). A "
+        "run on gpus x nodes processes splits every batch between them, so the same "
+        "batch_size trains the same schedule on any number of processes.",
+        default=128, ge=2, le=65_536)
+    lr: float = _doc(
+        "SGD learning rate at the start of every round, for the global batch_size: it stays "
+        "as given whatever the number of processes (the gradient is the global batch's mean); "
+        "scale it yourself only when you change batch_size.",
+        default=0.03, gt=0, le=10)
     lr_milestones: tuple[float, ...] = _doc(
         "Fractions of a round at which the lr is multiplied by lr_decay (80/120/160 of 200).",
         default=(0.4, 0.6, 0.8), gt=0, le=1, max_items=32,
@@ -154,6 +162,21 @@ class TrainConfig:
     on_corrupt: str = _doc(
         "skip (report and leave out unreadable images) or fail (refuse the dataset).",
         default="skip", choices=("skip", "fail"),
+    )
+    gpus: int = _doc(
+        "Training processes per machine: one per GPU on CUDA (DistributedDataParallel over "
+        "NCCL), or that many CPU processes over Gloo. 1 = a single process.",
+        default=1, ge=1, le=64,
+    )
+    nodes: int = _doc(
+        "Machines taking part in the run (each runs gpus processes, started by torchrun; see "
+        "docs/distributed.md). Jobs submitted over HTTP run on one machine.",
+        default=1, ge=1, le=1024,
+    )
+    sync_bn: bool = _doc(
+        "Batch-norm statistics over the global batch (synchronised between processes) instead "
+        "of each process's share of it, as the reference did.",
+        default=False,
     )
     checkpoint_interval_s: float = _doc(
         "Also checkpoint mid-epoch at most this often (seconds), so a lost worker loses little.",
@@ -232,6 +255,11 @@ class TrainConfig:
         return self.lr * self.lr_decay**passed
 
     @property
+    def world_size(self) -> int:
+        """Training processes over all machines."""
+        return self.gpus * self.nodes
+
+    @property
     def total_epochs(self) -> int:
         return self.rounds * self.epochs_per_round
 
@@ -257,6 +285,10 @@ class TrainConfig:
         if list(self.lr_milestones) != sorted(self.lr_milestones):
             raise ConfigError("lr_milestones", "must be increasing fractions in (0, 1] "
                               f"(got {self.lr_milestones!r})")
+        if self.batch_size < 2 * self.world_size:
+            # Every process needs two images of each batch: batch norm cannot train on one.
+            raise ConfigError("batch_size", f"must be at least 2 x gpus x nodes = "
+                              f"{2 * self.world_size} (got {self.batch_size})")
 
     def validate_for_dataset(self, n_train: int) -> None:
         """Checks that need the number of training images."""
@@ -281,7 +313,7 @@ class TrainConfig:
         """The config as a JSON Schema object: every key with its type, default, meaning and
         bounds, and the rule between keys. An object is valid exactly when
         `from_dict(obj, strict=True)` accepts it, except that milestones must also come in
-        increasing order there."""
+        increasing order there and batch_size be at least 2 x gpus x nodes."""
         hints = typing.get_type_hints(cls)
         properties = {}
         for f in fields(cls):
@@ -296,6 +328,8 @@ class TrainConfig:
             # nesterov (default true) needs momentum > 0 (momentum's default is 0.9).
             "anyOf": [{"properties": {"momentum": {"exclusiveMinimum": 0}}},
                       {"required": ["nesterov"], "properties": {"nesterov": {"const": False}}}],
+            # batch_size >= 2 x gpus x nodes is checked on submission (JSON Schema cannot
+            # compare two keys).
         }
 
 

@@ -33,6 +33,7 @@ from trainer.config import TrainConfig
 from trainer.data import Collection
 from trainer.device import Runtime, resolve
 from trainer.discovery import Neighbourhoods, discover, no_neighbourhoods, positive_table
+from trainer.distributed import Distributed, synchronise_batch_norm
 from trainer.encoder_file import EncoderMeta, save_encoder
 from trainer.errors import TrainerError, TrainingStopped
 from trainer.evaluation import headline, knn_evaluation
@@ -52,6 +53,7 @@ class RunResult:
     out_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
+    replica_checks: int = 0  # steps after which the banks of all processes were compared
 
 
 class Trainer:
@@ -68,13 +70,18 @@ class Trainer:
                  on_status: Callable[[str, dict[str, Any]], None] | None = None,
                  should_stop: Callable[[], str | None] | None = None,
                  profile: bool = False, max_steps: int | None = None,
-                 init_weights: str | Path | None = None) -> None:
+                 init_weights: str | Path | None = None,
+                 distributed: Distributed | None = None) -> None:
         self.config = config
         self.dataset = dataset
         self.out = Path(out_dir)
-        self.on_epoch = on_epoch or (lambda record: None)
-        self.on_status = on_status or (lambda phase, info: None)
-        self.should_stop = should_stop or (lambda: None)
+        # One process of several (trainer.distributed): rank 0 alone reports, writes and
+        # decides when to stop; the others follow it.
+        self.dist = distributed
+        self.main = distributed is None or distributed.main
+        self.on_epoch = (on_epoch if self.main else None) or (lambda record: None)
+        self.on_status = (on_status if self.main else None) or (lambda phase, info: None)
+        self.should_stop = (should_stop if self.main else None) or (lambda: None)
         self.profile = profile  # synchronise CUDA around phases so timings are exact
         self.max_steps = max_steps  # cut every epoch short (speed benchmarks, smoke runs)
         # The file behind config.init_from: the caller resolves a model version to its
@@ -90,18 +97,27 @@ class Trainer:
         if done is not None:
             return done
         self.on_status("decoding", {"items": len(self.dataset)})
+        local = self.dist.local_world if self.dist else 1
         prepared = prepare(
-            self.dataset, cfg.input_size, cache=cfg.cache_images, cache_max_gb=cfg.cache_max_gb,
+            # Every process of a machine keeps its own cache: they share the budget, and a
+            # collection that does not fit streams (decoded on the fly) instead.
+            self.dataset, cfg.input_size, cache=cfg.cache_images,
+            cache_max_gb=cfg.cache_max_gb / local,
             on_corrupt=cfg.on_corrupt, num_workers=cfg.num_workers,
             progress=lambda i, n: self.on_status("decoding", {"done": i, "items": n}),
         )
         self.prepared = prepared
         self.collection = prepared.collection
         # What raw pixels score with the same kNN: reported beside the model's accuracy.
-        self.pixel_baseline = baseline.measure(prepared, cfg.knn_k, cfg.knn_sigma)
+        self.pixel_baseline = (baseline.measure(prepared, cfg.knn_k, cfg.knn_sigma)
+                               if self.main else None)
         self.train_rows = self.collection.train_indices
         cfg.validate_for_dataset(len(self.train_rows))
         self.rt: Runtime = resolve(cfg.device, cfg.precision, cfg.channels_last)
+        if self.dist is not None and self.rt.cuda:  # one GPU per process
+            self.rt = Runtime(torch.device("cuda", self.dist.local_rank), self.rt.bf16,
+                              self.rt.channels_last)
+            torch.cuda.set_device(self.rt.device)
         self.reader = BatchReader(prepared, cfg.input_size, cfg.num_workers,
                                   pin_memory=self.rt.cuda)
         self._build()
@@ -119,7 +135,10 @@ class Trainer:
         dev = self.rt.device
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.model = self.rt.prepare(Encoder(cfg.backbone, cfg.embedding_dim))
+        encoder = Encoder(cfg.backbone, cfg.embedding_dim)
+        if self.dist is not None and cfg.sync_bn:
+            encoder = synchronise_batch_norm(encoder, self.rt.cuda)
+        self.model = self.rt.prepare(encoder)
         self.bank = MemoryBank(n, cfg.embedding_dim, cfg.bank_momentum, self.gen).to(dev)
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
@@ -147,6 +166,17 @@ class Trainer:
             crop_scale_min=cfg.crop_scale_min, jitter=cfg.color_jitter,
             grayscale_p=cfg.grayscale_p,
         )
+        self.step_model: torch.nn.Module = self.model
+        self.replica_checks = 0
+        if self.dist is not None:
+            # Every process starts from rank 0's bank (a warm start embeds on rank 0 only);
+            # DDP starts every replica from rank 0's weights and keeps batch-norm buffers
+            # equal (broadcast from rank 0 at every forward pass).
+            self.dist.broadcast_(self.bank.vectors)
+            self.step_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.rt.device.index] if self.rt.cuda else None)
+        if not self.main:
+            return
         # The log is rewritten from the checkpoint, so it never holds an epoch twice.
         with open(self.out / "progress.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in self.history)
@@ -157,6 +187,8 @@ class Trainer:
         images (rather than random vectors), so round 0 begins where those weights are."""
         loaded = load_initial_weights(self.model, weights)
         log.info("starting from %s", loaded)
+        if not self.main:
+            return  # rank 0's bank is broadcast
         vectors = self._embed_all()[self.train_rows]
         self.bank.vectors.copy_(torch.from_numpy(vectors).to(self.rt.device))
 
@@ -223,6 +255,9 @@ class Trainer:
         self.prepared.std.copy_(state["std"])
 
     def _save(self, extra_name: str | None = None) -> None:
+        if not self.main:  # rank 0 alone writes; every replica holds the same state
+            self._last_save = time.monotonic()
+            return
         state = self._state()
         checkpoint.save(self.out / CHECKPOINT, state)
         if extra_name:
@@ -239,29 +274,32 @@ class Trainer:
         has_cc = shutil.which("cc") is not None or shutil.which("gcc") is not None
         want = cfg.compile == "always" or (
             cfg.compile == "auto" and self.rt.cuda and steps >= COMPILE_MIN_STEPS and has_cc)
-        self.train_forward: torch.nn.Module = torch.compile(self.model) if want else self.model
+        base = self.step_model
+        self.train_forward: torch.nn.Module = torch.compile(base) if want else base
         self._compiled_checked = not want
 
     def _forward_backward(self, x: torch.Tensor, index: torch.Tensor,
-                          positives: torch.Tensor, full: bool) -> _StepOut:
-        net = self.train_forward if full else self.model
-        if net is self.model or self._compiled_checked:
-            return self._step_parts(net, x, index, positives)
+                          positives: torch.Tensor, full: bool, scale: float = 1.0) -> _StepOut:
+        net = self.train_forward if full else self.step_model
+        if net is self.step_model or self._compiled_checked:
+            return self._step_parts(net, x, index, positives, scale)
         try:
-            out = self._step_parts(net, x, index, positives)
+            out = self._step_parts(net, x, index, positives, scale)
         except Exception:
             # Compilation failed (no compiler, an unsupported op): train eagerly instead.
             # Nothing was applied yet: the optimiser steps after a successful backward pass.
             log.warning("torch.compile failed; training without it", exc_info=True)
-            self.train_forward = self.model
+            self.train_forward = self.step_model
             self.optimizer.zero_grad(set_to_none=True)
-            out = self._step_parts(self.model, x, index, positives)
+            out = self._step_parts(self.step_model, x, index, positives, scale)
         self._compiled_checked = True
         return out
 
     def _step_parts(self, net: torch.nn.Module, x: torch.Tensor, index: torch.Tensor,
-                    positives: torch.Tensor) -> _StepOut:
-        """Forward, loss, and the backward pass split at the features (timed apart)."""
+                    positives: torch.Tensor, scale: float = 1.0) -> _StepOut:
+        """Forward, loss, and the backward pass split at the features (timed apart).
+        `scale` weights this process's loss (the mean over its slice) so that DDP's average
+        over processes is the mean over the global batch."""
         t1 = time.perf_counter()
         with self.rt.autocast():
             features = net(x)
@@ -270,7 +308,7 @@ class Trainer:
         t2 = time.perf_counter()
         loss = and_loss(feats, self.bank.vectors, positives_of(index, positives),
                         self.config.tau)
-        loss.backward()
+        (loss * scale if scale != 1.0 else loss).backward()
         self._sync()
         t3 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
@@ -301,12 +339,35 @@ class Trainer:
         self.on_status("discovery", {"round": self.round, "anchors": count})
         t0 = time.perf_counter()
         labels = self.train_labels if self.collection.has_labels else None
-        self.hoods = discover(self.bank.vectors, count, cfg.neighbours, cfg.tau, labels)
+        if self.dist is None:
+            self.hoods = discover(self.bank.vectors, count, cfg.neighbours, cfg.tau, labels)
+        else:
+            self.hoods = self._discover_on_rank0(count, labels)
         self._sync()
         self.discovery_s = time.perf_counter() - t0
         log.info("round %d: %d anchors, neighbourhood quality %s, %.1fs", self.round, count,
                  self.hoods.quality, self.discovery_s)
         self._save()
+
+    def _discover_on_rank0(self, count: int, labels: torch.Tensor | None) -> Neighbourhoods:
+        """Rank 0 discovers on its bank and broadcasts anchors and neighbours: every process
+        then builds the same positive table (no process relies on its own floating-point
+        ties coming out the same)."""
+        cfg, n, dev = self.config, len(self.train_rows), self.rt.device
+        assert self.dist is not None
+        if self.main:
+            hoods = discover(self.bank.vectors, count, cfg.neighbours, cfg.tau, labels)
+            anchors, neighbours = hoods.anchors.contiguous(), hoods.neighbours.contiguous()
+        else:
+            hoods = None
+            anchors = torch.empty(count, dtype=torch.long, device=dev)
+            neighbours = torch.empty(count, cfg.neighbours, dtype=torch.long, device=dev)
+        self.dist.broadcast_(anchors)
+        self.dist.broadcast_(neighbours)
+        if hoods is not None:
+            return hoods
+        return Neighbourhoods(anchors, neighbours, positive_table(n, anchors, neighbours),
+                              None, 0.0)
 
     def _sync(self) -> None:
         if self.rt.cuda and self.profile:
@@ -322,41 +383,74 @@ class Trainer:
             self.acc = _EpochAccumulator()
         assert self.order is not None and self.hoods is not None
         self.embeddings = None
+        world = self.dist.world if self.dist else 1
         # A collection smaller than a batch trains in one batch per epoch.
         full_batch = min(cfg.batch_size, n)
-        batches = split_batches(self.order, full_batch)[:self.max_steps]
+        batches = split_batches(self.order, full_batch, min_last=2 * world)[:self.max_steps]
+        # Each process reads and trains on its slice of every global batch.
+        mine = [b[slice(*self._bounds(len(b)))] for b in batches]
         positives = self.hoods.positives
         dev = self.rt.device
         acc = self.acc
         loss_sum = torch.zeros((), device=dev)
         self.model.train()
         t_prev = time.perf_counter()
-        for _, images in self.reader([self.train_rows[b] for b in batches[self.step:]]):
-            index_np = batches[self.step]
-            index = torch.from_numpy(index_np).to(dev, non_blocking=True)
-            x = self.rt.layout(self.augment(self.rt.to_device(images), self.gen))
+        for _, images in self.reader([self.train_rows[b] for b in mine[self.step:]]):
+            batch = batches[self.step]
+            lo, hi = self._bounds(len(batch))
+            index = torch.from_numpy(batch[lo:hi]).to(dev, non_blocking=True)
+            x = self.rt.layout(self.augment(self.rt.to_device(images), self.gen,
+                                            total=len(batch), start=lo))
             self._sync()
-            out = self._forward_backward(x, index, positives, full=len(index_np) == full_batch)
+            out = self._forward_backward(x, index, positives, full=len(batch) == full_batch,
+                                         scale=world * (hi - lo) / len(batch))
             t1, t2, t3, t4 = out.times
-            self.bank.update(index, out.features)
-            loss_sum += out.loss * len(index_np)
+            loss_sum += out.loss * (hi - lo)
+            if self.dist is None:
+                self.bank.update(index, out.features)
+            else:
+                # One bank: every process applies the whole global batch's update.
+                features = self.dist.gather_batch(out.features, len(batch))
+                self.bank.update(torch.from_numpy(batch).to(dev, non_blocking=True), features)
+                if self.dist.check_replicas:
+                    self.dist.assert_replicas_equal(
+                        self.bank.vectors, f"round {self.round} epoch {self.epoch} step "
+                        f"{self.step}")
+                    self.replica_checks += 1
             self._sync()
             t5 = time.perf_counter()
             acc.data_s += t1 - t_prev  # waiting for the batch, then augmenting it
             acc.backbone_s += (t2 - t1) + (t4 - t3)
             acc.bank_s += (t3 - t2) + (t5 - t4)
-            acc.seen += len(index_np)
+            acc.seen += len(batch)
             self.step += 1
-            reason = self.should_stop()
-            if reason or time.monotonic() - self._last_save > cfg.checkpoint_interval_s:
-                acc.loss_sum += float(loss_sum)
+            reason, save = self._stop_or_save()
+            if save:
+                acc.loss_sum += self._global_sum(loss_sum)
                 loss_sum.zero_()
                 self._save()
                 if reason:
                     raise TrainingStopped(reason)
             t_prev = time.perf_counter()
-        acc.loss_sum += float(loss_sum)
+        acc.loss_sum += self._global_sum(loss_sum)
         self._end_epoch(lr)
+
+    def _bounds(self, batch: int) -> tuple[int, int]:
+        return self.dist.bounds(batch) if self.dist else (0, batch)
+
+    def _global_sum(self, value: torch.Tensor) -> float:
+        if self.dist is not None:
+            value = self.dist.sum_(value.detach().clone().reshape(1))
+        return float(value.sum())
+
+    def _stop_or_save(self) -> tuple[str | None, bool]:
+        """(stop reason, checkpoint now), decided by rank 0 and known to every process."""
+        reason = self.should_stop()
+        save = bool(reason) or (
+            time.monotonic() - self._last_save > self.config.checkpoint_interval_s)
+        if self.dist is None:
+            return reason, save
+        return self.dist.stop_decision(reason, save, self.rt.device)
 
     def _end_epoch(self, lr: float) -> None:
         cfg, acc = self.config, self.acc
@@ -370,7 +464,8 @@ class Trainer:
         knn: dict[str, Any] | None = None
         last_of_round = self.epoch == cfg.epochs_per_round
         periodic = cfg.knn_every_epochs > 0 and done_epochs % cfg.knn_every_epochs == 0
-        if (periodic or (last_of_round and cfg.eval_each_round)) and self.collection.has_labels:
+        if ((periodic or (last_of_round and cfg.eval_each_round)) and self.collection.has_labels
+                and self.main):
             self.embeddings = self._embed_all()
             knn = knn_evaluation(self.embeddings, self.collection.labels, self.collection.is_eval,
                                  len(self.collection.classes), cfg.knn_k, cfg.knn_sigma)
@@ -396,7 +491,8 @@ class Trainer:
         self.acc = _EpochAccumulator()
         round_file = f"checkpoint_round{self.round}.pt" if last_of_round else None
         self._save(round_file)
-        append_jsonl(self.out / "progress.jsonl", record)
+        if self.main:
+            append_jsonl(self.out / "progress.jsonl", record)
         self.on_epoch(record)
 
     # --- embedding and outputs -------------------------------------------------------------
@@ -419,6 +515,8 @@ class Trainer:
 
     def _finish(self) -> RunResult:
         cfg, coll = self.config, self.collection
+        if not self.main:  # rank 0 writes the outputs
+            return RunResult(self.out, {}, self.history, self.replica_checks)
         embeddings = self.embeddings  # from the evaluation after the last epoch, if any
         if embeddings is None:
             embeddings = self._embed_all()
@@ -449,6 +547,7 @@ class Trainer:
             "training_time_s": self.elapsed + self._session_time(),
             "images_per_s": float(np.median(speeds)) if speeds else None,
             "backbone": cfg.backbone, "device": str(self.rt.device),
+            "processes": self.dist.world if self.dist else 1,
             "precision": "bf16" if self.rt.bf16 else "fp32",
             "rounds": cfg.rounds, "epochs_per_round": cfg.epochs_per_round,
             "init_from": cfg.init_from or None,
@@ -462,7 +561,7 @@ class Trainer:
             plot_curves(self.history, self.out / "curves.png",
                         title=f"AND on {coll.name} ({cfg.backbone})")
         self.on_status("done", {"metrics": metrics})
-        return RunResult(self.out, metrics, self.history)
+        return RunResult(self.out, metrics, self.history, self.replica_checks)
 
     def _finished_result(self) -> RunResult | None:
         """A finished run in `out` with the same config is returned, not trained again."""

@@ -30,3 +30,8 @@ class TrainingStopped(TrainerError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"training stopped: {reason}")
+
+
+class RankFailed(TrainerError):
+    """A process of a distributed run died or failed, which stops the whole run; its last
+    checkpoint is kept and the run resumes from it."""

@@ -141,11 +141,12 @@ class BatchReader:
             yield rows, batch
 
 
-def split_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Consecutive batches of `order`; a last batch of one joins the previous one, since
-    batch norm cannot train on a single image."""
+def split_batches(order: np.ndarray, batch_size: int, min_last: int = 2) -> list[np.ndarray]:
+    """Consecutive batches of `order`; a last batch shorter than `min_last` joins the previous
+    one, since batch norm cannot train on a single image (with several processes, each needs
+    two of every batch: min_last = 2 x processes)."""
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
+    if len(chunks) > 1 and len(chunks[-1]) < min_last:
         chunks[-2] = np.concatenate([chunks[-2], chunks.pop()])
     return chunks
 

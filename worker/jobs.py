@@ -138,6 +138,14 @@ class JobStore(ABC):
     def lease_holder(self, job_id: str) -> str | None: ...
 
     @abstractmethod
+    def advertise_capacity(self, worker: str, gpus: int, ttl_s: float) -> None:
+        """`worker` owns `gpus` GPUs, for the next ttl_s seconds."""
+
+    @abstractmethod
+    def largest_capacity(self) -> int:
+        """The most GPUs any live worker has advertised (0: none)."""
+
+    @abstractmethod
     def ping(self) -> None:
         """Raise if the store cannot be reached."""
 

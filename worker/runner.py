@@ -89,8 +89,8 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
     from trainer import warm_start
     from trainer.config import TrainConfig
     from trainer.data import open_collection
-    from trainer.engine import Trainer
-    from trainer.errors import TrainerError, TrainingStopped
+    from trainer.errors import RankFailed, TrainerError, TrainingStopped
+    from trainer.launcher import run_training
     from worker import live
     from worker.publish import publish
     from worker.stores import open_changes
@@ -149,8 +149,10 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
             collection, changes, job.dataset, root, snapshot))
         weights = warm_start.resolve(config.init_from, settings.models_root,
                                      settings.data_root) if config.init_from else None
-        result = Trainer(config, collection, run_dir, on_epoch=on_epoch, on_status=on_status,
-                         should_stop=should_stop, init_weights=weights).run()
+        # gpus=k: this process is rank 0 (callbacks, lease, cancel) and starts k-1 more; each
+        # gets the same collection (with the live changes) and initial weights.
+        result = run_training(config, collection, run_dir, on_epoch=on_epoch,
+                              on_status=on_status, should_stop=should_stop, init_weights=weights)
         recorder.progress({**progress, "phase": "publishing"})
 
         def with_changes() -> dict[str, Any]:
@@ -184,6 +186,15 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
             return fail("its worker shut down; its checkpoint is kept")
         return fail(f"stopped at the time limit ({settings.job_time_limit_s} s); its checkpoint "
                     "is kept")
+    except RankFailed as exc:
+        # One of the job's processes died: like a lost worker, the job goes back on the queue
+        # and resumes from its checkpoint; the attempt counts against MAX_ATTEMPTS.
+        if requeue is None:
+            return fail(str(exc))
+        recorder.finish(QUEUED, enqueued_at=time.time(), progress={**progress, "phase": "requeued"},
+                        note=f"{exc}; re-queued")
+        requeue(job.id)
+        return QUEUED
     except TrainerError as exc:
         return fail(str(exc))
     except MemoryError:

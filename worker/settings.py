@@ -45,8 +45,18 @@ class Settings(BaseSettings):
         description="A queued job that no worker has taken this long after its message was "
         "sent is sent again (its message may have been lost); duplicates are harmless.")
     gpu_queue: str = Field(default="gpu", description="Queue of training jobs.")
+    worker_gpus: int | None = Field(
+        default=None, ge=1, le=64,
+        description="GPUs this worker owns: it takes jobs asking for up to that many (gpus=k "
+        "runs k processes) and starts their processes itself. Unset: the number of CUDA "
+        "devices, or 1 without CUDA (then gpus=k runs k CPU processes).")
+    capacity_ttl_s: float = Field(
+        default=60.0, gt=0,
+        description="A worker's advertised GPU count expires this long after its last renewal "
+        "(every SWEEP_INTERVAL_S); POST /train refuses jobs asking for more GPUs than any "
+        "live worker has.")
 
-    @field_validator("broker_url", mode="before")
+    @field_validator("broker_url", "worker_gpus", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # An empty variable (BROKER_URL= in an env file) means "not set".

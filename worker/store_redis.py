@@ -162,5 +162,13 @@ class RedisJobStore(JobStore):
         value = self.r.get(self._k("lease", job_id))
         return value.decode() if value else None
 
+    def advertise_capacity(self, worker: str, gpus: int, ttl_s: float) -> None:
+        self.r.set(self._k("capacity", worker), gpus, px=int(ttl_s * 1000))
+
+    def largest_capacity(self) -> int:
+        keys = list(self.r.scan_iter(match=self._k("capacity", "*"), count=1000))
+        values = self.r.mget(keys) if keys else []
+        return max((int(v) for v in values if v is not None), default=0)
+
     def ping(self) -> None:
         self.r.ping()

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS history (job_id TEXT, seq INTEGER PRIMARY KEY AUTOINC
                                     record TEXT);
 CREATE INDEX IF NOT EXISTS history_job ON history (job_id, seq);
 CREATE TABLE IF NOT EXISTS leases (job_id TEXT PRIMARY KEY, owner TEXT, expires REAL);
+CREATE TABLE IF NOT EXISTS capacity (worker TEXT PRIMARY KEY, gpus INTEGER, expires REAL);
 """
 
 
@@ -209,6 +210,19 @@ class SqliteJobStore(JobStore):
             row = db.execute("SELECT owner FROM leases WHERE job_id = ? AND expires >= ?",
                              (job_id, time.time())).fetchone()
         return row[0] if row else None
+
+    def advertise_capacity(self, worker: str, gpus: int, ttl_s: float) -> None:
+        now = time.time()
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO capacity (worker, gpus, expires) VALUES (?, ?, ?)",
+                       (worker, gpus, now + ttl_s))
+            db.execute("DELETE FROM capacity WHERE expires < ?", (now,))
+
+    def largest_capacity(self) -> int:
+        with self._db() as db:
+            row = db.execute("SELECT MAX(gpus) FROM capacity WHERE expires >= ?",
+                             (time.time(),)).fetchone()
+        return int(row[0] or 0)
 
     def ping(self) -> None:
         with self._db() as db:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from worker.capacity import capacity_problem
 from worker.jobs import Job, JobStore
 from worker.settings import Settings
 
@@ -41,6 +42,13 @@ def check_job(settings: Settings, dataset: str, config: dict[str, Any]) -> None:
 
 def submit(store: JobStore, settings: Settings, enqueue: Callable[[str], None], dataset: str,
            config: dict[str, Any], promote: bool = True) -> Job:
+    from trainer.config import TrainConfig
+    from trainer.errors import ConfigError
+
+    cfg = TrainConfig.from_dict(config)
+    problem = capacity_problem(store, cfg.gpus, cfg.nodes)
+    if problem:
+        raise ConfigError("nodes" if cfg.nodes > 1 else "gpus", problem)
     check_job(settings, dataset, config)
     job = store.create(Job.new(dataset, config, promote))
     enqueue(job.id)

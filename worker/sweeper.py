@@ -65,13 +65,15 @@ class Sweeper(threading.Thread):
 
     def __init__(self, store_factory: Callable[[], JobStore], enqueue: Callable[[str], None],
                  interval: float, resend_after_s: float | None = None,
-                 idle: Callable[[], bool] = lambda: True) -> None:
+                 idle: Callable[[], bool] = lambda: True,
+                 on_tick: Callable[[JobStore], None] | None = None) -> None:
         super().__init__(name="lost-job-sweeper", daemon=True)
         self.store_factory = store_factory
         self.enqueue = enqueue
         self.interval = interval
         self.resend_after_s = resend_after_s
         self.idle = idle
+        self.on_tick = on_tick  # e.g. renew this worker's advertised capacity
         self._idle_since: float | None = None
         self._stop_event = threading.Event()
 
@@ -91,6 +93,8 @@ class Sweeper(threading.Thread):
         store = self.store_factory()
         while True:
             try:
+                if self.on_tick is not None:
+                    self.on_tick(store)
                 sweep(store, self.enqueue, self._may_resend())
             except Exception:
                 log.exception("sweep for lost jobs failed; trying again later")

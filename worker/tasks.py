@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from celery import signals
 
 from trainer.leftovers import sweep_leftovers
 from worker.app import TRAIN_TASK, app
+from worker.capacity import job_gpus, own_gpus, queue_of_job
 from worker.jobs import TERMINAL, JobStore
 from worker.lease import new_owner
 from worker.runner import record_crash
@@ -27,8 +29,16 @@ log = logging.getLogger(__name__)
 @app.task(name=TRAIN_TASK, acks_late=True)
 def train(job_id: str) -> int:
     """Run the job in a child process (worker.job_process) and wait for it."""
-    store = open_store(get_settings())
+    settings = get_settings()
+    store = open_store(settings)
     if not _may_need_running(store, job_id):
+        return 0
+    job = store.get(job_id)
+    if job is not None and job_gpus(job.config) > own_gpus(settings):
+        # Sent to a queue of smaller jobs by hand: back to the queue of workers that own enough.
+        log.warning("job %s asks for %d GPUs, this worker owns %d; sending it on", job_id,
+                    job_gpus(job.config), own_gpus(settings))
+        enqueue(job_id)
         return 0
     owner = new_owner()
     proc = subprocess.Popen([sys.executable, "-m", "worker.job_process", job_id, owner])
@@ -61,7 +71,9 @@ def _may_need_running(store: JobStore, job_id: str) -> bool:
 
 
 def enqueue(job_id: str) -> None:
-    app.send_task(TRAIN_TASK, args=[job_id], queue=get_settings().gpu_queue)
+    settings = get_settings()
+    app.send_task(TRAIN_TASK, args=[job_id],
+                  queue=queue_of_job(settings, open_store(settings), job_id))
 
 
 _sweeper: Sweeper | None = None
@@ -78,8 +90,13 @@ def _start_sweeper(**_: object) -> None:
             log.info("removed what interrupted publishes left behind: %s", ", ".join(removed))
     except OSError:
         log.warning("could not sweep %s for leftovers", settings.models_root, exc_info=True)
+    name, gpus = f"{socket.gethostname()}:{os.getpid()}", own_gpus(settings)
+
+    def advertise(store: JobStore) -> None:
+        store.advertise_capacity(name, gpus, settings.capacity_ttl_s)
+
     _sweeper = Sweeper(lambda: open_store(settings), enqueue, settings.sweep_interval_s,
-                       settings.resend_queued_after_s, idle=_idle)
+                       settings.resend_queued_after_s, idle=_idle, on_tick=advertise)
     _sweeper.start()
 
 

@@ -14,6 +14,7 @@ from service.schemas import JOB_ID, JobProgress, JobPublic, JobsPublic, JobStatu
 from service.settings import ServiceSettings
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, DatasetError
+from worker.capacity import capacity_problem
 from worker.jobs import CANCELED, FAILED, QUEUED, RUNNING, TERMINAL
 from worker.submit import submit
 
@@ -37,6 +38,10 @@ def _submit(settings: ServiceSettings, store: StoreDep, enqueue: EnqueueDep,
             body: TrainRequest, config: dict[str, Any]) -> Any:
     if not (settings.data_root / body.dataset).exists():
         raise not_found(f"no dataset {body.dataset!r}")
+    cfg = TrainConfig.from_dict(config)
+    problem = capacity_problem(store, cfg.gpus, cfg.nodes)
+    if problem:
+        raise ProblemError(422, "No Worker Can Run It", problem)
 
     def queue_it(job_id: str) -> None:
         try:

@@ -117,3 +117,18 @@ def test_dockerfile_runs_as_non_root_with_pinned_versions():
     assert text.count("USER and") == 2
     assert "torch==2.14.1" in text and "constraints.txt" in text
     assert (REPO / ".dockerignore").read_text().count(".venv") == 1
+
+
+def test_multi_gpu_override_runs_one_worker_owning_eight_gpus(base):
+    services = _config("docker-compose.yml", "deploy/compose.multigpu.yml")["services"]
+    assert services["worker"]["profiles"] == ["single-gpu"]  # off unless asked for
+    big = services["worker-8gpu"]
+    devices = big["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 8, "capabilities": ["gpu"]}]
+    assert big["environment"]["WORKER_GPUS"] == "8" and big["build"]["target"] == "gpu"
+    assert big["command"][:3] == ["python", "-m", "worker"]
+    # The shared settings carry the capacity settings with the code's defaults.
+    shared = base["services"]["worker"]["environment"]
+    assert shared["CAPACITY_TTL_S"] == "60" and shared["WORKER_GPUS"] == ""
+    assert ServiceSettings.model_fields["capacity_ttl_s"].default == 60.0
+    assert ServiceSettings.model_fields["worker_gpus"].default is None

@@ -181,3 +181,23 @@ def test_classify_scores_stay_numbers_for_the_smallest_sigma(contract_app):
     scores = r.json()["predictions"][0]["scores"]
     assert all(isinstance(v, float) for v in scores.values())
     assert abs(sum(scores.values()) - 1) < 1e-6
+
+
+def test_the_published_config_bounds_gpus_by_the_live_workers(tmp_path, models_template):
+    from worker.stores import open_store
+
+    settings = make_settings(tmp_path, models_template)
+    with TestClient(create_app(settings, enqueue=lambda j: None)) as client:
+        def config() -> dict:
+            r = client.get("/openapi.json", headers={"Authorization": f"Bearer {ADMIN}"})
+            return r.json()["components"]["schemas"]["TrainConfig"]
+
+        before = config()
+        assert before["properties"]["gpus"]["maximum"] == 1  # no worker advertised more
+        assert before["properties"]["nodes"]["maximum"] == 1 and "allOf" not in before
+        open_store(settings).advertise_capacity("w8", 8, 60)
+        after = config()
+    assert after["properties"]["gpus"]["maximum"] == 8
+    rules = {r["if"]["properties"]["gpus"]["const"]:
+             r["then"]["properties"]["batch_size"]["minimum"] for r in after["allOf"]}
+    assert rules == {k: 2 * k for k in range(2, 9)}

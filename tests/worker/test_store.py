@@ -77,3 +77,14 @@ def test_history(store):
     for e in range(3):
         store.append_history(job.id, {"epoch": e})
     assert [r["epoch"] for r in store.history(job.id)] == [0, 1, 2]
+
+
+def test_worker_capacity_is_the_largest_live_one_and_expires(store):
+    assert store.largest_capacity() == 0
+    store.advertise_capacity("small", 1, 30)
+    store.advertise_capacity("big", 4, 0.3)
+    assert store.largest_capacity() == 4
+    store.advertise_capacity("big", 2, 0.3)  # a renewal replaces the worker's count
+    assert store.largest_capacity() == 2
+    time.sleep(0.5)
+    assert store.largest_capacity() == 1  # "big" stopped renewing
