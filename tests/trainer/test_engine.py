@@ -14,7 +14,7 @@ TINY = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 2, "batch_size
         "knn_k": 20, "num_workers": 0, "seed": 3}
 
 
-def _run(data, out, stop_after=None, **overrides):
+def _run(data, out, stop_after=None, max_steps=None, **overrides):
     calls = {"n": 0}
 
     def should_stop():
@@ -23,7 +23,7 @@ def _run(data, out, stop_after=None, **overrides):
 
     records = []
     trainer = Trainer(TrainConfig.from_dict(TINY | overrides), open_collection(data), out,
-                      on_epoch=records.append, should_stop=should_stop)
+                      on_epoch=records.append, should_stop=should_stop, max_steps=max_steps)
     return trainer.run(), records
 
 
@@ -50,17 +50,33 @@ def test_interrupted_then_resumed_run_is_bit_identical(cifar_dir, tmp_path, stop
     assert len(lines) == 4  # one record per epoch, none repeated by the resumption
 
 
-def test_tiny_training_on_real_images_learns(digits_dir, tmp_path):
-    result, records = _run(digits_dir, tmp_path / "run", rounds=2, epochs_per_round=3,
-                           batch_size=128, seed=0)
+DIGITS = {"rounds": 2, "epochs_per_round": 3, "batch_size": 128, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def digits_runs(digits_dir, tmp_path_factory):
+    """The digits trained briefly, and the same network (same seed, same split) untrained:
+    every epoch cut to no step, so evaluation sees the initial weights."""
+    root = tmp_path_factory.mktemp("digits-runs")
+    trained = _run(digits_dir, root / "run", **DIGITS)
+    untrained, _ = _run(digits_dir, root / "untrained", max_steps=0, **DIGITS)
+    return root / "run", trained, untrained
+
+
+def test_tiny_training_on_real_images_trains_evaluates_and_saves(digits_runs):
+    """What a short run does and writes. Whether it learned is the next test's question: a
+    loss that falls does not say it (it falls as much with a learning rate of 1e-9, as the
+    memory bank fills with real features)."""
+    out, (result, records), untrained = digits_runs
     m = result.metrics
     assert m["knn_protocol"] == "test" and m["knn_queries"] == 363
-    assert m["knn_top1"] > 0.3  # chance is 0.1
+    # The untrained network and raw pixels are measured on the same split.
+    assert untrained.metrics["knn_queries"] == m["knn_queries"]
+    assert untrained.metrics["pixel_knn_top1"] == m["pixel_knn_top1"] > 0.9
     assert len(records) == 6 and records[0]["round"] == 0 and records[-1]["round"] == 1
     assert records[3]["anchors"] == 1434 // 1  # rounds=2: S = 1/1, every sample an anchor
     assert records[3]["neighbourhood_quality"] is not None
     assert all(r["images_per_s"] > 0 and r["eta_s"] >= 0 for r in records)
-    out = tmp_path / "run"
     for name in ("encoder.pt", "config.json", "metrics.json", "curves.png", "embeddings.npz",
                  "progress.jsonl", "checkpoint.pt", "checkpoint_round0.pt"):
         assert (out / name).exists(), name
@@ -69,6 +85,19 @@ def test_tiny_training_on_real_images_learns(digits_dir, tmp_path):
     assert np.allclose(np.linalg.norm(saved["vectors"], axis=1), 1, atol=1e-4)
     assert "train/0/0000.png" in set(saved["ids"].tolist())
     assert json.loads((out / "metrics.json").read_text())["knn_top1"] == m["knn_top1"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "at this budget (2 x 3 epochs) training lowers the digits' kNN top-1 below the untrained "
+    "network's (measured 0.68 against 0.92; raw pixels 0.99; docs/benchmarks.md); strict: "
+    "the day it passes, it must become a plain test"))
+def test_tiny_training_beats_the_untrained_network_and_raw_pixels(digits_runs):
+    """The claim that training learns: a margin over the same network untrained (same seed,
+    same split) and over raw pixels."""
+    _, (result, _), untrained = digits_runs
+    m = result.metrics
+    assert m["knn_top1"] >= untrained.metrics["knn_top1"] + 0.05
+    assert m["knn_top1"] >= m["pixel_knn_top1"]
 
 
 def test_finished_run_is_returned_not_retrained(cifar_dir, tmp_path):
@@ -99,8 +128,22 @@ def test_unlabelled_data_trains_without_evaluation(cifar_dir, tmp_path):
 def test_labels_without_test_split_give_leave_one_out_figures(tmp_path, cifar_dir):
     result, _ = _run(cifar_dir / "train", tmp_path / "run", rounds=1, epochs_per_round=1)
     assert "knn_top1" not in result.metrics
-    assert 0 <= result.metrics["loo_knn_top1"] <= 1
     assert result.metrics["knn_protocol"] == "leave-one-out"
+    # The figure is leave-one-out over the run's own embeddings, computed here by hand: each
+    # item's k most similar others (itself excluded) vote with weights exp(s / sigma).
+    saved = np.load(tmp_path / "run" / "embeddings.npz")
+    vectors, labels = saved["vectors"].astype(np.float64), saved["labels"]
+    k, sigma = TINY["knn_k"], 0.1
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)
+    right = 0
+    for row, label in zip(sims, labels, strict=True):
+        nearest = np.argsort(-row)[:k]
+        votes = np.bincount(labels[nearest], weights=np.exp(row[nearest] / sigma),
+                            minlength=labels.max() + 1)
+        right += int(votes.argmax() == label)
+    assert result.metrics["knn_queries"] == len(labels) == 96
+    assert abs(result.metrics["loo_knn_top1"] - right / len(labels)) <= 1 / len(labels)
 
 
 def test_a_failing_compiled_forward_falls_back_to_eager_without_changing_the_result(
