@@ -14,8 +14,10 @@ TINY = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 2, "batch_size
         "knn_k": 20, "num_workers": 0, "seed": 3}
 
 
-def _run(data, out, stop_after=None, max_steps=None, **overrides):
-    calls = {"n": 0}
+def _run(data, out, stop_after=None, max_steps=None, calls=None, **overrides):
+    """Train; `calls` (a dict) counts the trainer's should_stop() calls: one per batch."""
+    calls = {"n": 0} if calls is None else calls
+    calls.setdefault("n", 0)
 
     def should_stop():
         calls["n"] += 1
@@ -111,8 +113,17 @@ def test_resuming_with_another_config_is_refused(cifar_dir, tmp_path):
         _run(cifar_dir, tmp_path / "run", stop_after=1)
     with pytest.raises(TrainerError, match="lr"):
         _run(cifar_dir, tmp_path / "run", lr=0.1)
-    # Runtime-only keys may change between an interruption and its resumption.
-    _run(cifar_dir, tmp_path / "run", checkpoint_interval_s=60.0)
+    # Runtime-only keys may change between an interruption and its resumption; the run then
+    # resumes after the batch it stopped at instead of starting again: of the 12 batches (96
+    # images / 32, 2 x 2 epochs) it trains the 11 left.
+    resumed = {}
+    _, records = _run(cifar_dir, tmp_path / "run", checkpoint_interval_s=60.0,
+                      calls=resumed)
+    assert resumed["n"] == 11
+    assert [(r["round"], r["epoch"]) for r in records] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    whole = {}
+    _run(cifar_dir, tmp_path / "whole", calls=whole)
+    assert whole["n"] == 12
 
 
 def test_unlabelled_data_trains_without_evaluation(cifar_dir, tmp_path):
