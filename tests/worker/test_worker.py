@@ -45,7 +45,7 @@ def test_job_runs_to_a_published_bundle_with_progress(stack):
 
 def test_kill9_of_the_worker_resumes_on_a_new_one_with_the_same_result(stack):
     worker = stack.start_worker()
-    config = {"rounds": 2, "epochs_per_round": 3}
+    config = {"rounds": 2, "epochs_per_round": 3, "device": "cpu"}  # bit for bit: on CPU
     job = stack.submit(**config)
     stack.wait(job.id, lambda j: j.progress.get("global_epoch", 0) >= 2, 180, "epoch 2")
     worker.kill9()
