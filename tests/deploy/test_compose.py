@@ -11,20 +11,70 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic_settings import BaseSettings
 
 from service.settings import ServiceSettings
+from tests.processes import free_port, wait_for
+from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+FILES = ("docker-compose.yml", "deploy/compose.cpu.yml")
+ADMIN_KEY = "a-real-key-0123456789abcdef"
+# Set by the deployment itself, not from .env: the redis service and the shared volume.
+FIXED = {"BROKER_URL": "redis://redis:6379/0", "DATA_ROOT": "/srv/and/data",
+         "MODELS_ROOT": "/srv/and/models", "STATE_ROOT": "/srv/and/state"}
+# Where a deployment deliberately differs from the code's default (the code's is for a
+# developer's machine): a deployment is production unless .env says otherwise.
+DEPLOYMENT_DEFAULTS = {"ENVIRONMENT": "production"}
+REQUIRED = {"ADMIN_API_KEY"}
 
 
-def _config(*files: str) -> dict:
+def _setting_names(model: type[BaseSettings]) -> set[str]:
+    # The variables a settings class reads: its fields, upper-cased, with no prefix or alias.
+    assert not model.model_config.get("env_prefix")
+    assert all(f.alias is None and f.validation_alias is None
+               for f in model.model_fields.values())
+    return {name.upper() for name in model.model_fields}
+
+
+def _config(*files: str, env: dict[str, str] | None = None, tmp: Path | None = None) -> dict:
+    """`docker-compose config`, with an empty .env (a developer's own must not leak in) and
+    no setting in the environment but those given (default: only the admin key)."""
     compose = shutil.which("docker-compose")
     assert compose, "docker-compose is not installed (bash deploy/local.sh test installs it)"
-    env = {**os.environ, "ADMIN_API_KEY": "a-real-key-0123456789abcdef"}
-    args = [compose, *(a for f in files for a in ("-f", f)), "config"]
+    settings = _setting_names(ServiceSettings) | {"FLOWER_BASIC_AUTH", "FLOWER_BIND"}
+    clean = {k: v for k, v in os.environ.items() if k not in settings}
+    env = {**clean, **(env if env is not None else {"ADMIN_API_KEY": ADMIN_KEY})}
+    empty = (tmp or Path(os.environ.get("TMPDIR", "/tmp"))) / "and-compose-empty.env"
+    empty.write_text("")
+    args = [compose, "--env-file", str(empty), *(a for f in files for a in ("-f", f)), "config"]
     r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return yaml.safe_load(r.stdout)
+
+
+def _reader(service: dict) -> type[BaseSettings] | None:
+    """Which settings class a service's process reads: the API's or the worker's (Celery and
+    Flower load the worker's app)."""
+    cmd = service.get("command") or []
+    if cmd[:3] == ["python", "-m", "service"]:
+        return ServiceSettings
+    if cmd[:3] == ["python", "-m", "worker"] or cmd[:3] == ["celery", "-A", "worker.app"]:
+        return Settings
+    return None
+
+
+def _code_default(model: type[BaseSettings], name: str, text: str | None) -> tuple:
+    """The value `text` gives setting `name` once the code has read it, and the code's own
+    default: two values to compare."""
+    field = name.lower()
+    given = getattr(model(**{field: text}), field)
+    default = model.model_fields[field].default
+    return _plain(given), _plain(default)
+
+
+def _plain(value: object) -> object:
+    return value.get_secret_value() if hasattr(value, "get_secret_value") else value
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +101,7 @@ def test_worker_reserves_one_gpu_and_consumes_the_gpu_queue(base):
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert worker["command"][:3] == ["python", "-m", "worker"]
     assert worker["build"]["target"] == "gpu"
-    assert worker["environment"].get("GPU_QUEUE", "gpu") == "gpu"
+    assert worker["environment"]["GPU_QUEUE"] == "gpu"
 
 
 def test_datasets_and_models_are_on_one_shared_volume(base):
@@ -105,11 +155,148 @@ def test_every_command_is_a_real_entry_point(base):
     assert checked >= 4
 
 
-def test_env_example_lists_every_setting():
+def test_env_example_lists_every_setting_with_the_codes_default():
     text = (REPO / "deploy" / "env.example").read_text()
-    listed = set(re.findall(r"^([A-Z_]+)=", text, re.M))
-    fields = {name.upper() for name in ServiceSettings.model_fields}
-    assert fields <= listed, fields - listed
+    listed = dict(re.findall(r"^([A-Z_]+)=(.*)$", text, re.M))
+    fields = _setting_names(ServiceSettings)
+    assert fields <= set(listed), fields - set(listed)
+    wrong = {}
+    for name in fields - set(FIXED) - set(DEPLOYMENT_DEFAULTS):
+        given, default = _code_default(ServiceSettings, name, listed[name])
+        if given != default:
+            wrong[name] = (listed[name], default)
+    assert not wrong, f"env.example differs from the code (value, code default): {wrong}"
+
+
+def test_readme_settings_table_lists_every_setting_with_the_codes_default():
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## Settings"):]
+    table = table[:table.index("\n## ", 1)]
+    documented: dict[str, str | None] = {}
+    for row in re.findall(r"^\| (`[A-Z_].*?) \| (.*?) \|", table, re.M):
+        names = re.findall(r"`([A-Z_]+)`", row[0])
+        values = [v.strip().strip("`").replace(",", "") for v in row[1].split(" / ")]
+        assert len(names) == len(values), row
+        for name, value in zip(names, values, strict=True):
+            documented[name] = None if value == "unset" else value
+    fields = _setting_names(ServiceSettings)
+    assert fields <= set(documented), fields - set(documented)
+    wrong = {}
+    for name in fields:
+        given, default = _code_default(ServiceSettings, name, documented[name])
+        if given != default:
+            wrong[name] = (documented[name], default)
+    assert not wrong, f"the README's defaults differ from the code's: {wrong}"
+
+
+@pytest.mark.parametrize("files", [FILES[:1], FILES], ids=["gpu", "cpu"])
+def test_every_setting_reaches_every_container_that_reads_it(files, tmp_path):
+    """A value put in .env (here: the environment) reaches every process that reads that
+    setting, under the same name: the list comes from the settings classes, not from the
+    compose file, so a new setting that compose does not pass fails here."""
+    names = _setting_names(ServiceSettings)
+    sentinel = {name: f"from-env-{name.lower()}" for name in names}
+    services = _config(*files, env=sentinel, tmp=tmp_path)["services"]
+    readers = {name: _reader(s) for name, s in services.items()}
+    assert {n for n, r in readers.items() if r is ServiceSettings} == {"api"}
+    expected_workers = {"worker", "flower"} | ({"worker-cpu"} if len(files) > 1 else set())
+    assert {n for n, r in readers.items() if r is Settings} == expected_workers
+    missing = {}
+    for service, model in readers.items():
+        if model is None:
+            continue
+        env = services[service]["environment"]
+        for name in _setting_names(model):
+            want = FIXED.get(name, sentinel[name])
+            if env.get(name) != want:
+                missing[f"{service}.{name}"] = env.get(name)
+    assert not missing, f"settings compose does not pass through from .env: {missing}"
+
+
+@pytest.mark.parametrize("files", [FILES[:1], FILES], ids=["gpu", "cpu"])
+def test_compose_defaults_are_the_codes(files, tmp_path):
+    """With nothing in .env, every container gets the code's default: one source of truth
+    (compose once said EMBED_MAX_WAIT_MS=2 where the code says 10)."""
+    services = _config(*files, tmp=tmp_path)["services"]
+    wrong = {}
+    for service, body in services.items():
+        model = _reader(body)
+        if model is None:
+            continue
+        env = body["environment"]
+        for name in _setting_names(model) - set(FIXED) - REQUIRED:
+            if name in DEPLOYMENT_DEFAULTS:
+                assert env[name] == DEPLOYMENT_DEFAULTS[name], (service, name)
+                continue
+            given, default = _code_default(model, name, env[name])
+            if given != default:
+                wrong[f"{service}.{name}"] = (env[name], default)
+    assert not wrong, f"compose defaults that differ from the code's: {wrong}"
+
+
+def _flower_command(base: dict) -> tuple[list[str], list[str], dict]:
+    flower = base["services"]["flower"]
+    # `config` keeps compose's $$ escape; the container's shell sees a single $.
+    entrypoint = [part.replace("$$", "$") for part in flower["entrypoint"]]
+    return entrypoint, flower["command"], flower
+
+
+def test_flower_listens_on_localhost_by_default(base):
+    _, _, flower = _flower_command(base)
+    (port,) = flower["ports"]
+    host = port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
+    assert host == "127.0.0.1", port
+
+
+def test_flower_refuses_to_start_without_a_login(base, tmp_path):
+    entrypoint, _, _ = _flower_command(base)
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    started = tmp_path / "started"
+    for value in (None, ""):
+        if value is not None:
+            env["FLOWER_BASIC_AUTH"] = value
+        r = subprocess.run([*entrypoint, "touch", str(started)], env=env, capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode != 0 and "FLOWER_BASIC_AUTH" in r.stderr, r
+        assert not started.exists()
+
+
+def test_flower_started_by_compose_asks_for_the_login(redis_server, tmp_path):
+    """The real Flower, started the way the container starts it, with the login .env gives
+    compose: a request without the login is refused, one with it is served."""
+    import httpx
+
+    login = "ops:s3cret-pass"
+    config = _config(FILES[0], env={"ADMIN_API_KEY": ADMIN_KEY, "FLOWER_BASIC_AUTH": login},
+                     tmp=tmp_path)
+    entrypoint, command, flower = _flower_command(config)
+    assert command[:4] == ["celery", "-A", "worker.app", "flower"]
+    port = free_port()
+    env = {**os.environ, "BROKER_URL": redis_server.url, "STATE_ROOT": str(tmp_path / "state"),
+           "PYTHONPATH": str(REPO)}
+    env.pop("FLOWER_BASIC_AUTH", None)
+    if "FLOWER_BASIC_AUTH" in flower["environment"]:
+        env["FLOWER_BASIC_AUTH"] = flower["environment"]["FLOWER_BASIC_AUTH"]
+    args = [*entrypoint, sys.executable, "-m", *command, f"--port={port}", "--address=127.0.0.1"]
+    with open(tmp_path / "flower.log", "wb") as log:
+        proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+
+        def answers() -> httpx.Response | None:
+            assert proc.poll() is None, (tmp_path / "flower.log").read_text()[-3000:]
+            try:
+                return httpx.get(url, timeout=5)
+            except httpx.TransportError:
+                return None
+
+        anonymous = wait_for(answers, 60, "flower to answer")
+        assert anonymous.status_code == 401
+        assert httpx.get(url, auth=("ops", "wrong"), timeout=5).status_code == 401
+        assert httpx.get(url, auth=("ops", "s3cret-pass"), timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(20)
 
 
 def test_dockerfile_runs_as_non_root_with_pinned_versions():

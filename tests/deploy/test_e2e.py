@@ -3,12 +3,16 @@ upload -> train -> progress -> published -> embed -> neighbours -> classify."""
 
 from __future__ import annotations
 
+import base64
+import math
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -100,16 +104,51 @@ def test_full_flow_through_http(stack, digits_dir, tmp_path):
     image = next((digits_dir / "test" / "7").iterdir()).read_bytes()
     r = c.post("/embed", files=[("files", ("x.png", image, "image/png"))])
     assert r.status_code == 200 and r.json()["model_version"] == version
-    assert len(r.json()["embeddings"][0]) == 128
+    vector = r.json()["embeddings"][0]
+    assert len(vector) == 128
 
-    r = c.get("/neighbours/train/7/0007.png", params={"k": 5})
+    item = "train/7/0007.png"
+    r = c.get(f"/neighbours/{item}", params={"k": 20})
     assert r.status_code == 200, r.text
-    assert len(r.json()["neighbours"]) == 5
+    body = r.json()
+    assert body["model_version"] == version and body["id"] == item
+    neighbours = body["neighbours"]
+    ids = [n["id"] for n in neighbours]
+    assert len(ids) == len(set(ids)) == 20 and item not in ids  # never its own neighbour
+    scores = [n["score"] for n in neighbours]
+    assert scores == sorted(scores, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in scores)
+    # Each neighbour carries its own label (the folder it came from).
+    assert all(n["label"] == n["id"].split("/")[1] for n in neighbours)
 
-    r = c.post("/classify", json={"ids": ["train/7/0007.png"], "k": 20})
-    assert r.status_code == 200 and r.json()["predictions"][0]["label"] in map(str, range(10))
+    # Classifying the item: the vote of those 20 neighbours (its own label left out).
+    r = c.post("/classify", json={"ids": [item], "k": 20, "sigma": 0.1})
+    assert r.status_code == 200, r.text
+    assert r.json()["model_version"] == version
+    _assert_vote(r.json()["predictions"][0], neighbours, 0.1)
+
+    # Classifying an image: the vote of the image's 20 nearest items.
+    r = c.post("/search", json={"vectors": [vector], "k": 20})
+    assert r.status_code == 200 and r.json()["model_version"] == version, r.text
+    nearest = r.json()["results"][0]["neighbours"]
+    r = c.post("/classify", json={"images": [base64.b64encode(image).decode()], "k": 20,
+                                  "sigma": 0.1})
+    assert r.status_code == 200 and r.json()["model_version"] == version, r.text
+    _assert_vote(r.json()["predictions"][0], nearest, 0.1)
     r = c.post("/classify", files=[("files", ("x.png", image, "image/png"))])
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.json()["predictions"][0]["label"] in map(str, range(10))
+
+
+def _assert_vote(prediction: dict, neighbours: list[dict], sigma: float) -> None:
+    """A prediction is the weighted vote exp(score / sigma) of the neighbours' labels."""
+    votes: dict[str, float] = {}
+    for n in neighbours:
+        votes[n["label"]] = votes.get(n["label"], 0.0) + math.exp(n["score"] / sigma)
+    total = sum(votes.values())
+    shares = {label: v / total for label, v in votes.items()}
+    assert prediction["label"] == max(shares, key=shares.get), (prediction, shares)
+    got = {label: s for label, s in prediction["scores"].items() if s > 1e-6}
+    assert got.keys() == shares.keys(), (got, shares)
+    assert all(abs(got[label] - shares[label]) < 1e-3 for label in shares), (got, shares)
 
 
 def _pids(output: str) -> list[int]:
@@ -148,21 +187,69 @@ def test_one_command_run_trains_publishes_and_stops_everything(tmp_path):
     assert len(pids) == 2 and all(_gone(p) for p in pids)
 
 
+def _descendants(ancestor: int) -> set[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+    found, frontier = set(), {ancestor}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 def test_ctrl_c_stops_every_process(tmp_path):
+    """Ctrl-C while a job trains: the API, the worker, its Celery pool child and the job's
+    training process are all gone afterwards."""
+    from worker.tasks import job_processes
+
     env = {**os.environ, "AND_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
     for k in ("BROKER_URL", "DATA_ROOT", "MODELS_ROOT", "STATE_ROOT", "ADMIN_API_KEY"):
         env.pop(k, None)
     proc = subprocess.Popen([sys.executable, "deploy/local_stack.py", "--port",
-                             str(free_port()), "--no-train"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if "Press Ctrl-C" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=60)
-    output = "".join(lines) + rest
-    assert proc.returncode == 0, output
-    assert "stopped the API and the worker" in output
-    assert all(_gone(p) for p in _pids(output))
+                             str(free_port()), "--set", "rounds=1", "epochs_per_round=1000"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    output: list[str] = []
+
+    def read_until(predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                line = ""
+            if line is None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{what}: {''.join(output)}")
+            output.append(line)
+
+    try:
+        read_until(lambda: len(_pids("".join(output))) == 2, 120, "no process ids printed")
+        worker_pid, api_pid = _pids("".join(output))
+        jobs = wait_for(lambda: job_processes(worker_pid), 300, "the job's training process")
+        pool = _descendants(worker_pid) - set(jobs)
+        assert pool, "no Celery pool child under the worker"
+        every = {proc.pid, worker_pid, api_pid, *pool, *jobs, *_descendants(api_pid)}
+        proc.send_signal(signal.SIGINT)
+        read_until(lambda: output and "stopped the API and the worker" in output[-1], 90,
+                   "the stack did not stop")
+        assert proc.wait(30) == 0, "".join(output)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = sorted(p for p in every if not _gone(p))
+    assert not left, f"still running after Ctrl-C: {left}"

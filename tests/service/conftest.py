@@ -20,15 +20,25 @@ V1, V2 = "20260101-000000-first", "20260102-000000-second"
 
 
 @pytest.fixture(scope="session")
-def models_template(tmp_path_factory) -> Path:
-    """Two real bundles trained on the CIFAR slice (different seeds); V1 is current."""
-    root = tmp_path_factory.mktemp("models")
+def trained_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two real training runs on the CIFAR slice (seeds 0 and 1), by the version that the
+    models template publishes from each: what a worker publishes from."""
+    runs = {}
     for seed, version in ((0, V1), (1, V2)):
         run = tmp_path_factory.mktemp(f"run{seed}")
         config = TrainConfig.from_dict({"backbone": "small_cnn", "rounds": 1,
                                         "epochs_per_round": 1, "batch_size": 32, "knn_k": 10,
                                         "num_workers": 0, "seed": seed})
         Trainer(config, open_collection(CIFAR_SLICE), run).run()
+        runs[version] = run
+    return runs
+
+
+@pytest.fixture(scope="session")
+def models_template(tmp_path_factory, trained_runs) -> Path:
+    """Two real bundles, V1 and V2 (different seeds); V1 is current."""
+    root = tmp_path_factory.mktemp("models")
+    for version, run in trained_runs.items():
         write_bundle(run, root, dataset="cifar-slice", version=version, extra={"job_id": None})
     set_current(root, V1)
     return root

@@ -29,15 +29,31 @@ def _bank():
 
 # --- loss (Eq. 7) ------------------------------------------------------------------------
 
+def _by_hand(own_dots: list[list[float]], positives: list[list[int]]) -> float:
+    """Eq. 7 with the math module alone: -mean log(sum over positives of softmax(dot / tau))."""
+    total = 0.0
+    for dots, pos in zip(own_dots, positives, strict=True):
+        exps = [math.exp(d / TAU) for d in dots]
+        total -= math.log(sum(exps[j] for j in pos) / sum(exps))
+    return total / len(own_dots)
+
+
+# The dot products of bank rows 0 and 2 with the four bank vectors (angles 0, 0.3, pi, pi+0.2).
+DOTS_0 = [1.0, math.cos(0.3), -1.0, -math.cos(0.2)]
+DOTS_2 = [-1.0, -math.cos(0.3), 1.0, math.cos(0.2)]
+
+
 def test_instance_loss_is_cross_entropy_with_own_slot():
     bank = _bank()
     f = bank[[0, 2]].clone()
     positives = positive_table(4, torch.empty(0, dtype=torch.long),
                                torch.empty(0, 1, dtype=torch.long))[[0, 2]]
-    z = f @ bank.t() / TAU
-    by_hand = -(torch.log_softmax(z, 1)[0, 0] + torch.log_softmax(z, 1)[1, 2]) / 2
-    assert and_loss(f, bank, positives, TAU).item() == pytest.approx(by_hand.item(), rel=1e-12)
-    assert F.cross_entropy(z, torch.tensor([0, 2])).item() == pytest.approx(by_hand.item())
+    by_hand = _by_hand([DOTS_0, DOTS_2], [[0], [2]])
+    # The first term: exp(10) over exp(10) + exp(10 cos .3) + exp(-10) + exp(-10 cos .2).
+    assert by_hand == pytest.approx(0.5465, abs=1e-4)
+    assert and_loss(f, bank, positives, TAU).item() == pytest.approx(by_hand, rel=1e-12)
+    assert and_loss_reference(f, bank, positives, TAU).item() == pytest.approx(by_hand,
+                                                                                rel=1e-12)
 
 
 def test_anchor_loss_sums_probability_over_its_neighbourhood():
@@ -45,10 +61,10 @@ def test_anchor_loss_sums_probability_over_its_neighbourhood():
     f = bank[[0, 2]].clone()
     # Sample 0 is an anchor with neighbour 1; sample 2 is an instance.
     table = positive_table(4, torch.tensor([0]), torch.tensor([[1]]))
-    p = torch.softmax(f @ bank.t() / TAU, 1)
-    by_hand = -(math.log(p[0, 0] + p[0, 1]) + math.log(p[1, 2])) / 2
+    by_hand = _by_hand([DOTS_0, DOTS_2], [[0, 1], [2]])
     loss = and_loss(f, bank, table[[0, 2]], TAU)
     assert loss.item() == pytest.approx(by_hand, rel=1e-12)
+    assert by_hand < _by_hand([DOTS_0, DOTS_2], [[0], [2]])  # the neighbour's share counts
 
 
 def test_fused_loss_matches_autograd_and_is_stable():

@@ -58,6 +58,21 @@ class Stack:
             logs = "\n".join(w.tail() for w in self.workers)
             raise AssertionError(f"{what}: job is {self.store.get(job_id)}\n{logs}") from None
 
+    def api(self):
+        """The real API app on this stack's store and queue, as an HTTP client (admin routes
+        open: no key is set)."""
+        from fastapi.testclient import TestClient
+
+        from service.app import create_app
+        from service.settings import ServiceSettings
+
+        s = self.settings
+        return TestClient(create_app(
+            ServiceSettings(data_root=s.data_root, models_root=s.models_root,
+                            state_root=s.state_root, broker_url=s.broker_url,
+                            key_prefix=s.key_prefix, device="cpu"),
+            store=self.store, enqueue=self.enqueue))
+
     def finished(self, job_id: str, timeout: float = 400) -> Job:
         return self.wait(job_id, lambda j: j.status in TERMINAL, timeout, "job to finish")
 

@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+from tests.processes import wait_for
 from worker.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED, Job
 from worker.store_redis import RedisJobStore
 from worker.store_sqlite import SqliteJobStore
@@ -54,18 +55,20 @@ def test_cancel_queued_at_once_running_by_flag(store):
 
 
 def test_leases_are_exclusive_and_expire(store):
+    """While held (a lease far longer than the test), a lease is the holder's alone; once its
+    time has passed (a short one, awaited as a state, not a fixed sleep) it is no one's."""
     job = store.create(Job.new("d", {}))
-    assert store.acquire(job.id, "a", 0.5)
-    assert not store.acquire(job.id, "b", 0.5)
-    assert store.renew(job.id, "a", 0.5) and not store.renew(job.id, "b", 0.5)
+    assert store.acquire(job.id, "a", 60)
+    assert not store.acquire(job.id, "b", 60)
+    assert store.renew(job.id, "a", 60) and not store.renew(job.id, "b", 60)
     assert store.lease_holder(job.id) == "a"
     store.transition(job.id, {QUEUED}, RUNNING)
     assert store.lost_jobs() == []
-    time.sleep(0.7)
-    assert store.lease_holder(job.id) is None
+    assert store.renew(job.id, "a", 0.2)  # shortened: it lapses on its own
+    wait_for(lambda: store.lease_holder(job.id) is None, 30, "the lease to lapse")
     assert [j.id for j in store.lost_jobs()] == [job.id]
-    assert not store.renew(job.id, "a", 0.5)  # a lapsed lease cannot be revived
-    assert store.acquire(job.id, "b", 5)
+    assert not store.renew(job.id, "a", 60)  # a lapsed lease cannot be revived
+    assert store.acquire(job.id, "b", 60)
     store.release(job.id, "a")  # not a's to release
     assert store.lease_holder(job.id) == "b"
     store.release(job.id, "b")
