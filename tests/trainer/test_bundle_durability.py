@@ -17,22 +17,8 @@ from trainer.bundle import (
     withdraw,
     write_bundle,
 )
-from trainer.config import TrainConfig
-from trainer.data import open_collection
-from trainer.engine import Trainer
 from trainer.errors import BundleError
 from trainer.leftovers import sweep_leftovers
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    from tests.conftest import CIFAR_SLICE
-
-    out = tmp_path_factory.mktemp("run")
-    config = TrainConfig.from_dict({"backbone": "small_cnn", "rounds": 1, "epochs_per_round": 1,
-                                    "batch_size": 32, "num_workers": 0, "knn_k": 10})
-    Trainer(config, open_collection(CIFAR_SLICE), out).run()
-    return out
 
 
 class FileSystemLog:

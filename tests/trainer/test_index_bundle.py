@@ -13,9 +13,6 @@ from trainer.bundle import (
     validate,
     write_bundle,
 )
-from trainer.config import TrainConfig
-from trainer.data import open_collection
-from trainer.engine import Trainer
 from trainer.errors import BundleError
 
 
@@ -48,16 +45,6 @@ def test_approximate_indexes_reach_the_recall_target(kind):
     key = "efSearch" if kind == "hnsw" else "nprobe"
     assert key in built.describe()["params"]
 
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    from tests.conftest import CIFAR_SLICE
-
-    out = tmp_path_factory.mktemp("run")
-    config = TrainConfig.from_dict({"backbone": "small_cnn", "rounds": 1, "epochs_per_round": 1,
-                                    "batch_size": 32, "num_workers": 0, "knn_k": 10})
-    Trainer(config, open_collection(CIFAR_SLICE), out).run()
-    return out
 
 
 def test_bundle_is_written_validated_and_made_current(finished_run, tmp_path):

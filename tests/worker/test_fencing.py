@@ -24,13 +24,6 @@ from worker.tasks import job_processes
 LONG = 60.0  # a lease that cannot lapse during a test step
 
 
-@pytest.fixture(params=["redis", "sqlite"])
-def store(request, tmp_path):
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_server").url
-        return RedisJobStore(url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
-    return SqliteJobStore(tmp_path / "jobs.sqlite3")
-
 
 def _running(store, owner: str, ttl: float = LONG) -> Job:
     job = store.create(Job.new("d", {}))

@@ -1,22 +1,9 @@
 """The job-store contract, against a real Redis and a real SQLite file."""
 
 import time
-import uuid
-
-import pytest
 
 from tests.processes import wait_for
 from worker.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED, Job
-from worker.store_redis import RedisJobStore
-from worker.store_sqlite import SqliteJobStore
-
-
-@pytest.fixture(params=["redis", "sqlite"])
-def store(request, tmp_path):
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_server").url
-        return RedisJobStore(url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
-    return SqliteJobStore(tmp_path / "jobs.sqlite3")
 
 
 def test_create_get_and_list_newest_first(store):
