@@ -23,10 +23,10 @@ from service.routes import classify, datasets, docs, health, items, jobs, models
 from service.schemas import query_models
 from service.settings import ServiceSettings, get_service_settings
 from service.uploads import sweep_stale_uploads
-from worker.changes import ChangeLog
-from worker.jobs import JobStore
-from worker.live import dataset_folder
-from worker.stores import open_changes, open_store
+from state.changes import ChangeLog
+from state.datasets import dataset_folder
+from state.jobs import JobStore
+from state.stores import open_changes, open_store
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,9 @@ class _BodyLimit:
 
 
 def _celery_enqueue(settings: ServiceSettings) -> Callable[[str], None]:
+    from state.stores import open_store
     from worker.app import TRAIN_TASK, make_celery
     from worker.capacity import queue_of_job
-    from worker.stores import open_store
 
     celery = make_celery(settings)
     store = open_store(settings)

@@ -25,7 +25,7 @@ from service.registry import (
 )
 from service.schemas import QueryModels
 from service.settings import ServiceSettings
-from worker.jobs import JobStore
+from state.jobs import JobStore
 
 
 async def _settings(request: Request) -> ServiceSettings:

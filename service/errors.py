@@ -12,9 +12,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from state.jobs import JobNotFound
 from trainer.errors import BundleError, ConfigError, DatasetError
 from trainer.images import InvalidImage
-from worker.jobs import JobNotFound
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"

@@ -28,8 +28,8 @@ from service.limits import ID_MAX
 from service.live_view import LiveView
 from service.registry import Served
 from service.schemas import LABEL, LABEL_MAX, NEW_ITEM_ID
+from state.changes import ADD, DELETE, Change, ChangeConflict
 from trainer.images import InvalidImage
-from worker.changes import ADD, DELETE, Change, ChangeConflict
 from worker.live import store_image
 
 EMBED_CHUNK = 256  # images embedded per batcher request

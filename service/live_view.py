@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from state.changes import Change, ChangeLog
 from trainer.bundle import Bundle
 from trainer.images import InvalidImage, decode_square
 from trainer.live_index import LiveIndex
-from worker.changes import Change, ChangeLog
 from worker.live import ADDED_FILE, net_changes
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from service.live_view import LiveView
+from state.changes import ChangeLog
 from trainer.bundle import Bundle, current_version
 from trainer.live_index import LiveIndex
-from worker.changes import ChangeLog
 
 log = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 1.0

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from service.limits import DIM_MAX, ID_MAX, VERSION_MAX, Limits
-from worker.jobs import Job
+from state.jobs import Job
 
 # Names and paths a request may give, as anchored patterns for the OpenAPI document and for
 # pydantic (whose `$` is the end of the text). Python code uses the compiled `fullmatch`

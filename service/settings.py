@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from worker.settings import Settings
+from state.settings import Settings
 
 PLACEHOLDER_KEYS = frozenset({"", "changeme", "change-me", "change_me", "secret", "admin",
                               "password", "test", "example", "replace-me"})

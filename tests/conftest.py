@@ -51,3 +51,17 @@ def redis_server(tmp_path_factory):
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def store(request, tmp_path):
+    """A job store of each kind, with a key prefix of its own on the session's Redis."""
+    import uuid
+
+    from state.store_redis import RedisJobStore
+    from state.store_sqlite import SqliteJobStore
+
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+        return RedisJobStore(url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+    return SqliteJobStore(tmp_path / "jobs.sqlite3")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from state.settings import get_settings
 from worker.app import app
 from worker.capacity import queues
-from worker.settings import get_settings
 
 
 def main(argv: list[str] | None = None) -> None:

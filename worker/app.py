@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.settings import Settings, get_settings
+from state.settings import Settings, get_settings
 
 TRAIN_TASK = "and.train"
 

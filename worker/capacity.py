@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from worker.jobs import JobStore
-from worker.settings import Settings
+from state.jobs import JobStore
+from state.settings import Settings
 
 
 def own_gpus(settings: Settings) -> int:

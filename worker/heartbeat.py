@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 
-from worker.jobs import JobStore
+from state.jobs import JobStore
 from worker.lease import Lease
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ import logging
 import signal
 import sys
 
+from state.settings import get_settings
+from state.stores import open_store
 from worker.heartbeat import shutdown_requested
 from worker.runner import run_job
-from worker.settings import get_settings
-from worker.stores import open_store
 
 
 def main(argv: list[str]) -> int:

@@ -17,7 +17,7 @@ import socket
 import time
 import uuid
 
-from worker.jobs import JobStore
+from state.jobs import JobStore
 
 log = logging.getLogger(__name__)
 

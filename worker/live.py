@@ -22,12 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from state.changes import ADD, Change, ChangeLog
 from trainer.data import Collection
-from trainer.errors import DatasetError
 from trainer.overlay import AddedItem, with_changes
-from worker.changes import ADD, Change, ChangeLog
-from worker.settings import Settings
-from worker.submit import dataset_path
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +32,6 @@ ITEMS_DIR = ".items"
 SNAPSHOT_FILE = "changes.json"
 ADDED_FILE = "added.json"  # in a bundle: id -> image path of the items taken from the log
 PUBLISHED_EMBEDDINGS = "embeddings.published.npz"  # a run's embeddings with later changes
-
-
-def dataset_folder(settings: Settings, name: str) -> Path | None:
-    """The folder of a dataset, where its added images go (None: no such folder dataset)."""
-    try:
-        path = dataset_path(settings, name)
-    except DatasetError:
-        return None
-    return path if path.is_dir() else None
 
 
 def net_changes(entries: Iterable[Change]) -> tuple[dict[str, Change], set[str]]:

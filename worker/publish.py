@@ -19,13 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from state.jobs import RUNNING, Job
+from state.settings import Settings
 from trainer.bundle import set_current, withdraw, write_bundle
 from trainer.errors import BundleError, TrainingStopped
 from worker.heartbeat import CANCEL_REASON
-from worker.jobs import RUNNING, Job
 from worker.lease import LeaseLost
 from worker.recorder import JobRecorder
-from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 

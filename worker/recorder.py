@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from state.jobs import RUNNING, JobStore
 from trainer.progress import read_jsonl
-from worker.jobs import RUNNING, JobStore
 from worker.lease import Lease, LeaseLost
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from state.datasets import dataset_path
+from state.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Job, JobStore
+from state.settings import Settings
 from worker.heartbeat import CANCEL_REASON, LEASE_LOST, SHUTDOWN, Heartbeat
-from worker.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, Job, JobStore
 from worker.lease import Lease, LeaseLost, new_owner
 from worker.recorder import JobRecorder
-from worker.settings import Settings
-from worker.submit import dataset_path
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def run_job(job_id: str, store: JobStore, settings: Settings,
 def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
                        recorder: JobRecorder, requeue: Callable[[str], None] | None) -> str:
     # Imported here: the worker's parent process never loads torch, let alone CUDA.
+    from state.stores import open_changes
     from trainer import warm_start
     from trainer.config import TrainConfig
     from trainer.data import open_collection
@@ -93,7 +94,6 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
     from trainer.launcher import run_training
     from worker import live
     from worker.publish import publish
-    from worker.stores import open_changes
 
     run_dir = settings.runs_root / job.id
     progress: dict[str, Any] = {}

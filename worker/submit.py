@@ -4,25 +4,12 @@ invalid config or dataset is refused with a message instead of failing later on 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from state.datasets import dataset_path
+from state.jobs import Job, JobStore
+from state.settings import Settings
 from worker.capacity import capacity_problem
-from worker.jobs import Job, JobStore
-from worker.settings import Settings
-
-
-def dataset_path(settings: Settings, name: str) -> Path:
-    """DATA_ROOT/<name>, refusing names that point outside it."""
-    from trainer.errors import DatasetError
-
-    if not name or "\x00" in name or len(name) > 1024:
-        raise DatasetError(f"dataset {name!r} does not exist")
-    root = settings.data_root.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root) or path == root or not path.exists():
-        raise DatasetError(f"dataset {name!r} does not exist")
-    return path
 
 
 def check_job(settings: Settings, dataset: str, config: dict[str, Any]) -> None:

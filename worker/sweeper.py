@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from worker.jobs import QUEUED, RUNNING, JobStore
+from state.jobs import QUEUED, RUNNING, JobStore
 
 log = logging.getLogger(__name__)
 

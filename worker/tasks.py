@@ -13,14 +13,14 @@ from pathlib import Path
 
 from celery import signals
 
+from state.jobs import TERMINAL, JobStore
+from state.settings import get_settings
+from state.stores import open_store
 from trainer.leftovers import sweep_leftovers
 from worker.app import TRAIN_TASK, app
 from worker.capacity import job_gpus, own_gpus, queue_of_job
-from worker.jobs import TERMINAL, JobStore
 from worker.lease import new_owner
 from worker.runner import record_crash
-from worker.settings import get_settings
-from worker.stores import open_store
 from worker.sweeper import Sweeper
 
 log = logging.getLogger(__name__)

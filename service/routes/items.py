@@ -46,7 +46,7 @@ from service.uploads import (
     extract,
     remove_tree,
 )
-from worker.changes import Change
+from state.changes import Change
 
 router = APIRouter(tags=["items"])
 FORM_FIELDS = {"files", "ids", "labels", "prefix", "label", "archive"}

@@ -12,10 +12,10 @@ from service.errors import ProblemError, conflict, not_found, not_ready, problem
 from service.limits import JSON_BASE
 from service.schemas import JOB_ID, JobProgress, JobPublic, JobsPublic, JobStatus, TrainRequest
 from service.settings import ServiceSettings
+from state.jobs import CANCELED, FAILED, QUEUED, RUNNING, TERMINAL
 from trainer.config import TrainConfig
 from trainer.errors import ConfigError, DatasetError
 from worker.capacity import capacity_problem
-from worker.jobs import CANCELED, FAILED, QUEUED, RUNNING, TERMINAL
 from worker.submit import submit
 
 router = APIRouter(tags=["jobs"])

@@ -14,8 +14,8 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from service.settings import ServiceSettings
+from state.settings import Settings
 from tests.processes import free_port, wait_for
-from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = ("docker-compose.yml", "deploy/compose.cpu.yml")

@@ -184,7 +184,7 @@ def test_classify_scores_stay_numbers_for_the_smallest_sigma(contract_app):
 
 
 def test_the_published_config_bounds_gpus_by_the_live_workers(tmp_path, models_template):
-    from worker.stores import open_store
+    from state.stores import open_store
 
     settings = make_settings(tmp_path, models_template)
     with TestClient(create_app(settings, enqueue=lambda j: None)) as client:

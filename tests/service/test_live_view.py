@@ -7,11 +7,11 @@ import zipfile
 import numpy as np
 
 from service.live_view import LiveView
+from state.changes import ADD, DELETE, Change
+from state.changes_sqlite import SqliteChangeLog
 from tests.conftest import CIFAR_SLICE
 from tests.service.conftest import V1, V2
 from trainer.bundle import Bundle
-from worker.changes import ADD, DELETE, Change
-from worker.changes_sqlite import SqliteChangeLog
 from worker.live import store_image
 
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from state.settings import Settings
 from trainer.data import open_collection
-from worker.settings import Settings
 from worker.submit import check_job
 
 CONFIG = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 1, "batch_size": 32,

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from state.jobs import TERMINAL, Job, JobStore
+from state.settings import Settings
+from state.stores import open_store
 from tests.processes import Process, start_worker, wait_for
-from worker.jobs import TERMINAL, Job, JobStore
-from worker.settings import Settings
-from worker.store_redis import RedisJobStore
-from worker.store_sqlite import SqliteJobStore
-from worker.stores import open_store
 
 SMALL = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 1, "batch_size": 128,
          "knn_k": 20, "num_workers": 0}
@@ -152,13 +150,3 @@ def write_tiny_dataset(data_root: Path, name: str = "tiny.npz", train: int = 24,
                                                                    dtype=np.uint8),
              y_test=rng.integers(0, 4, test))
     return name
-
-
-
-@pytest.fixture(params=["redis", "sqlite"])
-def store(request, tmp_path):
-    """A job store of each kind, with a key prefix of its own on the session's Redis."""
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_server").url
-        return RedisJobStore(url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
-    return SqliteJobStore(tmp_path / "jobs.sqlite3")

@@ -12,13 +12,13 @@ import uuid
 
 import pytest
 
+from state.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
+from state.store_redis import RedisJobStore
+from state.store_sqlite import SqliteJobStore
 from tests.processes import wait_for
 from tests.worker.conftest import TINY, write_tiny_dataset
 from trainer.bundle import current_version, validate
-from worker.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from worker.runner import record_crash
-from worker.store_redis import RedisJobStore
-from worker.store_sqlite import SqliteJobStore
 from worker.tasks import job_processes
 
 LONG = 60.0  # a lease that cannot lapse during a test step

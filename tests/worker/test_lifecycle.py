@@ -8,10 +8,10 @@ import time
 import numpy as np
 import torch
 
+from state.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from tests.processes import wait_for
 from tests.worker.conftest import SMALL, TINY, write_tiny_dataset
 from trainer.bundle import current_version, list_versions
-from worker.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from worker.tasks import job_processes
 
 WIDE_EVAL_ITEMS = 5_000

@@ -4,9 +4,9 @@ change log and real image files."""
 import numpy as np
 from PIL import Image
 
+from state.changes import ADD, DELETE, Change
+from state.changes_sqlite import SqliteChangeLog
 from trainer.data import open_collection
-from worker.changes import ADD, DELETE, Change
-from worker.changes_sqlite import SqliteChangeLog
 from worker.live import (
     apply_to_embeddings,
     net_changes,

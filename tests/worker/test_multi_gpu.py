@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import ServiceSettings
+from state.jobs import SUCCEEDED
 from tests.processes import wait_for
 from tests.worker.conftest import SMALL, TINY, write_tiny_dataset
-from worker.jobs import SUCCEEDED
 
 PROBLEM = "application/problem+json"
 

@@ -6,10 +6,10 @@ import time
 import pytest
 import torch
 
+from state.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED
 from tests.worker.conftest import TINY, write_tiny_dataset
 from trainer.bundle import current_version
 from trainer.errors import ConfigError, DatasetError
-from worker.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED
 
 
 def _weights(stack, job_id):

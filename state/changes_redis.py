@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from worker.changes import Change, ChangeLog, check
+from state.changes import Change, ChangeLog, check
 
 
 class RedisChangeLog(ChangeLog):

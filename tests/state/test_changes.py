@@ -6,9 +6,9 @@ import uuid
 import numpy as np
 import pytest
 
-from worker.changes import ADD, DELETE, Change, ChangeConflict
-from worker.changes_redis import RedisChangeLog
-from worker.changes_sqlite import SqliteChangeLog
+from state.changes import ADD, DELETE, Change, ChangeConflict
+from state.changes_redis import RedisChangeLog
+from state.changes_sqlite import SqliteChangeLog
 
 
 @pytest.fixture(params=["redis", "sqlite"])

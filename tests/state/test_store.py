@@ -2,8 +2,8 @@
 
 import time
 
+from state.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED, Job
 from tests.processes import wait_for
-from worker.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED, Job
 
 
 def test_create_get_and_list_newest_first(store):

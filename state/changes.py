@@ -8,8 +8,8 @@ and 404, so a request is in the log entirely or not at all, and two writers can 
 the same id. Beside the log, the store keeps each touched id's latest state, for those checks and
 for `GET /items/{id}`.
 
-Two backends keep this contract: Redis (`worker/changes_redis.py`) and SQLite for the embedded
-default (`worker/changes_sqlite.py`).
+Two backends keep this contract: Redis (`state/changes_redis.py`) and SQLite for the embedded
+default (`state/changes_sqlite.py`).
 """
 
 from __future__ import annotations

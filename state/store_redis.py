@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from worker.jobs import JSON_FIELDS, STATUSES, Job, JobStore, field_default
+from state.jobs import JSON_FIELDS, STATUSES, Job, JobStore, field_default
 
 # KEYS: job hash, status-set key prefix, all-jobs zset, lease key.
 # ARGV[1]: JSON {to, allowed: [status as stored], id, owner ("" = any), unleased,

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from worker.changes import Change, ChangeLog, check
+from state.changes import Change, ChangeLog, check
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (dataset TEXT NOT NULL, seq INTEGER NOT NULL,

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from worker.jobs import JSON_FIELDS, Job, JobStore, field_default
+from state.jobs import JSON_FIELDS, Job, JobStore, field_default
 
 _COLUMNS = [f for f in Job.__dataclass_fields__]
 _BOOLS = [f for f in _COLUMNS if isinstance(Job.__dataclass_fields__[f].default, bool)]
