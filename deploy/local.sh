@@ -2,6 +2,7 @@
 # One entry point for a machine without Docker.
 #   bash deploy/local.sh up [--data FOLDER_OR_ARCHIVE]   set up, start API + worker, train a demo
 #   bash deploy/local.sh test [pytest args]              set up, then run the whole test suite
+#   bash deploy/local.sh lint                            set up, then ruff and the type checker
 #   bash deploy/local.sh setup                           only create .venv and install
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,11 @@ case "$cmd" in
     setup)
         setup cpu
         ;;
+    lint)
+        setup dev
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/mypy"
+        ;;
     test)
         setup dev
         # The tests start their own redis-server on a free port, and validate the compose file.
@@ -61,7 +67,7 @@ case "$cmd" in
         exec "$VENV/bin/python" deploy/local_stack.py "$@"
         ;;
     *)
-        echo "usage: bash deploy/local.sh {up|test|setup}" >&2
+        echo "usage: bash deploy/local.sh {up|test|lint|setup}" >&2
         exit 2
         ;;
 esac
