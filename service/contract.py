@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
 
 from service.auth import GUARDS, admin_open, docs_keys, metrics_keys, read_keys
 from service.bodies import JSON, MULTIPART
@@ -126,7 +127,7 @@ def _some_dataset(settings: ServiceSettings) -> str | None:
 
 # --- request bodies ---------------------------------------------------------------------------
 
-def _schema(model: type, schemas: dict[str, Any]) -> dict[str, Any]:
+def _schema(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
     schema = model.model_json_schema(ref_template=REF)
     for name, sub in schema.pop("$defs", {}).items():
         schemas[name] = sub

@@ -4,6 +4,7 @@ about internals; the traceback goes to the log only."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -84,7 +85,7 @@ def not_ready(detail: str, retry_after_s: int = 5) -> ProblemError:
 
 def problem_response(request: Request, status: int, title: str, detail: str | None = None,
                      errors: list[dict[str, Any]] | None = None,
-                     headers: dict[str, str] | None = None,
+                     headers: Mapping[str, str] | None = None,
                      error_count: int | None = None) -> JSONResponse:
     body = Problem(title=title, status=status, detail=detail, instance=request.url.path,
                    errors=errors, error_count=error_count).model_dump(exclude_none=True)
@@ -116,7 +117,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _clean_validation_errors(exc)
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        first: dict[str, Any] = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         where = ".".join(p for p in first["loc"] if p not in ("body", "query", "path"))
         detail = f"{where}: {first['msg']}" if where else first["msg"]
         return problem_response(request, 422, "Unprocessable Content", detail, errors,

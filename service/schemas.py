@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 
 from service.limits import DIM_MAX, ID_MAX, VERSION_MAX, Limits
 from state.jobs import Job
@@ -256,8 +257,8 @@ def query_models(limits: Limits) -> QueryModels:
     number = Annotated[float, Field(ge=-DOUBLE_MAX, le=DOUBLE_MAX)]
     vector = Annotated[list[number], Field(min_length=1, max_length=DIM_MAX)]
     item = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ITEM_ID)]
-    either = {"oneOf": [{"required": ["vectors"]}, {"required": ["images"]}]}
-    either_ids = {"oneOf": [{"required": ["ids"]}, {"required": ["images"]}]}
+    either: JsonDict = {"oneOf": [{"required": ["vectors"]}, {"required": ["images"]}]}
+    either_ids: JsonDict = {"oneOf": [{"required": ["ids"]}, {"required": ["images"]}]}
 
     class ImagesRequest(Strict):
         images: list[image] = Field(min_length=1, max_length=limits.images,

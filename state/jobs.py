@@ -21,6 +21,11 @@ STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 
 
+# Aliases for annotations inside the store classes, whose `list` method shadows the builtin.
+Records = list[dict[str, Any]]
+Jobs = list["Job"]
+
+
 class JobNotFound(KeyError):
     pass
 
@@ -111,7 +116,7 @@ class JobStore(ABC):
     def append_history(self, job_id: str, record: dict[str, Any]) -> None: ...
 
     @abstractmethod
-    def extend_history(self, job_id: str, start: int, records: list[dict[str, Any]], *,
+    def extend_history(self, job_id: str, start: int, records: Records, *,
                        owner: str | None = None) -> int | None:
         """Write records[i] as history entry `start + i` where that entry is the next one:
         entries already there are kept, so a retried write or a resumed worker never records
@@ -120,7 +125,7 @@ class JobStore(ABC):
         `owner` does not hold the lease (nothing written)."""
 
     @abstractmethod
-    def history(self, job_id: str) -> list[dict[str, Any]]: ...
+    def history(self, job_id: str) -> Records: ...
 
     # --- leases: who runs a job ---------------------------------------------------------
     @abstractmethod
@@ -178,12 +183,12 @@ class JobStore(ABC):
     def counts(self) -> dict[str, int]:
         return {s: self.list(0, 1, s)[1] for s in STATUSES}
 
-    def lost_jobs(self) -> list[Job]:
+    def lost_jobs(self) -> Jobs:
         """Running jobs whose lease has lapsed: their worker is gone."""
         running, _ = self.list(0, 10_000, RUNNING)
         return [job for job in running if self.lease_holder(job.id) is None]
 
-    def waiting_jobs(self, older_than_s: float) -> list[Job]:
+    def waiting_jobs(self, older_than_s: float) -> Jobs:
         """Queued jobs nobody holds whose last message was sent more than `older_than_s` ago:
         their message may have been lost."""
         queued, _ = self.list(0, 10_000, QUEUED)

@@ -67,8 +67,14 @@ class Settings(BaseSettings):
         return not self.broker_url
 
     @property
+    def redis_url(self) -> str | None:
+        """The broker's URL when it is Redis (the job store and the change log live there too)."""
+        url = self.broker_url or ""
+        return url if url.startswith(("redis://", "rediss://")) else None
+
+    @property
     def uses_redis(self) -> bool:
-        return bool(self.broker_url) and self.broker_url.startswith(("redis://", "rediss://"))
+        return self.redis_url is not None
 
     @property
     def runs_root(self) -> Path:

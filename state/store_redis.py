@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from state.jobs import JSON_FIELDS, STATUSES, Job, JobStore, field_default
+from state.jobs import JSON_FIELDS, STATUSES, Job, JobStore, Records, field_default
 
 # KEYS: job hash, status-set key prefix, all-jobs zset, lease key.
 # ARGV[1]: JSON {to, allowed: [status as stored], id, owner ("" = any), unleased,
@@ -139,14 +139,14 @@ class RedisJobStore(JobStore):
     def append_history(self, job_id: str, record: dict[str, Any]) -> None:
         self.r.rpush(self._k("history", job_id), json.dumps(record))
 
-    def extend_history(self, job_id: str, start: int, records: list[dict[str, Any]], *,
+    def extend_history(self, job_id: str, start: int, records: Records, *,
                        owner: str | None = None) -> int | None:
         keys = [self._k("history", job_id), self._k("lease", job_id)]
         args = [owner or "", start, *(json.dumps(r) for r in records)]
         n = int(self._extend_history(keys=keys, args=args))
         return None if n < 0 else n
 
-    def history(self, job_id: str) -> list[dict[str, Any]]:
+    def history(self, job_id: str) -> Records:
         return [json.loads(x) for x in self.r.lrange(self._k("history", job_id), 0, -1)]
 
     def acquire(self, job_id: str, owner: str, ttl_s: float) -> bool:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from state.jobs import JSON_FIELDS, Job, JobStore, field_default
+from state.jobs import JSON_FIELDS, Job, JobStore, Records, field_default
 
 _COLUMNS = [f for f in Job.__dataclass_fields__]
 _BOOLS = [f for f in _COLUMNS if isinstance(Job.__dataclass_fields__[f].default, bool)]
@@ -152,7 +152,7 @@ class SqliteJobStore(JobStore):
             db.execute("INSERT INTO history (job_id, record) VALUES (?, ?)",
                        (job_id, json.dumps(record)))
 
-    def extend_history(self, job_id: str, start: int, records: list[dict[str, Any]], *,
+    def extend_history(self, job_id: str, start: int, records: Records, *,
                        owner: str | None = None) -> int | None:
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")  # the check and the inserts in one transaction
@@ -175,7 +175,7 @@ class SqliteJobStore(JobStore):
                 raise
         return int(n)
 
-    def history(self, job_id: str) -> list[dict[str, Any]]:
+    def history(self, job_id: str) -> Records:
         with self._db() as db:
             rows = db.execute("SELECT record FROM history WHERE job_id = ? ORDER BY seq",
                               (job_id,)).fetchall()

@@ -11,10 +11,10 @@ from state.settings import Settings
 
 def open_store(settings: Settings) -> JobStore:
     """The job records."""
-    if settings.uses_redis:
+    if (url := settings.redis_url) is not None:
         from state.store_redis import RedisJobStore
 
-        return RedisJobStore(settings.broker_url, settings.key_prefix)
+        return RedisJobStore(url, settings.key_prefix)
     from state.store_sqlite import SqliteJobStore
 
     settings.state_root.mkdir(parents=True, exist_ok=True)
@@ -23,10 +23,10 @@ def open_store(settings: Settings) -> JobStore:
 
 def open_changes(settings: Settings) -> ChangeLog:
     """The change log of live collections, in the same store as the job records."""
-    if settings.uses_redis:
+    if (url := settings.redis_url) is not None:
         from state.changes_redis import RedisChangeLog
 
-        return RedisChangeLog(settings.broker_url, settings.key_prefix)
+        return RedisChangeLog(url, settings.key_prefix)
     from state.changes_sqlite import SqliteChangeLog
 
     settings.state_root.mkdir(parents=True, exist_ok=True)

@@ -151,7 +151,7 @@ def write_photo_patches(root: str | Path, per_class: int = 250, test_share: floa
         picks = rng.choice(len(boxes), size=per_class, p=areas / areas.sum())
         for i, pick in enumerate(picks):
             name, *box = boxes[pick]
-            pixels = render_patch(photos[name], tuple(box), rng, side)  # type: ignore[arg-type]
+            pixels = render_patch(photos[name], tuple(box), rng, side)
             folder = root / ("test" if i < n_test else "train") / label
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels, mode="RGB").save(folder / f"{label}_{i:04d}.jpg", quality=92)
