@@ -4,16 +4,14 @@ change log and real image files."""
 import numpy as np
 from PIL import Image
 
+from live.collection import training_collection
+from live.items import store_image
+from live.merge import net_changes
+from live.publish import apply_to_embeddings
 from state.changes import ADD, DELETE, Change
 from state.changes_sqlite import SqliteChangeLog
 from trainer.data import open_collection
-from worker.live import (
-    apply_to_embeddings,
-    net_changes,
-    snapshot_seq,
-    store_image,
-    training_collection,
-)
+from worker.live import snapshot_seq
 
 
 def _png(colour):
