@@ -6,7 +6,6 @@ from PIL import Image
 
 from live.collection import training_collection
 from live.items import store_image
-from live.merge import net_changes
 from live.publish import apply_to_embeddings
 from state.changes import ADD, DELETE, Change
 from state.changes_sqlite import SqliteChangeLog
@@ -20,14 +19,6 @@ def _png(colour):
     buf = io.BytesIO()
     Image.new("RGB", (12, 12), colour).save(buf, "PNG")
     return buf.getvalue()
-
-
-def test_net_changes_follow_the_order_of_the_log():
-    entries = [Change(ADD, "a", path="1"), Change(ADD, "b", path="2"), Change(DELETE, "a"),
-               Change(ADD, "b", path="3"), Change(DELETE, "c"), Change(ADD, "c", path="4")]
-    added, deleted = net_changes(entries)
-    assert {i: c.path for i, c in added.items()} == {"b": "3", "c": "4"}
-    assert deleted == {"a"}
 
 
 def test_a_job_trains_on_its_snapshot_and_publishes_what_came_after(cifar_dir, tmp_path):
