@@ -66,7 +66,7 @@ class LiveView:
         for change in added.values():
             mine = change.vector is not None and change.version == version
             (ready if mine else again).append(change)
-        vectors = [np.stack([c.vector for c in ready])] if ready else []
+        vectors = [np.stack([c.vector for c in ready if c.vector is not None])] if ready else []
         kept = list(ready)
         if again:
             made, usable = self._embed_again(again)
