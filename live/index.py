@@ -285,7 +285,7 @@ class LiveIndex:
             plan = merge(self.classes, added, deleted)
             # Extended in place, before any row names a new class: readers never take the lock.
             self.classes.extend(plan.classes[len(self.classes):])
-            gone, rows = sorted(plan.gone), vectors[plan.picked]
+            gone, rows = list(plan.gone), vectors[plan.picked]
             self._apply_delete(self._state, gone)
             self._apply_upsert(self._state, plan.ids, rows, plan.labels)
             if self._journal is not None:
