@@ -29,9 +29,9 @@ from PIL import Image
 from bench.common import report
 from bench.loadgen import load, request_bytes
 from bench.serve import embedding_like, make_bundle, process_cpu_s, raw_forward, start_api
+from live.index import LiveIndex
 from trainer import index as faiss_index
 from trainer.bundle import set_current
-from trainer.live_index import LiveIndex
 
 ADMIN = {"Authorization": "Bearer bench-admin-key-0123456789"}
 BATCH = 64

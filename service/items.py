@@ -21,6 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
+from live.items import store_image
 from service.batcher import EmbedBatcher, Overloaded
 from service.decoding import QueryDecoder
 from service.errors import ProblemError, conflict, invalid, not_found
@@ -30,7 +31,6 @@ from service.registry import Served
 from service.schemas import LABEL, LABEL_MAX, NEW_ITEM_ID
 from state.changes import ADD, DELETE, Change, ChangeConflict
 from trainer.images import InvalidImage
-from worker.live import store_image
 
 EMBED_CHUNK = 256  # images embedded per batcher request
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif",

@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from live.embed import embed_files
+from live.index import LiveIndex
+from live.merge import net_changes
+from live.publish import ADDED_FILE
 from state.changes import Change, ChangeLog
 from trainer.bundle import Bundle
-from trainer.images import InvalidImage, decode_square
-from trainer.live_index import LiveIndex
-from worker.live import ADDED_FILE, net_changes
 
 log = logging.getLogger(__name__)
 PAGE = 1000  # log entries applied per step
@@ -61,47 +60,41 @@ class LiveView:
 
     def _apply(self, entries: list[Change]) -> None:
         added, deleted = net_changes(entries)
-        if deleted:
-            self.index.delete(sorted(deleted))
-            for item in deleted:
-                self.paths.pop(item, None)
-        if not added:
-            return
         version = self.bundle.version
         ready: list[Change] = []
         again: list[Change] = []
         for change in added.values():
             mine = change.vector is not None and change.version == version
             (ready if mine else again).append(change)
-        vectors = [np.stack([c.vector for c in ready])] if ready else []
+        vectors = [np.stack([c.vector for c in ready if c.vector is not None])] if ready else []
         kept = list(ready)
         if again:
             made, usable = self._embed_again(again)
             vectors.append(made)
             kept.extend(usable)
-        if kept:
-            self.index.upsert([c.id for c in kept], np.concatenate(vectors),
-                              [c.label for c in kept])
-            self.paths.update({c.id: c.path for c in kept if c.path})
+        self.index.apply([(c.id, c.label) for c in kept], np.concatenate(vectors) if vectors
+                         else np.zeros((0, self.index.dim), dtype=np.float32), deleted)
+        for item in deleted:
+            self.paths.pop(item, None)
+        self.paths.update({c.id: c.path for c in kept if c.path})
 
-    def _embed_again(self, entries: Iterable[Change]) -> tuple[np.ndarray, list[Change]]:
-        """Vectors of the served model for entries another model embedded."""
-        model = self.bundle.model
-        size = model.meta.image_size
-        images, usable = [], []
+    def _embed_again(self, entries: list[Change]) -> tuple[np.ndarray, list[Change]]:
+        """Vectors of the served model for entries another model embedded; an entry whose
+        image cannot be read or decoded is left out."""
+        root = self.dataset_root
+        named: list[Change] = []
         for change in entries:
-            try:
-                data = (self.dataset_root / (change.path or "")).read_bytes() if (
-                    self.dataset_root and change.path) else b""
-                images.append(torch.from_numpy(decode_square(data, size)).permute(2, 0, 1))
-                usable.append(change)
-            except (OSError, InvalidImage) as exc:
-                log.warning("item %s cannot be embedded again (%s); left out", change.id, exc)
-        if not images:
-            return np.zeros((0, self.index.dim), dtype=np.float32), []
-        out = [model.embed_uint8(torch.stack(images[i:i + 256]))
-               for i in range(0, len(images), 256)]
-        return np.concatenate(out), usable
+            if root is not None and change.path:
+                named.append(change)
+            else:
+                log.warning("item %s cannot be embedded again (no image); left out", change.id)
+
+        def unusable(pos: int, exc: Exception) -> None:
+            log.warning("item %s cannot be embedded again (%s); left out", named[pos].id, exc)
+
+        paths = [root / c.path for c in named if root is not None and c.path]
+        vectors, used = embed_files(self.bundle.model, paths, unusable)
+        return vectors, [named[pos] for pos in used]
 
     def rebuild_if_due(self) -> bool:
         """Compact the index when changes pass their threshold (in the calling thread; other
@@ -118,7 +111,7 @@ class LiveView:
 
 
 def _added_paths(bundle_path: Path) -> dict[str, str]:
-    """Images of the items the bundle took from the change log (see worker.live)."""
+    """Images of the items the bundle took from the change log (see live/publish.py)."""
     try:
         return dict(json.loads((bundle_path / ADDED_FILE).read_text()))
     except FileNotFoundError:

@@ -26,10 +26,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from live.index import LiveIndex
 from service.live_view import LiveView
 from state.changes import ChangeLog
 from trainer.bundle import Bundle, current_version
-from trainer.live_index import LiveIndex
 
 log = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 1.0

@@ -17,8 +17,8 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
+from live.publish import PublishOptions
 from state.jobs import RUNNING, Job
 from state.settings import Settings
 from trainer.bundle import set_current, withdraw, write_bundle
@@ -38,19 +38,21 @@ def bundle_version(job: Job) -> str:
 
 def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
             between_phases: Callable[[], None],
-            prepare: Callable[[], dict[str, Any]] | None = None) -> str:
-    """Publish the finished run of `job`; returns its version. `prepare()` gives more
-    arguments of write_bundle (the live collection's changes, worker/live.py). Raises
+            prepare: Callable[[], PublishOptions] | None = None) -> str:
+    """Publish the finished run of `job`; returns its version. `prepare()` gives what the
+    bundle records of the live collection's changes (live/publish.py). Raises
     TrainingStopped (canceled) or LeaseLost."""
     version = bundle_version(job)
     store = recorder.store
     try:
         between_phases()
-        more = prepare() if prepare is not None and not (
-            settings.models_root / version).exists() else {}
-        extra = {"job_id": job.id, **more.pop("extra", {})}
+        options = prepare() if prepare is not None and not (
+            settings.models_root / version).exists() else None
         write_bundle(run_dir, settings.models_root, dataset=job.dataset, version=version,
-                     extra=extra, exist_ok=True, check=between_phases, **more)
+                     extra={"job_id": job.id, **(options.extra if options else {})},
+                     exist_ok=True, check=between_phases,
+                     embeddings=options.embeddings if options else None,
+                     extra_json=options.extra_json if options else None)
         between_phases()
         committed = recorder.retrying(lambda: store.transition(
             job.id, {RUNNING}, RUNNING, owner=recorder.owner, when={"cancel_requested": False},

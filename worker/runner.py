@@ -86,13 +86,16 @@ def run_job(job_id: str, store: JobStore, settings: Settings,
 def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
                        recorder: JobRecorder, requeue: Callable[[str], None] | None) -> str:
     # Imported here: the worker's parent process never loads torch, let alone CUDA.
+    from live.collection import training_collection
+    from live.embed import embed_files_with
+    from live.publish import PublishOptions, publish_options
     from state.stores import open_changes
     from trainer import warm_start
     from trainer.config import TrainConfig
     from trainer.data import open_collection
     from trainer.errors import RankFailed, TrainerError, TrainingStopped
     from trainer.launcher import run_training
-    from worker import live
+    from worker.live import snapshot_seq
     from worker.publish import publish
 
     run_dir = settings.runs_root / job.id
@@ -144,8 +147,8 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
         # in, deleted ones out; the same snapshot when the job resumes.
         changes = open_changes(settings)
         run_dir.mkdir(parents=True, exist_ok=True)
-        snapshot = recorder.retrying(lambda: live.snapshot_seq(run_dir, changes, job.dataset))
-        collection = recorder.retrying(lambda: live.training_collection(
+        snapshot = recorder.retrying(lambda: snapshot_seq(run_dir, changes, job.dataset))
+        collection = recorder.retrying(lambda: training_collection(
             collection, changes, job.dataset, root, snapshot))
         weights = warm_start.resolve(config.init_from, settings.models_root,
                                      settings.data_root) if config.init_from else None
@@ -155,15 +158,13 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
                               on_status=on_status, should_stop=should_stop, init_weights=weights)
         recorder.progress({**progress, "phase": "publishing"})
 
-        def with_changes() -> dict[str, Any]:
+        def with_changes() -> PublishOptions:
             """Changes made while the job trained go into its bundle, embedded anew."""
             upto = recorder.retrying(lambda: changes.last_seq(job.dataset))
-            embed = live.embed_files_with(run_dir / "encoder.pt", config.device,
-                                          config.precision)
-            more = recorder.retrying(lambda: live.bundle_arguments(
-                run_dir, changes, job.dataset, root, snapshot, upto, embed))
-            more["extra"]["init_from"] = config.init_from or None
-            return more
+            embed = embed_files_with(run_dir / "encoder.pt", config.device, config.precision)
+            return recorder.retrying(lambda: publish_options(
+                run_dir, changes, job.dataset, root, snapshot, upto, embed,
+                init_from=config.init_from or None))
 
         version = publish(job, run_dir, settings, recorder, between_phases, with_changes)
         recorder.finish(SUCCEEDED, model_version=version, finished_at=time.time(),

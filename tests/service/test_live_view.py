@@ -6,13 +6,13 @@ import zipfile
 
 import numpy as np
 
+from live.items import store_image
 from service.live_view import LiveView
 from state.changes import ADD, DELETE, Change
 from state.changes_sqlite import SqliteChangeLog
 from tests.conftest import CIFAR_SLICE
 from tests.service.conftest import V1, V2
 from trainer.bundle import Bundle
-from worker.live import store_image
 
 
 def test_views_apply_the_log_in_order_and_converge(tmp_path, models_template):

@@ -144,7 +144,7 @@ def test_live_changes_and_warm_start_reach_every_process(cifar_dir, tmp_path):
     every process trains on the same collection from the same weights."""
     import shutil
 
-    from trainer.overlay import AddedItem, with_changes
+    from live.collection import AddedItem, with_changes
 
     tiny = DIST | {"batch_size": 32, "rounds": 1, "epochs_per_round": 1}
     base = open_collection(cifar_dir)

@@ -4,16 +4,13 @@ change log and real image files."""
 import numpy as np
 from PIL import Image
 
+from live.collection import training_collection
+from live.items import store_image
+from live.publish import apply_to_embeddings
 from state.changes import ADD, DELETE, Change
 from state.changes_sqlite import SqliteChangeLog
 from trainer.data import open_collection
-from worker.live import (
-    apply_to_embeddings,
-    net_changes,
-    snapshot_seq,
-    store_image,
-    training_collection,
-)
+from worker.live import snapshot_seq
 
 
 def _png(colour):
@@ -22,14 +19,6 @@ def _png(colour):
     buf = io.BytesIO()
     Image.new("RGB", (12, 12), colour).save(buf, "PNG")
     return buf.getvalue()
-
-
-def test_net_changes_follow_the_order_of_the_log():
-    entries = [Change(ADD, "a", path="1"), Change(ADD, "b", path="2"), Change(DELETE, "a"),
-               Change(ADD, "b", path="3"), Change(DELETE, "c"), Change(ADD, "c", path="4")]
-    added, deleted = net_changes(entries)
-    assert {i: c.path for i, c in added.items()} == {"b": "3", "c": "4"}
-    assert deleted == {"a"}
 
 
 def test_a_job_trains_on_its_snapshot_and_publishes_what_came_after(cifar_dir, tmp_path):

@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
+from live.collection import AddedItem, with_changes
 from trainer.data import open_collection
-from trainer.overlay import AddedItem, with_changes
 
 
 def test_added_and_deleted_items_change_the_collection(cifar_dir, tmp_path):

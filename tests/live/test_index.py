@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
+from live.index import LiveIndex
 from trainer import index as faiss_index
-from trainer.live_index import LiveIndex
 
 
 def _unit(angles_deg):

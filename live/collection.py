@@ -1,15 +1,18 @@
-"""A collection with changes on top: items added with explicit ids and labels (their images
-stored apart from the dataset's own files), and items deleted. The dataset's files stay as they
-are; a training run sees the collection as the changes left it."""
+"""The collection a job trains on: a dataset with changes on top, items added with explicit ids
+and labels (their images stored apart from the dataset's own files) and items deleted. The
+dataset's files stay as they are; a training run sees the collection as the changes left it."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from live.merge import merge, net_changes
+from state.changes import ChangeLog
 from trainer.data import Collection, Source
 from trainer.images import InvalidImage, decode_square
 
@@ -43,32 +46,32 @@ class OverlaySource:
 
 def with_changes(collection: Collection, added: Sequence[AddedItem],
                  deleted: Iterable[str]) -> Collection:
-    """`collection` without the `deleted` ids, with `added` items appended in order (an added
-    id that exists replaces it). Added items are training items; new labels become classes."""
+    """`collection` without the `deleted` ids, with `added` items appended in order (the rule of
+    live/merge.py). Added items are training items; new labels become classes."""
     if not added and not deleted:
         return collection
-    added = list({item.id: item for item in added}.values())  # the last add of an id wins
-    gone = set(deleted) | {item.id for item in added}
-    keep = np.asarray([i for i, item in enumerate(collection.ids) if item not in gone],
-                      dtype=np.int64)
-    classes = list(collection.classes)
-    for item in added:
-        if item.label is not None and item.label not in classes:
-            classes.append(item.label)
-    index = {c: i for i, c in enumerate(classes)}
+    plan = merge(collection.classes, [(item.id, item.label) for item in added], deleted)
+    keep = plan.kept(collection.ids)
     base_rows = int(collection.source_index.max(initial=-1)) + 1
-    source = OverlaySource(collection.source, base_rows, [item.path for item in added])
+    source = OverlaySource(collection.source, base_rows, [added[p].path for p in plan.picked])
     return Collection(
         name=collection.name,
-        ids=[collection.ids[i] for i in keep] + [item.id for item in added],
-        labels=np.concatenate([collection.labels[keep], np.asarray(
-            [index[item.label] if item.label is not None else -1 for item in added],
-            dtype=np.int64)]),
-        classes=classes,
-        is_eval=np.concatenate([collection.is_eval[keep], np.zeros(len(added), dtype=bool)]),
+        ids=[collection.ids[i] for i in keep] + plan.ids,
+        labels=np.concatenate([collection.labels[keep], plan.labels]),
+        classes=plan.classes,
+        is_eval=np.concatenate([collection.is_eval[keep], np.zeros(len(plan.ids), dtype=bool)]),
         source=source,
         ignored=collection.ignored,
         skipped=list(collection.skipped),
         source_index=np.concatenate([collection.source_index[keep],
-                                     base_rows + np.arange(len(added), dtype=np.int64)]),
+                                     base_rows + np.arange(len(plan.ids), dtype=np.int64)]),
     )
+
+
+def training_collection(collection: Collection, changes: ChangeLog, dataset: str,
+                        dataset_root: Path, upto: int) -> Collection:
+    """The dataset as the log left it at position `upto`."""
+    added, deleted = net_changes(changes.changes_between(dataset, 0, upto))
+    items = [AddedItem(c.id, str(dataset_root / c.path), c.label) for c in added.values()
+             if c.path]
+    return with_changes(collection, items, deleted)

@@ -24,13 +24,14 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faiss
 import numpy as np
 
+from live.merge import merge
 from trainer import index as faiss_index
 
 REBUILD_DELETED_SHARE = 0.10  # tombstones make filtered HNSW/IVF searches wider and slower
@@ -275,23 +276,26 @@ class LiveIndex:
         return top_scores.astype(np.float32), rows
 
     # --- writing --------------------------------------------------------------------------
-    def class_index(self, label: str | None) -> int:
-        """A label's class index, adding the class when it is new (-1 for no label)."""
-        if label is None:
-            return -1
-        if label not in self.classes:
-            self.classes.append(label)
-        return self.classes.index(label)
+    def apply(self, added: Sequence[tuple[str, str | None]], vectors: np.ndarray,
+              deleted: Iterable[str] = ()) -> None:
+        """The rule of live/merge.py: `deleted` ids leave, `added` (id, label) pairs join with
+        their `vectors` (an id present is replaced), new labels become classes."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(added), self.dim)
+        with self._lock:
+            plan = merge(self.classes, added, deleted)
+            # Extended in place, before any row names a new class: readers never take the lock.
+            self.classes.extend(plan.classes[len(self.classes):])
+            gone, rows = list(plan.gone), vectors[plan.picked]
+            self._apply_delete(self._state, gone)
+            self._apply_upsert(self._state, plan.ids, rows, plan.labels)
+            if self._journal is not None:
+                self._journal.append(("delete", gone))
+                self._journal.append(("upsert", (plan.ids, rows, plan.labels)))
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,
                labels: Sequence[str | None]) -> None:
         """Add items; an id already present is replaced (its old row is deleted)."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), -1)
-        with self._lock:
-            label_rows = np.asarray([self.class_index(lab) for lab in labels], dtype=np.int64)
-            self._apply_upsert(self._state, list(ids), vectors, label_rows)
-            if self._journal is not None:
-                self._journal.append(("upsert", (list(ids), vectors, label_rows)))
+        self.apply(list(zip(ids, labels, strict=True)), vectors)
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Delete items; returns the ids that were present."""
@@ -384,7 +388,7 @@ class LiveIndex:
         ids = list(s.row_of)
         if len(ids) < 2:
             return 1.0
-        exact = np.stack([self.vector(i) for i in ids]).astype(np.float32)
+        exact = np.stack(cast(list[np.ndarray], [self.vector(i) for i in ids])).astype(np.float32)
         rng = np.random.default_rng(seed)
         picks = rng.choice(len(ids), size=min(len(ids), n_queries), replace=False)
         k = min(10, len(ids) - 1)
