@@ -7,12 +7,20 @@ leaves no entry (its files are removed); a process killed before it leaves at mo
 no entry names; one killed after it has every item in. The answer comes after the append and
 after this replica applied it, so a write is visible at once where it was made, and on the
 other replicas within MODEL_POLL_S.
+
+Every request appends with a token of its own, so the log's retry after a lost reply finds the
+request's entries instead of conflicting with them (state/changes.py). When the append fails in
+a way that leaves its outcome unknown (the store unreachable), the images are kept: they may be
+named by committed entries. The ones no entry names are removed later by the orphan sweep
+(service/orphans.py).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +40,7 @@ from state.changes import ADD, DELETE, Change, ChangeConflict
 from trainer.images import InvalidImage
 from worker.live import store_image
 
+log = logging.getLogger(__name__)
 EMBED_CHUNK = 256  # images embedded per batcher request
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif",
            "TIFF": ".tif"}
@@ -108,11 +117,17 @@ async def add_items(served: Served, items: list[NewItem], upsert: bool,
         raise ProblemError(503, "Service Unavailable", str(exc),
                            headers={"Retry-After": "1"}) from None
     embedded = np.concatenate(vectors)
-    return await run_in_threadpool(_commit, view, served.version, items, embedded, upsert)
+    return await run_in_threadpool(_commit, view, served.version, items, embedded, upsert,
+                                   request_token())
+
+
+def request_token() -> str:
+    """The token of one HTTP request's append (state/changes.py)."""
+    return uuid.uuid4().hex
 
 
 def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndarray,
-            upsert: bool) -> list[Change]:
+            upsert: bool, token: str) -> list[Change]:
     assert view.dataset_root is not None and view.changes is not None
     stored: list[Path] = []
     try:
@@ -123,13 +138,20 @@ def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndar
             changes.append(Change(ADD, item.id, label=item.label, path=path, vector=vector,
                                   version=version))
         known = {item.id: item.id in view.index for item in items}
-        view.changes.append(view.dataset, changes, known, upsert=upsert)
+    except BaseException:
+        _remove(stored)  # nothing was appended
+        raise
+    try:
+        view.changes.append(view.dataset, changes, known, upsert=upsert, token=token)
     except ChangeConflict as exc:
-        _remove(stored)
+        _remove(stored)  # refused: nothing was appended
         raise conflict(f"item {exc.item!r} already exists in dataset {view.dataset!r}; send "
                        "upsert=true to replace it; nothing was added") from None
     except BaseException:
-        _remove(stored)
+        # The entries may be in the log all the same: their images stay (the orphan sweep
+        # removes those no entry names).
+        log.warning("adding %d items to %r failed with an unknown outcome; their images are "
+                    "kept", len(changes), view.dataset)
         raise
     view.catch_up()
     return changes
@@ -144,7 +166,8 @@ def delete_items(served: Served, ids: list[str]) -> list[Change]:
     known = {item: item in view.index for item in ids}
     try:
         changes = view.changes.append(view.dataset, [Change(DELETE, i) for i in
-                                                     dict.fromkeys(ids)], known)
+                                                     dict.fromkeys(ids)], known,
+                                      token=request_token())
     except ChangeConflict as exc:
         raise not_found(f"no item {exc.item!r} in dataset {view.dataset!r}; nothing was "
                         "deleted") from None

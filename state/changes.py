@@ -8,6 +8,12 @@ and 404, so a request is in the log entirely or not at all, and two writers can 
 the same id. Beside the log, the store keeps each touched id's latest state, for those checks and
 for `GET /items/{id}`.
 
+An append may carry the request's token (one per HTTP request). The token is recorded with the
+entries, in the same atomic step, and an append whose token is already recorded appends nothing
+and returns the seqs the first one got: a request retried after its reply was lost (the
+connection dropped during Redis's EXEC) succeeds once, instead of conflicting with itself.
+Tokens are kept for TOKEN_TTL_S.
+
 Two backends keep this contract: Redis (`state/changes_redis.py`) and SQLite for the embedded
 default (`state/changes_sqlite.py`).
 """
@@ -23,6 +29,7 @@ from typing import Any
 import numpy as np
 
 ADD, DELETE = "add", "delete"
+TOKEN_TTL_S = 86_400  # far longer than any retry of one request
 
 
 class ChangeConflict(Exception):
@@ -68,12 +75,14 @@ class Change:
 class ChangeLog(ABC):
     @abstractmethod
     def append(self, dataset: str, changes: list[Change], known: dict[str, bool],
-               upsert: bool = False) -> list[Change]:
+               upsert: bool = False, token: str | None = None) -> list[Change]:
         """Append `changes` atomically and return them with their sequence numbers.
 
         `known[id]` says whether the id is in the caller's published snapshot (the bundle); the
         log's own record of an id overrides it. Raises ChangeConflict, appending nothing, when
         an add names a live id (unless `upsert`) or a delete names an id that is not live.
+        When `token` was recorded by an earlier append (of the same request), nothing is
+        appended and `changes` come back with the seqs that append gave them.
         """
 
     @abstractmethod
@@ -112,3 +121,10 @@ def check(changes: list[Change], known: dict[str, bool],
         if change.op == DELETE and not exists:
             raise ChangeConflict(change.id, False)
         live[change.id] = change.op == ADD
+
+
+def numbered(changes: list[Change], first: int) -> list[Change]:
+    """`changes` with consecutive seqs from `first` (how one append numbers its entries)."""
+    for offset, change in enumerate(changes):
+        change.seq = first + offset
+    return changes

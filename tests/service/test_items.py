@@ -119,3 +119,46 @@ def test_bad_requests_change_nothing(client):
     assert count() == before and client.get("/items/z/good.png").status_code == 404
     added = client.settings.data_root / "cifar-slice" / ".items"
     assert not added.exists() or list(added.iterdir()) == []  # refused requests leave no file
+
+
+@pytest.fixture()
+def proxied(tmp_path, models_template, redis_server):
+    """The API with its change log on a real Redis reached through a proxy that can lose the
+    reply to a transaction."""
+    import uuid
+
+    from state.changes_redis import RedisChangeLog
+    from tests.redis_proxy import ExecReplyDroppingProxy
+
+    proxy = ExecReplyDroppingProxy(redis_server.port)
+    settings = make_settings(tmp_path, models_template)
+    with zipfile.ZipFile(CIFAR_SLICE) as z:
+        z.extractall(settings.data_root / "cifar-slice")
+    changes = RedisChangeLog(proxy.url, prefix=f"lost-{uuid.uuid4().hex[:8]}:")
+    with TestClient(create_app(settings, enqueue=lambda j: None, changes=changes)) as c:
+        c.settings, c.proxy = settings, proxy
+        yield c
+    proxy.close()
+
+
+def test_a_lost_transaction_reply_neither_refuses_nor_loses_the_write(proxied):
+    """Redis ran the append but its reply was lost: the retry finds the request's own entries
+    and answers as for the first try; the images stay."""
+    proxied.proxy.drop_next_exec()
+    r = proxied.post("/items", headers=AUTH, data={"ids": ["lost/a.png", "lost/b.png"]},
+                     files=[("files", ("a.png", _png((1, 2, 3)), "image/png")),
+                            ("files", ("b.png", _png((4, 5, 6)), "image/png"))])
+    assert proxied.proxy.dropped == 1
+    assert r.status_code == 201, r.text
+    assert r.json()["ids"] == ["lost/a.png", "lost/b.png"]
+    assert [proxied.get(f"/items/lost/{n}.png").json()["seq"] for n in "ab"] == [1, 2]
+    assert proxied.get(f"/models/{V1}/images/lost/b.png").content == _png((4, 5, 6))
+    files = list((proxied.settings.data_root / "cifar-slice" / ".items").iterdir())
+    assert len(files) == 2
+    proxied.proxy.drop_next_exec()
+    r = proxied.delete("/items/lost/a.png", headers=AUTH)
+    assert proxied.proxy.dropped == 2
+    assert r.status_code == 200, r.text
+    assert r.json()["seq"] == 3
+    assert proxied.get("/items/lost/a.png").status_code == 404
+    assert proxied.get("/items/lost/b.png").status_code == 200

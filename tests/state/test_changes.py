@@ -77,3 +77,37 @@ def test_concurrent_writers_never_add_the_same_id_twice(log):
         t.join()
     assert len(wins) == 1 and len(losses) == 7
     assert [c.seq for c in log.since("d", 0)] == [1, 2]
+
+
+def test_a_retried_request_is_appended_once(log):
+    """A request sent again with its token (its reply was lost) gets the seqs of its first
+    append and appends nothing, where it would otherwise conflict with itself."""
+    first = log.append("d", [_add("a"), _add("b")], known={}, token="req-1")
+    assert [c.seq for c in first] == [1, 2]
+    again = log.append("d", [_add("a"), _add("b")], known={}, token="req-1")
+    assert [c.seq for c in again] == [1, 2] and log.last_seq("d") == 2
+    with pytest.raises(ChangeConflict):  # another request adding them conflicts
+        log.append("d", [_add("a")], known={}, token="req-2")
+    log.append("d", [Change(DELETE, "a")], known={}, token="req-3")
+    assert [c.seq for c in log.append("d", [Change(DELETE, "a")], known={},
+                                      token="req-3")] == [3]
+    assert log.last_seq("d") == 3 and [c.seq for c in log.since("d", 0)] == [1, 2, 3]
+    # Tokens are per dataset.
+    assert [c.seq for c in log.append("e", [_add("a")], known={}, token="req-1")] == [1]
+
+
+def test_a_lost_exec_reply_is_not_a_conflict(redis_server):
+    """redis-py reports the connection lost during EXEC as WatchError and the log tries
+    again: the transaction had run, and the retry recognises its own entries."""
+    from tests.redis_proxy import ExecReplyDroppingProxy
+
+    proxy = ExecReplyDroppingProxy(redis_server.port)
+    try:
+        log = RedisChangeLog(proxy.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+        proxy.drop_next_exec()
+        done = log.append("d", [_add("a"), _add("b")], known={}, token="req-1")
+        assert proxy.dropped == 1
+        assert [c.seq for c in done] == [1, 2]
+        assert [(c.seq, c.id) for c in log.since("d", 0)] == [(1, "a"), (2, "b")]
+    finally:
+        proxy.close()
