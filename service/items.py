@@ -42,6 +42,9 @@ from worker.live import store_image
 
 log = logging.getLogger(__name__)
 EMBED_CHUNK = 256  # images embedded per batcher request
+# An archive's images are read from disk, decoded and embedded this many bytes at a time (or
+# EMBED_CHUNK images, whichever comes first): a request holds one chunk, not the archive.
+CHUNK_BYTES = 64 * 1024 * 1024
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif",
            "TIFF": ".tif"}
 
@@ -49,8 +52,14 @@ _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF":
 @dataclass
 class NewItem:
     id: str
-    data: bytes
+    data: bytes | Path  # the image, or the file holding it (an archive's entry on disk)
     label: str | None = None
+
+    def read(self) -> bytes:
+        return self.data.read_bytes() if isinstance(self.data, Path) else self.data
+
+    def size(self) -> int:
+        return self.data.stat().st_size if isinstance(self.data, Path) else len(self.data)
 
 
 def is_new_id(item: str) -> bool:
@@ -92,33 +101,49 @@ async def add_items(served: Served, items: list[NewItem], upsert: bool,
             raise conflict(f"id {item.id!r} appears twice in this request; nothing was added")
         seen.add(item.id)
     model = served.bundle.model
-    size = model.meta.image_size
-    images = []
-    for start in range(0, len(items), EMBED_CHUNK):
-        chunk = items[start:start + EMBED_CHUNK]
-        try:
-            images.append(await decoder.decode([i.data for i in chunk], size))
-        except InvalidImage:
-            # Found again one by one, so that the bad image is named by its id.
-            for item in chunk:
-                try:
-                    await decoder.decode([item.data], size)
-                except InvalidImage as exc:
-                    detail = str(exc).removeprefix("image 0: ").removeprefix("image 0 ")
-                    raise ProblemError(422, "Invalid Image", f"item {item.id!r}: {detail}; "
-                                       "nothing was added") from None
-            raise
     vectors = []
-    try:
-        for start in range(0, len(images), EMBED_CHUNK):
-            vectors.append(await batcher.embed(model, torch.cat(images[start:start +
-                                                                        EMBED_CHUNK])))
-    except Overloaded as exc:
-        raise ProblemError(503, "Service Unavailable", str(exc),
-                           headers={"Retry-After": "1"}) from None
+    for chunk in _chunks(items):
+        data = await run_in_threadpool(lambda c=chunk: [i.read() for i in c])
+        images = await _decode(decoder, chunk, data, model.meta.image_size)
+        del data
+        try:
+            vectors.append(await batcher.embed(model, images))
+        except Overloaded as exc:
+            raise ProblemError(503, "Service Unavailable", str(exc),
+                               headers={"Retry-After": "1"}) from None
     embedded = np.concatenate(vectors)
     return await run_in_threadpool(_commit, view, served.version, items, embedded, upsert,
                                    request_token())
+
+
+def _chunks(items: list[NewItem]) -> list[list[NewItem]]:
+    """Consecutive runs of at most EMBED_CHUNK items and CHUNK_BYTES (at least one item)."""
+    chunks: list[list[NewItem]] = [[]]
+    held = 0
+    for item in items:
+        size = item.size()
+        if chunks[-1] and (len(chunks[-1]) >= EMBED_CHUNK or held + size > CHUNK_BYTES):
+            chunks.append([])
+            held = 0
+        chunks[-1].append(item)
+        held += size
+    return [c for c in chunks if c]
+
+
+async def _decode(decoder: QueryDecoder, chunk: list[NewItem], data: list[bytes],
+                  size: int) -> torch.Tensor:
+    try:
+        return await decoder.decode(data, size)
+    except InvalidImage:
+        # Found again one by one, so that the bad image is named by its id.
+        for item, one in zip(chunk, data, strict=True):
+            try:
+                await decoder.decode([one], size)
+            except InvalidImage as exc:
+                detail = str(exc).removeprefix("image 0: ").removeprefix("image 0 ")
+                raise ProblemError(422, "Invalid Image", f"item {item.id!r}: {detail}; "
+                                   "nothing was added") from None
+        raise
 
 
 def request_token() -> str:
@@ -133,7 +158,8 @@ def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndar
     try:
         changes = []
         for item, vector in zip(items, vectors, strict=True):
-            path = store_image(view.dataset_root, item.data, _suffix(item.data))
+            data = item.read()
+            path = store_image(view.dataset_root, data, _suffix(data))
             stored.append(view.dataset_root / path)
             changes.append(Change(ADD, item.id, label=item.label, path=path, vector=vector,
                                   version=version))
