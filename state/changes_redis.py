@@ -10,11 +10,12 @@ The next try then finds the token and returns what was committed."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
 
-from state.changes import TOKEN_TTL_S, Change, ChangeLog, check, numbered
+from state.changes import TOKEN_TTL_S, Change, ChangeLog, check, numbered, parse_state
 
 
 class RedisChangeLog(ChangeLog):
@@ -59,18 +60,21 @@ class RedisChangeLog(ChangeLog):
                     # again (the token says whether this append is already in).
                     continue
 
-    def since(self, dataset: str, after: int, limit: int = 10_000) -> list[Change]:
+    def _rows(self, dataset: str, after: int, limit: int) -> list[tuple[int, str | bytes]]:
         rows = self.r.zrangebyscore(self._k(dataset, "log"), f"({after}", "+inf", start=0,
-                                    num=limit)
-        out = []
-        for row in rows:
-            data = json.loads(row)
-            out.append(Change.from_payload(data.pop("seq"), data))
-        return out
+                                    num=limit, withscores=True)
+        return [(int(score), raw) for raw, score in rows]
+
+    def _record_set_aside(self, dataset: str, seq: int, problem: str) -> None:
+        self.r.hsetnx(self._k(dataset, "set_aside"), str(seq),
+                      json.dumps({"problem": problem, "at": time.time()}))
+
+    def set_aside(self, dataset: str) -> dict[int, str]:
+        raw = self.r.hgetall(self._k(dataset, "set_aside"))
+        return {int(k): json.loads(v)["problem"] for k, v in raw.items()}
 
     def last_seq(self, dataset: str) -> int:
         return int(self.r.get(self._k(dataset, "seq")) or 0)
 
     def item_state(self, dataset: str, item: str) -> dict[str, Any] | None:
-        raw = self.r.hget(self._k(dataset, "items"), item)
-        return json.loads(raw) if raw else None
+        return parse_state(dataset, item, self.r.hget(self._k(dataset, "items"), item))

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from state.changes import TOKEN_TTL_S, Change, ChangeLog, check, numbered
+from state.changes import TOKEN_TTL_S, Change, ChangeLog, check, numbered, parse_state
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (dataset TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -26,6 +26,9 @@ CREATE TABLE IF NOT EXISTS change_requests (dataset TEXT NOT NULL, token TEXT NO
                                             first_seq INTEGER NOT NULL, at REAL NOT NULL,
                                             PRIMARY KEY (dataset, token));
 CREATE INDEX IF NOT EXISTS change_requests_at ON change_requests (at);
+CREATE TABLE IF NOT EXISTS change_set_aside (dataset TEXT NOT NULL, seq INTEGER NOT NULL,
+                                             problem TEXT NOT NULL, at REAL NOT NULL,
+                                             PRIMARY KEY (dataset, seq));
 """
 
 
@@ -89,11 +92,21 @@ class SqliteChangeLog(ChangeLog):
                 raise
         return changes
 
-    def since(self, dataset: str, after: int, limit: int = 10_000) -> list[Change]:
+    def _rows(self, dataset: str, after: int, limit: int) -> list[tuple[int, str | bytes]]:
         with self._db() as db:
-            rows = db.execute("SELECT seq, payload FROM changes WHERE dataset = ? AND seq > ? "
+            return db.execute("SELECT seq, payload FROM changes WHERE dataset = ? AND seq > ? "
                               "ORDER BY seq LIMIT ?", (dataset, after, limit)).fetchall()
-        return [Change.from_payload(seq, json.loads(payload)) for seq, payload in rows]
+
+    def _record_set_aside(self, dataset: str, seq: int, problem: str) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR IGNORE INTO change_set_aside (dataset, seq, problem, at) "
+                       "VALUES (?, ?, ?, ?)", (dataset, seq, problem, time.time()))
+
+    def set_aside(self, dataset: str) -> dict[int, str]:
+        with self._db() as db:
+            rows = db.execute("SELECT seq, problem FROM change_set_aside WHERE dataset = ?",
+                              (dataset,)).fetchall()
+        return {int(seq): problem for seq, problem in rows}
 
     def last_seq(self, dataset: str) -> int:
         with self._db() as db:
@@ -105,4 +118,4 @@ class SqliteChangeLog(ChangeLog):
         with self._db() as db:
             row = db.execute("SELECT state FROM change_items WHERE dataset = ? AND id = ?",
                              (dataset, item)).fetchone()
-        return json.loads(row[0]) if row else None
+        return parse_state(dataset, item, row[0] if row else None)
