@@ -103,7 +103,7 @@ async def add_items(served: Served, items: list[NewItem], upsert: bool,
     model = served.bundle.model
     vectors = []
     for chunk in _chunks(items):
-        data = await run_in_threadpool(lambda c=chunk: [i.read() for i in c])
+        data = await run_in_threadpool(_read, chunk)
         images = await _decode(decoder, chunk, data, model.meta.image_size)
         del data
         try:
@@ -114,6 +114,10 @@ async def add_items(served: Served, items: list[NewItem], upsert: bool,
     embedded = np.concatenate(vectors)
     return await run_in_threadpool(_commit, view, served.version, items, embedded, upsert,
                                    request_token())
+
+
+def _read(items: list[NewItem]) -> list[bytes]:
+    return [item.read() for item in items]
 
 
 def _chunks(items: list[NewItem]) -> list[list[NewItem]]:

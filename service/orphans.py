@@ -74,7 +74,7 @@ class OrphanSweeper:
         if time.monotonic() < self._next or (self._thread and self._thread.is_alive()):
             return
         self._next = time.monotonic() + self.every_s
-        targets = {}
+        targets: dict[tuple[Path | None, str], LiveView] = {}
         for view in views:
             if view.writable and view.dataset:
                 targets.setdefault((view.dataset_root, view.dataset), view)

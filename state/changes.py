@@ -226,7 +226,7 @@ class ChangeLog(ABC):
 def check(changes: list[Change], known: dict[str, bool],
           recorded: dict[str, dict[str, Any] | None], upsert: bool) -> None:
     """The 409/404 rule, shared by both backends (each runs it inside its atomic step)."""
-    live = {}
+    live: dict[str, bool] = {}
     for change in changes:
         state = recorded.get(change.id)
         exists = live.get(change.id, state["state"] == "live" if state else

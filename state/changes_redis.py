@@ -61,8 +61,8 @@ class RedisChangeLog(ChangeLog):
                     continue
 
     def _rows(self, dataset: str, after: int, limit: int) -> list[tuple[int, str | bytes]]:
-        rows = self.r.zrangebyscore(self._k(dataset, "log"), f"({after}", "+inf", start=0,
-                                    num=limit, withscores=True)
+        rows: list[tuple[bytes, float]] = self.r.zrangebyscore(  # type: ignore[assignment]
+            self._k(dataset, "log"), f"({after}", "+inf", start=0, num=limit, withscores=True)
         return [(int(score), raw) for raw, score in rows]
 
     def _record_set_aside(self, dataset: str, seq: int, problem: str) -> None:
