@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import console, contract, errors
 from service.batcher import EmbedBatcher, cpu_workers
 from service.decoding import QueryDecoder
-from service.limits import Limits
+from service.limits import Gate, Limits
 from service.metrics import Metrics, MetricsMiddleware
 from service.probes import BrokerConnection, CachedProbe
 from service.registry import ModelRegistry
@@ -153,6 +153,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
                   lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.limits = limits
+    app.state.archive_adds = Gate(settings.max_concurrent_archive_adds)
     app.state.bodies = query_models(limits)
     app.state.store = store
     app.state.changes = changes

@@ -7,12 +7,20 @@ leaves no entry (its files are removed); a process killed before it leaves at mo
 no entry names; one killed after it has every item in. The answer comes after the append and
 after this replica applied it, so a write is visible at once where it was made, and on the
 other replicas within MODEL_POLL_S.
+
+Every request appends with a token of its own, so the log's retry after a lost reply finds the
+request's entries instead of conflicting with them (state/changes.py). When the append fails in
+a way that leaves its outcome unknown (the store unreachable), the images are kept: they may be
+named by committed entries. The ones no entry names are removed later by the orphan sweep
+(service/orphans.py).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +40,11 @@ from service.schemas import LABEL, LABEL_MAX, NEW_ITEM_ID
 from state.changes import ADD, DELETE, Change, ChangeConflict
 from trainer.images import InvalidImage
 
+log = logging.getLogger(__name__)
 EMBED_CHUNK = 256  # images embedded per batcher request
+# An archive's images are read from disk, decoded and embedded this many bytes at a time (or
+# EMBED_CHUNK images, whichever comes first): a request holds one chunk, not the archive.
+CHUNK_BYTES = 64 * 1024 * 1024
 _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif",
            "TIFF": ".tif"}
 
@@ -40,8 +52,14 @@ _SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF":
 @dataclass
 class NewItem:
     id: str
-    data: bytes
+    data: bytes | Path  # the image, or the file holding it (an archive's entry on disk)
     label: str | None = None
+
+    def read(self) -> bytes:
+        return self.data.read_bytes() if isinstance(self.data, Path) else self.data
+
+    def size(self) -> int:
+        return self.data.stat().st_size if isinstance(self.data, Path) else len(self.data)
 
 
 def is_new_id(item: str) -> bool:
@@ -83,53 +101,87 @@ async def add_items(served: Served, items: list[NewItem], upsert: bool,
             raise conflict(f"id {item.id!r} appears twice in this request; nothing was added")
         seen.add(item.id)
     model = served.bundle.model
-    size = model.meta.image_size
-    images = []
-    for start in range(0, len(items), EMBED_CHUNK):
-        chunk = items[start:start + EMBED_CHUNK]
-        try:
-            images.append(await decoder.decode([i.data for i in chunk], size))
-        except InvalidImage:
-            # Found again one by one, so that the bad image is named by its id.
-            for item in chunk:
-                try:
-                    await decoder.decode([item.data], size)
-                except InvalidImage as exc:
-                    detail = str(exc).removeprefix("image 0: ").removeprefix("image 0 ")
-                    raise ProblemError(422, "Invalid Image", f"item {item.id!r}: {detail}; "
-                                       "nothing was added") from None
-            raise
     vectors = []
-    try:
-        for start in range(0, len(images), EMBED_CHUNK):
-            vectors.append(await batcher.embed(model, torch.cat(images[start:start +
-                                                                        EMBED_CHUNK])))
-    except Overloaded as exc:
-        raise ProblemError(503, "Service Unavailable", str(exc),
-                           headers={"Retry-After": "1"}) from None
+    for chunk in _chunks(items):
+        data = await run_in_threadpool(_read, chunk)
+        images = await _decode(decoder, chunk, data, model.meta.image_size)
+        del data
+        try:
+            vectors.append(await batcher.embed(model, images))
+        except Overloaded as exc:
+            raise ProblemError(503, "Service Unavailable", str(exc),
+                               headers={"Retry-After": "1"}) from None
     embedded = np.concatenate(vectors)
-    return await run_in_threadpool(_commit, view, served.version, items, embedded, upsert)
+    return await run_in_threadpool(_commit, view, served.version, items, embedded, upsert,
+                                   request_token())
+
+
+def _read(items: list[NewItem]) -> list[bytes]:
+    return [item.read() for item in items]
+
+
+def _chunks(items: list[NewItem]) -> list[list[NewItem]]:
+    """Consecutive runs of at most EMBED_CHUNK items and CHUNK_BYTES (at least one item)."""
+    chunks: list[list[NewItem]] = [[]]
+    held = 0
+    for item in items:
+        size = item.size()
+        if chunks[-1] and (len(chunks[-1]) >= EMBED_CHUNK or held + size > CHUNK_BYTES):
+            chunks.append([])
+            held = 0
+        chunks[-1].append(item)
+        held += size
+    return [c for c in chunks if c]
+
+
+async def _decode(decoder: QueryDecoder, chunk: list[NewItem], data: list[bytes],
+                  size: int) -> torch.Tensor:
+    try:
+        return await decoder.decode(data, size)
+    except InvalidImage:
+        # Found again one by one, so that the bad image is named by its id.
+        for item, one in zip(chunk, data, strict=True):
+            try:
+                await decoder.decode([one], size)
+            except InvalidImage as exc:
+                detail = str(exc).removeprefix("image 0: ").removeprefix("image 0 ")
+                raise ProblemError(422, "Invalid Image", f"item {item.id!r}: {detail}; "
+                                   "nothing was added") from None
+        raise
+
+
+def request_token() -> str:
+    """The token of one HTTP request's append (state/changes.py)."""
+    return uuid.uuid4().hex
 
 
 def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndarray,
-            upsert: bool) -> list[Change]:
+            upsert: bool, token: str) -> list[Change]:
     assert view.dataset_root is not None and view.changes is not None
     stored: list[Path] = []
     try:
         changes = []
         for item, vector in zip(items, vectors, strict=True):
-            path = store_image(view.dataset_root, item.data, _suffix(item.data))
+            data = item.read()
+            path = store_image(view.dataset_root, data, _suffix(data))
             stored.append(view.dataset_root / path)
             changes.append(Change(ADD, item.id, label=item.label, path=path, vector=vector,
                                   version=version))
         known = {item.id: item.id in view.index for item in items}
-        view.changes.append(view.dataset, changes, known, upsert=upsert)
+    except BaseException:
+        _remove(stored)  # nothing was appended
+        raise
+    try:
+        view.changes.append(view.dataset, changes, known, upsert=upsert, token=token)
     except ChangeConflict as exc:
-        _remove(stored)
+        _remove(stored)  # refused: nothing was appended
         raise conflict(f"item {exc.item!r} already exists in dataset {view.dataset!r}; send "
                        "upsert=true to replace it; nothing was added") from None
     except BaseException:
-        _remove(stored)
+        # The entries may be in the log all the same: their images stay (the orphan sweep
+        # removes those no entry names).
+        log.warning("adding %d items to %r failed with an unknown outcome; their images are "
+                    "kept", len(changes), view.dataset)
         raise
     view.catch_up()
     return changes
@@ -144,7 +196,8 @@ def delete_items(served: Served, ids: list[str]) -> list[Change]:
     known = {item: item in view.index for item in ids}
     try:
         changes = view.changes.append(view.dataset, [Change(DELETE, i) for i in
-                                                     dict.fromkeys(ids)], known)
+                                                     dict.fromkeys(ids)], known,
+                                      token=request_token())
     except ChangeConflict as exc:
         raise not_found(f"no item {exc.item!r} in dataset {view.dataset!r}; nothing was "
                         "deleted") from None

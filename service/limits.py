@@ -3,6 +3,7 @@ body readers and the OpenAPI document take their numbers from here."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from service.settings import ServiceSettings
@@ -85,3 +86,24 @@ class Limits:
             structure = max(self.vectors_budget(DIM_MAX), self.ids_budget)
             return self.images * self.b64_image_chars + structure
         return JSON_BASE
+
+
+class Gate:
+    """At most `size` holders at once; one more is refused at once rather than queued (its
+    caller answers 503), so waiting requests hold no memory or disk."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self._held >= self.size:
+                return False
+            self._held += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._held = max(0, self._held - 1)

@@ -28,6 +28,7 @@ from typing import Any
 
 from live.index import LiveIndex
 from service.live_view import LiveView
+from service.orphans import OrphanSweeper
 from state.changes import ChangeLog
 from trainer.bundle import Bundle, current_version
 
@@ -153,6 +154,7 @@ class ModelRegistry:
         self._loader = _Loader()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._orphans = OrphanSweeper()
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -175,6 +177,8 @@ class ModelRegistry:
             except Exception:  # keep serving the old model whatever happens
                 log.exception("checking for a new model failed")
             self.sync_views()
+            self._orphans.maybe_sweep(s.live for s in [self.current, *self._cached.values()]
+                                      if s is not None)
 
     def sync_views(self) -> None:
         """Apply the change log's new entries to every loaded version, and compact an index

@@ -46,6 +46,12 @@ class ServiceSettings(Settings):
         "/items may name (files and JSON adds take MAX_IMAGES_PER_REQUEST).")
     max_image_mb: float = Field(default=10.0, gt=0, le=1024,
                                 description="Largest single query image (bytes).")
+    max_items_archive_mb: int = Field(
+        default=1024, ge=1, description="Largest total size a POST /items archive may expand "
+        "to (every member, image or not); each image in it is also held to MAX_IMAGE_MB.")
+    max_concurrent_archive_adds: int = Field(
+        default=2, ge=1, le=64, description="POST /items archives handled at once by one API "
+        "process; past it 503 with Retry-After.")
     max_query_pixels: int = Field(
         default=16_000_000, ge=1024, description="Largest query image (width x height), read "
         "from its header before anything is decoded: a 12-megapixel photo passes, a "

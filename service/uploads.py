@@ -171,15 +171,27 @@ def _copy(src: BinaryIO, dest: Path, declared: int) -> None:
             out.write(chunk)
 
 
-def extract(archive: Path, target: Path, max_bytes: int, max_entries: int,
+@dataclass(frozen=True)
+class SizeLimits:
+    """What an archive may expand to: `total` bytes (every member), each image at most
+    `image` bytes (None: only the total); the names of the settings, for the answer."""
+
+    total: int
+    total_name: str = "MAX_EXTRACTED_MB"
+    image: int | None = None
+    image_name: str = "MAX_IMAGE_MB"
+
+
+def extract(archive: Path, target: Path, max_bytes: int | SizeLimits, max_entries: int,
             disk: DiskGuard) -> Extracted:
     """Unpack image entries of `archive` into `target` (which must not exist)."""
     target.mkdir(parents=True)
     kind = kind_of(archive)
+    limits = max_bytes if isinstance(max_bytes, SizeLimits) else SizeLimits(max_bytes)
     try:
         if kind == "zip":
-            return _extract_zip(archive, target, max_bytes, max_entries, disk)
-        return _extract_tar(archive, target, max_bytes, max_entries, disk)
+            return _extract_zip(archive, target, limits, max_entries, disk)
+        return _extract_tar(archive, target, limits, max_entries, disk)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError,
             OSError, struct.error, ValueError) as exc:
         if isinstance(exc, UploadRejected):
@@ -187,12 +199,19 @@ def extract(archive: Path, target: Path, max_bytes: int, max_entries: int,
         raise UploadRejected(f"the archive is damaged: {exc}") from exc
 
 
-def _too_big(total: int, max_bytes: int) -> None:
-    if total > max_bytes:
-        raise TooLarge(f"archive expands past {max_bytes} bytes (MAX_EXTRACTED_MB)")
+def _too_big(total: int, limits: SizeLimits) -> None:
+    if total > limits.total:
+        raise TooLarge(f"archive expands past {limits.total} bytes ({limits.total_name})")
 
 
-def _extract_zip(archive: Path, target: Path, max_bytes: int, max_entries: int,
+def _image_too_big(rel: str, size: int, limits: SizeLimits) -> None:
+    """Checked from the declared size, before the entry's data is read."""
+    if limits.image is not None and size > limits.image:
+        raise TooLarge(f"archive entry {rel!r} is larger than {limits.image} bytes "
+                       f"({limits.image_name})")
+
+
+def _extract_zip(archive: Path, target: Path, limits: SizeLimits, max_entries: int,
                  disk: DiskGuard) -> Extracted:
     zip_entry_count(archive, max_entries)
     result, total = Extracted(), 0
@@ -206,9 +225,10 @@ def _extract_zip(archive: Path, target: Path, max_bytes: int, max_entries: int,
                 raise UploadRejected(f"archive entry {info.filename!r} is not a file")
             rel = _safe_relative(info.filename)
             total += info.file_size  # every entry counts, image or not
-            _too_big(total, max_bytes)
+            _too_big(total, limits)
             if info.is_dir() or not rel or not _wanted(rel, result):
                 continue
+            _image_too_big(rel, info.file_size, limits)
             dest = target / rel
             disk.need(info.file_size)
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +238,7 @@ def _extract_zip(archive: Path, target: Path, max_bytes: int, max_entries: int,
     return result
 
 
-def _extract_tar(archive: Path, target: Path, max_bytes: int, max_entries: int,
+def _extract_tar(archive: Path, target: Path, limits: SizeLimits, max_entries: int,
                  disk: DiskGuard) -> Extracted:
     result, total, count = Extracted(), 0, 0
     with tarfile.open(archive) as tf:
@@ -235,13 +255,14 @@ def _extract_tar(archive: Path, target: Path, max_bytes: int, max_entries: int,
             if member.isdev():
                 raise UploadRejected(f"archive entry {member.name!r} is a device")
             total += member.size
-            _too_big(total, max_bytes)
+            _too_big(total, limits)
             if member.isdir() or not rel:
                 continue
             if not member.isfile():
                 raise UploadRejected(f"archive entry {member.name!r} is not a file")
             if not _wanted(rel, result):
                 continue
+            _image_too_big(rel, member.size, limits)
             src = tf.extractfile(member)
             if src is None:
                 continue

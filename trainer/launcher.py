@@ -3,7 +3,9 @@
 - gpus = nodes = 1: the plain single-process Trainer.
 - gpus = k > 1 on one machine: this process becomes rank 0 (it keeps the callbacks: progress,
   cancel, lease) and torch.distributed.elastic starts ranks 1..k-1 (`python -m trainer.rank`);
-  they meet at a c10d TCPStore this process hosts on a free port. Gloo on CPU, NCCL on CUDA.
+  they meet at a c10d TCPStore this process hosts on a free port of the loopback interface,
+  and Gloo's and NCCL's own sockets use the loopback interface too: nothing of a one-machine run
+  is reachable from another machine. Gloo on CPU, NCCL on CUDA.
 - Started by torchrun (WORLD_SIZE in the environment, any number of machines): this process
   joins the run torchrun describes, as the rank it was given.
 
@@ -18,6 +20,7 @@ import datetime
 import logging
 import os
 import pickle
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -108,12 +111,12 @@ def _launch_local(config: TrainConfig, collection: Collection, out: Path,
     with open(spec_path, "wb") as f:
         pickle.dump(spec, f)
     threads = threads_per_process(world)
-    store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, timeout=GROUP_TIMEOUT,
-                          wait_for_workers=False)
+    store = loopback_store(world)
+    loopback = loopback_environment()
     common = {"WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port),
               "OMP_NUM_THREADS": str(threads),
-              "AND_CHECK_REPLICAS": "1" if check_replicas else "0"}
+              "AND_CHECK_REPLICAS": "1" if check_replicas else "0", **loopback}
     others = range(1, world)
     procs = start_processes(
         name="and-rank", entrypoint=sys.executable,
@@ -124,6 +127,10 @@ def _launch_local(config: TrainConfig, collection: Collection, out: Path,
     )
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    # Rank 0 is this process: Gloo reads its interface when the group is made, NCCL when its
+    # first communicator is, so the setting holds for the whole run.
+    previous_env = {k: os.environ.get(k) for k in loopback}
+    os.environ.update(loopback)
     ctx = Distributed(rank=0, world=world, local_rank=0, local_world=world,
                       check_replicas=check_replicas)
     try:
@@ -146,6 +153,44 @@ def _launch_local(config: TrainConfig, collection: Collection, out: Path,
         if dist.is_initialized():
             dist.destroy_process_group()
         torch.set_num_threads(previous_threads)
+        for key, value in previous_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def loopback_store(world: int) -> dist.TCPStore:
+    """The rendezvous of a one-machine run: a c10d store listening on 127.0.0.1 only.
+
+    TCPStore's own server binds every interface (and has no authentication), so it is given a
+    socket already bound to the loopback address instead."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(max(128, world))
+        port = sock.getsockname()[1]
+    except OSError:
+        sock.close()
+        raise
+    # The store owns the descriptor from here on (and closes it).
+    return dist.TCPStore("127.0.0.1", port, world, is_master=True, timeout=GROUP_TIMEOUT,
+                         wait_for_workers=False, master_listen_fd=sock.detach())
+
+
+def loopback_environment() -> dict[str, str]:
+    """Gloo's and NCCL's socket interface for a one-machine run: the loopback interface
+    (by default they bind the address the host name resolves to)."""
+    name = loopback_interface()
+    return {"GLOO_SOCKET_IFNAME": name, "NCCL_SOCKET_IFNAME": name}
+
+
+def loopback_interface() -> str:
+    names = [name for _, name in socket.if_nameindex()]
+    for name in ("lo", "lo0", *names):
+        if name in names and name.startswith("lo"):
+            return name
+    return "lo"
 
 
 def _raise_if_a_rank_failed(procs: Any, cause: BaseException) -> None:

@@ -13,7 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from service.auth import Admin, Reader
+from service.batcher import EmbedBatcher
 from service.bodies import JSON, MULTIPART, b64_images, read_form, read_json, require_media
+from service.decoding import QueryDecoder
 from service.deps import (
     BodiesDep,
     BulkBatcherDep,
@@ -32,7 +34,8 @@ from service.errors import (
     too_large,
 )
 from service.items import NewItem, add_items, check_id, check_label, delete_items, is_new_id
-from service.limits import JSON_BASE, MIB, Limits
+from service.limits import JSON_BASE, MIB, Gate, Limits
+from service.registry import Served
 from service.routes.models import ITEM_PATH
 from service.routes.retrieval import VERSION_QUERY
 from service.schemas import ItemPublic, ItemsChanged
@@ -41,6 +44,7 @@ from service.uploads import (
     UPLOAD_PREFIX,
     DiskFull,
     DiskGuard,
+    SizeLimits,
     TooLarge,
     UploadRejected,
     extract,
@@ -88,18 +92,20 @@ async def add(request: Request, response: Response, settings: SettingsDep, limit
         blobs = b64_images([i.image for i in body.items], limits)
         items = [NewItem(i.id, blob, i.label) for i, blob in zip(body.items, blobs,
                                                                    strict=True)]
+        changes = await add_items(served, items, upsert, decoder, batcher)
     else:
         form = await read_form(request, FORM_FIELDS, {"files", "archive"},
                                max(limits.images, 1) + 1, max_part_size=64 * 1024)
-        items = await _form_items(form, settings, limits)
-    changes = await add_items(served, items, upsert, decoder, batcher)
+        changes = await _add_form(form, request, settings, limits, served, upsert, decoder,
+                                  batcher)
     response.headers["Location"] = f"/items/{quote(changes[0].id)}"
     response.headers["X-Model-Version"] = served.version
     return _changed(served.version, served.live.dataset, changes)
 
 
-async def _form_items(form: FormData, settings: ServiceSettings,
-                      limits: Limits) -> list[NewItem]:
+async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
+                    limits: Limits, served: Served, upsert: bool, decoder: QueryDecoder,
+                    batcher: EmbedBatcher) -> list[Change]:
     files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
     archives = [f for f in form.getlist("archive") if isinstance(f, UploadFile)]
     texts = {name: [v for v in form.getlist(name) if isinstance(v, str)]
@@ -108,11 +114,31 @@ async def _form_items(form: FormData, settings: ServiceSettings,
     label = check_label(_one(texts["label"], "label"))
     if bool(files) == bool(archives) or len(archives) > 1:
         raise invalid_form("send image files in `files`, or one archive in `archive`")
-    if archives:
-        if texts["ids"] or texts["labels"]:
-            raise invalid_form("an archive's ids come from its entries' paths (under `prefix`); "
-                          "`ids` and `labels` go with `files`")
-        return await run_in_threadpool(_archive_items, archives[0], prefix, label, settings)
+    if not archives:
+        items = await _file_items(files, texts, prefix, label, limits)
+        return await add_items(served, items, upsert, decoder, batcher)
+    if texts["ids"] or texts["labels"]:
+        raise invalid_form("an archive's ids come from its entries' paths (under `prefix`); "
+                           "`ids` and `labels` go with `files`")
+    gate: Gate = request.app.state.archive_adds
+    if not gate.try_acquire():
+        raise ProblemError(503, "Service Unavailable", f"{gate.size} archives are being "
+                           "added already (MAX_CONCURRENT_ARCHIVE_ADDS); try again shortly",
+                           headers={"Retry-After": "5"})
+    # The archive's images stay in its work folder, read from there a chunk at a time, until
+    # the add is done.
+    work = settings.data_root / f"{UPLOAD_PREFIX}{uuid.uuid4().hex}"  # swept at start if left
+    try:
+        items = await run_in_threadpool(_archive_items, archives[0], prefix, label, settings,
+                                        limits, work)
+        return await add_items(served, items, upsert, decoder, batcher)
+    finally:
+        await run_in_threadpool(remove_tree, work)
+        gate.release()
+
+
+async def _file_items(files: list[UploadFile], texts: dict[str, list[str]], prefix: str,
+                      label: str | None, limits: Limits) -> list[NewItem]:
     if len(files) > limits.images:
         raise invalid_form(f"{len(files)} images in one request; the limit is {limits.images} "
                       "(send an archive for more)")
@@ -151,11 +177,11 @@ def _one(values: list[str], name: str) -> str | None:
 
 
 def _archive_items(upload: UploadFile, prefix: str, label: str | None,
-                   settings: ServiceSettings) -> list[NewItem]:
-    """The images of an archive, with the same limits and checks as dataset uploads (and at
-    most MAX_ITEMS_PER_REQUEST of them); ids are `prefix` + each entry's path."""
+                   settings: ServiceSettings, limits: Limits, work: Path) -> list[NewItem]:
+    """The images of an archive, unpacked under `work`, with the same checks as dataset
+    uploads, at most MAX_ITEMS_PER_REQUEST of them, each at most MAX_IMAGE_MB and all of the
+    archive at most MAX_ITEMS_ARCHIVE_MB; ids are `prefix` + each entry's path."""
     root = settings.data_root
-    work = root / f"{UPLOAD_PREFIX}{uuid.uuid4().hex}"  # swept at start if left behind
     work.mkdir(parents=True)
     try:
         disk = DiskGuard(root, settings.min_free_disk_mb * MIB)
@@ -164,7 +190,10 @@ def _archive_items(upload: UploadFile, prefix: str, label: str | None,
             shutil.copyfileobj(upload.file, out, 1 << 20)
         disk.need(archive.stat().st_size)
         staged = work / "data"
-        report = extract(archive, staged, settings.max_extracted_mb * MIB,
+        sizes = SizeLimits(
+            total=min(settings.max_extracted_mb, settings.max_items_archive_mb) * MIB,
+            total_name="MAX_ITEMS_ARCHIVE_MB", image=limits.image_bytes)
+        report = extract(archive, staged, sizes,
                          min(settings.max_archive_entries, settings.max_items_per_request),
                          disk)
         if report.images == 0:
@@ -174,16 +203,14 @@ def _archive_items(upload: UploadFile, prefix: str, label: str | None,
             raise too_large(f"the archive holds {report.images} images; the limit is "
                             f"MAX_ITEMS_PER_REQUEST = {settings.max_items_per_request}")
         files = sorted(p for p in staged.rglob("*") if p.is_file())
-        return [NewItem(check_id(prefix + p.relative_to(staged).as_posix()), p.read_bytes(),
-                        label) for p in files]
+        return [NewItem(check_id(prefix + p.relative_to(staged).as_posix()), p, label)
+                for p in files]
     except TooLarge as exc:
         raise too_large(str(exc)) from None
     except UploadRejected as exc:
         raise invalid_archive(f"{exc}; nothing was added") from None
     except DiskFull as exc:
         raise insufficient_storage(str(exc)) from None
-    finally:
-        remove_tree(work)
 
 
 @router.delete("/items/{item_id:path}", response_model=ItemsChanged, dependencies=[Admin],

@@ -77,3 +77,81 @@ def test_concurrent_writers_never_add_the_same_id_twice(log):
         t.join()
     assert len(wins) == 1 and len(losses) == 7
     assert [c.seq for c in log.since("d", 0)] == [1, 2]
+
+
+def test_a_retried_request_is_appended_once(log):
+    """A request sent again with its token (its reply was lost) gets the seqs of its first
+    append and appends nothing, where it would otherwise conflict with itself."""
+    first = log.append("d", [_add("a"), _add("b")], known={}, token="req-1")
+    assert [c.seq for c in first] == [1, 2]
+    again = log.append("d", [_add("a"), _add("b")], known={}, token="req-1")
+    assert [c.seq for c in again] == [1, 2] and log.last_seq("d") == 2
+    with pytest.raises(ChangeConflict):  # another request adding them conflicts
+        log.append("d", [_add("a")], known={}, token="req-2")
+    log.append("d", [Change(DELETE, "a")], known={}, token="req-3")
+    assert [c.seq for c in log.append("d", [Change(DELETE, "a")], known={},
+                                      token="req-3")] == [3]
+    assert log.last_seq("d") == 3 and [c.seq for c in log.since("d", 0)] == [1, 2, 3]
+    # Tokens are per dataset.
+    assert [c.seq for c in log.append("e", [_add("a")], known={}, token="req-1")] == [1]
+
+
+def test_a_lost_exec_reply_is_not_a_conflict(redis_server):
+    """redis-py reports the connection lost during EXEC as WatchError and the log tries
+    again: the transaction had run, and the retry recognises its own entries."""
+    from tests.redis_proxy import ExecReplyDroppingProxy
+
+    proxy = ExecReplyDroppingProxy(redis_server.port)
+    try:
+        log = RedisChangeLog(proxy.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
+        proxy.drop_next_exec()
+        done = log.append("d", [_add("a"), _add("b")], known={}, token="req-1")
+        assert proxy.dropped == 1
+        assert [c.seq for c in done] == [1, 2]
+        assert [(c.seq, c.id) for c in log.since("d", 0)] == [(1, "a"), (2, "b")]
+    finally:
+        proxy.close()
+
+
+def _inject(log, dataset: str, seq: int, raw: str) -> None:
+    """Write a log entry as it is, bypassing append (a corrupt row, a future format)."""
+    if isinstance(log, RedisChangeLog):
+        log.r.zadd(log._k(dataset, "log"), {raw: seq})
+        log.r.set(log._k(dataset, "seq"), seq)
+    else:
+        with log._db() as db:
+            db.execute("INSERT INTO changes (dataset, seq, payload) VALUES (?, ?, ?)",
+                       (dataset, seq, raw))
+
+
+def test_an_entry_that_cannot_be_read_is_set_aside(log):
+    """A corrupt entry neither stops the entries after it nor fails the reader: it is set
+    aside, its problem recorded, and the page says so."""
+    log.append("d", [_add("a")], known={})
+    _inject(log, "d", 2, "{not json")
+    _inject(log, "d", 3, '{"seq": 3, "op": "frobnicate", "id": "b"}')
+    _inject(log, "d", 4, '{"seq": 4, "op": "add", "id": "c", "path": ".items/c.png", '
+                         '"vector": "***"}')
+    log.append("d", [_add("e"), Change(DELETE, "a")], known={})
+    page = log.since("d", 0)
+    assert [(c.seq, c.op, c.id) for c in page] == [(1, ADD, "a"), (5, ADD, "e"),
+                                                   (6, DELETE, "a")]
+    assert [s.seq for s in page.set_aside] == [2, 3, 4] and page.last_read == 6
+    assert "frobnicate" in page.set_aside[1].problem
+    recorded = log.set_aside("d")
+    assert sorted(recorded) == [2, 3, 4] and "vector" in recorded[4]
+    # A page of nothing but corrupt entries: the reader reads on to the next good one (a
+    # caller that stops at an empty page never stalls before it).
+    page = log.since("d", 1, limit=2)
+    assert [c.seq for c in page] == [5] and page.last_read == 5
+    assert [s.seq for s in page.set_aside] == [2, 3, 4]
+    assert list(log.since("d", 6)) == [] and log.since("d", 6).last_read == 6
+    assert [c.seq for c in log.changes_between("d", 0, 6)] == [1, 5, 6]
+    assert log.last_seq("d") == 6
+    # A damaged state of an id reads as none recorded.
+    if isinstance(log, RedisChangeLog):
+        log.r.hset(log._k("d", "items"), "e", "{damaged")
+    else:
+        with log._db() as db:
+            db.execute("UPDATE change_items SET state = '[1' WHERE dataset = 'd' AND id = 'e'")
+    assert log.item_state("d", "e") is None and log.item_state("d", "a")["state"] == "deleted"

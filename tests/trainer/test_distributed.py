@@ -9,6 +9,7 @@ allows 1 % on the loss and asks for 99 % of the anchors.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -166,3 +167,47 @@ def test_live_changes_and_warm_start_reach_every_process(cifar_dir, tmp_path):
     assert two.metrics["train_items"] == 96 - 1 + 2 and two.replica_checks == 3
     # Same weights, same bank from them, same batches: the first epoch's loss agrees.
     assert np.allclose(two.history[0]["loss"], runs[1].history[0]["loss"], rtol=0.01)
+
+
+def _listening(pids: list[int]) -> set[str]:
+    """'address:port' of every TCP socket the processes `pids` listen on (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        fds = Path(f"/proc/{pid}/fd")
+        for fd in fds.iterdir() if fds.exists() else ():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = fields[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            # /proc prints the address as 32-bit words in host (little-endian) order.
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(f"{ipaddress.ip_address(raw)}:{int(hex_port, 16)}")
+    return found
+
+
+def test_one_machine_run_listens_on_loopback_only(cifar_dir, tmp_path):
+    """The rendezvous store and the process group's sockets of a one-machine run accept
+    connections from this machine only: nothing of the run listens on every interface."""
+    before = _listening([os.getpid()])
+    seen: list[set[str]] = []
+
+    def look(_record: dict) -> None:
+        pids = [os.getpid(), *_rank_children(os.getpid())]
+        assert len(pids) == 2
+        seen.append(_listening(pids) - before)
+
+    tiny = DIST | {"batch_size": 32, "rounds": 1, "epochs_per_round": 1, "gpus": 2}
+    run_training(TrainConfig.from_dict(tiny), open_collection(cifar_dir), tmp_path / "run",
+                 on_epoch=look)
+    assert seen and seen[0], "the run listens somewhere"
+    assert all(a.startswith(("127.0.0.1:", "::1:")) for a in seen[0]), seen[0]
