@@ -20,9 +20,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from live.items import ITEMS_DIR
 from service.live_view import LiveView
 from state.changes import ADD, ChangeLog
-from worker.live import ITEMS_DIR
 
 log = logging.getLogger(__name__)
 ORPHAN_GRACE_S = 3600.0
