@@ -52,11 +52,14 @@ class LiveView:
             return self.applied
         with self._lock:
             while True:
-                entries = self.changes.since(self.dataset, self.applied, PAGE)
-                if not entries:
+                page = self.changes.since(self.dataset, self.applied, PAGE)
+                if page:
+                    self._apply(page)
+                # Past the entries set aside as unreadable too: they are recorded, not retried.
+                reached = max(page.last_read, page[-1].seq if page else 0)
+                if reached <= self.applied:
                     return self.applied
-                self._apply(entries)
-                self.applied = entries[-1].seq
+                self.applied = reached
 
     def _apply(self, entries: list[Change]) -> None:
         added, deleted = net_changes(entries)
