@@ -163,6 +163,9 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     fill_form(page, FORM)
     page.click("#train-form details summary")
     fill_form(page, MORE)
+    # 24 test images cannot show a gain over raw pixels beyond the noise: made current anyway
+    # (the gate's own decisions are tested through the worker, tests/worker/test_gate.py).
+    page.select_option("#train-promote", "always")
     page.click("#train-submit")
     page.wait_for_url("**/#/jobs/*")
 
@@ -183,6 +186,8 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     assert partial, f"the chart was never seen part way through the run: {seen}"
     expect(page.locator("#job-charts .chart canvas")).to_have_count(4)
     expect(page.locator("#job-pixels")).not_to_have_text("–")
+    expect(page.locator("#job-gate")).to_contain_text("Made current (promote: always)")
+    expect(page.locator("#job-gate")).to_contain_text("raw pixels")
     stack.model_version = page.locator("#main a[href^='#/explore?model=']").first.get_attribute(
         "href").split("model=")[1]
     shoot(page, stack, "job")
