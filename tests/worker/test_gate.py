@@ -35,7 +35,7 @@ def test_the_gate_keeps_out_worse_models_and_lets_better_ones_in(redis_stack):
     models = stack.settings.models_root
 
     # The first model of a dataset must beat raw pixels: it does not, so it is a candidate.
-    first, gate = _gate(stack, stack.submit(promote="gate"))
+    _, gate = _gate(stack, stack.submit(promote="gate"))
     assert gate["promoted"] is False and gate["policy"] == "gate"
     assert gate["incumbent_name"] == "raw pixels" and gate["measure"] == "knn_top1"
     assert gate["candidate"] < gate["incumbent"] and gate["items"] == 363
