@@ -160,6 +160,13 @@ class JobStore(ABC):
     def largest_capacity(self) -> int:
         """The most GPUs any live worker has advertised (0: none)."""
 
+    # --- a dataset's retrain policy (state/retrain.py gives it its shape) -------------------
+    @abstractmethod
+    def get_policy(self, dataset: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def put_policy(self, dataset: str, policy: dict[str, Any]) -> None: ...
+
     @abstractmethod
     def ping(self) -> None:
         """Raise if the store cannot be reached."""

@@ -153,7 +153,9 @@ def bundle_arguments(run_dir: Path, changes: ChangeLog, dataset: str, dataset_ro
     embeddings with the changes made since its `snapshot` (added images embedded by the new
     encoder), the position covered, and the images of every item the log added."""
     everything = changes.changes_between(dataset, 0, upto)
-    out: dict[str, Any] = {"extra": {"changes_seq": upto}}
+    # The bundle covers the log up to `upto`; its model was trained on it up to `snapshot`
+    # (a retrain policy counts the changes after that).
+    out: dict[str, Any] = {"extra": {"changes_seq": upto, "snapshot_seq": snapshot}}
     after = [c for c in everything if c.seq > snapshot]
     if after:
         with np.load(run_dir / "embeddings.npz") as saved:
