@@ -42,7 +42,7 @@ export async function render(main, route) {
       try {
         parsed = JSON.parse(config.value || "{}");
       } catch (_) {
-        showProblem(problem, { title: "Invalid config", detail: "the config is not JSON" });
+        showProblem(problem, new Error("The config is not valid JSON."));
         return;
       }
       try {
