@@ -326,3 +326,36 @@ def test_phone_width_keyboard_and_alt_texts(stack: Stack, browser: Browser) -> N
     assert all(alts) and set(ids) <= set(alts)
     settle(page)
     watch.check()
+
+
+def test_retrain_policy_page_and_the_gate_verdicts(stack: Stack, browser: Browser) -> None:
+    watch = Watch()
+    page = logged_in(browser, stack, watch)
+    page.goto(f"{stack.base}/#/datasets")
+    page.locator("#dataset-list tr[data-name=cifar] a", has_text="Retrain policy").click()
+    expect(page.locator("#retrain-status")).to_contain_text(stack.model_version)
+    expect(page.locator("#retrain-due")).to_have_text("no")
+    expect(page.locator("#retrain-reason")).to_contain_text("the policy is off")
+
+    # A config the trainer refuses is shown; a good policy is saved and explained.
+    page.check("#retrain-enabled")
+    page.fill("#retrain-share", "50")
+    page.fill("#retrain-config", '{"rounds": 0}')
+    page.click("#retrain-submit")
+    expect(page.locator("#retrain-problem")).to_contain_text("rounds")
+    page.fill("#retrain-config", '{"rounds": 1, "epochs_per_round": 2}')
+    page.click("#retrain-submit")
+    expect(page.locator("#retrain-saved")).to_have_text("Saved.")
+    expect(page.locator("#retrain-reason")).to_contain_text("below 50.0%")
+    shoot(page, stack, "retrain")
+    page.uncheck("#retrain-enabled")  # off again: the other tests change items
+    page.click("#retrain-submit")
+    expect(page.locator("#retrain-reason")).to_contain_text("the policy is off")
+
+    # The models page shows the gate's verdict of the model published by the first test.
+    page.goto(f"{stack.base}/#/models")
+    cell = page.locator(f"#models-table tr[data-version='{stack.model_version}'] td.gate")
+    expect(cell).to_contain_text("raw pixels")
+    shoot(page, stack, "models-gate")
+    settle(page)
+    watch.check(allowed={422})

@@ -5,8 +5,8 @@ import { clear, confirmDialog, fmtInt, fmtPercent, h, hideProblem, showProblem }
 function gateText(m) {
   const g = m.gate;
   if (!g || g.candidate === null || g.candidate === undefined) return "–";
-  return `${g.promoted ? "passed" : "held back"}: ${fmtPercent(g.candidate)} vs ` +
-    `${fmtPercent(g.incumbent)} (${g.incumbent_name}, margin ${fmtPercent(g.margin)})`;
+  return `${g.promote ? "beats" : "does not beat"} ${g.incumbent_name}: ` +
+    `${fmtPercent(g.candidate)} vs ${fmtPercent(g.incumbent)} (margin ${fmtPercent(g.margin)})`;
 }
 
 function row(m, onPromote, previous) {
