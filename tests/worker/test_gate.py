@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from state.jobs import SUCCEEDED
+from state.jobs import SUCCEEDED, Job
 from trainer.bundle import current_version, previous_version
+from worker.gate import judge
 
 UNTRAINED = {"lr": 1e-9}
 
@@ -28,7 +30,7 @@ def _gate(stack, job):
     return done, done.gate
 
 
-@pytest.mark.timeout(1200)  # five short jobs
+@pytest.mark.timeout(1200)  # four short jobs
 def test_the_gate_keeps_out_worse_models_and_lets_better_ones_in(redis_stack):
     stack = redis_stack
     stack.start_worker()
@@ -62,11 +64,6 @@ def test_the_gate_keeps_out_worse_models_and_lets_better_ones_in(redis_stack):
     assert current_version(models) == better.model_version
     assert (models / worse.model_version / "manifest.json").exists()
 
-    # `never` publishes without promoting, whatever it measured.
-    _, gate = _gate(stack, stack.submit(promote="never", **UNTRAINED))
-    assert gate["promoted"] is False and gate["policy"] == "never"
-    assert current_version(models) == better.model_version
-
     # Through the API: the verdicts on the jobs and the models, and a one-step rollback.
     with stack.api() as api:
         job = api.get(f"/jobs/{worse.id}").json()
@@ -81,3 +78,24 @@ def test_the_gate_keeps_out_worse_models_and_lets_better_ones_in(redis_stack):
         assert current_version(models) == trained.model_version
         bad = api.post("/train", json={"dataset": "digits", "promote": "sometimes"})
         assert bad.status_code == 422 and "promote" in bad.text
+
+
+@pytest.mark.parametrize(("policy", "promoted"), [("gate", True), ("always", True),
+                                                   ("never", False)])
+def test_the_policy_decides_what_the_verdict_does(tmp_path, policy, promoted):
+    """A run whose figures beat raw pixels (1.0 against 0.5 over 400 queries): `gate` and
+    `always` make it current, `never` records the same verdict and keeps it out."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"knn_k": 1, "knn_sigma": 0.1}))
+    (run / "metrics.json").write_text(json.dumps({
+        "knn_top1": 1.0, "knn_top5": 1.0, "knn_protocol": "test", "knn_queries": 400,
+        "pixel_knn_top1": 0.5}))
+    np.savez(run / "embeddings.npz", vectors=np.eye(2, dtype=np.float32), ids=np.array(["a", "b"]),
+             labels=np.array([0, 1]), classes=np.array(["x", "y"]),
+             is_eval=np.array([False, True]))
+    gate = judge(Job(id="j", dataset="d", config={}, promote=policy), run, tmp_path / "models")
+    assert gate["promote"] is True and gate["incumbent_name"] == "raw pixels"
+    assert gate["policy"] == policy and gate["promoted"] is promoted
+    # sqrt((0 + 0.25) / 400) = 0.025: a margin of 0.05 against a gain of 0.5.
+    assert gate["margin"] == pytest.approx(0.05)
