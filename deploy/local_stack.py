@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend",
                    default=[], help="training config overrides, e.g. --set epochs_per_round=20")
+    p.add_argument("--promote", choices=("gate", "always", "never"), default="gate",
+                   help="what the model becomes: current only on a measured gain over raw "
+                   "pixels or the current model (gate, the default), current anyway, or a "
+                   "candidate")
     p.add_argument("--no-train", action="store_true",
                    help="only start the API and the worker")
     p.add_argument("--exit-when-done", action="store_true",
@@ -190,7 +194,8 @@ def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> str:
         except json.JSONDecodeError:
             config[k] = v
     job = _request("POST", f"{base}/train", key,
-                   json.dumps({"dataset": name, "config": config}).encode(), "application/json")
+                   json.dumps({"dataset": name, "config": config, "promote": args.promote}
+                              ).encode(), "application/json")
     print(f"training job {job['id']} queued with config {json.dumps(config)}")
     last = None
     while True:
@@ -236,23 +241,35 @@ def _multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[byt
 def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
     model = _request("GET", f"{base}/models/{version}", key)
     metrics = model.get("metrics", {})
-    print(f"\nmodel {version} is published and current: {model['item_count']} items indexed")
-    _wait_serving(base, key, version)
+    gate = model.get("gate") or {}
+    auth = f"-H 'Authorization: Bearer {key}'"
+    if model["current"]:
+        print(f"\nmodel {version} is published and current: {model['item_count']} items "
+              "indexed")
+        _wait_serving(base, key, version)
+        pin = ""
+    else:
+        print(f"\nmodel {version} is published as a candidate, not current: "
+              f"{model['item_count']} items indexed. Promote it by hand with\n  curl -s -X POST "
+              f"{auth} {base}/models/{version}/promote\n(the requests below pin it)")
+        pin = f"model_version={urllib.parse.quote(version)}"
+    if gate:
+        print(f"promotion gate ({gate.get('policy')}): {gate.get('reason')}")
     some_id = _first_item(base, key, version)
     image = Path(data_root) / model["dataset"] / some_id
-    auth = f"-H 'Authorization: Bearer {key}'"
     q = urllib.parse.quote(some_id)
-    nb = _request("GET", f"{base}/neighbours/{q}?k=3", key)
+    nb = _request("GET", f"{base}/neighbours/{q}?k=3{'&' + pin if pin else ''}", key)
     print(f"neighbours of {some_id}: " + ", ".join(
         f"{n['id']} ({n['score']:.4f})" for n in nb["neighbours"]))
     print(f"""
 Look at it: {base}/ (Explore, Embedding map)
 Try it (the admin key is in {Path(os.environ.get('AND_HOME', REPO / 'var')) / 'admin.key'}):
   curl -s {base}/models/{version}
-  curl -s '{base}/neighbours/{some_id}?k=5'
-  curl -s -F files=@{image} {base}/embed
-  curl -s -F files=@{image} -F k=5 {base}/search
-  curl -s -H 'Content-Type: application/json' -d '{{"ids": ["{some_id}"]}}' {base}/classify
+  curl -s '{base}/neighbours/{some_id}?k=5{'&' + pin if pin else ''}'
+  curl -s -F files=@{image} {base}/embed{'?' + pin if pin else ''}
+  curl -s -F files=@{image} -F k=5 {base}/search{'?' + pin if pin else ''}
+  curl -s -H 'Content-Type: application/json' -d '{{"ids": ["{some_id}"]}}' {base}/classify{
+      '?' + pin if pin else ''}
   curl -s {auth} {base}/jobs
 """)
     top1 = metrics.get("knn_top1", metrics.get("loo_knn_top1"))

@@ -31,13 +31,16 @@ class PublishOptions:
 
     changes_seq: int  # the change log position the bundle covers
     added_paths: dict[str, str]  # id -> image path of the indexed items the log added
+    # The position the model was trained on (a retrain policy counts the changes after it).
+    snapshot_seq: int = 0
     embeddings: Path | None = None  # the items to index, when not the run's own embeddings
     init_from: str | None = None  # the version (or weights file) the job started from
 
     @property
     def extra(self) -> dict[str, Any]:
         """Fields of the manifest."""
-        return {"changes_seq": self.changes_seq, "init_from": self.init_from}
+        return {"changes_seq": self.changes_seq, "snapshot_seq": self.snapshot_seq,
+                "init_from": self.init_from}
 
     @property
     def extra_json(self) -> dict[str, Any]:
@@ -95,6 +98,7 @@ def publish_options(run_dir: Path, changes: ChangeLog, dataset: str, dataset_roo
         else:
             indexed = {str(i) for i in saved["ids"]}
     added, _ = net_changes(everything)
-    return PublishOptions(changes_seq=upto, embeddings=embeddings, init_from=init_from,
+    return PublishOptions(changes_seq=upto, snapshot_seq=snapshot, embeddings=embeddings,
+                          init_from=init_from,
                           added_paths={i: c.path for i, c in added.items()
                                        if c.path and i in indexed})

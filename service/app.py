@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers
@@ -19,14 +20,26 @@ from service.limits import Gate, Limits
 from service.metrics import Metrics, MetricsMiddleware
 from service.probes import BrokerConnection, CachedProbe
 from service.registry import ModelRegistry
-from service.routes import classify, datasets, docs, health, items, jobs, models, retrieval
+from service.retrain import RetrainWatcher
+from service.routes import (
+    classify,
+    datasets,
+    docs,
+    health,
+    items,
+    jobs,
+    models,
+    retrain,
+    retrieval,
+)
 from service.schemas import query_models
 from service.settings import ServiceSettings, get_service_settings
 from service.uploads import sweep_stale_uploads
 from state.changes import ChangeLog
 from state.datasets import dataset_folder
-from state.jobs import JobStore
+from state.jobs import PROMOTE_GATE, Job, JobStore
 from state.stores import open_changes, open_store
+from worker.submit import submit
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +144,13 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
                                 nice=BULK_NICE, name="bulk-embed")
     decoder = QueryDecoder(settings.max_query_pixels, settings.decode_concurrency)
     metrics.watch(decoder, batcher)
+    queue = enqueue or _celery_enqueue(settings)
+
+    def submit_retrain(dataset: str, config: dict[str, Any]) -> Job:
+        return submit(store, settings, queue, dataset, config, PROMOTE_GATE)
+
+    retrainer = RetrainWatcher(settings, store, changes, submit_retrain,
+                               settings.retrain_check_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -141,9 +161,11 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
         registry.start()
         batcher.start()
         bulk_batcher.start()
+        retrainer.start()
         try:
             yield
         finally:
+            retrainer.stop()
             bulk_batcher.stop()
             batcher.stop()
             registry.stop()
@@ -162,11 +184,12 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.bulk_batcher = bulk_batcher
     app.state.decoder = decoder
     app.state.metrics = metrics
-    app.state.enqueue = enqueue or _celery_enqueue(settings)
+    app.state.enqueue = queue
+    app.state.retrainer = retrainer
     app.state.store_probe = CachedProbe(store.ping)
     app.state.broker_probe = CachedProbe(BrokerConnection(settings))
     errors.install(app)
-    for module in (health, datasets, jobs, models, retrieval, classify, items):
+    for module in (health, datasets, retrain, jobs, models, retrieval, classify, items):
         app.include_router(module.router)
     console.install(app)
     if settings.api_docs != "off":

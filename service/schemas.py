@@ -96,8 +96,12 @@ class TrainRequest(Strict):
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="Trainer config overrides: the TrainConfig schema (also GET /config).")
-    promote: bool = Field(default=True,
-                          description="Make the published model current when the job ends.")
+    promote: Literal["gate", "always", "never"] = Field(
+        default="gate",
+        description="What the published model becomes. `gate`: current only when it beats the "
+        "current model of its dataset (or, for the first, raw pixels) by more than the noise, "
+        "measured on the same items; otherwise a candidate. `always`: current whatever it "
+        "measured. `never`: a candidate (promote it by hand).")
 
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -114,7 +118,10 @@ class JobPublic(BaseModel):
     error: str | None
     note: str | None
     model_version: str | None
-    promote: bool
+    promote: Literal["gate", "always", "never"]
+    gate: dict[str, Any] = Field(
+        description="The promotion gate's verdict once the model is published: promoted, "
+        "policy, measure, candidate, incumbent, incumbent_name, margin, items, reason.")
     attempts: int
     cancel_requested: bool
     created_at: float
@@ -203,6 +210,10 @@ class ModelSummary(BaseModel):
         default=None, description="The same weighted kNN on raw pixels (the baseline).")
     recall_at_10: float | None = Field(default=None,
                                        description="Index recall@10 against exact search.")
+    gate: dict[str, Any] | None = Field(
+        default=None, description="The promotion gate's verdict when it was published "
+        "(promoted, policy, measure, candidate, incumbent, incumbent_name, margin, items, "
+        "reason); null for a model published from the command line.")
 
 
 class Item(BaseModel):
@@ -220,6 +231,9 @@ class ModelsPublic(BaseModel):
     data: list[ModelSummary]
     count: int
     current: str | None
+    previous: str | None = Field(
+        default=None, description="The version that was current before: what "
+        "POST /models/current/rollback makes current again.")
 
 
 class Health(BaseModel):

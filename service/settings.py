@@ -77,6 +77,9 @@ class ServiceSettings(Settings):
         "single-threaded kernels), one on CUDA.")
     model_poll_s: float = Field(default=1.0, gt=0,
                                 description="How often the API looks for a new current model.")
+    retrain_check_s: float = Field(
+        default=30.0, gt=0, description="How often the API checks the current model's dataset "
+        "against its retrain policy (PUT /datasets/{name}/retrain).")
     model_cache_size: int = Field(
         default=2, ge=0, le=64, description="Model versions kept loaded besides the current one, "
         "for requests that pin ?model_version= (least recently used dropped first).")

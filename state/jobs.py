@@ -19,6 +19,10 @@ QUEUED, RUNNING, SUCCEEDED = "queued", "running", "succeeded"
 FAILED, CANCELED = "failed", "canceled"
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
+# What a finished job's model becomes: current when the promotion gate measures a gain
+# (worker/gate.py), current whatever it measured, or never current (a candidate).
+PROMOTE_GATE, PROMOTE_ALWAYS, PROMOTE_NEVER = "gate", "always", "never"
+PROMOTE_POLICIES = (PROMOTE_GATE, PROMOTE_ALWAYS, PROMOTE_NEVER)
 
 
 # Aliases for annotations inside the store classes, whose `list` method shadows the builtin.
@@ -40,7 +44,7 @@ class Job:
     error: str | None = None
     note: str | None = None  # what happened besides the status (e.g. resumed after a lost worker)
     model_version: str | None = None
-    promote: bool = True  # make the published bundle current
+    promote: str = PROMOTE_GATE  # one of PROMOTE_POLICIES
     attempts: int = 0
     worker: str | None = None
     cancel_requested: bool = False
@@ -54,17 +58,23 @@ class Job:
     # the worker only while no cancel is requested, and a cancel is accepted only while it is
     # unset (each is a compare-and-set on the other), so a canceled job never becomes current.
     committed: bool = False
+    gate: dict[str, Any] = field(default_factory=dict)  # the promotion gate's verdict
+
+    def __post_init__(self) -> None:
+        # Records written before the policies existed hold a bool: true meant "make current".
+        if isinstance(self.promote, (bool, int)):
+            self.promote = PROMOTE_ALWAYS if self.promote else PROMOTE_NEVER
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def new(cls, dataset: str, config: dict[str, Any], promote: bool = True) -> Job:
+    def new(cls, dataset: str, config: dict[str, Any], promote: str = PROMOTE_GATE) -> Job:
         return cls(id=uuid.uuid4().hex, dataset=dataset, config=dict(config), promote=promote)
 
 
 # Fields a store serialises as JSON; the rest are scalars.
-JSON_FIELDS = ("config", "progress")
+JSON_FIELDS = ("config", "progress", "gate")
 
 
 def field_default(name: str) -> Any:
@@ -149,6 +159,13 @@ class JobStore(ABC):
     @abstractmethod
     def largest_capacity(self) -> int:
         """The most GPUs any live worker has advertised (0: none)."""
+
+    # --- a dataset's retrain policy (state/retrain.py gives it its shape) -------------------
+    @abstractmethod
+    def get_policy(self, dataset: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def put_policy(self, dataset: str, policy: dict[str, Any]) -> None: ...
 
     @abstractmethod
     def ping(self) -> None:

@@ -170,5 +170,12 @@ class RedisJobStore(JobStore):
         values = self.r.mget(keys) if keys else []
         return max((int(v) for v in values if v is not None), default=0)
 
+    def get_policy(self, dataset: str) -> dict[str, Any] | None:
+        raw = self.r.get(self._k("policy", dataset))
+        return json.loads(raw) if raw else None
+
+    def put_policy(self, dataset: str, policy: dict[str, Any]) -> None:
+        self.r.set(self._k("policy", dataset), json.dumps(policy))
+
     def ping(self) -> None:
         self.r.ping()

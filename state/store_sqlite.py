@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS history (job_id TEXT, seq INTEGER PRIMARY KEY AUTOINC
 CREATE INDEX IF NOT EXISTS history_job ON history (job_id, seq);
 CREATE TABLE IF NOT EXISTS leases (job_id TEXT PRIMARY KEY, owner TEXT, expires REAL);
 CREATE TABLE IF NOT EXISTS capacity (worker TEXT PRIMARY KEY, gpus INTEGER, expires REAL);
+CREATE TABLE IF NOT EXISTS policies (dataset TEXT PRIMARY KEY, policy TEXT);
 """
 
 
@@ -223,6 +224,17 @@ class SqliteJobStore(JobStore):
             row = db.execute("SELECT MAX(gpus) FROM capacity WHERE expires >= ?",
                              (time.time(),)).fetchone()
         return int(row[0] or 0)
+
+    def get_policy(self, dataset: str) -> dict[str, Any] | None:
+        with self._db() as db:
+            row = db.execute("SELECT policy FROM policies WHERE dataset = ?",
+                             (dataset,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_policy(self, dataset: str, policy: dict[str, Any]) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO policies (dataset, policy) VALUES (?, ?)",
+                       (dataset, json.dumps(policy)))
 
     def ping(self) -> None:
         with self._db() as db:

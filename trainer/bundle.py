@@ -40,7 +40,7 @@ from trainer import index as faiss_index
 from trainer.checkpoint import atomic_file, atomic_write_json, fsync_dir, fsync_file
 from trainer.encoder_file import EmbeddingModel
 from trainer.errors import BundleError
-from trainer.leftovers import CURRENT, TMP_PREFIX
+from trainer.leftovers import CURRENT, PREVIOUS, TMP_PREFIX
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -202,19 +202,46 @@ def validate(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def set_current(models_root: str | os.PathLike[str], version: str) -> None:
-    """Atomically point CURRENT at `version` (which must be a valid bundle)."""
+    """Atomically point CURRENT at `version` (which must be a valid bundle), remembering the
+    version it named before in PREVIOUS (written first: a crash between the two leaves the old
+    CURRENT in place, and PREVIOUS naming a version that is still valid)."""
     root = Path(models_root)
     if not (root / version / "manifest.json").exists():
         raise BundleError(f"no model version {version!r}")
+    before = current_version(root)
+    if before == version:
+        return
+    if before is not None:
+        with atomic_file(root / PREVIOUS) as f:
+            f.write((before + "\n").encode())
     with atomic_file(root / CURRENT) as f:
         f.write((version + "\n").encode())
 
 
-def current_version(models_root: str | os.PathLike[str]) -> str | None:
+def rollback(models_root: str | os.PathLike[str]) -> str:
+    """Make the previous current version current again (and remember the one it replaces, so
+    a second rollback undoes the first); returns it."""
+    previous = previous_version(models_root)
+    if previous is None or not (Path(models_root) / previous / "manifest.json").exists():
+        raise BundleError("there is no previous model version to roll back to")
+    set_current(models_root, previous)
+    return previous
+
+
+def _pointer(path: Path) -> str | None:
     try:
-        return (Path(models_root) / CURRENT).read_text().strip() or None
+        return path.read_text().strip() or None
     except FileNotFoundError:
         return None
+
+
+def current_version(models_root: str | os.PathLike[str]) -> str | None:
+    return _pointer(Path(models_root) / CURRENT)
+
+
+def previous_version(models_root: str | os.PathLike[str]) -> str | None:
+    """The version that was current before the current one (None: none was)."""
+    return _pointer(Path(models_root) / PREVIOUS)
 
 
 def list_versions(models_root: str | os.PathLike[str]) -> list[str]:

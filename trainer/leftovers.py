@@ -11,6 +11,7 @@ from pathlib import Path
 
 TMP_PREFIX = ".tmp-"  # a bundle being written (or withdrawn) lives under this prefix
 CURRENT = "CURRENT"
+PREVIOUS = "PREVIOUS"  # the version CURRENT named before its last move: one-step rollback
 LEFTOVER_AGE_S = 3600  # a temporary folder older than this belongs to no running publish
 
 
@@ -25,7 +26,7 @@ def sweep_leftovers(models_root: str | os.PathLike[str],
     removed = []
     for path in root.iterdir():
         leftover = (path.name.startswith(TMP_PREFIX) and path.is_dir()) or (
-            path.name.startswith(f".{CURRENT}.") and path.name.endswith(".tmp"))
+            path.name.startswith((f".{CURRENT}.", f".{PREVIOUS}.")) and path.name.endswith(".tmp"))
         try:
             if not leftover or path.is_symlink() or path.lstat().st_mtime >= cutoff:
                 continue

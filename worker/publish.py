@@ -2,9 +2,12 @@
 
     between phases: a cancel stops the job (canceled, nothing published), a lost lease stops
                     the process (the job is another worker's now)
-    commit:         one compare-and-set on the record, while we hold the lease and no cancel is
-                    requested; from here on a cancel is refused (409) and the job publishes
-    set_current:    only after the commit, so a job canceled before it never becomes current
+    gate:           before the bundle is written, the promotion gate judges the model against
+                    the current one (worker/gate.py); its verdict goes into the manifest
+    commit:         one compare-and-set on the record (with the verdict), while we hold the
+                    lease and no cancel is requested; from here on a cancel is refused (409)
+    set_current:    only after the commit, so a job canceled before it never becomes current,
+                    and only when the verdict says so
 
 Publishing is idempotent: the version is the job's own (bundle_version), and a valid bundle of
 that version already there (an earlier attempt, or a worker that lost the job but finished
@@ -21,8 +24,9 @@ from pathlib import Path
 from live.publish import PublishOptions
 from state.jobs import RUNNING, Job
 from state.settings import Settings
-from trainer.bundle import set_current, withdraw, write_bundle
+from trainer.bundle import read_manifest, set_current, withdraw, write_bundle
 from trainer.errors import BundleError, TrainingStopped
+from worker.gate import judge
 from worker.heartbeat import CANCEL_REASON
 from worker.lease import LeaseLost
 from worker.recorder import JobRecorder
@@ -46,17 +50,21 @@ def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
     store = recorder.store
     try:
         between_phases()
-        options = prepare() if prepare is not None and not (
-            settings.models_root / version).exists() else None
+        written = (settings.models_root / version).exists()
+        options = prepare() if prepare is not None and not written else None
+        # An earlier attempt's bundle keeps the verdict it was published with.
+        gate = (read_manifest(settings.models_root, version).get("gate") if written else
+                None) or judge(job, run_dir, settings.models_root)
         write_bundle(run_dir, settings.models_root, dataset=job.dataset, version=version,
-                     extra={"job_id": job.id, **(options.extra if options else {})},
+                     extra={"job_id": job.id, "gate": gate,
+                            **(options.extra if options else {})},
                      exist_ok=True, check=between_phases,
                      embeddings=options.embeddings if options else None,
                      extra_json=options.extra_json if options else None)
         between_phases()
         committed = recorder.retrying(lambda: store.transition(
             job.id, {RUNNING}, RUNNING, owner=recorder.owner, when={"cancel_requested": False},
-            committed=True))
+            committed=True, gate=gate))
         if not committed:
             now = recorder.retrying(lambda: store.require(job.id))
             if now.status == RUNNING and now.cancel_requested and recorder.lease.held():
@@ -70,6 +78,9 @@ def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
         except BundleError as exc:  # promoted by hand meanwhile: it stays
             log.warning("job %s: %s", job.id, exc)
         raise
-    if job.promote:
+    if gate.get("promoted", False):
         set_current(settings.models_root, version)
+    else:
+        log.info("job %s: model %s published as a candidate, not current: %s", job.id,
+                 version, gate.get("reason"))
     return version

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from state.datasets import dataset_path
-from state.jobs import Job, JobStore
+from state.jobs import PROMOTE_GATE, Job, JobStore
 from state.settings import Settings
 from worker.capacity import capacity_problem
 
@@ -28,7 +28,7 @@ def check_job(settings: Settings, dataset: str, config: dict[str, Any]) -> None:
 
 
 def submit(store: JobStore, settings: Settings, enqueue: Callable[[str], None], dataset: str,
-           config: dict[str, Any], promote: bool = True) -> Job:
+           config: dict[str, Any], promote: str = PROMOTE_GATE) -> Job:
     from trainer.config import TrainConfig
     from trainer.errors import ConfigError
 

@@ -11,7 +11,15 @@ from service.deps import RegistryDep, SettingsDep, served_model
 from service.errors import conflict, problems
 from service.limits import ID_MAX, VERSION_MAX
 from service.schemas import ITEM_ID, VERSION, Item, ItemsPublic, ModelsPublic, ModelSummary
-from trainer.bundle import current_version, list_versions, read_manifest, set_current, validate
+from trainer.bundle import (
+    current_version,
+    list_versions,
+    previous_version,
+    read_manifest,
+    rollback,
+    set_current,
+    validate,
+)
 from trainer.errors import BundleError
 
 router = APIRouter(tags=["models"])
@@ -33,6 +41,7 @@ def _summary(manifest: dict[str, Any], current: str | None) -> ModelSummary:
         knn_top1=metrics.get("knn_top1"), job_id=manifest.get("job_id"),
         pixel_knn_top1=metrics.get("pixel_knn_top1"),
         recall_at_10=(manifest.get("index") or {}).get("recall_at_10"),
+        gate=manifest.get("gate"),
     )
 
 
@@ -46,14 +55,16 @@ def list_models(settings: SettingsDep) -> ModelsPublic:
             data.append(_summary(read_manifest(settings.models_root, version), current))
         except (BundleError, ValueError, KeyError):
             continue
-    return ModelsPublic(data=data, count=len(data), current=current)
+    return ModelsPublic(data=data, count=len(data), current=current,
+                        previous=previous_version(settings.models_root))
 
 
 @router.get("/models/{version}", dependencies=[Reader], responses=problems(401, 403, 404, 422),
             summary="A model's manifest (metrics, index, config, training time)")
 def get_model(settings: SettingsDep, version: str = VERSION_PATH) -> dict[str, Any]:
     manifest = read_manifest(settings.models_root, version)
-    return manifest | {"current": version == current_version(settings.models_root)}
+    return manifest | {"current": version == current_version(settings.models_root),
+                       "previous": version == previous_version(settings.models_root)}
 
 
 @router.post("/models/{version}/promote", response_model=ModelSummary, dependencies=[Admin],
@@ -75,6 +86,30 @@ async def promote(settings: SettingsDep, registry: RegistryDep,
 
     await run_in_threadpool(swap)
     return _summary(manifest, current_version(settings.models_root))
+
+
+@router.post("/models/current/rollback", response_model=ModelSummary, dependencies=[Admin],
+             responses=problems(401, 403, 409),
+             summary="Make the previous current version current again (a second rollback "
+             "undoes the first)")
+async def roll_back(settings: SettingsDep, registry: RegistryDep) -> ModelSummary:
+    def swap() -> str:
+        previous = previous_version(settings.models_root)
+        if previous is None:
+            raise conflict("there is no previous model version to roll back to")
+        try:
+            validate(settings.models_root / previous)
+            version = rollback(settings.models_root)
+        except BundleError as exc:
+            log.warning("rollback to %s refused: %s", previous, exc)
+            raise conflict(f"the previous model {previous} cannot be served (the API log "
+                           "says why)") from None
+        registry.refresh(force=True)
+        return version
+
+    version = await run_in_threadpool(swap)
+    return _summary(read_manifest(settings.models_root, version),
+                    current_version(settings.models_root))
 
 
 @router.get("/models/{version}/items", response_model=ItemsPublic, dependencies=[Reader],

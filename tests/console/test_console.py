@@ -163,6 +163,9 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     fill_form(page, FORM)
     page.click("#train-form details summary")
     fill_form(page, MORE)
+    # 24 test images cannot show a gain over raw pixels beyond the noise: made current anyway
+    # (the gate's own decisions are tested through the worker, tests/worker/test_gate.py).
+    page.select_option("#train-promote", "always")
     page.click("#train-submit")
     page.wait_for_url("**/#/jobs/*")
 
@@ -183,6 +186,8 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     assert partial, f"the chart was never seen part way through the run: {seen}"
     expect(page.locator("#job-charts .chart canvas")).to_have_count(4)
     expect(page.locator("#job-pixels")).not_to_have_text("–")
+    expect(page.locator("#job-gate")).to_contain_text("Made current (promote: always)")
+    expect(page.locator("#job-gate")).to_contain_text("raw pixels")
     stack.model_version = page.locator("#main a[href^='#/explore?model=']").first.get_attribute(
         "href").split("model=")[1]
     shoot(page, stack, "job")
@@ -321,3 +326,36 @@ def test_phone_width_keyboard_and_alt_texts(stack: Stack, browser: Browser) -> N
     assert all(alts) and set(ids) <= set(alts)
     settle(page)
     watch.check()
+
+
+def test_retrain_policy_page_and_the_gate_verdicts(stack: Stack, browser: Browser) -> None:
+    watch = Watch()
+    page = logged_in(browser, stack, watch)
+    page.goto(f"{stack.base}/#/datasets")
+    page.locator("#dataset-list tr[data-name=cifar] a", has_text="Retrain policy").click()
+    expect(page.locator("#retrain-status")).to_contain_text(stack.model_version)
+    expect(page.locator("#retrain-due")).to_have_text("no")
+    expect(page.locator("#retrain-reason")).to_contain_text("the policy is off")
+
+    # A config the trainer refuses is shown; a good policy is saved and explained.
+    page.check("#retrain-enabled")
+    page.fill("#retrain-share", "50")
+    page.fill("#retrain-config", '{"rounds": 0}')
+    page.click("#retrain-submit")
+    expect(page.locator("#retrain-problem")).to_contain_text("rounds")
+    page.fill("#retrain-config", '{"rounds": 1, "epochs_per_round": 2}')
+    page.click("#retrain-submit")
+    expect(page.locator("#retrain-saved")).to_have_text("Saved.")
+    expect(page.locator("#retrain-reason")).to_contain_text("below 50.0%")
+    shoot(page, stack, "retrain")
+    page.uncheck("#retrain-enabled")  # off again: the other tests change items
+    page.click("#retrain-submit")
+    expect(page.locator("#retrain-reason")).to_contain_text("the policy is off")
+
+    # The models page shows the gate's verdict of the model published by the first test.
+    page.goto(f"{stack.base}/#/models")
+    cell = page.locator(f"#models-table tr[data-version='{stack.model_version}'] td.gate")
+    expect(cell).to_contain_text("raw pixels")
+    shoot(page, stack, "models-gate")
+    settle(page)
+    watch.check(allowed={422})

@@ -94,7 +94,8 @@ def _answers(url: str) -> bool:
 
 
 def _train(c: httpx.Client, **config) -> str:
-    r = c.post("/train", json={"dataset": "slice", "config": TINY | config}, headers=ADMIN)
+    r = c.post("/train", json={"dataset": "slice", "config": TINY | config, "promote": "always"},
+               headers=ADMIN)
     assert r.status_code == 202, r.text
     location = r.headers["location"]
     job = wait_for(lambda: (j := c.get(location).json())["status"] in (

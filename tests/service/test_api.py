@@ -156,3 +156,13 @@ def test_models_list_get_promote_and_pin(api):
     assert r.status_code == 200 and r.json()["current"] is True
     assert c.get("/neighbours/train/cat/0000.jpg").json()["model_version"] == V2
     assert c.get("/readyz").json()["checks"]["model"] == V2
+    # The version it replaced is remembered: one rollback brings it back, a second undoes it.
+    listed = c.get("/models").json()
+    assert (listed["current"], listed["previous"]) == (V2, V1)
+    assert c.get(f"/models/{V1}").json()["previous"] is True
+    assert c.post("/models/current/rollback").status_code == 401
+    r = c.post("/models/current/rollback", headers=api.admin)
+    assert r.status_code == 200 and r.json()["version"] == V1 and r.json()["current"] is True
+    assert c.get("/neighbours/train/cat/0000.jpg").json()["model_version"] == V1
+    assert (c.get("/models").json()["current"], c.get("/models").json()["previous"]) == (V1, V2)
+    assert c.post("/models/current/rollback", headers=api.admin).json()["version"] == V2

@@ -45,6 +45,7 @@ CASES = [
     ("unknown dataset", "GET", "/datasets/none", {}, 404),
     ("unknown model", "GET", "/models/v999", {}, 404),
     ("promote unknown model", "POST", "/models/v999/promote", {"admin": True}, 404),
+    ("rollback with no version before", "POST", "/models/current/rollback", {"admin": True}, 409),
     ("model path traversal", "GET", "/models/..%2F..%2Fetc", {}, 404),
     ("unknown item", "GET", "/neighbours/train/dog/9999.jpg", {}, 404),
     ("k zero", "GET", "/neighbours/train/cat/0000.jpg?k=0", {}, 422),

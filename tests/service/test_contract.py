@@ -73,7 +73,8 @@ def _operations(doc: dict):
 
 
 ADMIN_OPS = {"POST /datasets", "POST /train", "DELETE /jobs/{job_id}",
-             "POST /models/{version}/promote", "POST /items", "DELETE /items",
+             "POST /models/{version}/promote", "POST /models/current/rollback", "POST /items",
+             "DELETE /items",
              "DELETE /items/{item_id}"}
 
 

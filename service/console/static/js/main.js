@@ -10,10 +10,11 @@ const PAGES = {
   models: () => import("./pages/models.js"),
   explore: () => import("./pages/explore.js"),
   map: () => import("./pages/map.js"),
+  retrain: () => import("./pages/retrain.js"),
 };
 const TITLES = {
   datasets: "Datasets", train: "Train", jobs: "Jobs", models: "Models", explore: "Explore",
-  map: "Embedding map",
+  map: "Embedding map", retrain: "Retrain policy",
 };
 
 let leave = null;

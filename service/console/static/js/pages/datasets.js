@@ -30,7 +30,8 @@ function table(datasets) {
       h("td", {}, classesText(d)),
       h("td", {}, Object.entries(d.splits).map(([s, n]) => `${s} ${fmtInt(n)}`).join(", ")),
       h("td", {}, h("a", { href: `#/train?dataset=${encodeURIComponent(d.name)}` },
-        `Train on ${d.name}`)))))));
+        `Train on ${d.name}`), " · ",
+      h("a", { href: `#/retrain?dataset=${encodeURIComponent(d.name)}` }, "Retrain policy")))))));
 }
 
 export async function render(main) {

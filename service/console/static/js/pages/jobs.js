@@ -95,6 +95,15 @@ function summary(job) {
     stat("Created", fmtTime(job.created_at)));
 }
 
+// The promotion gate's verdict: why the model is, or is not, current.
+function gateLine(job) {
+  const g = job.gate || {};
+  if (g.promoted === undefined) return null;
+  const what = g.promoted ? "Made current" : "Published as a candidate, not current";
+  return h("p", { id: "job-gate", class: g.promoted ? "" : "problem" },
+    h("strong", {}, what), ` (promote: ${g.policy}). `, g.reason || "");
+}
+
 async function renderJob(main, id) {
   const head = h("div", { class: "job-head" });
   const problem = h("div", { id: "job-problem" });
@@ -140,6 +149,7 @@ async function renderJob(main, id) {
       h("p", {}, "Dataset ", h("strong", {}, job.dataset), links.length ? " · " : "", links),
       job.error ? h("p", { class: "problem", role: "alert" }, `Error: ${job.error}`) : null,
       job.note ? h("p", { class: "muted" }, job.note) : null,
+      gateLine(job),
       !TERMINAL.has(job.status) && !job.cancel_requested ? cancel : null,
       job.cancel_requested && !TERMINAL.has(job.status)
         ? h("p", { class: "muted" }, "Cancel requested: stopping after the current batch.")

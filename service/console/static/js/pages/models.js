@@ -2,11 +2,21 @@
 import { api } from "../api.js";
 import { clear, confirmDialog, fmtInt, fmtPercent, h, hideProblem, showProblem } from "../ui.js";
 
-function row(m, onPromote) {
+function gateText(m) {
+  const g = m.gate;
+  if (!g || g.candidate === null || g.candidate === undefined) return "–";
+  return `${g.promote ? "beats" : "does not beat"} ${g.incumbent_name}: ` +
+    `${fmtPercent(g.candidate)} vs ${fmtPercent(g.incumbent)} (margin ${fmtPercent(g.margin)})`;
+}
+
+function row(m, onPromote, previous) {
   const enc = encodeURIComponent(m.version);
   return h("tr", { dataset: { version: m.version } },
     h("th", { scope: "row" }, h("code", {}, m.version),
-      m.current ? h("span", { class: "badge current" }, "current") : null),
+      m.current ? h("span", { class: "badge current" }, "current") : null,
+      m.version === previous ? h("span", { class: "badge" }, "previous") : null,
+      m.gate && !m.gate.promoted
+        ? h("span", { class: "badge", title: m.gate.reason || "" }, "candidate") : null),
     h("td", {}, m.dataset || "–"),
     h("td", {}, m.backbone || "–"),
     h("td", { class: "num" }, fmtInt(m.item_count)),
@@ -14,6 +24,7 @@ function row(m, onPromote) {
     h("td", { class: "num" }, m.recall_at_10 === null ? "–" : m.recall_at_10.toFixed(3)),
     h("td", { class: "num" }, fmtPercent(m.knn_top1)),
     h("td", { class: "num" }, fmtPercent(m.pixel_knn_top1)),
+    h("td", { class: "gate", title: (m.gate && m.gate.reason) || "" }, gateText(m)),
     h("td", {}, m.created ? m.created.replace("T", " ").replace("+00:00", " UTC") : "–"),
     h("td", { class: "row-actions" },
       h("a", { href: `#/explore?model=${enc}` }, "Explore"), " ",
@@ -43,10 +54,26 @@ export async function render(main) {
         h("th", { scope: "col", class: "num" }, "Recall@10"),
         h("th", { scope: "col", class: "num" }, "kNN top-1"),
         h("th", { scope: "col", class: "num" }, "Raw pixels"),
+        h("th", { scope: "col" }, "Promotion gate"),
         h("th", { scope: "col" }, "Created"), h("th", { scope: "col" }, ""))),
-      h("tbody", {}, models.data.map((m) => row(m, promote))))),
+      h("tbody", {}, models.data.map((m) => row(m, promote, models.previous))))),
+    models.previous ? h("p", {}, h("button", { type: "button", id: "models-rollback",
+      onclick: rollback }, `Roll back to ${models.previous}`)) : null,
     h("p", { class: "muted small" }, "kNN top-1: weighted kNN on the labelled test split ",
       "(or leave-one-out); raw pixels: the same kNN on downscaled, standardised pixels."));
+  };
+
+  const rollback = async () => {
+    const yes = await confirmDialog("Roll back?",
+      "The version that was current before becomes current again.", "Roll back");
+    if (!yes) return;
+    try {
+      await api("/models/current/rollback", { method: "POST" });
+      hideProblem(problem);
+      await refresh();
+    } catch (error) {
+      showProblem(problem, error);
+    }
   };
 
   const promote = async (version) => {

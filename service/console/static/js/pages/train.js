@@ -75,7 +75,11 @@ export async function render(main, route) {
   const select = h("select", { id: "train-dataset", name: "dataset" },
     datasets.data.map((d) => h("option", { value: d.name, selected: d.name === wanted },
       `${d.name} (${d.items} images${d.labelled ? `, ${d.classes.length} classes` : ""})`)));
-  const promote = h("input", { id: "train-promote", type: "checkbox", checked: true });
+  const promote = h("select", { id: "train-promote", name: "promote" },
+    h("option", { value: "gate", selected: true },
+      "Current only if it beats the current model (or raw pixels) by more than the noise"),
+    h("option", { value: "always" }, "Current whatever it measures"),
+    h("option", { value: "never" }, "Never current: a candidate to promote by hand"));
   const fields = Object.entries(docs).map(([key, info]) => field(key, info));
   const byKey = new Map(fields.map((f) => [f.key, f]));
   const main_ = MAIN_KEYS.filter((k) => byKey.has(k)).map((k) => byKey.get(k));
@@ -98,7 +102,7 @@ export async function render(main, route) {
     submit.disabled = true;
     try {
       const job = await api("/train", { method: "POST",
-        body: { dataset: select.value, config, promote: promote.checked } });
+        body: { dataset: select.value, config, promote: promote.value } });
       location.hash = `#/jobs/${job.id}`;
     } catch (error) {
       showProblem(problem, error);
@@ -123,8 +127,8 @@ export async function render(main, route) {
   } },
   h("div", { class: "card" },
     h("div", { class: "field" }, h("label", { for: "train-dataset" }, "Dataset"), select),
-    h("div", { class: "field check" }, h("label", { for: "train-promote" },
-      "Make the model current when the job succeeds"), promote)),
+    h("div", { class: "field" }, h("label", { for: "train-promote" },
+      "When the job succeeds, its model becomes"), promote)),
   h("fieldset", { class: "card grid-fields" }, h("legend", {}, "Main settings"),
     main_.map((f) => f.wrap)),
   h("details", { class: "card" }, h("summary", {}, `All settings (${rest.length} more)`),

@@ -1,0 +1,49 @@
+"""The promotion gate's arithmetic on cases small enough to check by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from trainer.judge import correct, paired, unpaired
+
+
+def test_a_paired_gain_must_exceed_two_standard_errors_of_the_per_query_differences():
+    # Differences 1, 0, 0, 0: mean 0.25, sample std 0.5, standard error 0.25, margin 0.5.
+    v = paired(np.array([1.0, 1, 1, 0]), np.array([0.0, 1, 1, 0]), "version a")
+    assert (v.candidate, v.incumbent, v.items) == (0.75, 0.5, 4)
+    assert v.margin == pytest.approx(0.5) and v.promote is False
+    assert "a gain of 0.2500, not more than the margin 0.5000" in v.reason
+    # Right on every query where the other was wrong on every one: no spread, a gain of 1.
+    v = paired(np.ones(4), np.zeros(4), "version a")
+    assert v.margin == 0.0 and v.promote is True
+
+
+def test_identical_answers_are_no_gain():
+    v = paired(np.array([1.0, 0, 1]), np.array([1.0, 0, 1]), "version a")
+    assert v.margin == 0.0 and v.promote is False and "a gain of 0.0000" in v.reason
+
+
+def test_an_unpaired_gain_is_judged_by_the_difference_of_two_proportions():
+    # 0.9 against 0.7 on 100 queries: standard error sqrt((0.09 + 0.21) / 100) = 0.0548.
+    v = unpaired(0.9, 0.7, 100, "raw pixels")
+    assert v.margin == pytest.approx(2 * math.sqrt(0.003)) and v.promote is True
+    assert unpaired(0.75, 0.7, 100, "raw pixels").promote is False
+    assert unpaired(0.6, 0.9, 100, "raw pixels").promote is False
+
+
+def test_correct_marks_each_query_by_the_weighted_vote():
+    # Two training points per class on a circle; two queries, one near each class, and one
+    # query labelled 1 that sits among class 0: it is answered wrongly.
+    keys = [(1.0, 0.0), (0.8, 0.6), (-1.0, 0.0), (-0.8, 0.6)]
+    queries = [(0.96, 0.28), (-0.96, 0.28), (0.6, 0.8)]
+    vectors = np.array(keys + queries, dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = np.array([0, 0, 1, 1, 0, 1, 1])
+    is_eval = np.array([False] * 4 + [True] * 3)
+    assert correct(vectors, labels, is_eval, 2, k=2, sigma=0.1).tolist() == [1.0, 1.0, 0.0]
+    # Without an evaluation split every labelled item is a query, its own entry left out.
+    loo = correct(vectors[:4], labels[:4], np.zeros(4, bool), 2, k=1, sigma=0.1)
+    assert loo.tolist() == [1.0, 1.0, 1.0, 1.0]

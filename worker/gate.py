@@ -1,0 +1,90 @@
+"""The promotion gate: a finished job's model becomes current only on a measured gain.
+
+The incumbent is the current model when it serves the same dataset, else raw pixels (the first
+model of a dataset must beat doing nothing). Both are measured on the same items:
+- with a labelled evaluation split (or labelled items, each left out in turn): weighted kNN
+  top-1, paired per query against a model, with the standard error of the difference as the
+  noise (trainer/judge.py);
+- without labels: nothing to measure yet, and the model is promoted as before, saying so.
+
+`promote` on the job chooses what the verdict does: `gate` follows it, `always` and `never`
+record it and ignore it. The verdict is written into the bundle's manifest and the job record
+either way, so a user sees why a model is or is not current.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from state.jobs import PROMOTE_ALWAYS, PROMOTE_GATE, Job
+from trainer.bundle import current_version, read_manifest
+from trainer.errors import BundleError
+from trainer.evaluation import headline
+from trainer.judge import Verdict, correct, paired, unpaired
+
+log = logging.getLogger(__name__)
+
+
+def judge(job: Job, run_dir: Path, models_root: Path) -> dict[str, Any]:
+    """The verdict on the run's model, as the record that the manifest and the job keep:
+    the verdict's figures, `policy` (the job's promote) and `promoted` (what will happen).
+    Measured on the items of the run's own snapshot that the current version also holds."""
+    verdict = _verdict(job, run_dir, models_root)
+    promoted = job.promote == PROMOTE_ALWAYS or (job.promote == PROMOTE_GATE and
+                                                verdict.promote)
+    return verdict.to_dict() | {"policy": job.promote, "promoted": promoted}
+
+
+def _verdict(job: Job, run_dir: Path, models_root: Path) -> Verdict:
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    k, sigma = int(config.get("knn_k", 200)), float(config.get("knn_sigma", 0.1))
+    with np.load(run_dir / "embeddings.npz") as saved:
+        vectors = np.asarray(saved["vectors"], dtype=np.float32)
+        ids = [str(i) for i in saved["ids"]]
+        labels = saved["labels"].astype(np.int64)
+        is_eval = saved["is_eval"].astype(bool) if "is_eval" in saved else np.zeros(len(ids), bool)
+        n_classes = len(saved["classes"])
+    if not (labels >= 0).any() or n_classes < 2:
+        return Verdict(True, "none", None, None, "raw pixels", 0.0, 0,
+                       "no labels in the collection: the model is not compared")
+    incumbent = _incumbent(models_root, job.dataset)
+    if incumbent is None:
+        top1, _ = headline(metrics)
+        pixels = metrics.get("pixel_knn_top1")
+        if top1 is None or pixels is None:
+            return Verdict(True, "knn_top1", top1, pixels, "raw pixels", 0.0, 0,
+                           "no raw-pixel figure to compare with")
+        return unpaired(float(top1), float(pixels), int(metrics.get("knn_queries") or 0),
+                        "raw pixels")
+    version, theirs = incumbent
+    rows = np.array([i for i, item in enumerate(ids) if item in theirs], dtype=np.int64)
+    their_rows = np.array([theirs[ids[i]] for i in rows], dtype=np.int64)
+    their_vectors = np.load(models_root / version / "embeddings.npy", mmap_mode="r")
+    mine = correct(vectors[rows], labels[rows], is_eval[rows], n_classes, k, sigma)
+    current = correct(np.asarray(their_vectors[their_rows]), labels[rows], is_eval[rows],
+                      n_classes, k, sigma)
+    return paired(mine, current, f"version {version}")
+
+
+def _incumbent(models_root: Path, dataset: str) -> tuple[str, dict[str, int]] | None:
+    """The current version when it serves `dataset`, with its item rows (None: there is no
+    current model of this dataset, so this is its first)."""
+    version = current_version(models_root)
+    if version is None:
+        return None
+    try:
+        manifest = read_manifest(models_root, version)
+        if manifest.get("dataset") != dataset:
+            return None
+        items = json.loads((models_root / version / "items.json").read_text())
+    except (BundleError, OSError, ValueError) as exc:
+        log.warning("the current model %s cannot be read (%s): judged against raw pixels",
+                    version, exc)
+        return None
+    return version, {str(item): row for row, item in enumerate(items["ids"])}
