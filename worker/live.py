@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from state.changes import ADD, Change, ChangeLog
 from trainer.data import Collection
+from trainer.files import atomic_write_bytes, atomic_write_text
 from trainer.overlay import AddedItem, with_changes
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,7 @@ def store_image(dataset_root: Path, data: bytes, suffix: str) -> str:
     folder = dataset_root / ITEMS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{uuid.uuid4().hex}{suffix}"
-    tmp = folder / f".{name}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / name)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the new name survives a power loss too
-    finally:
-        os.close(fd)
+    atomic_write_bytes(folder / name, data)
     return f"{ITEMS_DIR}/{name}"
 
 
@@ -76,9 +66,7 @@ def snapshot_seq(run_dir: Path, changes: ChangeLog, dataset: str) -> int:
     if path.exists():
         return int(json.loads(path.read_text())["seq"])
     seq = changes.last_seq(dataset)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"dataset": dataset, "seq": seq}))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"dataset": dataset, "seq": seq}))
     return seq
 
 
