@@ -22,14 +22,6 @@ def request_bytes(method: str, path: str, host: str, body: bytes = b"",
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-def multipart(field: str, filename: str, data: bytes, mime: str) -> tuple[bytes, str]:
-    boundary = "bench0boundary0a1b2c3d"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-            f"filename=\"{filename}\"\r\nContent-Type: {mime}\r\n\r\n").encode() + data + (
-        f"\r\n--{boundary}--\r\n").encode()
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 async def _read_response(reader: asyncio.StreamReader) -> int:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")

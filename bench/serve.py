@@ -29,7 +29,8 @@ import torch
 from PIL import Image
 
 from bench.common import REPO, report
-from bench.loadgen import load, multipart, request_bytes
+from bench.loadgen import load, request_bytes
+from service.http_calls import FilePart, multipart
 from trainer.backbones import Encoder
 from trainer.bundle import set_current, write_bundle
 from trainer.config import TrainConfig
@@ -135,7 +136,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{args.port}"
         try:
             host = f"127.0.0.1:{args.port}"
-            body, ctype = multipart("files", "q.png", png_32(), "image/png")
+            body, ctype = multipart([], [FilePart("files", "q.png", png_32(), "image/png")])
             embed_request = request_bytes("POST", "/embed", host, body, ctype)
 
             results["embed"] = []

@@ -19,10 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -126,18 +123,10 @@ def _saved_key(home: Path) -> str:
 
 
 def _request(method: str, url: str, key: str | None = None, body: bytes | None = None,
-             content_type: str | None = None) -> dict[str, Any]:
-    req = urllib.request.Request(url, data=body, method=method)
-    if key:
-        req.add_header("Authorization", f"Bearer {key}")
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=600) as resp:
-            return json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")
-        raise RuntimeError(f"{method} {url} -> {exc.code}: {detail}") from None
+             content_type: str | None = None) -> Any:
+    from service.http_calls import request  # the project's packages: on the path from main
+
+    return request(method, url, key, body, content_type)
 
 
 def _wait_healthy(base: str, children: list[subprocess.Popen]) -> None:
@@ -180,7 +169,10 @@ def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> str:
             print(f"dataset {name!r} is already uploaded; training on it")
         else:
             print(f"uploading {archive.name} as dataset {name!r}...")
-            body, ctype = _multipart({"name": name}, "file", archive)
+            from service.http_calls import FilePart, multipart
+
+            body, ctype = multipart([("name", name)], [FilePart.of(
+                "file", archive, "application/octet-stream")])
             summary = _request("POST", f"{base}/datasets", key, body, ctype)
             print(f"  {summary['items']} images, {len(summary['classes'])} classes, "
                   f"splits {summary['splits']}")
@@ -224,18 +216,6 @@ def _progress_line(status: str, p: dict[str, Any]) -> str:
     if p.get("knn_top1") is not None:
         parts.append(f"kNN top-1 {p['knn_top1']:.3f}")
     return ", ".join(parts)
-
-
-def _multipart(fields: dict[str, str], file_field: str, path: Path) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    out = bytearray()
-    for k, v in fields.items():
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
-                ).encode()
-    out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{file_field}\"; "
-            f"filename=\"{path.name}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
-    out += path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-    return bytes(out), f"multipart/form-data; boundary={boundary}"
 
 
 def _print_examples(base: str, key: str, version: str, data_root: str) -> None:

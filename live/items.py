@@ -3,9 +3,10 @@ dataset scan never lists it as part of the layout)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
+
+from trainer.files import atomic_write_bytes
 
 ITEMS_DIR = ".items"
 
@@ -17,15 +18,5 @@ def store_image(dataset_root: Path, data: bytes, suffix: str) -> str:
     folder = dataset_root / ITEMS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     name = f"{uuid.uuid4().hex}{suffix}"
-    tmp = folder / f".{name}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, folder / name)
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the new name survives a power loss too
-    finally:
-        os.close(fd)
+    atomic_write_bytes(folder / name, data)
     return f"{ITEMS_DIR}/{name}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -100,18 +101,9 @@ class _BodyLimit:
 
 
 def _celery_enqueue(settings: ServiceSettings) -> Callable[[str], None]:
-    from state.stores import open_store
-    from worker.app import TRAIN_TASK, make_celery
-    from worker.capacity import queue_of_job
+    from worker.app import make_celery, send_job
 
-    celery = make_celery(settings)
-    store = open_store(settings)
-
-    def enqueue(job_id: str) -> None:
-        # Jobs asking for k GPUs go to the queue of workers that own k.
-        celery.send_task(TRAIN_TASK, args=[job_id], queue=queue_of_job(settings, store, job_id))
-
-    return enqueue
+    return partial(send_job, make_celery(settings), settings, open_store(settings))
 
 
 def create_app(settings: ServiceSettings | None = None, *, store: JobStore | None = None,

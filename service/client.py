@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import mimetypes
 import os
 import sys
 import urllib.error
 import urllib.parse
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
+
+from service.http_calls import FilePart, HttpError, multipart, request
 
 CHUNK = 64  # images per request (the API's default MAX_IMAGES_PER_REQUEST)
 
@@ -32,38 +31,12 @@ def _request(url: str, method: str, path: str, key: str | None, body: bytes | No
              content_type: str | None = None, query: dict[str, str] | None = None) -> Any:
     full = url.rstrip("/") + urllib.parse.quote(path) + (
         "?" + urllib.parse.urlencode(query) if query else "")
-    request = urllib.request.Request(full, data=body, method=method)
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
-    if content_type:
-        request.add_header("Content-Type", content_type)
     try:
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("detail") or exc.reason
-        except ValueError:
-            detail = exc.reason
-        raise SystemExit(f"error: {exc.code} {detail}") from None
+        return request(method, full, key, body, content_type)
+    except HttpError as exc:
+        raise SystemExit(f"error: {exc.status} {exc.detail}") from None
     except urllib.error.URLError as exc:
         raise SystemExit(f"error: cannot reach {url}: {exc.reason}") from None
-
-
-def _multipart(fields: list[tuple[str, str]],
-               files: list[tuple[str, Path]]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                     f"{value}\r\n".encode())
-    for name, path in files:
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                     f'filename="{path.name}"\r\nContent-Type: {kind}\r\n\r\n'.encode()
-                     + path.read_bytes() + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def _add(args: argparse.Namespace, key: str | None) -> None:
@@ -76,14 +49,14 @@ def _add(args: argparse.Namespace, key: str | None) -> None:
     batches += [[("files", p) for p in images[i:i + CHUNK]]
                 for i in range(0, len(images), CHUNK)]
     for files in batches:
-        body, kind = _multipart(fields, files)
+        body, kind = multipart(fields, [FilePart.of(name, path) for name, path in files])
         answer = _request(args.url, "POST", "/items", key, body, kind, query)
         print(f"added {len(answer['ids'])} items to {answer['dataset']} "
               f"(model {answer['model_version']}, log position {answer['seq']})")
 
 
 def _find(args: argparse.Namespace, key: str | None) -> None:
-    body, kind = _multipart([("k", str(args.k))], [("files", Path(args.image))])
+    body, kind = multipart([("k", str(args.k))], [FilePart.of("files", Path(args.image))])
     answer = _request(args.url, "POST", "/search", key, body, kind)
     for n in answer["results"][0]["neighbours"]:
         print(f"{n['score']:.4f}  {n['id']}" + (f"  ({n['label']})" if n["label"] else ""))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from state.changes import TOKEN_TTL_S, Change, ChangeLog, check, numbered, parse_state
+from state.sqlite import Connections
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (dataset TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -35,22 +35,13 @@ CREATE TABLE IF NOT EXISTS change_set_aside (dataset TEXT NOT NULL, seq INTEGER 
 class SqliteChangeLog(ChangeLog):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._local = threading.local()
+        self._connections = Connections(self.path)
         with self._db() as db:
             db.executescript(_SCHEMA)
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        # One connection per thread and process (sqlite3 connections are not fork-safe).
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")  # an acknowledged change survives a crash
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn, self._local.pid = conn, os.getpid()
-        yield conn
+        yield self._connections.get()
 
     def append(self, dataset: str, changes: list[Change], known: dict[str, bool],
                upsert: bool = False, token: str | None = None) -> list[Change]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from state.jobs import JSON_FIELDS, Job, JobStore, Records, field_default
+from state.sqlite import Connections
 
 _COLUMNS = [f for f in Job.__dataclass_fields__]
 _BOOLS = [f for f in _COLUMNS if isinstance(Job.__dataclass_fields__[f].default, bool)]
@@ -39,7 +39,7 @@ class SqliteJobStore(JobStore):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._local = threading.local()
+        self._connections = Connections(self.path, rows=sqlite3.Row)
         with self._db() as db:
             db.executescript(_SCHEMA)
             self._add_new_columns(db)
@@ -58,17 +58,7 @@ class SqliteJobStore(JobStore):
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        # One connection per thread and process: sqlite3 connections are not fork-safe.
-        conn = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.row_factory = sqlite3.Row
-            self._local.conn, self._local.pid = conn, os.getpid()
-        yield conn
+        yield self._connections.get()
 
     @staticmethod
     def _row(row: sqlite3.Row) -> Job:

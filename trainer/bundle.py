@@ -37,9 +37,9 @@ import torch
 
 from trainer import embedding_map
 from trainer import index as faiss_index
-from trainer.checkpoint import atomic_file, atomic_write_json, fsync_dir, fsync_file
 from trainer.encoder_file import EmbeddingModel
 from trainer.errors import BundleError
+from trainer.files import atomic_file, atomic_write_json, fsync_dir, fsync_file
 from trainer.leftovers import CURRENT, PREVIOUS, TMP_PREFIX
 
 log = logging.getLogger(__name__)

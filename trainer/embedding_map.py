@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.checkpoint import atomic_file
+from trainer.files import atomic_file
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from celery import Celery
 
+from state.jobs import JobStore
 from state.settings import Settings, get_settings
+from worker.capacity import queue_of_job
 
 TRAIN_TASK = "and.train"
 
@@ -58,6 +60,13 @@ def make_celery(settings: Settings) -> Celery:
         }
     app.conf.update(conf)
     return app
+
+
+def send_job(celery: Celery, settings: Settings, store: JobStore, job_id: str) -> None:
+    """Put a job on the queue: how the API queues a submission and a worker sends a job on
+    (a re-queue, a re-send, a job too large for it). A job asking for k GPUs goes to the queue
+    of the workers that own k."""
+    celery.send_task(TRAIN_TASK, args=[job_id], queue=queue_of_job(settings, store, job_id))
 
 
 app = make_celery(get_settings())

@@ -8,10 +8,10 @@ What it trains on and what it publishes are live/collection.py and live/publish.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from state.changes import ChangeLog
+from trainer.files import atomic_write_text
 
 SNAPSHOT_FILE = "changes.json"
 
@@ -22,7 +22,5 @@ def snapshot_seq(run_dir: Path, changes: ChangeLog, dataset: str) -> int:
     if path.exists():
         return int(json.loads(path.read_text())["seq"])
     seq = changes.last_seq(dataset)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"dataset": dataset, "seq": seq}))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"dataset": dataset, "seq": seq}))
     return seq

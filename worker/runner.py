@@ -139,6 +139,8 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
         return FAILED
 
     try:
+        # The submission gate (worker.submit) proved config, dataset and weights usable: they
+        # are only read back and opened here.
         config = TrainConfig.from_dict(job.config)
         # Archives are extracted once, next to themselves, and shared by jobs and the API.
         root = dataset_path(settings, job.dataset)

@@ -17,8 +17,8 @@ from state.jobs import TERMINAL, JobStore
 from state.settings import get_settings
 from state.stores import open_store
 from trainer.leftovers import sweep_leftovers
-from worker.app import TRAIN_TASK, app
-from worker.capacity import job_gpus, own_gpus, queue_of_job
+from worker.app import TRAIN_TASK, app, send_job
+from worker.capacity import job_gpus, own_gpus
 from worker.lease import new_owner
 from worker.runner import record_crash
 from worker.sweeper import Sweeper
@@ -72,8 +72,7 @@ def _may_need_running(store: JobStore, job_id: str) -> bool:
 
 def enqueue(job_id: str) -> None:
     settings = get_settings()
-    app.send_task(TRAIN_TASK, args=[job_id],
-                  queue=queue_of_job(settings, open_store(settings), job_id))
+    send_job(app, settings, open_store(settings), job_id)
 
 
 _sweeper: Sweeper | None = None

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from service.uploads import (
 )
 from trainer.data import open_collection
 from trainer.errors import DatasetError
+from trainer.files import atomic_write_text
 
 router = APIRouter(tags=["datasets"])
 META = ".meta"
@@ -89,14 +89,7 @@ def _write_meta(settings: ServiceSettings, name: str, summary: dict[str, Any],
     """Write the cached summary whole or not at all: a reader never sees half a file."""
     meta = _meta_path(settings, name)
     meta.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=meta.parent, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"stamp": stamp, "summary": summary}, f)
-        os.replace(tmp, meta)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(meta, json.dumps({"stamp": stamp, "summary": summary}))
 
 
 def _read_meta(settings: ServiceSettings, name: str) -> dict[str, Any] | None:

@@ -12,49 +12,44 @@ from service.errors import ProblemError, conflict, not_found, not_ready, problem
 from service.limits import JSON_BASE
 from service.schemas import JOB_ID, JobProgress, JobPublic, JobsPublic, JobStatus, TrainRequest
 from service.settings import ServiceSettings
-from state.jobs import CANCELED, FAILED, QUEUED, RUNNING, TERMINAL
-from trainer.config import TrainConfig
-from trainer.errors import ConfigError, DatasetError
-from worker.capacity import capacity_problem
-from worker.submit import submit
+from state.jobs import CANCELED, RUNNING, TERMINAL, Job
+from worker.submit import (
+    NoSuchDataset,
+    NotQueued,
+    NoWorkerCanRun,
+    UnfitConfig,
+    UnusableDataset,
+    submit,
+)
 
 router = APIRouter(tags=["jobs"])
 JOB_PATH = Path(pattern=JOB_ID, description="A job id.")
 
 
-def _checked_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as the published TrainConfig schema takes it (a ConfigError, 422, if not).
-    Milestones may come in any order here; they are kept sorted."""
-    config = dict(config)
+def _sorted_milestones(config: dict[str, Any]) -> dict[str, Any]:
+    """Milestones may come in any order here; they are kept sorted."""
     milestones = config.get("lr_milestones")
     if isinstance(milestones, list) and all(
             isinstance(m, (int, float)) and not isinstance(m, bool) for m in milestones):
-        config["lr_milestones"] = sorted(milestones)
-    TrainConfig.from_dict(config, strict=True)
+        return config | {"lr_milestones": sorted(milestones)}
     return config
 
 
 def _submit(settings: ServiceSettings, store: StoreDep, enqueue: EnqueueDep,
-            body: TrainRequest, config: dict[str, Any]) -> Any:
-    if not (settings.data_root / body.dataset).exists():
-        raise not_found(f"no dataset {body.dataset!r}")
-    cfg = TrainConfig.from_dict(config)
-    problem = capacity_problem(store, cfg.gpus, cfg.nodes)
-    if problem:
-        raise ProblemError(422, "No Worker Can Run It", problem)
-
-    def queue_it(job_id: str) -> None:
-        try:
-            enqueue(job_id)
-        except Exception as exc:
-            store.transition(job_id, {QUEUED}, FAILED, error=f"could not be queued: {exc}")
-            raise not_ready("the job queue is unreachable; the job was not started") from exc
-
+            body: TrainRequest) -> Job:
+    """The submission gate's refusals as answers: a config invalid on its own is the
+    ConfigError handler's 422 (service.errors)."""
+    config = _sorted_milestones(body.config)
     try:
-        return submit(store, settings, queue_it, body.dataset, config, body.promote)
-    except (ConfigError, DatasetError) as exc:
-        # The config is valid on its own (checked above): the dataset does not fit it.
+        return submit(store, settings, enqueue, body.dataset, config, body.promote, strict=True)
+    except NoSuchDataset:
+        raise not_found(f"no dataset {body.dataset!r}") from None
+    except NoWorkerCanRun as exc:
+        raise ProblemError(422, "No Worker Can Run It", exc.message) from None
+    except (UnfitConfig, UnusableDataset) as exc:
         raise ProblemError(409, "Unusable Dataset", str(exc)) from None
+    except NotQueued as exc:
+        raise not_ready("the job queue is unreachable; the job was not started") from exc
 
 
 @router.post("/train", status_code=202, response_model=JobPublic, dependencies=[Admin],
@@ -68,8 +63,7 @@ async def train(request: Request, response: Response, settings: SettingsDep,
                 store: StoreDep, enqueue: EnqueueDep) -> JobPublic:
     require_media(request, JSON)
     body = await read_json(request, TrainRequest, JSON_BASE)
-    config = _checked_config(body.config)
-    job = await run_in_threadpool(_submit, settings, store, enqueue, body, config)
+    job = await run_in_threadpool(_submit, settings, store, enqueue, body)
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobPublic.of(job)
 

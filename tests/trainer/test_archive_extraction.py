@@ -11,6 +11,7 @@ import time
 import pytest
 
 from state.settings import Settings
+from state.stores import open_store
 from trainer.data import open_collection
 from worker.submit import check_job
 
@@ -57,7 +58,7 @@ def test_a_compressed_tar_is_extracted_once_beside_itself(cifar_dir, tmp_path, m
     first = stamp()
     settings = Settings(data_root=data, models_root=tmp_path / "m", state_root=tmp_path / "s")
     for _ in range(3):  # what POST /train and GET /datasets/{name} do, again and again
-        check_job(settings, "cifar.tar.gz", CONFIG)
+        check_job(open_store(settings), settings, "cifar.tar.gz", CONFIG)
         assert _open(archive) == seen[0]
     assert _extractions(data) == [extracted]
     assert stamp() == first  # not extracted again
