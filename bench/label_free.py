@@ -28,6 +28,7 @@ from bench.label_free_panel import COLLECTIONS, VIEWS, panel_embeddings
 from trainer.label_free import DEFAULT_AUGMENTATION, DEFAULT_K, combine, parts_of
 
 MIN_GAP = 0.02  # kNN top-1 difference (2 points) above which the order of a pair must hold
+WIDE_GAP = 0.05  # the same for clear differences only
 RESAMPLES = 3
 RESAMPLE_SHARE = 0.8
 # Candidate scores: name -> function of the parts, higher is better.
@@ -35,7 +36,9 @@ CANDIDATES: dict[str, Callable[[dict[str, float]], float]] = {
     "score": combine,
     "retrieval_top1": lambda p: p["retrieval_top1"],
     "retrieval_mrr": lambda p: p["retrieval_mrr"],
+    "centred_mrr": lambda p: p["centred_mrr"],
     "knn_agreement": lambda p: p["knn_agreement"],
+    "neighbour_top1": lambda p: p["neighbour_top1_agreement"],
     "rankme": lambda p: p["effective_rank"],
     "rankme_share": lambda p: p["effective_rank_share"],
     "neg_alignment": lambda p: -p["alignment"],
@@ -99,12 +102,15 @@ def study(collection: str, k: int = DEFAULT_K) -> dict:
         for aug in sorted({a for a, _ in VIEWS}):
             scores = [fn(parts[n]["views"][f"{aug}_0"]) for n in names]
             agree, total, wrong = pairs_agreement(knn, scores)
+            agree5, total5, _ = pairs_agreement(knn, scores, WIDE_GAP)
             seeds = [[fn(parts[n]["views"][f"{a}_{s}"]) for a, s in VIEWS if a == aug]
                      for n in names]
+            # The resamples are of the default augmentation's first view.
             resample = [[fn(p) for p in parts[n]["resampled"]] for n in names]
             by_aug[aug] = {
                 "scores": dict(zip(names, scores, strict=True)),
                 "pairs_agreement": agree, "pairs": total,
+                "pairs_agreement_wide": agree5, "pairs_wide": total5,
                 "wrong_pairs": [f"{names[i]} vs {names[j]}" for i, j in wrong],
                 "kendall_tau": kendall_tau(knn, scores),
                 "view_seed_std": float(np.mean([np.std(s) for s in seeds])) if len(
@@ -124,14 +130,17 @@ def study(collection: str, k: int = DEFAULT_K) -> dict:
 
 def _table(results: dict) -> None:
     print(f"\n{'collection':18s} {'candidate':16s} {'aug':6s} {'pairs%':>7s} {'n':>4s} "
-          f"{'tau':>6s} {'seed sd':>8s} {'resample sd':>11s}")
+          f"{'>5pt%':>6s} {'n':>4s} {'tau':>6s} {'seed sd':>8s} {'resample sd':>11s}")
     for coll, res in results["collections"].items():
         for cand, by_aug in res["candidates"].items():
             for aug, r in by_aug.items():
                 sd = r["view_seed_std"]
+                resample = r["resample_std"] if aug == DEFAULT_AUGMENTATION else None
                 print(f"{coll:18s} {cand:16s} {aug:6s} {100 * r['pairs_agreement']:7.1f} "
-                      f"{r['pairs']:4d} {r['kendall_tau']:6.3f} "
-                      f"{'' if sd is None else f'{sd:8.4f}':>8s} {r['resample_std']:11.4f}")
+                      f"{r['pairs']:4d} {100 * r['pairs_agreement_wide']:6.1f} "
+                      f"{r['pairs_wide']:4d} {r['kendall_tau']:6.3f} "
+                      f"{'' if sd is None else f'{sd:8.4f}':>8s} "
+                      f"{'' if resample is None else f'{resample:11.4f}':>11s}")
     for coll, res in results["collections"].items():
         score = res["candidates"]["score"][DEFAULT_AUGMENTATION]["scores"]
         print(f"\n{coll}: member, kNN top-1, score")

@@ -161,6 +161,10 @@ def parts_of(clean: np.ndarray, views: np.ndarray, k: int = DEFAULT_K) -> dict[s
     """Every measured part, for embeddings of the same items (row i of each)."""
     c, v = _unit(clean), _unit(views)
     ranks = retrieval_ranks(c, v).double()
+    # The same retrieval once the collection's mean is removed: a direction every embedding
+    # shares (large in untrained ReLU networks) no longer hides how the items differ.
+    mean = c.mean(0, keepdim=True)
+    centred = retrieval_ranks(_unit((c - mean).numpy()), _unit((v - mean).numpy())).double()
     own = neighbour_lists(c, c, k)
     seen = neighbour_lists(v, c, k)
     d = c.shape[1]
@@ -168,6 +172,8 @@ def parts_of(clean: np.ndarray, views: np.ndarray, k: int = DEFAULT_K) -> dict[s
     return {
         "retrieval_top1": float((ranks == 0).double().mean()),
         "retrieval_mrr": float((1.0 / (ranks + 1)).mean()),
+        "centred_mrr": float((1.0 / (centred + 1)).mean()),
+        "neighbour_top1_agreement": list_agreement(own[:, :1], seen[:, :1]),
         "knn_agreement": list_agreement(own, seen),
         "alignment": float((c - v).pow(2).sum(1).mean()),
         "uniformity": uniformity(c),
