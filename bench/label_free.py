@@ -81,6 +81,21 @@ def pairs_agreement(knn: list[float], score: list[float],
     return (1.0 - len(wrong) / total if total else 1.0), total, wrong
 
 
+def gate_precision(knn: list[float], score: list[float], margin: float,
+                   min_gap: float = MIN_GAP) -> tuple[float, int]:
+    """Of the pairs whose scores differ by more than `margin` (a gate would pick the higher),
+    the share where the higher-scored encoder is not worse by more than `min_gap` in kNN
+    top-1, and the number of such pairs."""
+    ok = total = 0
+    for i, j in itertools.combinations(range(len(knn)), 2):
+        if abs(score[i] - score[j]) <= margin:
+            continue
+        total += 1
+        hi, lo = (i, j) if score[i] > score[j] else (j, i)
+        ok += knn[hi] >= knn[lo] - min_gap
+    return (ok / total if total else 1.0), total
+
+
 def study(collection: str, k: int = DEFAULT_K) -> dict:
     panel = panel_embeddings(collection)
     names = list(panel)
@@ -159,8 +174,27 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {"min_gap": MIN_GAP, "k": args.k, "augmentation": DEFAULT_AUGMENTATION,
                "collections": {c: study(c, args.k) for c in args.collections}}
+    # The gate's margin: three standard deviations of the difference of two scores, each
+    # with the largest noise seen (view seeds or resamples) on any collection.
+    default = [res["candidates"]["score"][DEFAULT_AUGMENTATION]
+               for res in results["collections"].values()]
+    sd = max(max(r["view_seed_std"] or 0.0, r["resample_std"]) for r in default)
+    margin = 3 * float(np.sqrt(2)) * sd
+    results["noise_std"] = sd
+    results["recommended_margin"] = margin
+    for res in results["collections"].values():
+        knn = list(res["knn_top1"].values())
+        scores = [res["candidates"]["score"][DEFAULT_AUGMENTATION]["scores"][n]
+                  for n in res["knn_top1"]]
+        precision, pairs = gate_precision(knn, scores, margin)
+        res["gate_precision"] = {"share": precision, "pairs": pairs}
     report("label_free", results, args.out)
     _table(results)
+    print(f"\nnoise std {sd:.4f}; recommended margin {margin:.4f}")
+    for coll, res in results["collections"].items():
+        g = res["gate_precision"]
+        print(f"{coll}: pairs scored more than the margin apart: {g['pairs']}, the higher "
+              f"one not worse by > {100 * MIN_GAP:.0f} kNN points in {100 * g['share']:.1f} %")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,13 @@ Everything lands under var/label_free/ (ignored by git); a rerun trains nothing 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import os
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,17 +176,8 @@ def panel_embeddings(collection: str, log: Callable[[str], None] = print) -> dic
     c = prepared.collection
     for member in PANEL:
         cache = ROOT / "embeddings" / collection / f"{member.name}.npz"
-        if not cache.exists():
-            forward = encoder(collection, member, prepared, log)
-            arrays = {"clean": _embed(forward, images)}
-            for (aug, s), v in views.items():
-                arrays[f"{aug}_{s}"] = _embed(forward, v)
-            knn = knn_evaluation(arrays["clean"], c.labels, c.is_eval, len(c.classes))
-            arrays["knn_top1"] = np.asarray(headline(knn)[0])
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, **arrays)
-            log(f"  embedded {collection}/{member.name}: kNN top-1 "
-                f"{float(arrays['knn_top1']):.3f}")
+        with _locked(cache):
+            _compute(cache, collection, member, prepared, views, log)
         blob = np.load(cache)
         out[member.name] = {
             "clean": blob["clean"], "knn_top1": float(blob["knn_top1"]),
@@ -192,3 +186,31 @@ def panel_embeddings(collection: str, log: Callable[[str], None] = print) -> dic
     (ROOT / "embeddings" / collection / "collection.json").write_text(json.dumps(
         {"items": len(c), "classes": len(c.classes), "eval_items": int(c.is_eval.sum())}))
     return out
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """One process at a time trains and embeds a member (two may fill the cache at once)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _compute(cache: Path, collection: str, member: Member, prepared: Prepared,
+             views: dict[tuple[str, int], torch.Tensor], log: Callable[[str], None]) -> None:
+    c, images = prepared.collection, prepared.images
+    assert images is not None
+    if cache.exists():
+        return
+    forward = encoder(collection, member, prepared, log)
+    arrays = {"clean": _embed(forward, images)}
+    for (aug, s), v in views.items():
+        arrays[f"{aug}_{s}"] = _embed(forward, v)
+    knn = knn_evaluation(arrays["clean"], c.labels, c.is_eval, len(c.classes))
+    arrays["knn_top1"] = np.asarray(headline(knn)[0])
+    partial = cache.with_suffix(".partial.npz")
+    np.savez(partial, **arrays)
+    os.replace(partial, cache)
+    log(f"  embedded {collection}/{member.name}: kNN top-1 "
+        f"{float(arrays['knn_top1']):.3f}")
