@@ -1,10 +1,19 @@
-"""A label-free score of an encoder on a collection: how well an augmented view of an image
-finds the image itself among the collection (placeholder; chosen in bench/label_free.py).
+"""A label-free score of an encoder on a collection, from the images alone.
 
-Computed from the images alone, with one extra embedding pass over a sample of at most
-10,000 items: the encoder's embeddings of the collection are given, the caller embeds one
-augmented view of each sampled item. The same score applies to raw pixels and to the untrained
-network on the same items and the same views, so the three are always comparable.
+One augmented view of each sampled item (at most 10,000: the one extra embedding pass) looks
+for its own image among the sample's clean embeddings; the score is the mean reciprocal rank
+of the right answer (1 = always first). Ties count against the view, so a collapsed encoder,
+whose embeddings are all alike, scores about 1/N. The same score is computed for raw pixels and
+for the untrained network on the same items and the same views (trainer/label_free_baselines),
+so the three are comparable.
+
+Chosen by measurement (bench/label_free.py, docs/benchmarks.md) among the parts computed here:
+retrieval (top-1, mean reciprocal rank, after centring), agreement of the k-NN lists of a view
+and its original, effective rank (RankMe), alignment and uniformity. Retrieval ordered the
+panels best; the rank and uniformity terms ordered them barely better than chance, and the
+collapse they guard against already scores lowest by retrieval. The view is a milder fixed
+augmentation than training's (crop area >= 60 %, jitter 0.2, no grey): it ordered the panels
+about as well with less noise.
 """
 
 from __future__ import annotations
@@ -183,6 +192,7 @@ def parts_of(clean: np.ndarray, views: np.ndarray, k: int = DEFAULT_K) -> dict[s
 
 
 def combine(parts: dict[str, float]) -> float:
+    """The score from its parts: the mean reciprocal rank of the retrieval."""
     return parts["retrieval_mrr"]
 
 
