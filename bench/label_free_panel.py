@@ -147,7 +147,7 @@ def encoder(collection: str, member: Member, prepared: Prepared,
     if member.kind == "untrained":
         return untrained_model(config.backbone, config.embedding_dim, config.input_size,
                                prepared.mean, prepared.std, seed=config.seed,
-                               device="cpu").embed_uint8
+                               device="cpu", precision="fp32").embed_uint8
     source = member if member.kind == "trained" else next(
         m for m in PANEL if m.name == member.source)
     config = TrainConfig.from_strings([*BASE, *source.overrides])
