@@ -52,7 +52,7 @@ def measure(prepared: Prepared, k: int, sigma: float, side: int = SIDE,
     keys = _sample(np.flatnonzero(labelled & ~coll.is_eval), MAX_KEYS, rng)
     queries = _sample(np.flatnonzero(labelled & coll.is_eval), MAX_QUERIES, rng)
     rows = np.concatenate([keys, queries])
-    images = _images(prepared, rows, side)
+    images = images_of(prepared, rows, side)
     vectors = pixel_vectors(images, prepared.mean, prepared.std, side)
     is_eval = np.zeros(len(rows), dtype=bool)
     is_eval[len(keys):] = True
@@ -65,7 +65,7 @@ def measure(prepared: Prepared, k: int, sigma: float, side: int = SIDE,
             "pixel_knn_side": side}
 
 
-def _images(prepared: Prepared, rows: np.ndarray, side: int) -> torch.Tensor:
+def images_of(prepared: Prepared, rows: np.ndarray, side: int) -> torch.Tensor:
     """The rows' decoded images: from the decode cache, or decoded again at `side` when the
     dataset was too large to cache."""
     if prepared.images is not None:

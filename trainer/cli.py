@@ -2,7 +2,7 @@
 
     python -m trainer train --data PATH --out DIR [--set key=value ...]
     python -m trainer train ... --set gpus=2    # 2 processes (GPUs, or Gloo on CPU)
-    python -m trainer evaluate --model DIR --data PATH
+    python -m trainer evaluate --model DIR --data PATH [--no-labels]
     python -m trainer publish --run DIR --models MODELS_DIR
     python -m trainer config                    # every key, its default and what it does
     python -m trainer sample-data DIR [--photo-patches | --scattered]  # demo image folders
@@ -42,9 +42,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="models folder, to start from a published version with "
                    "--set init_from=<version>")
 
-    e = sub.add_parser("evaluate", help="weighted-kNN accuracy of a trained encoder on a dataset")
+    e = sub.add_parser("evaluate", help="weighted-kNN accuracy of a trained encoder on a "
+                       "dataset, and its label-free score beside raw pixels' and the untrained "
+                       "network's")
     e.add_argument("--model", required=True, help="training output folder or model bundle")
     e.add_argument("--data", required=True)
+    e.add_argument("--no-labels", action="store_true",
+                   help="the label-free scores only: no label is read (any folder of images)")
     e.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend",
                    default=[], help="knn_k, knn_sigma, device, num_workers")
 
@@ -175,10 +179,16 @@ class _StopOnSignal:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from trainer import baseline
     from trainer.config import TrainConfig
     from trainer.data import open_collection
     from trainer.encoder_file import EmbeddingModel
     from trainer.evaluation import knn_evaluation
+    from trainer.label_free_baselines import score_with_baselines
     from trainer.loader import BatchReader, embed_all, prepare
 
     model_dir = Path(args.model)
@@ -187,17 +197,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = TrainConfig.from_strings(args.overrides, saved)
     model = EmbeddingModel.load(model_dir / "encoder.pt", config.device, config.precision)
     collection = open_collection(args.data)
+    if args.no_labels:  # whatever the folders say: no label, no split
+        n = len(collection)
+        collection = dataclasses.replace(collection, labels=np.full(n, -1, dtype=np.int64),
+                                         classes=[], is_eval=np.zeros(n, dtype=bool))
     size = model.meta.image_size
     prepared = prepare(collection, size, cache=config.cache_images,
                        cache_max_gb=config.cache_max_gb, num_workers=config.num_workers)
+    if args.no_labels:
+        print(json.dumps(score_with_baselines(prepared, model, init_seed=config.seed),
+                         indent=2))
+        return 0
     reader = BatchReader(prepared, size, config.num_workers, pin_memory=model.runtime.cuda)
     coll = prepared.collection
     vectors = embed_all(reader, len(coll), model.meta.dim, model.embed_uint8)
     metrics = knn_evaluation(vectors, coll.labels, coll.is_eval, len(coll.classes),
                              config.knn_k, config.knn_sigma)
     if metrics is None:
-        print("error: the dataset has no labels to evaluate against", file=sys.stderr)
+        print("error: the dataset has no labels to evaluate against (--no-labels gives the "
+              "label-free scores)", file=sys.stderr)
         return 2
+    metrics.update(baseline.measure(prepared, config.knn_k, config.knn_sigma) or {})
+    metrics.update(score_with_baselines(prepared, model, vectors, init_seed=config.seed))
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 
 def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True,
@@ -29,6 +31,10 @@ def test_train_evaluate_publish(cifar_zip, tmp_path):
     assert evaluated["knn_queries"] == 24
     assert abs(evaluated["knn_top1"] - metrics["knn_top1"]) <= 1 / 24
     assert abs(evaluated["knn_top5"] - metrics["knn_top5"]) <= 1 / 24
+    assert evaluated["pixel_knn_top1"] == metrics["pixel_knn_top1"]
+    assert evaluated["label_free_items"] == 120
+    assert all(0.0 < evaluated[k] <= 1.0
+               for k in ("label_free", "pixel_label_free", "untrained_label_free"))
 
     p = _cli("publish", "--run", str(out), "--models", str(tmp_path / "models"))
     assert p.returncode == 0, p.stderr
@@ -67,3 +73,49 @@ def test_sample_data_refuses_a_bad_count(tmp_path):
         r = _cli("sample-data", "--photo-patches", str(tmp_path / "pp"), "--per-class", bad)
         assert r.returncode == 2 and "--per-class" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "pp").exists()
+
+
+def _flat_folder(root, n=40, side=16):
+    """Images straight in `root`: no class folder, no split."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for i in range(n):
+        pixels = np.zeros((side, side, 3), dtype=np.uint8)
+        pixels[:] = rng.integers(0, 256, size=3)
+        top, left = rng.integers(0, side // 2, size=2)
+        pixels[top:top + side // 2, left:left + side // 2] = rng.integers(0, 256, size=3)
+        Image.fromarray(pixels).save(root / f"{i:03d}.png")
+    return root
+
+
+def test_evaluate_without_labels_on_a_flat_folder(tmp_path):
+    import torch
+
+    from trainer.backbones import Encoder
+    from trainer.encoder_file import EncoderMeta, save_encoder
+
+    # The model is the seed-0 initialisation itself, so it must score exactly what the
+    # untrained network scores on the same items and views.
+    torch.manual_seed(0)
+    model = tmp_path / "model"
+    model.mkdir()
+    save_encoder(model / "encoder.pt", Encoder("small_cnn", 8),
+                 EncoderMeta("small_cnn", 8, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    data = _flat_folder(tmp_path / "flat")
+
+    r = _cli("evaluate", "--model", str(model), "--data", str(data), "--set", "num_workers=0")
+    assert r.returncode == 2 and "--no-labels" in r.stderr
+
+    r = _cli("evaluate", "--model", str(model), "--data", str(data), "--no-labels",
+             "--set", "num_workers=0", "device=cpu")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert not any(key.startswith(("knn", "loo", "pixel_knn")) for key in out)
+    assert out["label_free_items"] == 40
+    for key in ("label_free", "pixel_label_free", "untrained_label_free"):
+        assert 0.0 < out[key] <= 1.0
+    assert out["label_free"] == out["untrained_label_free"]
+    assert out["label_free_parts"]["model"] == out["label_free_parts"]["untrained"]
+    assert set(out["label_free_parts"]["pixels"]) >= {"retrieval_mrr", "effective_rank"}

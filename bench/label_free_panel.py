@@ -1,0 +1,216 @@
+"""The encoders and collections of the label-free score's validation (bench/label_free.py):
+labelled collections written as image folders, a panel of encoders per collection spread in
+quality, and every encoder's embeddings of the collection and of fixed augmented views of it,
+cached on disk so the score can be studied without training or embedding again.
+
+Everything lands under var/label_free/ (ignored by git); a rerun trains nothing it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from trainer.baseline import pixel_vectors
+from trainer.config import TrainConfig
+from trainer.data import open_collection
+from trainer.encoder_file import EmbeddingModel
+from trainer.engine import Trainer
+from trainer.evaluation import headline, knn_evaluation
+from trainer.label_free import AUGMENTATIONS, augmented_views, untrained_model
+from trainer.loader import Prepared, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / "var" / "label_free"
+CIFAR = REPO.parents[1] / "shared" / "data" / "cifar10-jpeg.zip"
+# Views embedded by every encoder: the mild augmentation under three seeds (the noise of the
+# score), the training one under one.
+VIEWS = (("mild", 0), ("mild", 1), ("mild", 2), ("train", 0))
+# Few steps per epoch on 1,200 training images: the demo's small-collection settings.
+BASE = ["backbone=small_cnn", "batch_size=64", "lr=0.06", "lr_milestones=[0.75]",
+        "eval_each_round=false", "device=cpu", "num_workers=0", "precision=fp32",
+        "compile=never"]
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    kind: str  # "pixels", "untrained", "trained" or "collapsed" (a trained one's rank-1 head)
+    overrides: tuple[str, ...] = ()
+    source: str = ""  # collapsed: the trained member it is made from
+
+
+PANEL = (
+    Member("pixels", "pixels"),
+    Member("untrained-cnn", "untrained", ("backbone=small_cnn",)),
+    Member("untrained-resnet", "untrained", ("backbone=resnet18", "image_size=32")),
+    Member("instance-1", "trained", ("rounds=1", "epochs_per_round=1")),
+    Member("instance-3", "trained", ("rounds=1", "epochs_per_round=3")),
+    Member("instance-3-seed1", "trained", ("rounds=1", "epochs_per_round=3", "seed=1")),
+    Member("instance-6", "trained", ("rounds=1", "epochs_per_round=6")),
+    Member("and-3x1", "trained", ("rounds=3", "epochs_per_round=1")),
+    Member("and-3x2", "trained", ("rounds=3", "epochs_per_round=2")),
+    Member("resnet-instance-2", "trained",
+           ("backbone=resnet18", "image_size=32", "rounds=1", "epochs_per_round=2")),
+    Member("collapsed", "collapsed", source="instance-6"),
+)
+
+
+# --- collections ------------------------------------------------------------------------
+
+def _cifar_slice(root: Path, grey: bool, offset: int, train: int = 1000, test: int = 250) -> None:
+    """`train` + `test` CIFAR-10 images drawn at random (the grey slice takes the next ones,
+    so the two collections share no image)."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(CIFAR) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".jpg"))
+        for split, count in (("train", train), ("test", test)):
+            pool = [n for n in names if f"/{split}/" in n]
+            picks = rng.permutation(len(pool))[offset * count:(offset + 1) * count]
+            for i in picks:
+                member = pool[i]
+                label = member.split("/")[-2]
+                folder = root / split / label
+                folder.mkdir(parents=True, exist_ok=True)
+                data = z.read(member)
+                if grey:
+                    Image.open(io.BytesIO(data)).convert("L").save(
+                        folder / (Path(member).stem + ".png"))
+                else:
+                    (folder / Path(member).name).write_bytes(data)
+
+
+def _digits(root: Path) -> None:
+    from trainer.sample_data import write_digits
+    write_digits(root)
+
+
+def _patches(root: Path) -> None:
+    from trainer.sample_data import write_photo_patches
+    write_photo_patches(root, per_class=160)
+
+
+def _scattered(root: Path) -> None:
+    from trainer.sample_data import write_scattered_digits
+    write_scattered_digits(root)
+
+
+COLLECTIONS: dict[str, Callable[[Path], None]] = {
+    "cifar10": lambda r: _cifar_slice(r, grey=False, offset=0),
+    "cifar10-grey": lambda r: _cifar_slice(r, grey=True, offset=1),
+    "digits": _digits,
+    "photo-patches": _patches,
+    "scattered-digits": _scattered,
+}
+
+
+def collection_dir(name: str) -> Path:
+    folder = ROOT / "data" / name
+    done = folder / ".complete"
+    if not done.exists():
+        COLLECTIONS[name](folder)
+        done.write_text("")
+    return folder
+
+
+# --- encoders ---------------------------------------------------------------------------
+
+Embed = Callable[[torch.Tensor], np.ndarray]
+
+
+def _collapse(model: EmbeddingModel) -> EmbeddingModel:
+    """Dimensional collapse: the head keeps only its first singular direction, so every
+    embedding is one number per image plus the bias, on a line."""
+    head = model.model.net[-1]
+    with torch.no_grad():
+        u, s, vh = torch.linalg.svd(head.weight, full_matrices=False)
+        head.weight.copy_(s[0] * torch.outer(u[:, 0], vh[0]))
+    return model
+
+
+def encoder(collection: str, member: Member, prepared: Prepared,
+            log: Callable[[str], None]) -> Embed:
+    if member.kind == "pixels":
+        return lambda images: pixel_vectors(images, prepared.mean, prepared.std)
+    config = TrainConfig.from_strings([*BASE, *member.overrides])
+    if member.kind == "untrained":
+        return untrained_model(config.backbone, config.embedding_dim, config.input_size,
+                               prepared.mean, prepared.std, seed=config.seed,
+                               device="cpu", precision="fp32").embed_uint8
+    source = member if member.kind == "trained" else next(
+        m for m in PANEL if m.name == member.source)
+    config = TrainConfig.from_strings([*BASE, *source.overrides])
+    out = ROOT / "runs" / collection / source.name
+    if not (out / "metrics.json").exists():
+        log(f"  training {collection}/{source.name}")
+    Trainer(config, open_collection(collection_dir(collection)), out).run()
+    model = EmbeddingModel.load(out / "encoder.pt", "cpu", "fp32")
+    return (_collapse(model) if member.kind == "collapsed" else model).embed_uint8
+
+
+def _embed(forward: Embed, images: torch.Tensor, batch: int = 256) -> np.ndarray:
+    return np.concatenate([forward(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def panel_embeddings(collection: str, log: Callable[[str], None] = print) -> dict[str, dict]:
+    """member name -> {"clean": N x D, "views": {(aug, seed): N x D}, "knn_top1": float},
+    computed once and cached in an .npz per member."""
+    folder = collection_dir(collection)
+    coll = open_collection(folder)
+    prepared = prepare(coll, 32, num_workers=0)
+    assert prepared.images is not None
+    images = prepared.images
+    views = {(aug, s): augmented_views(images, AUGMENTATIONS[aug], seed=s) for aug, s in VIEWS}
+    out: dict[str, dict] = {}
+    c = prepared.collection
+    for member in PANEL:
+        cache = ROOT / "embeddings" / collection / f"{member.name}.npz"
+        with _locked(cache):
+            _compute(cache, collection, member, prepared, views, log)
+        blob = np.load(cache)
+        out[member.name] = {
+            "clean": blob["clean"], "knn_top1": float(blob["knn_top1"]),
+            "views": {(aug, s): blob[f"{aug}_{s}"] for aug, s in VIEWS},
+        }
+    (ROOT / "embeddings" / collection / "collection.json").write_text(json.dumps(
+        {"items": len(c), "classes": len(c.classes), "eval_items": int(c.is_eval.sum())}))
+    return out
+
+
+@contextlib.contextmanager
+def _locked(cache: Path) -> Iterator[None]:
+    """One process at a time trains and embeds a member (two may fill the cache at once)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _compute(cache: Path, collection: str, member: Member, prepared: Prepared,
+             views: dict[tuple[str, int], torch.Tensor], log: Callable[[str], None]) -> None:
+    c, images = prepared.collection, prepared.images
+    assert images is not None
+    if cache.exists():
+        return
+    forward = encoder(collection, member, prepared, log)
+    arrays = {"clean": _embed(forward, images)}
+    for (aug, s), v in views.items():
+        arrays[f"{aug}_{s}"] = _embed(forward, v)
+    knn = knn_evaluation(arrays["clean"], c.labels, c.is_eval, len(c.classes))
+    arrays["knn_top1"] = np.asarray(headline(knn)[0])
+    partial = cache.with_suffix(".partial.npz")
+    np.savez(partial, **arrays)
+    os.replace(partial, cache)
+    log(f"  embedded {collection}/{member.name}: kNN top-1 "
+        f"{float(arrays['knn_top1']):.3f}")
