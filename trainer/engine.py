@@ -29,8 +29,8 @@ from trainer import baseline, checkpoint
 from trainer.augment import BatchAugment, normalise
 from trainer.backbones import Encoder
 from trainer.bank import MemoryBank
+from trainer.collection import Collection
 from trainer.config import TrainConfig
-from trainer.data import Collection
 from trainer.device import Runtime, resolve
 from trainer.discovery import Neighbourhoods, discover, no_neighbourhoods, positive_table
 from trainer.distributed import Distributed, synchronise_batch_norm

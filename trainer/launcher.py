@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainer.collection import Collection
 from trainer.config import TrainConfig
-from trainer.data import Collection
 from trainer.device import cpu_count
 from trainer.distributed import Distributed
 from trainer.engine import RunResult, Trainer

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.data import Collection, Source
+from trainer.collection import Collection, Source
 from trainer.images import InvalidImage, decode_square
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from state.changes import ADD, Change, ChangeLog
-from trainer.data import Collection
+from trainer.collection import Collection
 from trainer.overlay import AddedItem, with_changes
 
 log = logging.getLogger(__name__)
