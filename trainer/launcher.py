@@ -30,8 +30,9 @@ from trainer.collection import Collection
 from trainer.config import TrainConfig
 from trainer.device import cpu_count
 from trainer.distributed import Distributed
-from trainer.engine import RunResult, Trainer
+from trainer.engine import Trainer
 from trainer.errors import ConfigError, RankFailed, TrainerError, TrainingStopped
+from trainer.outputs import RunResult
 
 log = logging.getLogger(__name__)
 
