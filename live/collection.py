@@ -13,7 +13,7 @@ import numpy as np
 
 from live.merge import merge, net_changes
 from state.changes import ChangeLog
-from trainer.data import Collection, Source
+from trainer.collection import Collection, Source
 from trainer.images import InvalidImage, decode_square
 
 

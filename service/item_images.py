@@ -24,7 +24,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from trainer.data import Collection, open_collection
+from trainer.collection import Collection
+from trainer.data import open_collection
 from trainer.errors import DatasetError
 from trainer.images import MAX_PIXELS, InvalidImage
 

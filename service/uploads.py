@@ -20,9 +20,10 @@ import tarfile
 import time
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
+from trainer.archives import member_path
 from trainer.images import is_image_name
 
 UPLOAD_PREFIX = ".upload-"
@@ -77,12 +78,10 @@ class DiskGuard:
 
 
 def _safe_relative(name: str) -> str:
-    posix = PurePosixPath(name.replace("\\", "/"))
-    if posix.is_absolute() or ".." in posix.parts or name.startswith(("/", "\\")) or (
-            len(name) > 1 and name[1] == ":") or any(ord(c) < 32 or c == "\x7f" for c in name):
+    rel = member_path(name)
+    if rel is None:
         raise UploadRejected(f"archive entry {name!r} would be written outside the dataset")
-    rel = posix.as_posix()
-    return "" if rel == "." else rel
+    return rel
 
 
 def _wanted(rel: str, result: Extracted) -> bool:

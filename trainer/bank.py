@@ -19,6 +19,8 @@ class MemoryBank(nn.Module):
     It is a buffer, never a parameter: it gets no gradients and is saved in checkpoints.
     """
 
+    vectors: torch.Tensor
+
     def __init__(self, n: int, dim: int, momentum: float = 0.5,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()

@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from trainer.discovery import Neighbourhoods, discover, positive_table
+
 # Reasons rank 0 may stop for, sent as their position in this list (0: go on).
 STOP_REASONS = ("", "canceled", "time limit", "worker shutting down", "interrupted",
                 "stopped")
@@ -94,6 +96,25 @@ class Distributed:
         dist.all_gather(hashes, mine)
         if any(not torch.equal(h, hashes[0]) for h in hashes):
             raise RuntimeError(f"memory banks of the processes differ after {step}")
+
+
+def discover_on_rank0(ctx: Distributed, bank: torch.Tensor, count: int, k: int, tau: float,
+                      labels: torch.Tensor | None) -> Neighbourhoods:
+    """Rank 0 discovers on its bank and broadcasts anchors and neighbours: every process
+    then builds the same positive table (no process relies on its own floating-point
+    ties coming out the same)."""
+    hoods = discover(bank, count, k, tau, labels) if ctx.main else None
+    if hoods is not None:
+        anchors, neighbours = hoods.anchors.contiguous(), hoods.neighbours.contiguous()
+    else:
+        anchors = torch.empty(count, dtype=torch.long, device=bank.device)
+        neighbours = torch.empty(count, k, dtype=torch.long, device=bank.device)
+    ctx.broadcast_(anchors)
+    ctx.broadcast_(neighbours)
+    if hoods is not None:
+        return hoods
+    return Neighbourhoods(anchors, neighbours, positive_table(len(bank), anchors, neighbours),
+                          None, 0.0)
 
 
 def slice_bounds(batch: int, rank: int, world: int) -> tuple[int, int]:

@@ -29,12 +29,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from trainer.collection import Collection
 from trainer.config import TrainConfig
-from trainer.data import Collection
 from trainer.device import cpu_count
 from trainer.distributed import Distributed
-from trainer.engine import RunResult, Trainer
+from trainer.engine import Trainer
 from trainer.errors import ConfigError, RankFailed, TrainerError, TrainingStopped
+from trainer.outputs import RunResult
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from trainer.data import Collection
+from trainer.collection import Collection
 from trainer.device import cpu_count
 from trainer.errors import DatasetError
 from trainer.images import InvalidImage

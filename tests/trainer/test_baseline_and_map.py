@@ -6,8 +6,9 @@ import numpy as np
 import torch
 
 from trainer import baseline, embedding_map
-from trainer.data import ArraySource, Collection
+from trainer.collection import Collection
 from trainer.loader import Prepared
+from trainer.sources import ArraySource
 
 
 def _prepared(images: np.ndarray, labels: list[int], is_eval: list[bool]) -> Prepared:
