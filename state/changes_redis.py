@@ -61,7 +61,7 @@ class RedisChangeLog(ChangeLog):
                     continue
 
     def _rows(self, dataset: str, after: int, limit: int) -> list[tuple[int, str | bytes]]:
-        rows: list[tuple[bytes, float]] = self.r.zrangebyscore(  # type: ignore[assignment]
+        rows: list[tuple[bytes, float]] = self.r.zrangebyscore(
             self._k(dataset, "log"), f"({after}", "+inf", start=0, num=limit, withscores=True)
         return [(int(score), raw) for raw, score in rows]
 

@@ -4,6 +4,7 @@ UPDATE, so it is atomic across processes)."""
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -99,7 +100,7 @@ class SqliteJobStore(JobStore):
             ).fetchall()
         return [self._row(r) for r in rows], int(total)
 
-    def _set(self, fields: dict[str, Any]) -> tuple[str, list[Any]]:
+    def _set(self, fields: dict[str, Any]) -> tuple[str, builtins.list[Any]]:
         unknown = set(fields) - set(_COLUMNS)
         if unknown:
             raise KeyError(f"unknown job fields {sorted(unknown)}")

@@ -10,7 +10,6 @@ from torch import nn
 
 
 class MemoryBank(nn.Module):
-    vectors: torch.Tensor  # a registered buffer: saved in state_dict, moved by .to()
     """N x D bank V of running-average features (AND_SPEC §2).
 
     Initialised uniform in [-sqrt(3/D), sqrt(3/D)] so rows start near unit norm. After each

@@ -172,6 +172,9 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
         mean, var, n = global_moments(x)
+        # Registered buffers of BatchNorm2d (track_running_stats is on in our backbones).
+        assert self.num_batches_tracked is not None and self.running_mean is not None
+        assert self.running_var is not None
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             m = self.momentum if self.momentum is not None else 0.1

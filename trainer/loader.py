@@ -133,7 +133,8 @@ class BatchReader:
                 yield rows, (batch.pin_memory() if self.pin_memory else batch)
             return
         loader = DataLoader(
-            _Decoded(self.prepared.collection, self.size), batch_sampler=list(batches),
+            _Decoded(self.prepared.collection, self.size),
+            batch_sampler=[row.tolist() for row in batches],
             num_workers=self.num_workers, collate_fn=_collate, pin_memory=self.pin_memory,
             prefetch_factor=4 if self.num_workers else None,
         )

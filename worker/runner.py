@@ -220,7 +220,8 @@ def record_crash(store: JobStore, job_id: str, exit_code: int, owner: str) -> bo
     how = (f"was killed by signal {-exit_code}" if exit_code < 0 else
            f"exited with code {exit_code}")
     hint = " (signal 9 is often the kernel's out-of-memory killer)" if exit_code == -9 else ""
-    fields = {"finished_at": time.time(), "error": f"the training process {how}{hint}"}
+    fields: dict[str, Any] = {"finished_at": time.time(),
+                              "error": f"the training process {how}{hint}"}
     failed = (
         # Its lease is still live (the usual case: the task notices at once).
         store.transition(job_id, {QUEUED, RUNNING}, FAILED, owner=owner, **fields)
