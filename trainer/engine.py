@@ -204,7 +204,7 @@ class Trainer:
             return RunResult(self.out, {}, self.state.history, self.replica_checks)
         # From the evaluation after the last epoch, if any.
         embeddings = self.embeddings if self.embeddings is not None else self._embed_all()
-        metrics = write_outputs(self.out, self.state, self.prepared.collection, embeddings,
+        metrics = write_outputs(self.out, self.state, self.prepared, embeddings,
                                 self.rt, self.world, len(self.train_rows), self.pixel_baseline)
         self.on_status("done", {"metrics": metrics})
         return RunResult(self.out, metrics, self.state.history, self.replica_checks)

@@ -5,6 +5,7 @@ augmented views: a score means something only next to what doing nothing scores.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from trainer.label_free import (
 from trainer.loader import Prepared
 
 Forward = Callable[[torch.Tensor], np.ndarray]
+LABEL_FREE_KEYS = ("label_free", "pixel_label_free", "untrained_label_free", "label_free_items")
 
 
 def _embed(forward: Forward, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
@@ -72,3 +74,12 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
         "label_free_items": len(rows),
         "label_free_augmentation": DEFAULT_AUGMENTATION,
     }
+
+
+def run_figures(encoder: Path, prepared: Prepared, embeddings: np.ndarray, init_seed: int,
+                device: str = "auto") -> dict[str, Any]:
+    """The label-free figures of a finished run's encoder file (what its metrics.json keeps:
+    the three scores and the sample's size; the parts stay with `evaluate`)."""
+    model = EmbeddingModel.load(encoder, device=device)
+    figures = score_with_baselines(prepared, model, embeddings, init_seed=init_seed)
+    return {key: figures[key] for key in LABEL_FREE_KEYS}

@@ -14,11 +14,11 @@ import torch
 from trainer import checkpoint
 from trainer.augment import normalise
 from trainer.backbones import Encoder
-from trainer.collection import Collection
 from trainer.device import Runtime
 from trainer.encoder_file import EncoderMeta, save_encoder
 from trainer.evaluation import headline, knn_evaluation
-from trainer.loader import BatchReader, embed_all
+from trainer.label_free_baselines import run_figures
+from trainer.loader import BatchReader, Prepared, embed_all
 from trainer.progress import EpochRecord, plot_curves
 from trainer.run_state import RunState
 
@@ -83,11 +83,11 @@ def epoch_record(state: RunState, lr: float, elapsed: float, knn: dict[str, Any]
     return record
 
 
-def write_outputs(out: Path, state: RunState, collection: Collection, embeddings: np.ndarray,
+def write_outputs(out: Path, state: RunState, prepared: Prepared, embeddings: np.ndarray,
                   rt: Runtime, processes: int, n_train: int,
                   pixel_baseline: dict[str, Any] | None) -> dict[str, Any]:
     """Encoder, embeddings, metrics (returned), skipped items and curves of a finished run."""
-    cfg, coll, history = state.config, collection, state.history
+    cfg, coll, history = state.config, prepared.collection, state.history
     knn = knn_evaluation(embeddings, coll.labels, coll.is_eval, len(coll.classes),
                          cfg.knn_k, cfg.knn_sigma) or {}
     meta = EncoderMeta(
@@ -99,10 +99,14 @@ def write_outputs(out: Path, state: RunState, collection: Collection, embeddings
         out / "embeddings.npz", vectors=embeddings, ids=np.asarray(coll.ids),
         labels=coll.labels, classes=np.asarray(coll.classes, dtype=str), is_eval=coll.is_eval,
     )
+    # Beside the labelled figures, or alone without labels: the label-free score of the model,
+    # of raw pixels and of the untrained network, on the same items and views.
+    label_free = run_figures(out / "encoder.pt", prepared, embeddings, cfg.seed, str(rt.device))
     speeds = [r["images_per_s"] for r in history]
     metrics = {
         **knn,
         **(pixel_baseline or {}),
+        **label_free,
         "neighbourhood_quality": {
             str(r["round"]): r["neighbourhood_quality"]
             for r in history if r["epoch"] == 1 and r["round"] > 0

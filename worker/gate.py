@@ -5,7 +5,9 @@ model of a dataset must beat doing nothing). Both are measured on the same items
 - with a labelled evaluation split (or labelled items, each left out in turn): weighted kNN
   top-1, paired per query against a model, with the standard error of the difference as the
   noise (trainer/judge.py);
-- without labels: nothing to measure yet, and the model is promoted as before, saying so.
+- without labels: the label-free score (trainer/label_free.py) against raw pixels' on the same
+  items and views, or against the score the current model got in its own run, with the margin
+  its measured noise sets (GATE_MARGIN).
 
 `promote` on the job chooses what the verdict does: `gate` follows it, `always` and `never`
 record it and ignore it. The verdict is written into the bundle's manifest and the job record
@@ -25,7 +27,8 @@ from state.jobs import PROMOTE_ALWAYS, PROMOTE_GATE, Job
 from trainer.bundle import current_version, read_manifest
 from trainer.errors import BundleError
 from trainer.evaluation import headline
-from trainer.judge import Verdict, correct, paired, unpaired
+from trainer.judge import Verdict, correct, paired, unpaired, with_margin
+from trainer.label_free import GATE_MARGIN
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,9 @@ def _verdict(job: Job, run_dir: Path, models_root: Path) -> Verdict:
         labels = saved["labels"].astype(np.int64)
         is_eval = saved["is_eval"].astype(bool) if "is_eval" in saved else np.zeros(len(ids), bool)
         n_classes = len(saved["classes"])
-    if not (labels >= 0).any() or n_classes < 2:
-        return Verdict(True, "none", None, None, "raw pixels", 0.0, 0,
-                       "no labels in the collection: the model is not compared")
     incumbent = _incumbent(models_root, job.dataset)
+    if not (labels >= 0).any() or n_classes < 2:
+        return _label_free(metrics, models_root, incumbent)
     if incumbent is None:
         top1, _ = headline(metrics)
         pixels = metrics.get("pixel_knn_top1")
@@ -70,6 +72,24 @@ def _verdict(job: Job, run_dir: Path, models_root: Path) -> Verdict:
     current = correct(np.asarray(their_vectors[their_rows]), labels[rows], is_eval[rows],
                       n_classes, k, sigma)
     return paired(mine, current, f"version {version}")
+
+
+def _label_free(metrics: dict[str, Any], models_root: Path,
+                incumbent: tuple[str, dict[str, int]] | None) -> Verdict:
+    mine, n = metrics.get("label_free"), int(metrics.get("label_free_items") or 0)
+    if mine is None:
+        return Verdict(True, "none", None, None, "raw pixels", 0.0, 0,
+                       "no labels and no label-free score: the model is not compared")
+    if incumbent is None:
+        return with_margin(float(mine), float(metrics["pixel_label_free"]), GATE_MARGIN, n,
+                           "raw pixels", "label_free")
+    version = incumbent[0]
+    theirs = (read_manifest(models_root, version).get("metrics") or {}).get("label_free")
+    if theirs is None:
+        return Verdict(True, "label_free", float(mine), None, f"version {version}", 0.0, n,
+                       f"version {version} has no label-free score to compare with")
+    return with_margin(float(mine), float(theirs), GATE_MARGIN, n, f"version {version}",
+                       "label_free")
 
 
 def _incumbent(models_root: Path, dataset: str) -> tuple[str, dict[str, int]] | None:

@@ -90,6 +90,9 @@ function summary(job) {
     stat("Loss", fmtNumber(p.loss, 4)),
     stat("kNN top-1", fmtPercent(top1), "job-knn"),
     stat("Raw pixels kNN top-1", fmtPercent(pixels), "job-pixels"),
+    stat("Label-free score: model / raw pixels / untrained",
+      m.label_free === undefined ? "–" : [m.label_free, m.pixel_label_free,
+        m.untrained_label_free].map((v) => fmtNumber(v, 4)).join(" / "), "job-label-free"),
     stat("Neighbourhood quality", fmtPercent(p.neighbourhood_quality)),
     stat("Attempts", String(job.attempts)),
     stat("Created", fmtTime(job.created_at)));
