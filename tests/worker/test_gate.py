@@ -99,3 +99,20 @@ def test_the_policy_decides_what_the_verdict_does(tmp_path, policy, promoted):
     assert gate["policy"] == policy and gate["promoted"] is promoted
     # sqrt((0 + 0.25) / 400) = 0.025: a margin of 0.05 against a gain of 0.5.
     assert gate["margin"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(("score", "promoted"), [(0.5, True), (0.31, False)])
+def test_without_labels_the_label_free_score_must_beat_raw_pixels_by_its_margin(
+        tmp_path, score, promoted):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({}))
+    (run / "metrics.json").write_text(json.dumps({
+        "label_free": score, "pixel_label_free": 0.3, "untrained_label_free": 0.2,
+        "label_free_items": 50}))
+    np.savez(run / "embeddings.npz", vectors=np.eye(2, dtype=np.float32), ids=np.array(["a", "b"]),
+             labels=np.array([-1, -1]), classes=np.array([], dtype=str),
+             is_eval=np.array([False, False]))
+    gate = judge(Job(id="j", dataset="d", config={}), run, tmp_path / "models")
+    assert gate["measure"] == "label_free" and gate["incumbent_name"] == "raw pixels"
+    assert gate["margin"] == 0.02 and gate["items"] == 50 and gate["promoted"] is promoted
