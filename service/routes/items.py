@@ -49,9 +49,15 @@ from service.uploads import (
 from state.changes import Change
 
 router = APIRouter(tags=["items"])
-FORM_FIELDS = {"files", "ids", "labels", "prefix", "label", "archive"}
+
 UPSERT = Query(False, description="Replace items whose id exists (their image and vector) "
                "instead of answering 409.")
+
+
+def form_fields(limits: Limits) -> dict[str, int]:
+    """The multipart fields of POST /items and how many times each may come."""
+    n = limits.images
+    return {"files": n, "ids": n, "labels": n, "prefix": 1, "label": 1, "archive": 1}
 
 
 def invalid_form(detail: str) -> ProblemError:
@@ -89,8 +95,7 @@ async def add(request: Request, response: Response, settings: SettingsDep, limit
         items = [NewItem(i.id, blob, i.label) for i, blob in zip(body.items, blobs,
                                                                    strict=True)]
     else:
-        form = await read_form(request, FORM_FIELDS, {"files", "archive"},
-                               max(limits.images, 1) + 1, max_part_size=64 * 1024)
+        form = await read_form(request, form_fields(limits), {"files", "archive"})
         items = await _form_items(form, settings, limits)
     changes = await add_items(served, items, upsert, decoder, batcher)
     response.headers["Location"] = f"/items/{quote(changes[0].id)}"

@@ -119,3 +119,26 @@ def test_bad_requests_change_nothing(client):
     assert count() == before and client.get("/items/z/good.png").status_code == 404
     added = client.settings.data_root / "cifar-slice" / ".items"
     assert not added.exists() or list(added.iterdir()) == []  # refused requests leave no file
+
+
+def test_every_multipart_route_takes_its_advertised_maximum(client):
+    """MAX_IMAGES_PER_REQUEST files on every multipart route, with every field the route takes
+    (on POST /items: one `ids` and one `labels` field per file, as the README shows)."""
+    n = client.settings.max_images_per_request
+    assert n == 64
+    files = [("files", (f"{i}.png", _png((i, 2 * i, 3 * i)), "image/png")) for i in range(n)]
+    r = client.post("/items", headers=AUTH, files=files,
+                    data={"ids": [f"many/{i}.png" for i in range(n)],
+                          "labels": [f"l{i % 3}" for i in range(n)]})
+    assert r.status_code == 201, r.text
+    assert len(r.json()["ids"]) == n
+    for path, fields in (("/embed", {}), ("/search", {"k": "3"}),
+                         ("/classify", {"k": "3", "sigma": "0.1"})):
+        r = client.post(path, files=files, data=fields)
+        assert r.status_code == 200, (path, r.text)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("cls/one.png", _png())
+    r = client.post("/datasets", headers=AUTH, data={"name": "multi"},
+                    files={"file": ("a.zip", archive.getvalue(), "application/zip")})
+    assert r.status_code in (201, 422), r.text  # the form is read: the archive is judged
