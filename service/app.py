@@ -86,6 +86,19 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+def _log_access(settings: ServiceSettings) -> None:
+    """Say at start who may read and who may write."""
+    if settings.admin_api_key is None:
+        log.warning("ADMIN_API_KEY is not set: mutating routes are open (development only)")
+    if settings.read_api_key is not None:
+        log.info("read routes need READ_API_KEY (or the admin key)")
+    elif settings.production:  # only with ALLOW_OPEN_READS: key_problems refuses otherwise
+        log.warning("READ_API_KEY is not set: read routes are open to anyone (ALLOW_OPEN_READS"
+                    "=true), dataset images included")
+    else:
+        log.warning("READ_API_KEY is not set: read routes are open (development)")
+
+
 def _celery_enqueue(settings: ServiceSettings) -> Callable[[str], None]:
     from state.stores import open_store
     from worker.app import TRAIN_TASK, make_celery
@@ -108,8 +121,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     if settings.production and settings.key_problems():
         raise UnsafeSettings("refusing to start in production: "
                              + "; ".join(settings.key_problems()))
-    if settings.admin_api_key is None:
-        log.warning("ADMIN_API_KEY is not set: mutating routes are open (development only)")
+    _log_access(settings)
     settings.ensure_dirs()
     store = store or open_store(settings)
     changes = changes or open_changes(settings)
