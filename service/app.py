@@ -22,6 +22,7 @@ from service.registry import ModelRegistry
 from service.routes import classify, datasets, docs, health, items, jobs, models, retrieval
 from service.schemas import query_models
 from service.settings import ServiceSettings, get_service_settings
+from service.site_guard import SiteGuard
 from service.uploads import sweep_stale_uploads
 from state.changes import ChangeLog
 from state.datasets import dataset_folder
@@ -185,5 +186,6 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     contract.install(app)
 
     app.add_middleware(_BodyLimit, limit_for=limits.body_limit)
+    app.add_middleware(SiteGuard, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

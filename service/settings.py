@@ -32,6 +32,11 @@ class ServiceSettings(Settings):
     metrics_api_key: SecretStr | None = Field(
         default=None, description="Bearer key for /metrics only (for a Prometheus scraper); "
         "unset: /metrics takes the read key.")
+    allowed_hosts: str = Field(
+        default="localhost 127.0.0.1 ::1", description="Host names (space-separated) the "
+        "service answers to while a route is open without a key in development: a page on "
+        "another site that rebinds its name to this machine is refused. Add the names you "
+        "reach a keyless development server by; with keys set it is not checked.")
     api_docs: Literal["open", "key", "off"] = Field(
         default="open", description="/docs, /redoc and /openapi.json: open, key (need the read "
         "key when one is set) or off.")
