@@ -247,7 +247,8 @@ def _add_item_bodies(paths: dict[str, Any], schemas: dict[str, Any], bodies: Any
     form = _form({
         "files": _files(limits),
         "ids": {"type": "array", "items": text, "maxItems": limits.images,
-                "description": "One id per file, in order (or give a prefix)."},
+                "description": "One id per file, in order (or give a prefix); in Unicode "
+                "NFC."},
         "prefix": {"type": "string", "maxLength": ID_MAX, "pattern": ITEM_ID,
                    "description": "Ids are this + each file's name (or archive entry's path)."},
         "labels": {"type": "array", "maxItems": limits.images, "items": {

@@ -142,3 +142,40 @@ def test_every_multipart_route_takes_its_advertised_maximum(client):
     r = client.post("/datasets", headers=AUTH, data={"name": "multi"},
                     files={"file": ("a.zip", archive.getvalue(), "application/zip")})
     assert r.status_code in (201, 422), r.text  # the form is read: the archive is judged
+
+
+# Invisible or direction-changing characters, line separators, and a non-NFC spelling.
+BAD_TEXT_IDS = ["a\u0085b.png", "a\u2028b.png", "a\u2029b.png", "evil\u202egnp.exe",
+                "zero\u200bwidth.png", "bom\ufeff.png", "soft\u00adhyphen.png",
+                "tag\U000e0041.png", "cafe\u0301.png", "\u212bngstrom.png"]
+
+
+def test_ids_refuse_invisible_characters_and_non_nfc_forms(client):
+    one = [("files", ("a.png", _png(), "image/png"))]
+    for bad in BAD_TEXT_IDS:
+        r = client.post("/items", headers=AUTH, files=one, data={"ids": bad})
+        assert r.status_code == 422, (bad, r.text)
+        r = client.post("/items", headers=AUTH, json={"items": [
+            {"id": bad, "image": base64.b64encode(_png()).decode()}]})
+        assert r.status_code == 422, (bad, r.text)
+    r = client.post("/items", headers=AUTH, files=one, data={"ids": "caf\u00e9/\u00c5.png"})
+    assert r.status_code == 201, r.text
+
+
+def test_the_new_id_pattern_is_exactly_the_id_rule():
+    """The OpenAPI pattern refuses exactly the characters of categories Cc, Cf, Zl and Zp
+    (checked against this Python's Unicode data), besides '/', '\\' and empty, '.' or '..'
+    parts; NFC is the code's own check. Lone surrogates (Cs) cannot come in UTF-8."""
+    import re
+    import sys
+    import unicodedata
+
+    from service.schemas import NEW_ITEM_ID
+
+    pattern = re.compile(NEW_ITEM_ID)
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        if char in "/\\." or unicodedata.category(char) == "Cs":
+            continue
+        refused = unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+        assert (pattern.fullmatch(f"a{char}b") is None) == refused, hex(code)
