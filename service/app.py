@@ -177,7 +177,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.enqueue = enqueue or _celery_enqueue(settings)
     app.state.store_probe = CachedProbe(store.ping)
     app.state.broker_probe = CachedProbe(BrokerConnection(settings))
-    errors.install(app)
+    errors.install(app, unavailable=store.transient_errors)
     for module in (health, datasets, jobs, models, retrieval, classify, items):
         app.include_router(module.router)
     console.install(app)
