@@ -276,8 +276,11 @@ def query_models(limits: Limits) -> QueryModels:
     number = Annotated[float, Field(ge=-DOUBLE_MAX, le=DOUBLE_MAX)]
     vector = Annotated[list[number], Field(min_length=1, max_length=DIM_MAX)]
     item = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ITEM_ID)]
-    either = {"oneOf": [{"required": ["vectors"]}, {"required": ["images"]}]}
-    either_ids = {"oneOf": [{"required": ["ids"]}, {"required": ["images"]}]}
+    # Each branch an object too (see contract._add_item_bodies).
+    either = {"oneOf": [{"type": "object", "required": ["vectors"]},
+                        {"type": "object", "required": ["images"]}]}
+    either_ids = {"oneOf": [{"type": "object", "required": ["ids"]},
+                            {"type": "object", "required": ["images"]}]}
 
     class ImagesRequest(Strict):
         images: list[image] = Field(min_length=1, max_length=limits.images,
