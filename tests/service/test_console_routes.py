@@ -13,6 +13,7 @@ import zipfile
 import pytest
 from PIL import Image
 
+from service.console import STATIC
 from service.item_images import THUMB_DECODES, THUMB_SIZES, safe_id
 from tests.conftest import CIFAR_SLICE
 from tests.service.conftest import V1
@@ -230,3 +231,20 @@ def test_images_and_map_need_the_read_key_when_one_is_set(tmp_path, models_templ
             ok = c.get(path, headers={"Authorization": "Bearer read-key-0123456789abcd"})
             assert ok.status_code == 200, path
         assert c.get("/").status_code == 200  # the page itself is open: it asks for the key
+
+
+def test_api_docs_load_nothing_from_other_sites(api):
+    """/docs runs Swagger UI on this origin (where keys are typed): its files come from this
+    service, never from a CDN."""
+    import re
+
+    page = api.client.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources and all(s.startswith("/") and not s.startswith("//") for s in sources), sources
+    assert "cdn" not in page.text.lower()
+    for source in sources:
+        r = api.client.get(source)
+        assert r.status_code == 200, source
+    assert any(s.endswith("swagger-ui-bundle.js") for s in sources)
+    assert (STATIC / "vendor" / "swagger-ui" / "LICENSE").is_file()
