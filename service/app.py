@@ -35,6 +35,7 @@ from service.routes import (
 )
 from service.schemas import query_models
 from service.settings import ServiceSettings, get_service_settings
+from service.site_guard import SiteGuard
 from service.uploads import sweep_stale_uploads
 from state.changes import ChangeLog
 from state.datasets import dataset_folder
@@ -100,6 +101,19 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+def _log_access(settings: ServiceSettings) -> None:
+    """Say at start who may read and who may write."""
+    if settings.admin_api_key is None:
+        log.warning("ADMIN_API_KEY is not set: mutating routes are open (development only)")
+    if settings.read_api_key is not None:
+        log.info("read routes need READ_API_KEY (or the admin key)")
+    elif settings.production:  # only with ALLOW_OPEN_READS: key_problems refuses otherwise
+        log.warning("READ_API_KEY is not set: read routes are open to anyone (ALLOW_OPEN_READS"
+                    "=true), dataset images included")
+    else:
+        log.warning("READ_API_KEY is not set: read routes are open (development)")
+
+
 def _celery_enqueue(settings: ServiceSettings) -> Callable[[str], None]:
     from worker.app import make_celery, send_job
 
@@ -113,8 +127,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     if settings.production and settings.key_problems():
         raise UnsafeSettings("refusing to start in production: "
                              + "; ".join(settings.key_problems()))
-    if settings.admin_api_key is None:
-        log.warning("ADMIN_API_KEY is not set: mutating routes are open (development only)")
+    _log_access(settings)
     settings.ensure_dirs()
     store = store or open_store(settings)
     changes = changes or open_changes(settings)
@@ -180,7 +193,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.retrainer = retrainer
     app.state.store_probe = CachedProbe(store.ping)
     app.state.broker_probe = CachedProbe(BrokerConnection(settings))
-    errors.install(app)
+    errors.install(app, unavailable=store.transient_errors)
     for module in (health, datasets, retrain, jobs, models, retrieval, classify, items):
         app.include_router(module.router)
     console.install(app)
@@ -189,5 +202,6 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     contract.install(app)
 
     app.add_middleware(_BodyLimit, limit_for=limits.body_limit)
+    app.add_middleware(SiteGuard, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -105,11 +105,15 @@ def clean_error(e: Any) -> dict[str, Any]:
 
 # --- multipart ------------------------------------------------------------------------------
 
-async def read_form(request: Request, fields: set[str], files: set[str], max_files: int,
+async def read_form(request: Request, fields: dict[str, int], files: set[str],
                     max_part_size: int = 64 * 1024) -> FormData:
-    """A multipart form with only the named fields; `files` must be file parts, the rest
-    plain values (a malformed body or too many parts: 400 from the parser)."""
-    form = await request.form(max_files=max_files, max_fields=len(fields) + 4,
+    """A multipart form with only the named fields, each at most `fields[name]` times; `files`
+    must be file parts, the rest plain values. The parser's own limits (files, plain fields)
+    are these counts plus one, so that one part too many gets the route's clear answer rather
+    than the parser's (a malformed body, or far too many parts: 400 from the parser)."""
+    max_files = sum(n for name, n in fields.items() if name in files)
+    max_values = sum(n for name, n in fields.items() if name not in files)
+    form = await request.form(max_files=max_files + 1, max_fields=max_values + 1,
                               max_part_size=max_part_size)
     for name, value in form.multi_items():
         if name not in fields:
@@ -118,6 +122,10 @@ async def read_form(request: Request, fields: set[str], files: set[str], max_fil
         if (name in files) != isinstance(value, UploadFile):
             kind = "a file part" if name in files else "a plain form value, not a file"
             raise invalid(f"{name}: must be {kind}")
+    for name, most in fields.items():
+        given = len(form.getlist(name))
+        if given > most:
+            raise invalid(f"{name}: {given} parts; this route takes at most {most}")
     return form
 
 

@@ -248,7 +248,8 @@ def _add_item_bodies(paths: dict[str, Any], schemas: dict[str, Any], bodies: Any
     form = _form({
         "files": _files(limits),
         "ids": {"type": "array", "items": text, "maxItems": limits.images,
-                "description": "One id per file, in order (or give a prefix)."},
+                "description": "One id per file, in order (or give a prefix); in Unicode "
+                "NFC."},
         "prefix": {"type": "string", "maxLength": ID_MAX, "pattern": ITEM_ID,
                    "description": "Ids are this + each file's name (or archive entry's path)."},
         "labels": {"type": "array", "maxItems": limits.images, "items": {
@@ -259,7 +260,10 @@ def _add_item_bodies(paths: dict[str, Any], schemas: dict[str, Any], bodies: Any
         "archive": {"type": "string", "format": "binary",
                     "description": f"zip or tar of images, at most {limits.upload_bytes} "
                     "bytes."}}, [])
-    form["oneOf"] = [{"required": ["files"]}, {"required": ["archive"]}]
+    # Each branch an object too: a generator that reads a branch alone must not take a bare
+    # `required` list for "anything", such as the body 0.
+    form["oneOf"] = [{"type": "object", "required": ["files"]},
+                     {"type": "object", "required": ["archive"]}]
     paths["/items"]["post"]["requestBody"] = _body(
         {"$ref": REF.format(model="ItemsAdd")}, form,
         {"files": {"contentType": IMAGE_TYPES}, "archive": {"contentType": ARCHIVE_TYPES}})

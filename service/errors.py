@@ -108,7 +108,12 @@ def _clean_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]
     return out
 
 
-def install(app: FastAPI) -> None:
+# Seconds a client waits before trying again when the job store cannot be reached.
+STORE_RETRY_AFTER_S = 5
+
+
+def install(app: FastAPI, unavailable: tuple[type[BaseException], ...] = ()) -> None:
+    """`unavailable`: errors that mean the job store cannot be reached just now (503)."""
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(request, exc.status, exc.title, exc.problem_detail,
@@ -157,6 +162,16 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(BundleError)
     async def _bundle(request: Request, exc: BundleError) -> JSONResponse:
         return problem_response(request, 404, "Not Found", str(exc))
+
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("job store unavailable on %s %s: %s", request.method, request.url.path,
+                    type(exc).__name__)
+        return problem_response(request, 503, "Service Unavailable",
+                                "the job store cannot be reached just now; try again",
+                                headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+
+    for kind in unavailable:
+        app.add_exception_handler(kind, _store_down)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -7,7 +7,9 @@ extracted into one), zip archives or uncompressed tar archives; images of compre
 of .npz arrays are not served (the trainer reads those through a temporary copy or as arrays).
 
 Thumbnails are WebP (JPEG where Pillow lacks WebP), never larger than the original, and kept
-in a memory cache bounded in bytes.
+in a memory cache bounded in bytes. They come in a few sizes (a few cache entries per item),
+from images of at most THUMB_MAX_PIXELS (checked from the header), and at most THUMB_DECODES
+of them are decoded at once per process (a decode may take ~4 bytes per pixel).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import io
 import mimetypes
+import os
 import threading
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps, UnidentifiedImageError, features
@@ -27,10 +30,26 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from trainer.collection import Collection
 from trainer.data import open_collection
 from trainer.errors import DatasetError
-from trainer.images import MAX_PIXELS, InvalidImage
+from trainer.images import InvalidImage, open_image
 
 _JUNK = (".", "__MACOSX")
 THUMB_FORMAT = ("WEBP", "image/webp") if features.check("webp") else ("JPEG", "image/jpeg")
+
+
+class ThumbSize(IntEnum):
+    """Thumbnail sizes (longest side, pixels); the console asks for 96 and 128."""
+
+    PX16 = 16
+    PX32 = 32
+    PX64 = 64
+    PX96 = 96
+    PX128 = 128
+    PX256 = 256
+
+
+THUMB_SIZES = tuple(int(s) for s in ThumbSize)
+THUMB_MAX_PIXELS = 25_000_000  # a 24 MP photo passes; a PNG or TIFF this size takes ~100 MB
+THUMB_DECODES = min(4, os.cpu_count() or 1)
 
 
 class NotServed(LookupError):
@@ -169,23 +188,17 @@ def etag(*parts: object) -> str:
 
 def thumbnail(data: bytes, size: int) -> bytes:
     """The image scaled to fit in size x size (never enlarged), as THUMB_FORMAT."""
+    image = open_image(data, max_pixels=THUMB_MAX_PIXELS)  # the header only
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.width * image.height > MAX_PIXELS:
-                raise InvalidImage(f"image too large ({image.width}x{image.height} pixels)")
-            image.draft("RGB", (size, size))  # JPEG decodes at a reduced scale directly
-            image = ImageOps.exif_transpose(image)
-            if image.mode not in ("RGB", "L"):
-                rgba = image.convert("RGBA")
-                image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-            image = image.convert("RGB")
-            image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    except InvalidImage:
-        raise
+        image.draft("RGB", (size, size))  # JPEG decodes at a reduced scale directly
+        image = ImageOps.exif_transpose(image)
+        if image.mode not in ("RGB", "L"):
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+        image = image.convert("RGB")
+        image.thumbnail((size, size), Image.Resampling.LANCZOS)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            Image.DecompressionBombError) as exc:
         raise InvalidImage(f"the item's file is not a readable image ({type(exc).__name__})"
                            ) from None
     out = io.BytesIO()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,15 +64,29 @@ class NewItem:
 
 
 def is_new_id(item: str) -> bool:
-    return len(item) <= ID_MAX and re.fullmatch(NEW_ITEM_ID, item) is not None
+    return (len(item) <= ID_MAX and re.fullmatch(NEW_ITEM_ID, item) is not None
+            and _is_nfc(item))
+
+
+def _is_nfc(item: str) -> bool:
+    """In Unicode NFC (one spelling per name: "é" is U+00E9, not e + U+0301), and UTF-8 (no
+    lone surrogates)."""
+    try:
+        item.encode()
+    except UnicodeEncodeError:
+        return False
+    return unicodedata.is_normalized("NFC", item)
 
 
 def check_id(item: str) -> str:
     """An id is a relative path: no empty, `.` or `..` parts, no leading slash, no backslash,
-    no control characters (the same rule as dataset ids)."""
+    no control or invisible characters (categories Cc, Cf, Zl, Zp), in NFC."""
     if not is_new_id(item):
+        if re.fullmatch(NEW_ITEM_ID, item) is not None and not _is_nfc(item):
+            raise ProblemError(422, "Invalid Id", f"id {item!r}: not in Unicode NFC; send "
+                               "the same name normalised (NFC)")
         raise invalid(f"id {item!r}: must be a relative path without empty, '.' or '..' "
-                      "parts, backslashes or control characters")
+                      "parts, backslashes, or control or invisible characters")
     return item
 
 

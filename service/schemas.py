@@ -27,9 +27,29 @@ VERSION_RE = re.compile(_VERSION)
 JOB_ID = r"^[A-Za-z0-9_-]{1,64}$"
 # Item ids are paths inside a dataset: any text without control characters.
 ITEM_ID = rf"^[^\x00-\x1f\x7f]{{1,{ID_MAX}}}$"
-# A new item's id: a relative path whose parts are not empty, "." or "..", with no backslash.
-_CHAR = r"[^/\\\x00-\x1f\x7f]"
-_PART = rf"(?:[^/\\\x00-\x1f\x7f.]{_CHAR}*|\.[^/\\\x00-\x1f\x7f.]{_CHAR}*|\.\.{_CHAR}+)"
+# Characters of Unicode categories Cc, Cf, Zl and Zp (controls, invisible format characters
+# such as U+200B and U+202E, line and paragraph separators), as of Python 3.11's Unicode 14;
+# tests/service/test_items.py checks the list against unicodedata. BMP ones are written
+# \uXXXX, the others as themselves: both read the same in Python, Rust (pydantic) and
+# ECMAScript (u flag) patterns.
+_INVISIBLE_RANGES = (
+    (0x0, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x600, 0x605), (0x61C, 0x61C), (0x6DD, 0x6DD),
+    (0x70F, 0x70F), (0x890, 0x891), (0x8E2, 0x8E2), (0x180E, 0x180E), (0x200B, 0x200F),
+    (0x2028, 0x202E), (0x2060, 0x2064), (0x2066, 0x206F), (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F))
+
+
+def _char(code: int) -> str:
+    return f"\\u{code:04x}" if code < 0x10000 else chr(code)
+
+
+_INVISIBLE = "".join(_char(a) if a == b else f"{_char(a)}-{_char(b)}"
+                     for a, b in _INVISIBLE_RANGES)
+# A new item's id: a relative path whose parts are not empty, "." or "..", with no backslash
+# and no invisible characters (and in NFC, which items.check_id requires: not a pattern's job).
+_CHAR = rf"[^/\\{_INVISIBLE}]"
+_PART = rf"(?:[^/\\{_INVISIBLE}.]{_CHAR}*|\.[^/\\{_INVISIBLE}.]{_CHAR}*|\.\.{_CHAR}+)"
 NEW_ITEM_ID = rf"^{_PART}(?:/{_PART})*$"
 LABEL_MAX = 256
 LABEL = rf"^[^\x00-\x1f\x7f]{{1,{LABEL_MAX}}}$"
@@ -271,8 +291,11 @@ def query_models(limits: Limits) -> QueryModels:
     number = Annotated[float, Field(ge=-DOUBLE_MAX, le=DOUBLE_MAX)]
     vector = Annotated[list[number], Field(min_length=1, max_length=DIM_MAX)]
     item = Annotated[str, Field(min_length=1, max_length=ID_MAX, pattern=ITEM_ID)]
-    either: JsonDict = {"oneOf": [{"required": ["vectors"]}, {"required": ["images"]}]}
-    either_ids: JsonDict = {"oneOf": [{"required": ["ids"]}, {"required": ["images"]}]}
+    # Each branch an object too (see contract._add_item_bodies).
+    either: JsonDict = {"oneOf": [{"type": "object", "required": ["vectors"]},
+                                  {"type": "object", "required": ["images"]}]}
+    either_ids: JsonDict = {"oneOf": [{"type": "object", "required": ["ids"]},
+                                      {"type": "object", "required": ["images"]}]}
 
     class ImagesRequest(Strict):
         images: list[image] = Field(min_length=1, max_length=limits.images,
@@ -315,7 +338,7 @@ def query_models(limits: Limits) -> QueryModels:
 
     class NewItem(Strict):
         id: new_id = Field(description="The item's id: a relative path such as "
-                         "added/2026-11-27/0001.jpg.")
+                         "added/2026-11-27/0001.jpg, in Unicode NFC.")
         image: image
         label: label_text | None = None
 

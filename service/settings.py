@@ -25,9 +25,18 @@ class ServiceSettings(Settings):
     read_api_key: SecretStr | None = Field(
         default=None, description="Bearer key for read routes (and /metrics and the detail of "
         "/readyz); unset: read routes are open.")
+    allow_open_reads: bool = Field(
+        default=False, description="In production without READ_API_KEY, serve read routes "
+        "(dataset images, thumbnails, item lists, neighbours) to anyone. Off: the service "
+        "refuses to start in production without READ_API_KEY.")
     metrics_api_key: SecretStr | None = Field(
         default=None, description="Bearer key for /metrics only (for a Prometheus scraper); "
         "unset: /metrics takes the read key.")
+    allowed_hosts: str = Field(
+        default="localhost 127.0.0.1 ::1", description="Host names (space-separated) the "
+        "service answers to while a route is open without a key in development: a page on "
+        "another site that rebinds its name to this machine is refused. Add the names you "
+        "reach a keyless development server by; with keys set it is not checked.")
     api_docs: Literal["open", "key", "off"] = Field(
         default="open", description="/docs, /redoc and /openapi.json: open, key (need the read "
         "key when one is set) or off.")
@@ -107,6 +116,10 @@ class ServiceSettings(Settings):
             if value is None:
                 if name == "ADMIN_API_KEY":
                     problems.append(f"{name} is not set")
+                elif name == "READ_API_KEY" and not self.allow_open_reads:
+                    problems.append(f"{name} is not set (set it, or ALLOW_OPEN_READS=true to "
+                                    "serve every read route, dataset images included, to "
+                                    "anyone)")
             elif value.lower() in PLACEHOLDER_KEYS or len(value) < MIN_KEY_LENGTH:
                 problems.append(f"{name} is a placeholder or shorter than {MIN_KEY_LENGTH} "
                                 "characters")

@@ -139,8 +139,7 @@ async def create_dataset(request: Request, response: Response, settings: Setting
         summary = await run_in_threadpool(_register, settings, body.name,
                                           body.path if "path" in body.model_fields_set else None)
     else:
-        form = await read_form(request, {"name", "file"}, {"file"}, max_files=1,
-                               max_part_size=4096)
+        form = await read_form(request, {"name": 1, "file": 1}, {"file"}, max_part_size=4096)
         name, upload = form.get("name"), form.get("file")
         if not isinstance(name, str) or not is_dataset_name(name):
             raise invalid("name: letters, digits, '.', '_' or '-', at most 64, starting with a "

@@ -6,6 +6,7 @@ model indexed are served, and only from inside their dataset (see service.item_i
 
 from __future__ import annotations
 
+import asyncio
 import zipfile
 
 from fastapi import APIRouter, Query, Request, Response
@@ -15,11 +16,14 @@ from service.auth import Reader
 from service.deps import RegistryDep, SettingsDep, served_model
 from service.errors import not_found, problems
 from service.item_images import (
+    THUMB_DECODES,
     THUMB_FORMAT,
+    THUMB_SIZES,
     DatasetFiles,
     ItemFile,
     NotServed,
     ThumbnailCache,
+    ThumbSize,
     etag,
     thumbnail,
 )
@@ -29,9 +33,9 @@ from service.settings import ServiceSettings
 
 router = APIRouter(tags=["images"])
 
-# Private: with a read key, a shared cache must not hand an image to someone without one.
-CACHE_CONTROL = "private, max-age=3600"
-THUMB_SIZES = (16, 512)
+# Every use revalidates with the ETag (a 304 is cheap): with a read key, a cache must not hand
+# an image to someone without one, and the answer depends on Authorization.
+CACHE_CONTROL = "no-cache"
 IMAGE_RESPONSES = {200: {"content": {"image/*": {}}, "description": "The image"},
                    304: {"description": "Not modified (If-None-Match matched the ETag)"}}
 
@@ -87,8 +91,8 @@ def _bytes(found: ItemFile, item_id: str) -> bytes:
 
 def _answer(request: Request, body: bytes, media_type: str, tag: str,
             served: Served) -> Response:
-    headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL, "X-Model-Version": served.version,
-               "X-Content-Type-Options": "nosniff"}
+    headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL, "Vary": "Authorization",
+               "X-Model-Version": served.version, "X-Content-Type-Options": "nosniff"}
     if not_modified(request, tag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)
@@ -112,6 +116,10 @@ def _image(request: Request, settings: ServiceSettings, served: Served,
     return _answer(request, _bytes(found, item_id), found.media_type, tag, served)
 
 
+SIZE_QUERY = Query(128, description="Longest side in pixels, one of "
+                   f"{', '.join(map(str, THUMB_SIZES))}.")
+
+
 @router.get("/models/{version}/thumbnails/{item_id:path}", dependencies=[Reader],
             response_class=Response,
             responses=IMAGE_RESPONSES | problems(401, 403, 404, 422, 503),
@@ -119,21 +127,28 @@ def _image(request: Request, settings: ServiceSettings, served: Served,
             "enlarged)")
 async def item_thumbnail(request: Request, settings: SettingsDep, registry: RegistryDep,
                          version: str = VERSION_PATH, item_id: str = ITEM_PATH,
-                         size: int = Query(128, ge=THUMB_SIZES[0], le=THUMB_SIZES[1],
-                                           description="Longest side in pixels.")) -> Response:
+                         size: ThumbSize = SIZE_QUERY) -> Response:
     served = await served_model(registry, version)
-    return await run_in_threadpool(_thumbnail, request, settings, served, item_id, size)
-
-
-def _thumbnail(request: Request, settings: ServiceSettings, served: Served, item_id: str,
-               size: int) -> Response:
-    found = _locate(request, settings, served, item_id)
-    tag = etag("thumbnail", size, found.etag_seed)
+    found = await run_in_threadpool(_locate, request, settings, served, item_id)
+    px = int(size)
+    tag = etag("thumbnail", px, found.etag_seed)
     if not_modified(request, tag):
         return _answer(request, b"", "", tag, served)
     cache = _thumbs(request)
     body = cache.get(tag)
     if body is None:
-        body = thumbnail(_bytes(found, item_id), size)  # an unreadable file: 422
+        async with _decodes(request):  # waiting requests hold no thread
+            body = await run_in_threadpool(_decode, found, item_id, px)
         cache.put(tag, body)
     return _answer(request, body, THUMB_FORMAT[1], tag, served)
+
+
+def _decodes(request: Request) -> asyncio.Semaphore:
+    slots = getattr(request.app.state, "thumbnail_decodes", None)
+    if slots is None:
+        slots = request.app.state.thumbnail_decodes = asyncio.Semaphore(THUMB_DECODES)
+    return slots
+
+
+def _decode(found: ItemFile, item_id: str, size: int) -> bytes:
+    return thumbnail(_bytes(found, item_id), size)  # an unreadable file: 422

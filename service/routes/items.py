@@ -53,9 +53,15 @@ from service.uploads import (
 from state.changes import Change
 
 router = APIRouter(tags=["items"])
-FORM_FIELDS = {"files", "ids", "labels", "prefix", "label", "archive"}
+
 UPSERT = Query(False, description="Replace items whose id exists (their image and vector) "
                "instead of answering 409.")
+
+
+def form_fields(limits: Limits) -> dict[str, int]:
+    """The multipart fields of POST /items and how many times each may come."""
+    n = limits.images
+    return {"files": n, "ids": n, "labels": n, "prefix": 1, "label": 1, "archive": 1}
 
 
 def invalid_form(detail: str) -> ProblemError:
@@ -94,8 +100,7 @@ async def add(request: Request, response: Response, settings: SettingsDep, limit
                                                                    strict=True)]
         changes = await add_items(served, items, upsert, decoder, batcher)
     else:
-        form = await read_form(request, FORM_FIELDS, {"files", "archive"},
-                               max(limits.images, 1) + 1, max_part_size=64 * 1024)
+        form = await read_form(request, form_fields(limits), {"files", "archive"})
         changes = await _add_form(form, request, settings, limits, served, upsert, decoder,
                                   batcher)
     response.headers["Location"] = f"/items/{quote(changes[0].id)}"

@@ -56,7 +56,9 @@ async def embed_images(blobs: list[bytes], served: Served, batcher: BatcherDep,
 
 
 async def images_form(request: Request, limits: Limits, fields: set[str]) -> FormData:
-    return await read_form(request, fields | {"files"}, {"files"}, limits.images + 1)
+    """`files` (up to the image limit) and the named plain fields, once each."""
+    return await read_form(request, {"files": limits.images} | dict.fromkeys(fields, 1),
+                           {"files"})
 
 
 def stamp(response: Response, served: Served) -> None:

@@ -28,6 +28,8 @@ def _env(tmp_path: Path, broker_url: str | None) -> dict[str, str]:
     env = {**os.environ, "DATA_ROOT": str(tmp_path / "data"),
            "MODELS_ROOT": str(tmp_path / "models"), "STATE_ROOT": str(tmp_path / "state"),
            "ADMIN_API_KEY": KEY, "ENVIRONMENT": "production", "KEY_PREFIX": "e2e:",
+           # The test reads without a key: production with open reads, chosen explicitly.
+           "ALLOW_OPEN_READS": "true",
            "MODEL_POLL_S": "0.3", "HEARTBEAT_S": "0.5", "LEASE_S": "5",
            "PYTHONUNBUFFERED": "1"}
     env.pop("BROKER_URL", None)

@@ -19,7 +19,7 @@ READ = "read-key-for-tests-0123456789"
 # Everything the API reads from the environment is set here, so the machine's own variables
 # (a READ_API_KEY, a BROKER_URL) never leak into a test.
 CLEARED = ("BROKER_URL", "ADMIN_API_KEY", "READ_API_KEY", "METRICS_API_KEY", "ENVIRONMENT",
-           "API_DOCS")
+           "API_DOCS", "ALLOW_OPEN_READS", "ALLOWED_HOSTS")
 
 
 class ApiProcess:

@@ -16,6 +16,7 @@ from trainer.data import open_collection
 from trainer.engine import Trainer
 
 ADMIN = "admin-key-for-tests-0123456789"
+TEST_HOSTS = "testserver localhost 127.0.0.1 ::1"
 V1, V2 = "20260101-000000-first", "20260102-000000-second"
 
 
@@ -61,7 +62,9 @@ def make_settings(tmp_path: Path, models_template: Path, **overrides) -> Service
     data = tmp_path / "data"
     data.mkdir()
     values = {"data_root": data, "models_root": models, "state_root": tmp_path / "state",
-              "admin_api_key": ADMIN, "device": "cpu", "model_poll_s": 0.2} | overrides
+              "admin_api_key": ADMIN, "device": "cpu", "model_poll_s": 0.2,
+              # TestClient's host name, besides the loopback names schemathesis uses.
+              "allowed_hosts": TEST_HOSTS} | overrides
     return ServiceSettings(**values)
 
 

@@ -7,7 +7,8 @@ with their one known exception each; the run uses these instead of the built-in 
   contents, are the only accepted ones; every other refusal of schema-valid data still fails.
   POST /items also answers 422 "Invalid Form" for multipart fields that do not fit together
   (one `ids` field per file; ids made of `prefix` + file names), which JSON Schema cannot
-  state.
+  state, and 422 "Invalid Id" for a new id not in Unicode NFC (the schema says so in words;
+  a pattern for it would list every composable pair of characters).
 - use_after_free, except canceled jobs. DELETE /jobs/{id} cancels a job (202) and the job's
   record stays readable with status `canceled` (README, "HTTP API"), so reading it after the
   DELETE is not a use after free. Any other DELETE is still checked."""
@@ -37,7 +38,8 @@ CONTENT_PROBLEMS = {
     "POST /datasets": {"Invalid Archive"},
     # Besides contents, a multipart add has rules between its fields that JSON Schema cannot
     # state: one `ids` field per file, ids made of `prefix` + file names that are valid ids.
-    "POST /items": {"Invalid Image", "Invalid Archive", "Invalid Form"},
+    # A new id must be in NFC, which a pattern cannot practically state.
+    "POST /items": {"Invalid Image", "Invalid Archive", "Invalid Form", "Invalid Id"},
 }
 
 

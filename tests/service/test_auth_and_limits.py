@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 
@@ -43,10 +44,29 @@ def test_production_refuses_placeholder_keys(tmp_path, models_template, key):
         create_app(settings)
 
 
-def test_production_starts_with_real_keys(tmp_path, models_template):
-    settings = make_settings(tmp_path, models_template, environment="production")
-    with TestClient(create_app(settings, enqueue=lambda j: None)) as client:
+def test_production_starts_with_real_keys(tmp_path, models_template, caplog):
+    settings = make_settings(tmp_path, models_template, environment="production",
+                             read_api_key=READ)
+    with caplog.at_level(logging.INFO, logger="service.app"), TestClient(
+            create_app(settings, enqueue=lambda j: None)) as client:
         assert client.post("/train", json={"dataset": "x"}).status_code == 401
+        assert client.get("/models").status_code == 401
+    assert "read routes need READ_API_KEY" in caplog.text
+
+
+def test_production_without_a_read_key_needs_open_reads_chosen(tmp_path, models_template,
+                                                               caplog):
+    """An admin key alone once served every dataset image to anyone in production."""
+    settings = make_settings(tmp_path / "a", models_template, environment="production")
+    with pytest.raises(UnsafeSettings, match=r"READ_API_KEY is not set.*ALLOW_OPEN_READS"):
+        create_app(settings)
+    settings = make_settings(tmp_path / "b", models_template, environment="production",
+                             allow_open_reads=True)
+    with caplog.at_level(logging.WARNING, logger="service.app"), TestClient(
+            create_app(settings, enqueue=lambda j: None)) as client:
+        assert client.get("/models").status_code == 200
+        assert client.post("/train", json={"dataset": "x"}).status_code == 401
+    assert "read routes are open to anyone (ALLOW_OPEN_READS" in caplog.text
 
 
 def test_the_command_refuses_to_start_unsafely(tmp_path):

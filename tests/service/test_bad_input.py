@@ -235,3 +235,24 @@ def test_an_unexpected_error_is_a_500_problem_that_tells_nothing(tmp_path, model
     assert body["title"] == "Internal Server Error" and body["instance"] == f"/models/{V2}"
     assert "Traceback" not in r.text and str(tmp_path) not in r.text
     assert "JSON" not in body["detail"] and "manifest" not in body["detail"]
+
+
+def test_a_job_store_outage_is_503_with_retry_after(tmp_path, models_template):
+    """The store cannot be reached (nothing listens on its port): the API says so and when to
+    try again, rather than 500."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from state.store_redis import RedisJobStore
+    from tests.processes import free_port
+    from tests.service.conftest import ADMIN, make_settings
+
+    store = RedisJobStore(f"redis://127.0.0.1:{free_port()}/0", prefix="outage:")
+    settings = make_settings(tmp_path, models_template)
+    with TestClient(create_app(settings, store=store, enqueue=lambda j: None)) as client:
+        for method, path in (("GET", "/jobs"), ("GET", "/jobs/abc")):
+            r = client.request(method, path, headers={"Authorization": f"Bearer {ADMIN}"})
+            assert r.status_code == 503, (path, r.text)
+            assert r.headers["content-type"].startswith(PROBLEM)
+            assert int(r.headers["retry-after"]) >= 1
+            assert "job store" in r.json()["detail"]

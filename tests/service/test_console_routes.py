@@ -13,7 +13,8 @@ import zipfile
 import pytest
 from PIL import Image
 
-from service.item_images import safe_id
+from service.console import STATIC
+from service.item_images import THUMB_DECODES, THUMB_SIZES, safe_id
 from tests.conftest import CIFAR_SLICE
 from tests.service.conftest import V1
 from trainer.embedding_map import MAP_FILE, ROWS_FILE
@@ -54,25 +55,78 @@ def test_image_is_the_file_and_thumbnails_are_cached_with_etags(served):
     r = c.get(f"/models/{V1}/images/{ITEM}")
     assert r.status_code == 200 and r.content == original
     assert r.headers["content-type"] == "image/jpeg" and r.headers["etag"]
-    r = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 24})
+    # Shared caches revalidate: with a read key, the answer depends on Authorization.
+    assert r.headers["cache-control"] == "no-cache"
+    r = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 16})
     assert r.status_code == 200 and r.headers["content-type"] in ("image/webp", "image/jpeg")
-    assert "max-age" in r.headers["cache-control"]
-    assert Image.open(io.BytesIO(r.content)).size == (24, 24)
+    assert r.headers["cache-control"] == "no-cache"
+    assert Image.open(io.BytesIO(r.content)).size == (16, 16)
     big = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 256})
     assert Image.open(io.BytesIO(big.content)).size == (32, 32)  # never enlarged
     assert big.headers["etag"] != r.headers["etag"]
-    again = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 24},
+    again = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 16},
                   headers={"If-None-Match": r.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
     assert c.app.state.thumbnails.bytes > 0
     # A file that changed gets a new ETag.
     path = served.settings.data_root / "cifar-slice" / "cifar10" / ITEM
     os.utime(path, ns=(1, 1))
-    changed = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 24},
+    changed = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 16},
                     headers={"If-None-Match": r.headers["etag"]})
     assert changed.status_code == 200 and changed.headers["etag"] != r.headers["etag"]
-    bad = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 100000})
-    assert bad.status_code == 422
+    for size in (100000, 24, 129, 512):  # a few fixed sizes, not one cache entry per pixel
+        bad = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": size})
+        assert bad.status_code == 422, size
+    doc = c.get("/openapi.json").json()
+    (size,) = [p for p in doc["paths"]["/models/{version}/thumbnails/{item_id}"]["get"][
+        "parameters"] if p["name"] == "size"]
+    schema = doc["components"]["schemas"][size["schema"]["$ref"].rsplit("/", 1)[-1]]
+    assert schema["enum"] == list(THUMB_SIZES)
+
+
+def test_thumbnails_refuse_large_images(served):
+    """A 30 MP PNG (a few kB on disk) is refused from its header, before it is decoded."""
+    c = served.client
+    path = served.settings.data_root / "cifar-slice" / "cifar10" / ITEM
+    big = io.BytesIO()
+    Image.new("1", (6000, 5000)).save(big, "PNG")
+    path.write_bytes(big.getvalue())
+    r = c.get(f"/models/{V1}/thumbnails/{ITEM}")
+    assert r.status_code == 422 and "MP" in r.json()["detail"], r.text
+
+
+def test_thumbnails_decode_a_few_at_once(served, monkeypatch):
+    """Concurrent thumbnails of different items decode at most THUMB_DECODES at once (each may
+    take ~4 bytes a pixel)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.routes import images
+
+    c = served.client
+    active, most, lock = 0, 0, threading.Lock()
+    real = images.thumbnail
+
+    def counted(data: bytes, size: int) -> bytes:
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        time.sleep(0.05)
+        try:
+            return real(data, size)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(images, "thumbnail", counted)
+    ids = [f"train/cat/{i:04d}.jpg" for i in range(1, 17)]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(
+            lambda item: c.get(f"/models/{V1}/thumbnails/{item}").status_code, ids))
+    assert answers == [200] * len(ids)
+    assert 1 <= most <= THUMB_DECODES, most
 
 
 def test_images_stay_inside_their_dataset(served, tmp_path):
@@ -177,3 +231,20 @@ def test_images_and_map_need_the_read_key_when_one_is_set(tmp_path, models_templ
             ok = c.get(path, headers={"Authorization": "Bearer read-key-0123456789abcd"})
             assert ok.status_code == 200, path
         assert c.get("/").status_code == 200  # the page itself is open: it asks for the key
+
+
+def test_api_docs_load_nothing_from_other_sites(api):
+    """/docs runs Swagger UI on this origin (where keys are typed): its files come from this
+    service, never from a CDN."""
+    import re
+
+    page = api.client.get("/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources and all(s.startswith("/") and not s.startswith("//") for s in sources), sources
+    assert "cdn" not in page.text.lower()
+    for source in sources:
+        r = api.client.get(source)
+        assert r.status_code == 200, source
+    assert any(s.endswith("swagger-ui-bundle.js") for s in sources)
+    assert (STATIC / "vendor" / "swagger-ui" / "LICENSE").is_file()

@@ -252,3 +252,63 @@ def test_an_archive_add_holds_its_images_on_disk_not_in_memory(client, monkeypat
     assert len(r.json()["ids"]) == 200
     growth = peak - held[0]
     assert growth < 0.5 * size, (growth, size)
+
+
+def test_every_multipart_route_takes_its_advertised_maximum(client):
+    """MAX_IMAGES_PER_REQUEST files on every multipart route, with every field the route takes
+    (on POST /items: one `ids` and one `labels` field per file, as the README shows)."""
+    n = client.settings.max_images_per_request
+    assert n == 64
+    files = [("files", (f"{i}.png", _png((i, 2 * i, 3 * i)), "image/png")) for i in range(n)]
+    r = client.post("/items", headers=AUTH, files=files,
+                    data={"ids": [f"many/{i}.png" for i in range(n)],
+                          "labels": [f"l{i % 3}" for i in range(n)]})
+    assert r.status_code == 201, r.text
+    assert len(r.json()["ids"]) == n
+    for path, fields in (("/embed", {}), ("/search", {"k": "3"}),
+                         ("/classify", {"k": "3", "sigma": "0.1"})):
+        r = client.post(path, files=files, data=fields)
+        assert r.status_code == 200, (path, r.text)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("cls/one.png", _png())
+    r = client.post("/datasets", headers=AUTH, data={"name": "multi"},
+                    files={"file": ("a.zip", archive.getvalue(), "application/zip")})
+    assert r.status_code in (201, 422), r.text  # the form is read: the archive is judged
+
+
+# Invisible or direction-changing characters, line separators, and a non-NFC spelling.
+BAD_TEXT_IDS = ["a\u0085b.png", "a\u2028b.png", "a\u2029b.png", "evil\u202egnp.exe",
+                "zero\u200bwidth.png", "bom\ufeff.png", "soft\u00adhyphen.png",
+                "tag\U000e0041.png", "cafe\u0301.png", "\u212bngstrom.png"]
+
+
+def test_ids_refuse_invisible_characters_and_non_nfc_forms(client):
+    one = [("files", ("a.png", _png(), "image/png"))]
+    for bad in BAD_TEXT_IDS:
+        r = client.post("/items", headers=AUTH, files=one, data={"ids": bad})
+        assert r.status_code == 422, (bad, r.text)
+        r = client.post("/items", headers=AUTH, json={"items": [
+            {"id": bad, "image": base64.b64encode(_png()).decode()}]})
+        assert r.status_code == 422, (bad, r.text)
+    r = client.post("/items", headers=AUTH, files=one, data={"ids": "caf\u00e9/\u00c5.png"})
+    assert r.status_code == 201, r.text
+
+
+def test_the_new_id_pattern_is_exactly_the_id_rule():
+    """The OpenAPI pattern refuses exactly the characters of categories Cc, Cf, Zl and Zp
+    (checked against this Python's Unicode data), besides '/', '\\' and empty, '.' or '..'
+    parts; NFC is the code's own check. Lone surrogates (Cs) cannot come in UTF-8."""
+    import re
+    import sys
+    import unicodedata
+
+    from service.schemas import NEW_ITEM_ID
+
+    pattern = re.compile(NEW_ITEM_ID)
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        if char in "/\\." or unicodedata.category(char) == "Cs":
+            continue
+        refused = unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
+        assert (pattern.fullmatch(f"a{char}b") is None) == refused, hex(code)

@@ -73,7 +73,8 @@ class Stack:
         return TestClient(create_app(
             ServiceSettings(data_root=s.data_root, models_root=s.models_root,
                             state_root=s.state_root, broker_url=s.broker_url,
-                            key_prefix=s.key_prefix, device="cpu"),
+                            key_prefix=s.key_prefix, device="cpu",
+                            allowed_hosts="testserver"),
             store=self.store, enqueue=self.enqueue))
 
     def finished(self, job_id: str, timeout: float = 400) -> Job:

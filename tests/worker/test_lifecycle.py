@@ -127,7 +127,8 @@ def test_a_cancel_during_the_last_phase_stops_the_job_before_its_model_is_publis
     api = TestClient(create_app(
         ServiceSettings(data_root=s.data_root, models_root=s.models_root,
                         state_root=s.state_root, broker_url=s.broker_url,
-                        key_prefix=s.key_prefix, device="cpu"),
+                        key_prefix=s.key_prefix, device="cpu",
+                        allowed_hosts="testserver"),
         store=stack.store, enqueue=stack.enqueue))
     stack.start_worker()
     job = stack.submit(dataset="wide.npz")

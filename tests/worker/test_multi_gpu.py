@@ -22,7 +22,8 @@ def test_a_worker_owning_two_gpus_runs_a_two_process_job_and_larger_ones_are_ref
     api = TestClient(create_app(
         ServiceSettings(data_root=s.data_root, models_root=s.models_root,
                         state_root=s.state_root, broker_url=s.broker_url,
-                        key_prefix=s.key_prefix, device="cpu"), store=stack.store))
+                        key_prefix=s.key_prefix, device="cpu",
+                        allowed_hosts="testserver"), store=stack.store))
     config = SMALL | TINY | {"gpus": 2, "precision": "fp32"}
 
     # Before any worker advertised two: refused.

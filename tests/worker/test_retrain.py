@@ -46,7 +46,8 @@ def test_a_policy_retrains_once_past_its_threshold_and_the_gate_judges_it(redis_
     s = stack.settings
     app = create_app(ServiceSettings(
         data_root=s.data_root, models_root=s.models_root, state_root=s.state_root,
-        broker_url=s.broker_url, key_prefix=s.key_prefix, device="cpu", retrain_check_s=0.2),
+        broker_url=s.broker_url, key_prefix=s.key_prefix, device="cpu", retrain_check_s=0.2,
+        allowed_hosts="testserver"),
         store=stack.store, enqueue=stack.enqueue)
     with TestClient(app) as api:
         policy = {"enabled": True, "changed_fraction": threshold,
