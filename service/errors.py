@@ -112,7 +112,7 @@ def _clean_validation_errors(exc: RequestValidationError) -> list[dict[str, Any]
 STORE_RETRY_AFTER_S = 5
 
 
-def install(app: FastAPI, unavailable: tuple[type[BaseException], ...] = ()) -> None:
+def install(app: FastAPI, unavailable: tuple[type[Exception], ...] = ()) -> None:
     """`unavailable`: errors that mean the job store cannot be reached just now (503)."""
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:

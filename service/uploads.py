@@ -21,7 +21,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from trainer.archives import member_path
 from trainer.images import is_image_name
@@ -156,7 +156,7 @@ def zip_entry_count(path: Path, limit: int) -> int:
             reader.seek(name_len + extra_len + comment_len, os.SEEK_CUR)
 
 
-def _copy(src: BinaryIO, dest: Path, declared: int) -> None:
+def _copy(src: IO[bytes], dest: Path, declared: int) -> None:
     """Copy at most `declared` bytes: an entry that yields more than it declared is refused."""
     with open(dest, "wb") as out:
         left = declared
@@ -294,7 +294,7 @@ def disk_free(path: Path) -> int:
 def sweep_stale_uploads(data_root: Path, older_than_s: float = STALE_UPLOAD_S) -> list[str]:
     """Remove the work folders of uploads interrupted by a crash (an upload in progress
     touches its folder far more often than this)."""
-    removed = []
+    removed: list[str] = []
     if not data_root.is_dir():
         return removed
     now = time.time()

@@ -95,7 +95,7 @@ class JobStore(ABC):
     """
 
     # Errors that mean "the store could not be reached just now": worth retrying.
-    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (ConnectionError,
+    transient_errors: ClassVar[tuple[type[Exception], ...]] = (ConnectionError,
                                                                    TimeoutError)
 
     @abstractmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
@@ -71,9 +72,13 @@ def _encoded(served: Served) -> bytes:
     return body
 
 
+MAP_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": MapPublic, "content": {"application/json": {}}},
+    304: {"description": "Not modified"}}
+
+
 @router.get("/models/{version}/map", dependencies=[Reader], response_class=Response,
-            responses={200: {"model": MapPublic, "content": {"application/json": {}}},
-                       304: {"description": "Not modified"}} | problems(401, 403, 404, 422, 503),
+            responses=MAP_RESPONSES | problems(401, 403, 404, 422, 503),
             summary="2-D map of a model's items (PCA then t-SNE of their embeddings)")
 async def model_map(request: Request, registry: RegistryDep,
                     version: str = VERSION_PATH) -> Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import zipfile
+from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -36,8 +37,9 @@ router = APIRouter(tags=["images"])
 # Every use revalidates with the ETag (a 304 is cheap): with a read key, a cache must not hand
 # an image to someone without one, and the answer depends on Authorization.
 CACHE_CONTROL = "no-cache"
-IMAGE_RESPONSES = {200: {"content": {"image/*": {}}, "description": "The image"},
-                   304: {"description": "Not modified (If-None-Match matched the ETag)"}}
+IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/*": {}}, "description": "The image"},
+    304: {"description": "Not modified (If-None-Match matched the ETag)"}}
 
 
 def _files(request: Request, settings: ServiceSettings) -> DatasetFiles:

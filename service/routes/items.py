@@ -259,13 +259,14 @@ async def get_item(response: Response, registry: RegistryDep, item_id: str = ITE
     state = await asyncio.to_thread(
         lambda: view.changes.item_state(view.dataset, item_id) if view.changes else None)
     added = state is not None and state.get("state") == "live"
+    live_state = state if added and state is not None else {}
     response.headers["X-Model-Version"] = served.version
     quoted = quote(item_id)
     return ItemPublic(
         id=item_id, label=view.index.classes[label] if label >= 0 else None,
         model_version=served.version, dataset=view.dataset,
-        added_at=state["at"] if added else None,
-        added_with=state["version"] if added else None,
-        seq=state["seq"] if added else None,
+        added_at=live_state.get("at"),
+        added_with=live_state.get("version"),
+        seq=live_state.get("seq"),
         links={"self": f"/items/{quoted}", "neighbours": f"/neighbours/{quoted}",
                "image": f"/models/{served.version}/images/{quoted}"})
