@@ -8,7 +8,9 @@ of the store nor a stalled worker can harm the job.
   the job, nothing of ours lands.
 - Epoch records are written by position (entry k is the k-th epoch of the run), so a retried
   write or a resumed run never records an epoch twice, and the epochs a previous attempt
-  checkpointed but had not recorded yet are recorded by the next.
+  checkpointed but had not recorded yet are recorded by the next (read back from the
+  trainer's log, without the `attempt` and `run_first_epoch` that worker.runner adds to the
+  records of the run that made them).
 - The final transition (succeeded, failed, canceled, re-queued) is written after every epoch
   record, and retried the same way.
 """

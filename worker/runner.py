@@ -101,8 +101,14 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
     run_dir = settings.runs_root / job.id
     progress: dict[str, Any] = {}
     last_status = [0.0]
+    # Which run recorded an epoch, and where that run began: a run resumed from its checkpoint
+    # begins after the epochs it restored, so the history shows that none was run twice.
+    started_at_epoch: list[int] = []
 
     def on_epoch(record: dict[str, Any]) -> None:
+        if not started_at_epoch:
+            started_at_epoch.append(record["global_epoch"])
+        record = {**record, "attempt": job.attempts + 1, "run_first_epoch": started_at_epoch[0]}
         progress.clear()
         progress.update(record, phase="training")
         recorder.epoch(record)

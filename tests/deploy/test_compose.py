@@ -18,7 +18,18 @@ from state.settings import Settings
 from tests.processes import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-FILES = ("docker-compose.yml", "deploy/compose.cpu.yml")
+# Every way to run the stack: the base file alone, and with each override in deploy/ (a test
+# below fails on an override missing here).
+STACKS = {"gpu": ("docker-compose.yml",),
+          "cpu": ("docker-compose.yml", "deploy/compose.cpu.yml"),
+          "multigpu": ("docker-compose.yml", "deploy/compose.multigpu.yml")}
+# The containers that read each settings class, per stack.
+WORKERS = {"gpu": {"worker", "flower"}, "cpu": {"worker", "flower", "worker-cpu"},
+           "multigpu": {"worker", "flower", "worker-8gpu"}}
+# Settings a service sets itself, whatever .env says: the 8-GPU worker owns 8 GPUs.
+OWN = {"worker-8gpu": {"WORKER_GPUS": "8"}}
+# What a container is given beyond the settings its code reads: Flower's own login.
+EXTRA = {"flower": {"FLOWER_BASIC_AUTH"}}
 ADMIN_KEY = "a-real-key-0123456789abcdef"
 # Set by the deployment itself, not from .env: the redis service and the shared volume.
 FIXED = {"BROKER_URL": "redis://redis:6379/0", "DATA_ROOT": "/srv/and/data",
@@ -189,49 +200,76 @@ def test_readme_settings_table_lists_every_setting_with_the_codes_default():
     assert not wrong, f"the README's defaults differ from the code's: {wrong}"
 
 
-@pytest.mark.parametrize("files", [FILES[:1], FILES], ids=["gpu", "cpu"])
-def test_every_setting_reaches_every_container_that_reads_it(files, tmp_path):
+def test_every_compose_file_is_checked():
+    overrides = {str(p.relative_to(REPO)) for p in (REPO / "deploy").glob("compose*.yml")}
+    checked = {f for files in STACKS.values() for f in files}
+    assert overrides | {"docker-compose.yml"} == checked, overrides - checked
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_setting_reaches_every_container_that_reads_it(stack, tmp_path):
     """A value put in .env (here: the environment) reaches every process that reads that
     setting, under the same name: the list comes from the settings classes, not from the
-    compose file, so a new setting that compose does not pass fails here."""
+    compose file, so a new setting that compose does not pass fails here. A container gets
+    nothing else: no worker holds an API key."""
     names = _setting_names(ServiceSettings)
     sentinel = {name: f"from-env-{name.lower()}" for name in names}
-    services = _config(*files, env=sentinel, tmp=tmp_path)["services"]
+    services = _config(*STACKS[stack], env=sentinel, tmp=tmp_path)["services"]
     readers = {name: _reader(s) for name, s in services.items()}
     assert {n for n, r in readers.items() if r is ServiceSettings} == {"api"}
-    expected_workers = {"worker", "flower"} | ({"worker-cpu"} if len(files) > 1 else set())
-    assert {n for n, r in readers.items() if r is Settings} == expected_workers
-    missing = {}
+    assert {n for n, r in readers.items() if r is Settings} == WORKERS[stack]
+    missing, extra = {}, {}
     for service, model in readers.items():
         if model is None:
             continue
         env = services[service]["environment"]
         for name in _setting_names(model):
-            want = FIXED.get(name, sentinel[name])
+            want = OWN.get(service, {}).get(name, FIXED.get(name, sentinel[name]))
             if env.get(name) != want:
                 missing[f"{service}.{name}"] = env.get(name)
+        unread = set(env) - _setting_names(model) - EXTRA.get(service, set())
+        if unread:
+            extra[service] = sorted(unread)
     assert not missing, f"settings compose does not pass through from .env: {missing}"
+    assert not extra, f"settings given to containers whose code does not read them: {extra}"
 
 
-@pytest.mark.parametrize("files", [FILES[:1], FILES], ids=["gpu", "cpu"])
-def test_compose_defaults_are_the_codes(files, tmp_path):
+@pytest.mark.parametrize("stack", STACKS)
+def test_compose_defaults_are_the_codes(stack, tmp_path):
     """With nothing in .env, every container gets the code's default: one source of truth
     (compose once said EMBED_MAX_WAIT_MS=2 where the code says 10)."""
-    services = _config(*files, tmp=tmp_path)["services"]
+    services = _config(*STACKS[stack], tmp=tmp_path)["services"]
     wrong = {}
     for service, body in services.items():
         model = _reader(body)
         if model is None:
             continue
         env = body["environment"]
+        own = OWN.get(service, {})
         for name in _setting_names(model) - set(FIXED) - REQUIRED:
+            if name in own:
+                assert env[name] == own[name], (service, name)
+                continue
             if name in DEPLOYMENT_DEFAULTS:
                 assert env[name] == DEPLOYMENT_DEFAULTS[name], (service, name)
+                continue
+            if name not in env:
+                wrong[f"{service}.{name}"] = ("missing", model.model_fields[name.lower()].default)
                 continue
             given, default = _code_default(model, name, env[name])
             if given != default:
                 wrong[f"{service}.{name}"] = (env[name], default)
     assert not wrong, f"compose defaults that differ from the code's: {wrong}"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_containers_share_no_host_namespace_and_workers_have_sized_shm(stack, tmp_path):
+    services = _config(*STACKS[stack], tmp=tmp_path)["services"]
+    for name, body in services.items():
+        shared = {k: body[k] for k in ("ipc", "pid", "network_mode") if k in body}
+        assert not shared, f"{name} shares the host's namespaces: {shared}"
+        if name.startswith("worker"):
+            assert body.get("shm_size"), f"{name}: DataLoader workers need a sized /dev/shm"
 
 
 def _flower_command(base: dict) -> tuple[list[str], list[str], dict]:
@@ -267,8 +305,8 @@ def test_flower_started_by_compose_asks_for_the_login(redis_server, tmp_path):
     import httpx
 
     login = "ops:s3cret-pass"
-    config = _config(FILES[0], env={"ADMIN_API_KEY": ADMIN_KEY, "FLOWER_BASIC_AUTH": login},
-                     tmp=tmp_path)
+    config = _config("docker-compose.yml",
+                     env={"ADMIN_API_KEY": ADMIN_KEY, "FLOWER_BASIC_AUTH": login}, tmp=tmp_path)
     entrypoint, command, flower = _flower_command(config)
     assert command[:4] == ["celery", "-A", "worker.app", "flower"]
     port = free_port()

@@ -153,6 +153,87 @@ def _assert_vote(prediction: dict, neighbours: list[dict], sigma: float) -> None
     assert all(abs(got[label] - shares[label]) < 1e-3 for label in shares), (got, shares)
 
 
+# A bundle of known vectors: "query" is e0, and every other item lies at a chosen cosine score
+# from it. Its 4 nearest voters: one of class a, close; three of class b, farther. Counted,
+# b wins 3 to 1; weighted by exp(score / sigma), a wins at sigma 0.1 and b at sigma 1.
+FIXED_ITEMS = [("query", "a", 1.0), ("a-near", "a", 0.9), ("b-1", "b", 0.6),
+               ("b-2", "b", 0.55), ("b-3", "b", 0.5), ("c-far", "c", -0.5)]
+FIXED_VERSION = "20260101-000000-fixed"
+
+
+def _fixed_bundle(models: Path, tmp: Path) -> None:
+    """FIXED_ITEMS published as the current model by the real bundle code, with a real FAISS
+    index; the encoder is an untrained one of the right size (no query here embeds an
+    image)."""
+    import json
+
+    import numpy as np
+
+    from trainer.backbones import Encoder
+    from trainer.bundle import set_current, write_bundle
+    from trainer.encoder_file import EncoderMeta, save_encoder
+
+    dim = len(FIXED_ITEMS) + 1
+    run = tmp / "fixed-run"
+    run.mkdir()
+    save_encoder(run / "encoder.pt", Encoder("small_cnn", dim),
+                 EncoderMeta("small_cnn", dim, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    (run / "config.json").write_text(json.dumps({"backbone": "small_cnn", "index": "flat"}))
+    (run / "metrics.json").write_text("{}")
+    vectors = np.zeros((len(FIXED_ITEMS), dim), dtype=np.float32)
+    for row, (_, _, score) in enumerate(FIXED_ITEMS):
+        # Unit vectors at cosine `score` from e0, each off-axis part on an axis of its own.
+        vectors[row, 0], vectors[row, row + 1] = score, math.sqrt(1 - score ** 2)
+    classes = sorted({label for _, label, _ in FIXED_ITEMS})
+    np.savez(run / "embeddings.npz", vectors=vectors, ids=[i for i, _, _ in FIXED_ITEMS],
+             labels=[classes.index(label) for _, label, _ in FIXED_ITEMS], classes=classes)
+    write_bundle(run, models, dataset="fixed", version=FIXED_VERSION, extra={"job_id": None})
+    set_current(models, FIXED_VERSION)
+
+
+def test_classify_is_the_weighted_vote_of_known_neighbours(tmp_path):
+    """The served API on a bundle whose neighbour scores differ widely: each sigma gives the
+    shares computed here by hand, and the two give different labels."""
+    env = {**_env(tmp_path, None), "ENVIRONMENT": "development"}
+    env.pop("ADMIN_API_KEY")
+    _fixed_bundle(tmp_path / "models", tmp_path)
+    port = free_port()
+    api = Process([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+                  env, tmp_path / "api.log")
+    try:
+        c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+
+        def ready() -> bool:
+            try:
+                return c.get("/readyz").json().get("checks", {}).get("model") == FIXED_VERSION
+            except (httpx.HTTPError, ValueError):
+                return False
+
+        wait_for(ready, 120, "the API to serve the fixed model")
+        r = c.get("/neighbours/query", params={"k": 4})
+        assert r.status_code == 200, r.text
+        neighbours = r.json()["neighbours"]
+        assert [(n["id"], n["label"]) for n in neighbours] == [
+            ("a-near", "a"), ("b-1", "b"), ("b-2", "b"), ("b-3", "b")]
+        assert [n["score"] for n in neighbours] == pytest.approx([0.9, 0.6, 0.55, 0.5],
+                                                                 abs=1e-6)
+        # By hand: a = e^9 / (e^9 + e^6 + e^5.5 + e^5), b the rest; c has no voter among 4.
+        # sigma 1: a = e^0.9 / (e^0.9 + e^0.6 + e^0.55 + e^0.5).
+        expected = {0.1: ("a", 0.9105), 1.0: ("b", 0.6791)}
+        for sigma, (label, share) in expected.items():
+            r = c.post("/classify", json={"ids": ["query"], "k": 4, "sigma": sigma})
+            assert r.status_code == 200, r.text
+            assert r.json()["sigma"] == sigma
+            prediction = r.json()["predictions"][0]
+            assert prediction["label"] == label, (sigma, prediction)
+            assert prediction["scores"][label] == pytest.approx(share, abs=1e-4), (sigma,
+                                                                                   prediction)
+            assert prediction["scores"]["c"] == 0.0
+            _assert_vote(prediction, neighbours, sigma)
+    finally:
+        api.stop()
+
+
 def _pids(output: str) -> list[int]:
     return [int(p) for p in re.findall(r"\(pid (\d+)\)", output)]
 

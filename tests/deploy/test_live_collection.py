@@ -197,33 +197,69 @@ def test_added_items_are_found_deleted_ones_never_again_across_a_restart(stack):
     check()
 
 
+class _HeldArchive(io.BytesIO):
+    """An archive the client uploads in chunks (httpx reads a file 64 KiB at a time): after
+    the first chunk has gone out, the next read waits until `go` is set, so the API can be
+    killed with the upload surely half done."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+        self.half_sent, self.go = threading.Event(), threading.Event()
+
+    def read(self, n: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads == 2:  # the first chunk was written to the socket
+            self.half_sent.set()
+            self.go.wait(60)
+        return super().read(n)
+
+
 def test_a_bulk_add_killed_midway_is_entirely_in_or_entirely_out(stack, tmp_path):
+    """Killed with the upload half sent (held there), then twice while the add is under way
+    or just done (after a delay): each add is all there or not at all, and one was surely
+    cut mid-upload."""
     c = httpx.Client(base_url=stack.api, timeout=120)
-    outcomes = []
-    for attempt, delay in enumerate((0.0, 0.6, 1.5)):
+    outcomes: list[tuple[int | None, int]] = []  # (the answer, if any; items there after)
+    for attempt, delay in enumerate((None, 0.6, 1.5)):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as z:
             for n in range(300):
                 z.writestr(f"{n:04d}.png", picture(5000 + 1000 * attempt + n))
+        archive = _HeldArchive(buf.getvalue())
+        assert len(archive.getvalue()) > 65536  # more than one chunk
         prefix = f"bulk{attempt}/"
+        answer: list[int] = []
 
-        def send(body: bytes, prefix: str) -> None:
+        def send(archive: _HeldArchive, prefix: str, answer: list[int]) -> None:
             with contextlib.suppress(httpx.HTTPError):  # the API is killed under it
-                httpx.post(f"{stack.api}/items", headers=ADMIN, timeout=120,
-                           files={"archive": ("a.zip", body, "application/zip")},
-                           data={"prefix": prefix})
+                answer.append(httpx.post(
+                    f"{stack.api}/items", headers=ADMIN, timeout=120,
+                    files={"archive": ("a.zip", archive, "application/zip")},
+                    data={"prefix": prefix}).status_code)
 
-        sender = threading.Thread(target=send, args=(buf.getvalue(), prefix))
+        if delay is not None:
+            archive.go.set()  # not held
+        sender = threading.Thread(target=send, args=(archive, prefix, answer))
         sender.start()
-        time.sleep(delay)
+        if delay is None:
+            assert archive.half_sent.wait(60), "the upload never started"
+        else:
+            time.sleep(delay)
         stack.kill_api(stack.api)
+        archive.go.set()
         sender.join(60)
+        assert not sender.is_alive()
         stack.api = stack.start_api()
         c = httpx.Client(base_url=stack.api, timeout=120)
         _serving(c, stack.version)
         count = _count(c, prefix)
         assert count in (0, 300), (prefix, count)
-        outcomes.append(count)
+        outcomes.append((answer[0] if answer else None, count))
+    # Half an upload adds nothing; an add that was answered is all there.
+    assert outcomes[0] == (None, 0), outcomes
+    assert all(count == 300 for status, count in outcomes if status is not None), outcomes
+    assert all(status in (None, 201) for status, _ in outcomes), outcomes
     assert c.get("/readyz").status_code == 200
 
 

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from service.app import UnsafeSettings, create_app
 from service.errors import PROBLEM
 from tests.service.conftest import ADMIN, make_settings
+from tests.worker.conftest import write_tiny_dataset
 
 READ = "read-key-for-tests-0123456789"
 
@@ -31,9 +32,22 @@ def test_read_key_guards_read_routes(keyed):
     assert keyed.get("/healthz").status_code == 200
 
 
-def test_read_key_cannot_mutate(keyed):
-    r = keyed.post("/train", json={"dataset": "x"}, headers={"Authorization": f"Bearer {READ}"})
-    assert r.status_code == 403
+def test_read_key_cannot_mutate(tmp_path, models_template):
+    """Refused, and nothing done: no job queued or recorded. The same request with the admin
+    key is queued, so the refusal was the key's alone."""
+    settings = make_settings(tmp_path, models_template, read_api_key=READ)
+    dataset = write_tiny_dataset(settings.data_root)
+    queued: list[str] = []
+    body = {"dataset": dataset, "config": {"backbone": "small_cnn", "image_size": 16}}
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    with TestClient(create_app(settings, enqueue=queued.append)) as client:
+        r = client.post("/train", json=body, headers={"Authorization": f"Bearer {READ}"})
+        assert r.status_code == 403, r.text
+        assert queued == []
+        assert client.get("/jobs", headers=admin).json()["count"] == 0
+        r = client.post("/train", json=body, headers=admin)
+        assert r.status_code == 202, r.text
+        assert queued == [r.json()["id"]]
 
 
 @pytest.mark.parametrize("key", [None, "changeme", "short"])

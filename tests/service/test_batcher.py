@@ -112,7 +112,12 @@ def test_a_batch_waits_for_requests_that_are_on_their_way(monkeypatch):
         await asyncio.gather(*(batcher.embed(model, image(i)) for i in range(8)))
         del sizes[:]
         lone = asyncio.ensure_future(batcher.embed(model, image(100)))
-        await asyncio.sleep(0.3)  # the others are on their way
+        # The others are on their way: sent once the thread has taken the lone request off
+        # the queue (and waits for more), or has answered it alone (which fails below).
+        deadline = time.perf_counter() + 60
+        while not (lone.done() or (batcher.pending_images == 1 and batcher._queue.empty())):
+            assert time.perf_counter() < deadline, "the lone request was never taken"
+            await asyncio.sleep(0.01)
         later = await asyncio.wait_for(asyncio.gather(
             *(batcher.embed(model, image(101 + i)) for i in range(7))), 60)
         return [await lone, *later]

@@ -4,6 +4,7 @@ of pinned versions is bounded and pinned loads are rate-limited."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -32,6 +33,19 @@ def _copy_version(models: Path, source: str, version: str) -> Path:
     return models / version
 
 
+def _write_end(fifo: Path) -> int | None:
+    """The write end of a named pipe, once a reader has opened it (the loader is inside the
+    load, waiting for the file's bytes); None while no reader has."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return None
+        raise
+    os.set_blocking(fd, True)
+    return fd
+
+
 def _loads(client, outcome: str = "loaded") -> float:
     text = client.get("/metrics").text
     match = re.search(r'and_model_loads_total\{outcome="' + outcome + r'"\} ([0-9.]+)', text)
@@ -57,15 +71,18 @@ def test_requests_for_loaded_versions_do_not_wait_for_a_swap(server):
     with server.client(timeout=10) as c:
         assert c.get(f"/neighbours/{ITEM}", params={"model_version": V2}).status_code == 200
         set_current(server.models, v3)
-        time.sleep(1.5)  # the watcher (MODEL_POLL_S=0.2) is now blocked in the load of v3
+        # The watcher is inside the load of v3 once it has opened its items.json, which then
+        # gives nothing until the test writes it.
+        pipe = wait_for(lambda: _write_end(bundle / "items.json"), 30,
+                        "the watcher to start loading v3")
         for params in ({"model_version": V2}, {}, {"model_version": V1}):
             r = c.get(f"/neighbours/{ITEM}", params=params)
             assert r.status_code == 200, r.text
             assert r.json()["model_version"] == params.get("model_version", V1)
         assert c.get("/healthz").status_code == 200
         assert c.get("/readyz").json()["checks"]["model"] == V1
-        with open(bundle / "items.json", "wb") as pipe:  # let the load finish
-            pipe.write(items)
+        with os.fdopen(pipe, "wb") as f:  # let the load finish
+            f.write(items)
         wait_for(lambda: c.get(f"/neighbours/{ITEM}").json()["model_version"] == v3, 30,
                  "the swap to the new version")
         assert c.get(f"/neighbours/{ITEM}", params={"model_version": V2}).status_code == 200

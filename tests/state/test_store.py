@@ -1,6 +1,5 @@
 """The job-store contract, against a real Redis and a real SQLite file."""
 
-import time
 
 from state.jobs import CANCELED, QUEUED, RUNNING, SUCCEEDED, Job
 from tests.processes import wait_for
@@ -71,10 +70,13 @@ def test_history(store):
 
 def test_worker_capacity_is_the_largest_live_one_and_expires(store):
     assert store.largest_capacity() == 0
-    store.advertise_capacity("small", 1, 30)
-    store.advertise_capacity("big", 4, 0.3)
+    store.advertise_capacity("small", 1, 60)
+    store.advertise_capacity("big", 4, 60)
     assert store.largest_capacity() == 4
-    store.advertise_capacity("big", 2, 0.3)  # a renewal replaces the worker's count
+    store.advertise_capacity("big", 2, 60)  # a renewal replaces the worker's count
     assert store.largest_capacity() == 2
-    time.sleep(0.5)
-    assert store.largest_capacity() == 1  # "big" stopped renewing
+    # "big" renews one last time, briefly, and stops: once that lapses (awaited as a state,
+    # not a fixed sleep), only "small" is left.
+    store.advertise_capacity("big", 2, 0.2)
+    wait_for(lambda: store.largest_capacity() == 1, 30, "the stopped worker's capacity to expire")
+    assert store.largest_capacity() == 1

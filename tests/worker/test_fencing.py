@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import sqlite3
-import time
 import uuid
 
 import pytest
@@ -25,10 +24,19 @@ LONG = 60.0  # a lease that cannot lapse during a test step
 
 
 
-def _running(store, owner: str, ttl: float = LONG) -> Job:
+def _running(store, owner: str) -> Job:
     job = store.create(Job.new("d", {}))
-    assert store.acquire(job.id, owner, ttl)
+    assert store.acquire(job.id, owner, LONG)
     assert store.transition(job.id, {QUEUED}, RUNNING, owner=owner, worker=owner, attempts=1)
+    return job
+
+
+def _lapsed(store, owner: str) -> Job:
+    """A running job whose owner's lease has lapsed: held while it is set up (however slow
+    the machine), then shortened and awaited as a state (however fast)."""
+    job = _running(store, owner)
+    assert store.renew(job.id, owner, 0.2)
+    wait_for(lambda: store.lease_holder(job.id) is None, 30, "the lease to lapse")
     return job
 
 
@@ -39,8 +47,7 @@ def test_writes_naming_an_owner_land_only_while_it_holds_the_lease(store):
     assert store.update_running(job.id, "a", progress={"epoch": 1})
     assert store.get(job.id).progress == {"epoch": 1}
     # The lease lapses and another worker takes the job: the first one's writes are refused.
-    stale = _running(store, "a", ttl=0.2)
-    time.sleep(0.5)
+    stale = _lapsed(store, "a")
     assert not store.update_running(stale.id, "a", progress={"epoch": 2})
     assert store.acquire(stale.id, "b", LONG)
     assert not store.transition(stale.id, {RUNNING}, FAILED, owner="a", error="stale")
@@ -95,19 +102,16 @@ def test_a_crash_fails_the_job_only_while_it_is_still_the_crashed_process_s(stor
     assert got.status == FAILED and "killed by signal 9" in got.error
     assert store.lease_holder(held.id) is None
     # Another worker took the job over: left alone.
-    taken = _running(store, "a", ttl=0.2)
-    time.sleep(0.5)
+    taken = _lapsed(store, "a")
     assert store.acquire(taken.id, "b", LONG)
     assert not record_crash(store, taken.id, -9, "a")
     assert store.get(taken.id).status == RUNNING and store.lease_holder(taken.id) == "b"
     # Its lease lapsed and nobody took the job since: failed.
-    lapsed = _running(store, "a", ttl=0.2)
-    time.sleep(0.5)
+    lapsed = _lapsed(store, "a")
     assert record_crash(store, lapsed.id, 1, "a")
     assert "exited with code 1" in store.get(lapsed.id).error
     # Re-queued after the lapse (the sweeper saw it lost first): left to resume elsewhere.
-    requeued = _running(store, "a", ttl=0.2)
-    time.sleep(0.5)
+    requeued = _lapsed(store, "a")
     assert store.transition(requeued.id, {RUNNING}, QUEUED, unleased=True)
     assert not record_crash(store, requeued.id, -9, "a")
     assert store.get(requeued.id).status == QUEUED

@@ -17,6 +17,28 @@ def _weights(stack, job_id):
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+def _resumed_run(stack, job_id: str, lost: str, after: int) -> int:
+    """The epoch where the run that took the job over from owner `lost` began, checked at its
+    first epoch: a run resumed from the checkpoint begins after the epochs done before it (at
+    least `after`). One that ignored the checkpoint would begin again at epoch 1, and its
+    records, written by position, would still read 1..n in the end."""
+    job = stack.wait(job_id, lambda j: j.worker not in (None, lost) and "run_first_epoch" in
+                     j.progress, 300, "the first epoch of the resumed run")
+    first = job.progress["run_first_epoch"]
+    assert first > after, f"the resumed run began at epoch {first}: {job.progress}"
+    return first
+
+
+def _epochs_by_run(history: list[dict], first: int) -> None:
+    """Every epoch from `first` on was recorded by the run that began there, tagged with its
+    first epoch; those before by the first run (or, checkpointed but not yet recorded when it
+    stopped, read back from its log untagged)."""
+    tags = [(r.get("attempt"), r.get("run_first_epoch")) for r in history]
+    resumed = set(tags[first - 1:])
+    assert len(resumed) == 1 and resumed.pop()[1] == first, tags
+    assert tags[0] == (1, 1) and set(tags[:first - 1]) <= {(1, 1), (None, None)}, tags
+
+
 def test_job_runs_to_a_published_bundle_with_progress(stack):
     stack.start_worker()
     job = stack.submit(rounds=2, epochs_per_round=2)
@@ -52,11 +74,14 @@ def test_kill9_of_the_worker_resumes_on_a_new_one_with_the_same_result(stack):
     lost = stack.store.get(job.id)
     assert lost.status == RUNNING  # nobody has noticed yet: the record says what it knows
     stack.start_worker()
+    first = _resumed_run(stack, job.id, lost.worker, after=2)
     done = stack.finished(job.id, 300)
     assert done.status == SUCCEEDED, done.error
     assert done.attempts == 2 and "lost" in (done.note or "")
-    epochs = [r["global_epoch"] for r in stack.store.history(job.id)]
-    assert epochs == list(range(1, 7))  # every epoch once: none lost, none run twice
+    history = stack.store.history(job.id)
+    assert [r["global_epoch"] for r in history] == list(range(1, 7))  # none lost
+    _epochs_by_run(history, first)  # none run twice
+    assert history[-1]["attempt"] == 2
     # The same job run without interruption ends with identical weights.
     again = stack.finished(stack.submit(**config).id, 300)
     assert again.status == SUCCEEDED
@@ -140,13 +165,17 @@ def test_invalid_jobs_are_refused_before_they_are_queued(redis_stack):
 def test_worker_shutdown_requeues_its_job_and_another_worker_finishes_it(redis_stack):
     first = redis_stack.start_worker()
     job = redis_stack.submit(rounds=2, epochs_per_round=3)
-    redis_stack.wait(job.id, lambda j: j.progress.get("global_epoch", 0) >= 1, what="epoch 1")
+    running = redis_stack.wait(job.id, lambda j: j.progress.get("global_epoch", 0) >= 1,
+                               what="epoch 1")
     first.stop(timeout=120)  # SIGTERM: a warm shutdown, as docker stop does
     requeued = redis_stack.store.get(job.id)
     assert requeued.status == QUEUED and "shut down" in requeued.note
     assert requeued.attempts == 0  # a shutdown is not a failed attempt
     redis_stack.start_worker()
+    resumed_at = _resumed_run(redis_stack, job.id, running.worker, after=1)
     done = redis_stack.finished(job.id)
     assert done.status == SUCCEEDED and done.attempts == 1
-    epochs = [r["global_epoch"] for r in redis_stack.store.history(job.id)]
-    assert epochs == list(range(1, 7))
+    history = redis_stack.store.history(job.id)
+    assert [r["global_epoch"] for r in history] == list(range(1, 7))
+    _epochs_by_run(history, resumed_at)
+    assert history[-1]["attempt"] == 1
