@@ -29,6 +29,7 @@ from service.bodies import JSON, MULTIPART
 from service.decoding import QUERY_FORMATS
 from service.errors import PROBLEM
 from service.limits import ID_MAX, Limits
+from service.routes.retrain import RetrainPolicyIn
 from service.routing import RouteInfo, flat_routes
 from service.schemas import (
     DATASET_NAME,
@@ -224,6 +225,13 @@ def _add_bodies(paths: dict[str, Any], schemas: dict[str, Any], app: FastAPI, li
     schemas["TrainRequest"] = train
     paths["/train"]["post"]["requestBody"] = _body({"$ref": REF.format(model="TrainRequest")},
                                                    None)
+    policy = _schema(RetrainPolicyIn, schemas)
+    policy["properties"]["config"] = {
+        "$ref": REF.format(model="TrainConfig"),
+        "description": RetrainPolicyIn.model_fields["config"].description}
+    schemas["RetrainPolicyIn"] = policy
+    paths["/datasets/{name}/retrain"]["put"]["requestBody"] = _body(
+        {"$ref": REF.format(model="RetrainPolicyIn")}, None)
 
     _add_item_bodies(paths, schemas, bodies, limits)
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -26,7 +28,7 @@ router = APIRouter(tags=["jobs"])
 JOB_PATH = Path(pattern=JOB_ID, description="A job id.")
 
 
-def _sorted_milestones(config: dict[str, Any]) -> dict[str, Any]:
+def sorted_milestones(config: dict[str, Any]) -> dict[str, Any]:
     """Milestones may come in any order here; they are kept sorted."""
     milestones = config.get("lr_milestones")
     if isinstance(milestones, list) and all(
@@ -35,21 +37,27 @@ def _sorted_milestones(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _submit(settings: ServiceSettings, store: StoreDep, enqueue: EnqueueDep,
-            body: TrainRequest) -> Job:
+@contextmanager
+def submission_problems(dataset: str) -> Iterator[None]:
     """The submission gate's refusals as answers: a config invalid on its own is the
     ConfigError handler's 422 (service.errors)."""
-    config = _sorted_milestones(body.config)
     try:
-        return submit(store, settings, enqueue, body.dataset, config, body.promote, strict=True)
+        yield
     except NoSuchDataset:
-        raise not_found(f"no dataset {body.dataset!r}") from None
+        raise not_found(f"no dataset {dataset!r}") from None
     except NoWorkerCanRun as exc:
         raise ProblemError(422, "No Worker Can Run It", exc.message) from None
     except (UnfitConfig, UnusableDataset) as exc:
         raise ProblemError(409, "Unusable Dataset", str(exc)) from None
     except NotQueued as exc:
         raise not_ready("the job queue is unreachable; the job was not started") from exc
+
+
+def _submit(settings: ServiceSettings, store: StoreDep, enqueue: EnqueueDep,
+            body: TrainRequest) -> Job:
+    with submission_problems(body.dataset):
+        return submit(store, settings, enqueue, body.dataset, sorted_milestones(body.config),
+                      body.promote, strict=True)
 
 
 @router.post("/train", status_code=202, response_model=JobPublic, dependencies=[Admin],

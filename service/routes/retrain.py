@@ -12,13 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import Admin, Reader
 from service.bodies import JSON, read_json, require_media
 from service.deps import SettingsDep, StoreDep
-from service.errors import invalid, not_found, problems
+from service.errors import not_found, problems
 from service.limits import JSON_BASE
 from service.retrain import status
+from service.routes.jobs import sorted_milestones, submission_problems
 from service.schemas import DATASET_NAME, Strict
 from state.retrain import DEFAULT_CONFIG, RetrainPolicy
-from trainer.config import TrainConfig
-from trainer.errors import ConfigError
+from worker.submit import check_job
 
 router = APIRouter(tags=["datasets"])
 NAME = PathParam(pattern=DATASET_NAME, description="A dataset name.")
@@ -77,7 +77,7 @@ def get_retrain(request: Request, settings: SettingsDep, store: StoreDep,
 
 
 @router.put("/datasets/{name}/retrain", response_model=RetrainPublic, dependencies=[Admin],
-            responses=problems(401, 403, 404, 413, 415, 422),
+            responses=problems(401, 403, 404, 409, 413, 415, 422),
             summary="Set the dataset's retrain policy (off by default)",
             description="With the policy on, once the change-log entries since the current "
             "model's training snapshot reach `changed_fraction` of its items, a job warm-"
@@ -87,16 +87,16 @@ async def put_retrain(request: Request, settings: SettingsDep, store: StoreDep,
                       name: str = NAME) -> RetrainPublic:
     require_media(request, JSON)
     body = await read_json(request, RetrainPolicyIn, JSON_BASE)
-    try:
-        TrainConfig.from_dict(body.config)
-    except ConfigError as exc:
-        raise invalid(f"config: {exc}") from None
+    config = sorted_milestones(body.config)
 
     def save() -> RetrainPublic:
-        if not (settings.data_root / name).exists():
-            raise not_found(f"no dataset {name!r}")
+        # The job it would start, checked as POST /train checks one (the current model's own
+        # config under it is checked again when the retrain is submitted).
+        with submission_problems(name):
+            check_job(store, settings, name, config, strict=True)
         kept = RetrainPolicy.from_dict(store.get_policy(name))  # what the checks recorded
-        policy = RetrainPolicy(**body.model_dump(), last_job=kept.last_job,
+        policy = RetrainPolicy(**(body.model_dump() | {"config": config}),
+                               last_job=kept.last_job,
                                last_enqueued_at=kept.last_enqueued_at, last_seq=kept.last_seq)
         store.put_policy(name, policy.to_dict())
         return _public(request, settings, store, name)

@@ -70,7 +70,7 @@ def test_each_key_opens_what_it_guards_and_nothing_else(keyed):
     for method, url, path in _requests(app):
         if path in PUBLIC:
             continue
-        mutating = method in ("POST", "DELETE") and path not in (
+        mutating = method in ("POST", "PUT", "DELETE") and path not in (
             "/embed", "/search", "/classify")
         for key in (READ, METRICS, ADMIN):
             r = client.request(method, url, headers=_auth(key))

@@ -90,7 +90,7 @@ def _operations(doc: dict):
 
 ADMIN_OPS = {"POST /datasets", "POST /train", "DELETE /jobs/{job_id}",
              "POST /models/{version}/promote", "POST /models/current/rollback", "POST /items",
-             "DELETE /items",
+             "DELETE /items", "PUT /datasets/{name}/retrain",
              "DELETE /items/{item_id}"}
 
 

@@ -122,13 +122,15 @@ def test_a_crash_fails_the_job_only_while_it_is_still_the_crashed_process_s(stor
 
 
 def test_records_of_an_older_version_read_with_the_new_fields_defaults(tmp_path, redis_server):
-    # SQLite: a table made before `committed` and `enqueued_at` existed gains them.
+    # SQLite: a table made before `committed`, `enqueued_at` and `gate` existed gains them,
+    # and its `promote` holds the bool it held then (1: make the model current).
     path = tmp_path / "old.sqlite3"
-    old_columns = [c for c in Job.__dataclass_fields__ if c not in ("committed", "enqueued_at")]
+    newer = ("committed", "enqueued_at", "gate")
+    old_columns = [c for c in Job.__dataclass_fields__ if c not in newer]
     job = Job.new("d", {})
     with sqlite3.connect(path) as db:
         db.execute(f"CREATE TABLE jobs ({', '.join(old_columns)})")
-        values = job.to_dict()
+        values = job.to_dict() | {"promote": True}
         db.execute(f"INSERT INTO jobs VALUES ({', '.join('?' for _ in old_columns)})",
                    [json.dumps(values[c]) if c in ("config", "progress") else values[c]
                     for c in old_columns])
@@ -136,10 +138,12 @@ def test_records_of_an_older_version_read_with_the_new_fields_defaults(tmp_path,
     # Redis: a hash written without them.
     redis_store = RedisJobStore(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}:")
     redis_store.create(job)
-    redis_store.r.hdel(redis_store._k("job", job.id), "committed", "enqueued_at")
+    redis_store.r.hdel(redis_store._k("job", job.id), *newer)
+    redis_store.r.hset(redis_store._k("job", job.id), "promote", json.dumps(True))
     for s in (sqlite_store, redis_store):
         got = s.get(job.id)
-        assert got.committed is False and got.enqueued_at is None
+        assert got.committed is False and got.enqueued_at is None and got.gate == {}
+        assert got.promote == "always"  # what true meant
         assert s.request_cancel(job.id).status == CANCELED
 
 

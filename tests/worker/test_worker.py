@@ -93,9 +93,11 @@ def test_kill9_of_the_worker_resumes_on_a_new_one_with_the_same_result(stack):
 def test_cancel_running_and_queued_jobs_through_the_api(stack):
     """DELETE /jobs/{id} stops a running job between batches, not at the end of its epoch.
     Small batches make an epoch many batches long, so the two differ in kind: the job ends
-    mid-epoch, with no epoch finished after the cancel, sooner than one epoch takes."""
+    mid-epoch, with no epoch finished after the cancel, sooner than one epoch takes. (160
+    batches: an epoch lasts seconds even on a fast machine, well past the heartbeat that
+    carries the cancel, HEARTBEAT_S = 0.3 s here.)"""
     api = stack.api()
-    tiny = write_tiny_dataset(stack.settings.data_root, train=320)
+    tiny = write_tiny_dataset(stack.settings.data_root, train=1280)
     stack.start_worker()
     running = stack.submit(tiny, **TINY, rounds=1, epochs_per_round=50, batch_size=8)
     queued = stack.submit(tiny, **TINY)
@@ -118,7 +120,7 @@ def test_cancel_running_and_queued_jobs_through_the_api(stack):
     state = torch.load(stack.settings.runs_root / running.id / "checkpoint.pt",
                        weights_only=False)
     batches = -(-len(state["order"]) // 8)
-    assert batches == 40  # an epoch is many batches long
+    assert batches == 160  # an epoch is many batches long
     # Stopped inside epoch 2, after at least one of its batches and before its last.
     assert (state["round"], state["epoch"]) == (0, 1) and 0 < state["step"] < batches, (
         state["step"], batches)
