@@ -4,13 +4,14 @@ import { clear, fmtPercent, fmtTime, h, hideProblem, showProblem } from "../ui.j
 
 function statusList(s) {
   const job = s.last_job
-    ? h("a", { href: `#/jobs/${encodeURIComponent(s.last_job)}` }, s.last_job.slice(0, 8)) : "–";
+    ? h("a", { href: `#/jobs/${encodeURIComponent(s.last_job)}` }, s.last_job.slice(0, 8)) : null;
   return h("dl", { class: "stats", id: "retrain-status" },
     h("div", {}, h("dt", {}, "Current model"), h("dd", {}, s.current_version || "–")),
     h("div", {}, h("dt", {}, "Changed since its training"),
       h("dd", {}, `${s.changed} of ${s.items} (${fmtPercent(s.fraction)})`)),
     h("div", {}, h("dt", {}, "Due"), h("dd", { id: "retrain-due" }, s.due ? "yes" : "no")),
-    h("div", {}, h("dt", {}, "Last retrain"), h("dd", {}, job, " ", fmtTime(s.last_enqueued_at))));
+    h("div", {}, h("dt", {}, "Last retrain"),
+      h("dd", {}, ...(s.last_job ? [job, " ", fmtTime(s.last_enqueued_at)] : ["none yet"]))));
 }
 
 export async function render(main, route) {
