@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from live.items import confined
 from live.merge import merge, net_changes
 from state.changes import ChangeLog
 from trainer.collection import Collection, Source
@@ -72,6 +73,9 @@ def training_collection(collection: Collection, changes: ChangeLog, dataset: str
                         dataset_root: Path, upto: int) -> Collection:
     """The dataset as the log left it at position `upto`."""
     added, deleted = net_changes(changes.changes_between(dataset, 0, upto))
-    items = [AddedItem(c.id, str(dataset_root / c.path), c.label) for c in added.values()
-             if c.path]
+    # An image that went missing is the loader's to report (on_corrupt); one outside the
+    # dataset is never read.
+    files = {c.id: confined(dataset_root, c.path) for c in added.values()}
+    items = [AddedItem(c.id, str(files[c.id]), c.label) for c in added.values()
+             if files[c.id] is not None]
     return with_changes(collection, items, deleted)

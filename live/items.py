@@ -20,3 +20,21 @@ def store_image(dataset_root: Path, data: bytes, suffix: str) -> str:
     name = f"{uuid.uuid4().hex}{suffix}"
     atomic_write_bytes(folder / name, data)
     return f"{ITEMS_DIR}/{name}"
+
+
+def confined(dataset_root: Path, path: str | None) -> Path | None:
+    """Where an added item's image belongs: `path` (from its change-log entry) relative to the
+    dataset root and inside it. None when the entry names no file, or a file outside the
+    dataset (`..`, an absolute path, a symlink out): a log entry is never trusted to point
+    anywhere else."""
+    if not path:
+        return None
+    root = dataset_root.resolve()
+    file = (root / path).resolve()
+    return file if file.is_relative_to(root) else None
+
+
+def added_image(dataset_root: Path, path: str | None) -> Path | None:
+    """The image file of an added item, when it is inside the dataset and there."""
+    file = confined(dataset_root, path)
+    return file if file is not None and file.is_file() else None

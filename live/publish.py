@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from live.items import added_image
 from live.merge import merge, net_changes
 from state.changes import Change, ChangeLog
 
@@ -56,12 +57,13 @@ def apply_to_embeddings(saved: dict[str, np.ndarray], entries: list[Change],
     added, deleted = net_changes(entries)
     files, new = [], []
     for change in added.values():
-        path = dataset_root / (change.path or "")
-        if change.path and path.is_file():
+        path = added_image(dataset_root, change.path)
+        if path is not None:
             files.append(path)
             new.append(change)
         else:
-            log.warning("added item %s: image %s is missing; left out", change.id, change.path)
+            log.warning("added item %s: image %s is not in the dataset; left out", change.id,
+                        change.path)
     vectors = embed_files(files) if files else np.zeros((0, saved["vectors"].shape[1]),
                                                         dtype=np.float32)
     # An add whose image is missing still replaces the item it names.

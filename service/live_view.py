@@ -18,6 +18,7 @@ import numpy as np
 
 from live.embed import embed_files
 from live.index import LiveIndex
+from live.items import added_image
 from live.merge import net_changes
 from live.publish import ADDED_FILE
 from state.changes import Change, ChangeLog
@@ -86,16 +87,19 @@ class LiveView:
         image cannot be read or decoded is left out."""
         root = self.dataset_root
         named: list[Change] = []
+        paths: list[Path] = []
         for change in entries:
-            if root is not None and change.path:
+            file = added_image(root, change.path) if root is not None else None
+            if file is not None:
                 named.append(change)
+                paths.append(file)
             else:
-                log.warning("item %s cannot be embedded again (no image); left out", change.id)
+                log.warning("item %s cannot be embedded again (no image in the dataset); left "
+                            "out", change.id)
 
         def unusable(pos: int, exc: Exception) -> None:
             log.warning("item %s cannot be embedded again (%s); left out", named[pos].id, exc)
 
-        paths = [root / c.path for c in named if root is not None and c.path]
         vectors, used = embed_files(self.bundle.model, paths, unusable)
         return vectors, [named[pos] for pos in used]
 
