@@ -33,11 +33,12 @@ from starlette.concurrency import run_in_threadpool
 from live.items import store_image
 from service.batcher import EmbedBatcher, Overloaded
 from service.decoding import QueryDecoder
-from service.errors import ProblemError, conflict, invalid, not_found
+from service.errors import ProblemError, conflict, insufficient_storage, invalid, not_found
 from service.limits import ID_MAX
 from service.live_view import LiveView
 from service.registry import Served
 from service.schemas import LABEL, LABEL_MAX, NEW_ITEM_ID
+from service.uploads import DiskFull, DiskGuard
 from state.changes import ADD, DELETE, Change, ChangeConflict
 from trainer.images import InvalidImage
 
@@ -106,7 +107,10 @@ def writable_view(served: Served) -> LiveView:
 
 
 async def add_items(served: Served, items: list[NewItem], upsert: bool,
-                    decoder: QueryDecoder, batcher: EmbedBatcher) -> list[Change]:
+                    decoder: QueryDecoder, batcher: EmbedBatcher, *,
+                    reserve: int) -> list[Change]:
+    """Embed, store and append `items`, all or nothing; `reserve`: the free disk (bytes) that
+    storing their images must leave (MIN_FREE_DISK_MB), else 507."""
     view = writable_view(served)
     seen: set[str] = set()
     for item in items:
@@ -128,7 +132,7 @@ async def add_items(served: Served, items: list[NewItem], upsert: bool,
                                headers={"Retry-After": "1"}) from None
     embedded = np.concatenate(vectors)
     return await run_in_threadpool(_commit, view, served.version, items, embedded, upsert,
-                                   request_token())
+                                   request_token(), reserve)
 
 
 def _read(items: list[NewItem]) -> list[bytes]:
@@ -171,13 +175,18 @@ def request_token() -> str:
 
 
 def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndarray,
-            upsert: bool, token: str) -> list[Change]:
+            upsert: bool, token: str, reserve: int) -> list[Change]:
     assert view.dataset_root is not None and view.changes is not None
     stored: list[Path] = []
+    disk = DiskGuard(view.dataset_root, reserve)
     try:
         changes = []
         for item, vector in zip(items, vectors, strict=True):
             data = item.read()
+            try:
+                disk.need(len(data))
+            except DiskFull as exc:
+                raise insufficient_storage(f"{exc}; nothing was added") from None
             path = store_image(view.dataset_root, data, _suffix(data))
             stored.append(view.dataset_root / path)
             changes.append(Change(ADD, item.id, label=item.label, path=path, vector=vector,

@@ -98,7 +98,8 @@ async def add(request: Request, response: Response, settings: SettingsDep, limit
         blobs = b64_images([i.image for i in body.items], limits)
         items = [NewItem(i.id, blob, i.label) for i, blob in zip(body.items, blobs,
                                                                    strict=True)]
-        changes = await add_items(served, items, upsert, decoder, batcher)
+        changes = await add_items(served, items, upsert, decoder, batcher,
+                                  reserve=settings.min_free_disk_mb * MIB)
     else:
         form = await read_form(request, form_fields(limits), {"files", "archive"})
         changes = await _add_form(form, request, settings, limits, served, upsert, decoder,
@@ -121,7 +122,8 @@ async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
         raise invalid_form("send image files in `files`, or one archive in `archive`")
     if not archives:
         items = await _file_items(files, texts, prefix, label, limits)
-        return await add_items(served, items, upsert, decoder, batcher)
+        return await add_items(served, items, upsert, decoder, batcher,
+                               reserve=settings.min_free_disk_mb * MIB)
     if texts["ids"] or texts["labels"]:
         raise invalid_form("an archive's ids come from its entries' paths (under `prefix`); "
                            "`ids` and `labels` go with `files`")
@@ -136,7 +138,8 @@ async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
     try:
         items = await run_in_threadpool(_archive_items, archives[0], prefix, label, settings,
                                         limits, work)
-        return await add_items(served, items, upsert, decoder, batcher)
+        return await add_items(served, items, upsert, decoder, batcher,
+                               reserve=settings.min_free_disk_mb * MIB)
     finally:
         await run_in_threadpool(remove_tree, work)
         gate.release()

@@ -312,3 +312,17 @@ def test_the_new_id_pattern_is_exactly_the_id_rule():
             continue
         refused = unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
         assert (pattern.fullmatch(f"a{char}b") is None) == refused, hex(code)
+
+
+def test_an_add_that_would_leave_too_little_disk_is_refused_and_stores_nothing(
+        tmp_path, models_template):
+    settings = make_settings(tmp_path, models_template, min_free_disk_mb=10**9)  # a petabyte
+    with zipfile.ZipFile(CIFAR_SLICE) as z:
+        z.extractall(settings.data_root / "cifar-slice")
+    with TestClient(create_app(settings, enqueue=lambda j: None)) as c:
+        r = c.post("/items", headers=AUTH, data={"ids": "full/a.png"},
+                   files=[("files", ("a.png", _png(), "image/png"))])
+        _problem(r, 507, "MIN_FREE_DISK_MB")
+        assert c.get("/items/full/a.png").status_code == 404
+    added = settings.data_root / "cifar-slice" / ".items"
+    assert not added.exists() or list(added.iterdir()) == []
