@@ -17,7 +17,9 @@ from service.limits import JSON_BASE
 from service.retrain import status
 from service.routes.jobs import sorted_milestones, submission_problems
 from service.schemas import DATASET_NAME, Strict
+from state.datasets import dataset_path
 from state.retrain import DEFAULT_CONFIG, RetrainPolicy
+from trainer.errors import DatasetError
 from worker.submit import check_job
 
 router = APIRouter(tags=["datasets"])
@@ -57,8 +59,10 @@ class RetrainPublic(BaseModel):
 
 def _public(request: Request, settings: SettingsDep, store: StoreDep,
             dataset: str) -> RetrainPublic:
-    if not (settings.data_root / dataset).exists():
-        raise not_found(f"no dataset {dataset!r}")
+    try:
+        dataset_path(settings, dataset)  # the data root's one rule for where a dataset is
+    except DatasetError:
+        raise not_found(f"no dataset {dataset!r}") from None
     now = status(settings, store, request.app.state.changes, dataset)
     p, d = now.policy, now.decision
     return RetrainPublic(dataset=dataset, enabled=p.enabled, changed_fraction=p.changed_fraction,
