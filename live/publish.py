@@ -83,12 +83,15 @@ def apply_to_embeddings(saved: dict[str, np.ndarray], entries: list[Change],
 
 def publish_options(run_dir: Path, changes: ChangeLog, dataset: str, dataset_root: Path,
                     snapshot: int, upto: int, embed_files: Callable[[list[Path]], np.ndarray],
-                    init_from: str | None = None) -> PublishOptions:
+                    init_from: str | None = None,
+                    base_added: dict[str, str] | None = None) -> PublishOptions:
     """What publishing a run with the log applied up to `upto` records: the run's embeddings
     with the changes made since its `snapshot` (added images embedded by the new encoder), the
-    position covered, and the images of every item the log added."""
-    everything = changes.changes_between(dataset, 0, upto)
-    after = [c for c in everything if c.seq > snapshot]
+    position covered, and the images of every item the log added. Only the entries after the
+    snapshot are read: `base_added` (id -> image) are the items the log had added by then."""
+    after = changes.changes_between(dataset, snapshot, upto)
+    if base_added is None:  # a run folder from before snapshots listed them
+        base_added = added_images(changes.changes_between(dataset, 0, snapshot))
     embeddings = None
     with np.load(run_dir / "embeddings.npz") as saved:
         if after:
@@ -99,8 +102,14 @@ def publish_options(run_dir: Path, changes: ChangeLog, dataset: str, dataset_roo
             indexed = {str(i) for i in arrays["ids"]}
         else:
             indexed = {str(i) for i in saved["ids"]}
-    added, _ = net_changes(everything)
+    _, deleted = net_changes(after)
+    paths = {i: p for i, p in base_added.items() if i not in deleted} | added_images(after)
     return PublishOptions(changes_seq=upto, snapshot_seq=snapshot, embeddings=embeddings,
                           init_from=init_from,
-                          added_paths={i: c.path for i, c in added.items()
-                                       if c.path and i in indexed})
+                          added_paths={i: p for i, p in paths.items() if i in indexed})
+
+
+def added_images(entries: list[Change]) -> dict[str, str]:
+    """id -> image of the items that `entries`, applied in order, leave added."""
+    added, _ = net_changes(entries)
+    return {i: c.path for i, c in added.items() if c.path}

@@ -154,7 +154,7 @@ class ModelRegistry:
         self._loader = _Loader()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._orphans = OrphanSweeper()
+        self._orphans = OrphanSweeper(self.models_root)
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:

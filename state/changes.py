@@ -21,6 +21,16 @@ An entry that cannot be read (damaged, or written by a newer format) is set asid
 readers get the entries around it, the page they read names it (`ChangePage.set_aside`) and
 the store records its problem once (`ChangeLog.set_aside`), so one bad entry stalls no replica
 and breaks no model version.
+
+Compaction (`ChangeLog.compact(dataset, upto)`) keeps, among the entries up to `upto`, only
+each id's last one: an add later replaced or deleted, or a delete later undone by an add, is
+dropped. Every reader applies entries in order and keeps each id's last state, so replaying the
+compacted log from any position gives the collection that replaying the whole log gave at every
+position from `upto` on: a replica or a version loaded later rebuilds the same collection, and
+so does a job whose snapshot is at `upto` or after (the floor of a compaction is the lowest
+snapshot still needed: worker/live.py). Deletes stay (an id of the dataset's own files deleted
+must stay deleted), entries that cannot be read stay (their id is unknown), seqs never change,
+and the newest entry is always an id's last: the log's position is kept.
 """
 
 from __future__ import annotations
@@ -211,6 +221,55 @@ class ChangeLog(ABC):
     @abstractmethod
     def item_state(self, dataset: str, item: str) -> dict[str, Any] | None:
         """The latest state the log holds for an id (see Change.state), or None."""
+
+    @abstractmethod
+    def _drop(self, dataset: str, seqs: list[int]) -> None:
+        """Remove the entries `seqs` in one atomic step."""
+
+    def compact(self, dataset: str, upto: int, chunk: int = 1000) -> list[Change]:
+        """Drop the entries with seq <= `upto` that a later entry of the same id (also <=
+        `upto`) supersedes; returns them, without vectors, once their removal committed. Any
+        subset of them dropped leaves a valid log too, so the drops commit a chunk at a time."""
+        last: dict[str, int] = {}
+        seen: list[Change] = []
+        after = 0
+        while after < upto:
+            rows = self._rows(dataset, after, chunk)
+            for seq, raw in rows:
+                if seq > upto:
+                    break
+                try:
+                    change = parse_entry(seq, raw)
+                except EntryProblem:
+                    continue  # set aside, and kept: its id is unknown
+                change.vector = None
+                seen.append(change)
+                last[change.id] = seq
+            if len(rows) < chunk or rows[-1][0] >= upto:
+                break
+            after = rows[-1][0]
+        superseded = [c for c in seen if last[c.id] != c.seq]
+        for start in range(0, len(superseded), chunk):
+            self._drop(dataset, [c.seq for c in superseded[start:start + chunk]])
+        return superseded
+
+    def image_paths(self, dataset: str, chunk: int = 1000) -> set[str]:
+        """The images the log's adds name (read without decoding a vector)."""
+        paths: set[str] = set()
+        after = 0
+        while True:
+            rows = self._rows(dataset, after, chunk)
+            for _, raw in rows:
+                try:
+                    data = json.loads(raw)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                if isinstance(data, dict) and data.get("op") == ADD and isinstance(
+                        data.get("path"), str):
+                    paths.add(data["path"])
+            if len(rows) < chunk:
+                return paths
+            after = rows[-1][0]
 
     def changes_between(self, dataset: str, after: int, upto: int) -> list[Change]:
         out: list[Change] = []

@@ -65,6 +65,13 @@ class RedisChangeLog(ChangeLog):
             self._k(dataset, "log"), f"({after}", "+inf", start=0, num=limit, withscores=True)
         return [(int(score), raw) for raw, score in rows]
 
+    def _drop(self, dataset: str, seqs: list[int]) -> None:
+        key = self._k(dataset, "log")
+        with self.r.pipeline(transaction=True) as pipe:
+            for seq in seqs:
+                pipe.zremrangebyscore(key, seq, seq)
+            pipe.execute()
+
     def _record_set_aside(self, dataset: str, seq: int, problem: str) -> None:
         self.r.hsetnx(self._k(dataset, "set_aside"), str(seq),
                       json.dumps({"problem": problem, "at": time.time()}))

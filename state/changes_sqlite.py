@@ -88,6 +88,19 @@ class SqliteChangeLog(ChangeLog):
             return db.execute("SELECT seq, payload FROM changes WHERE dataset = ? AND seq > ? "
                               "ORDER BY seq LIMIT ?", (dataset, after, limit)).fetchall()
 
+    def _drop(self, dataset: str, seqs: list[int]) -> None:
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(seqs), 500):
+                    chunk = seqs[start:start + 500]
+                    db.execute(f"DELETE FROM changes WHERE dataset = ? AND seq IN "
+                               f"({', '.join('?' for _ in chunk)})", [dataset, *chunk])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
     def _record_set_aside(self, dataset: str, seq: int, problem: str) -> None:
         with self._db() as db:
             db.execute("INSERT OR IGNORE INTO change_set_aside (dataset, seq, problem, at) "

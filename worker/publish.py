@@ -8,6 +8,9 @@
                     lease and no cancel is requested; from here on a cancel is refused (409)
     set_current:    only after the commit, so a job canceled before it never becomes current,
                     and only when the verdict says so
+    compact:        last, the change log is compacted up to what the bundle and the other
+                    jobs no longer need (worker/live.py); a failure there is logged, never the
+                    job's: the next publish compacts again
 
 Publishing is idempotent: the version is the job's own (bundle_version), and a valid bundle of
 that version already there (an earlier attempt, or a worker that lost the job but finished
@@ -42,10 +45,12 @@ def bundle_version(job: Job) -> str:
 
 def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
             between_phases: Callable[[], None],
-            prepare: Callable[[], PublishOptions] | None = None) -> str:
+            prepare: Callable[[], PublishOptions] | None = None,
+            compact: Callable[[], object] | None = None) -> str:
     """Publish the finished run of `job`; returns its version. `prepare()` gives what the
-    bundle records of the live collection's changes (live/publish.py). Raises
-    TrainingStopped (canceled) or LeaseLost."""
+    bundle records of the live collection's changes (live/publish.py), `compact()` compacts
+    its change log once the bundle is committed. Raises TrainingStopped (canceled) or
+    LeaseLost."""
     version = bundle_version(job)
     store = recorder.store
     try:
@@ -83,4 +88,10 @@ def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
     else:
         log.info("job %s: model %s published as a candidate, not current: %s", job.id,
                  version, gate.get("reason"))
+    if compact is not None:
+        try:
+            compact()
+        except Exception:  # the bundle is published; the log stays as it was
+            log.exception("job %s: compacting the change log of %r failed", job.id,
+                          job.dataset)
     return version

@@ -95,7 +95,7 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
     from trainer.data import open_collection
     from trainer.errors import RankFailed, TrainerError, TrainingStopped
     from trainer.launcher import run_training
-    from worker.live import snapshot_seq
+    from worker.live import compact_after_publish, take_snapshot
     from worker.publish import publish
 
     run_dir = settings.runs_root / job.id
@@ -155,9 +155,9 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
         # in, deleted ones out; the same snapshot when the job resumes.
         changes = open_changes(settings)
         run_dir.mkdir(parents=True, exist_ok=True)
-        snapshot = recorder.retrying(lambda: snapshot_seq(run_dir, changes, job.dataset))
+        snapshot = recorder.retrying(lambda: take_snapshot(run_dir, changes, job.dataset))
         collection = recorder.retrying(lambda: training_collection(
-            collection, changes, job.dataset, root, snapshot))
+            collection, changes, job.dataset, root, snapshot.seq))
         weights = warm_start.resolve(config.init_from, settings.models_root,
                                      settings.data_root) if config.init_from else None
         # gpus=k: this process is rank 0 (callbacks, lease, cancel) and starts k-1 more; each
@@ -171,10 +171,12 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
             upto = recorder.retrying(lambda: changes.last_seq(job.dataset))
             embed = embed_files_with(run_dir / "encoder.pt", config.device, config.precision)
             return recorder.retrying(lambda: publish_options(
-                run_dir, changes, job.dataset, root, snapshot, upto, embed,
-                init_from=config.init_from or None))
+                run_dir, changes, job.dataset, root, snapshot.seq, upto, embed,
+                init_from=config.init_from or None, base_added=snapshot.added))
 
-        version = publish(job, run_dir, settings, recorder, between_phases, with_changes)
+        version = publish(job, run_dir, settings, recorder, between_phases, with_changes,
+                          lambda: compact_after_publish(settings, recorder.store, changes, job,
+                                                        snapshot))
         recorder.finish(SUCCEEDED, model_version=version, finished_at=time.time(),
                         progress={**progress, "phase": "done", "metrics": result.metrics})
         return SUCCEEDED

@@ -155,3 +155,76 @@ def test_an_entry_that_cannot_be_read_is_set_aside(log):
         with log._db() as db:
             db.execute("UPDATE change_items SET state = '[1' WHERE dataset = 'd' AND id = 'e'")
     assert log.item_state("d", "e") is None and log.item_state("d", "a")["state"] == "deleted"
+
+
+
+def _held(log, dataset: str, upto: int | None = None, after: int = 0,
+          start: dict[str, str | None] | None = None) -> dict[str, str | None]:
+    """What a reader that held `start` (id -> label) at position `after` holds once it has
+    applied the log (up to `upto`): every id's last state."""
+    held = dict(start or {})
+    for change in log.changes_between(dataset, after, log.last_seq(dataset) if upto is None
+                                      else upto):
+        if change.op == ADD:
+            held[change.id] = change.label
+        else:
+            held.pop(change.id, None)
+    return held
+
+
+def test_compaction_keeps_each_ids_last_entry_and_every_reader_converges(log):
+    """Superseded entries up to the floor go; a reader that held the collection at any
+    position (the start, below the floor, at it, after it) ends with the collection that the
+    whole log gave it."""
+    log.append("d", [_add("a", "cat"), _add("b"), _add("c")], known={})  # 1 2 3
+    log.append("d", [_add("a", "dog")], known={}, upsert=True)  # 4: replaces 1
+    log.append("d", [Change(DELETE, "b"), Change(DELETE, "base.jpg")],
+               known={"base.jpg": True})  # 5 6
+    _inject(log, "d", 7, "{damaged")
+    log.append("d", [_add("b", "new"), _add("c", "late")], known={}, upsert=True)  # 8 9
+    log.append("other", [_add("a"), Change(DELETE, "a")], known={}, token="req-1")
+    base = {"base.jpg": None}
+    held_at = {p: _held(log, "d", p, start=base) for p in range(10)}
+    final = held_at[9]
+    assert final == {"a": "dog", "b": "new", "c": "late"}
+
+    dropped = log.compact("d", 6)
+    assert sorted((c.seq, c.op, c.id) for c in dropped) == [(1, ADD, "a"), (2, ADD, "b")]
+    assert all(c.vector is None for c in dropped) and dropped[0].path == ".items/a"
+    # 3 stays (c's last entry up to 6: it is replaced at 9, after the floor), 5 too (b's
+    # delete, undone at 8); the damaged entry stays; the log's position and the other
+    # dataset's log are untouched.
+    assert [c.seq for c in log.since("d", 0)] == [3, 4, 5, 6, 8, 9]
+    assert 7 in log.set_aside("d") and log.last_seq("d") == 9
+    assert [c.seq for c in log.since("other", 0)] == [1, 2]
+    for p in range(10):
+        assert _held(log, "d", after=p, start=held_at[p]) == final, p
+    assert _held(log, "d", 6, start=base) == held_at[6]  # a snapshot at the floor
+    assert log.image_paths("d") == {".items/a", ".items/b", ".items/c"}
+    assert log.item_state("d", "a")["seq"] == 4
+    assert log.compact("d", 6) == []  # idempotent
+
+    # Up to the newest entry: every id keeps one entry, the position stays.
+    assert [c.seq for c in log.compact("d", 9)] == [3, 5]
+    assert [c.seq for c in log.since("d", 0)] == [4, 6, 8, 9] and log.last_seq("d") == 9
+    for p in range(10):
+        assert _held(log, "d", after=p, start=held_at[p]) == final, p
+    # Appends go on from the same position; a retried request still finds its seqs.
+    assert [c.seq for c in log.append("d", [_add("z")], known={})] == [10]
+    log.compact("other", 2)
+    assert [c.seq for c in log.append("other", [_add("a")], known={}, token="req-1")] == [1]
+    assert [(c.seq, c.op) for c in log.since("other", 0)] == [(2, DELETE)]
+
+
+def test_compaction_reads_pages_and_commits_in_chunks(log):
+    for n in range(1, 60):
+        item = f"x{n % 7}"
+        state = log.item_state("d", item)
+        if state and state["state"] == "live" and n % 3 == 0:
+            log.append("d", [Change(DELETE, item)], known={})
+        else:
+            log.append("d", [_add(item, str(n))], known={}, upsert=True)
+    before = _held(log, "d")
+    dropped = log.compact("d", 59, chunk=4)
+    assert len(dropped) == 59 - 7 and len(log.since("d", 0)) == 7
+    assert _held(log, "d") == before and log.last_seq("d") == 59
