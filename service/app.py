@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import console, contract, errors
-from service.batcher import EmbedBatcher, cpu_workers
+from service.batcher import BULK_NICE, EmbedBatcher, cpu_workers
 from service.decoding import QueryDecoder
 from service.limits import Gate, Limits
 from service.metrics import Metrics, MetricsMiddleware
@@ -44,10 +44,6 @@ from state.stores import open_changes, open_store
 from worker.submit import submit
 
 log = logging.getLogger(__name__)
-
-# Scheduling priority of the threads that embed collection adds (0 normal, 19 lowest): low
-# enough that a query's threads win a core at once, while idle cores still run the adds.
-BULK_NICE = 10
 
 DESCRIPTION = """
 Image embeddings learned without labels by **Anchor Neighbourhood Discovery** (AND,

@@ -37,6 +37,10 @@ from trainer.encoder_file import EmbeddingModel
 
 log = logging.getLogger(__name__)
 PEAK_WINDOW_S = 0.5
+# Scheduling priority of the low-priority lane (0 normal, 19 lowest): the threads that embed
+# collection adds and catch older versions up with the change log. Low enough that a query's
+# threads win a core at once, while idle cores still run the lane.
+BULK_NICE = 10
 
 
 @dataclass

@@ -8,8 +8,8 @@
 - Security: a route declares the bearer scheme only where its guard is in force with these
   settings; 401 and 403 are listed only there.
 - Responses: every status a route can answer (500 everywhere), the headers that come with them
-  (Location, X-Model-Version, Retry-After, WWW-Authenticate), and links from the answers that
-  name ids to the routes that take them.
+  (Location, X-Model-Version, X-Changes-Seq, Retry-After, WWW-Authenticate), and links from
+  the answers that name ids to the routes that take them.
 
 The document is rebuilt when the current model changes (its dimension and example ids are in
 it), and cached otherwise.
@@ -336,6 +336,8 @@ def _complete_operation(op: dict[str, Any], secured: bool, method: str) -> None:
         elif status == "200" and _names_version(response):
             headers["X-Model-Version"] = copy.deepcopy(HEADER) | {
                 "description": "The model version that answered."}
+            headers["X-Changes-Seq"] = copy.deepcopy(HEADER) | {
+                "description": "The change-log position its collection had reached."}
         if not headers:
             response.pop("headers")
     if "422" in responses:

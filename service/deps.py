@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 
 from service.batcher import EmbedBatcher
 from service.decoding import QueryDecoder
@@ -90,3 +90,10 @@ async def served_model(registry: ModelRegistry, version: str | None) -> Served:
         raise not_found(f"no model version {version!r}") from None
     except (BrokenVersion, TooManyLoads) as exc:
         raise not_ready(str(exc), retry_after_s=max(1, math.ceil(exc.retry_in_s))) from None
+
+
+def stamp(response: Response, served: Served) -> None:
+    """Name what answered: the model version, and the change-log position its collection had
+    reached (an older version catches up on demand: service/catch_up.py)."""
+    response.headers["X-Model-Version"] = served.version
+    response.headers["X-Changes-Seq"] = str(served.live.applied)

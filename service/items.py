@@ -5,8 +5,9 @@ written into the dataset (fsynced), and only then are the request's entries appe
 change log in one atomic step: that append is the commit. A request that fails before it
 leaves no entry (its files are removed); a process killed before it leaves at most files that
 no entry names; one killed after it has every item in. The answer comes after the append and
-after this replica applied it, so a write is visible at once where it was made, and on the
-other replicas within MODEL_POLL_S.
+after this replica applied it to the version written through (the registry's `caught_up`: an
+older version on the low-priority lane), so a write is visible at once where it was made, and
+on the other replicas within MODEL_POLL_S.
 
 Every request appends with a token of its own, so the log's retry after a lost reply finds the
 request's entries instead of conflicting with them (state/changes.py). When the append fails in
@@ -36,7 +37,7 @@ from service.decoding import QueryDecoder
 from service.errors import ProblemError, conflict, insufficient_storage, invalid, not_found
 from service.limits import ID_MAX
 from service.live_view import LiveView
-from service.registry import Served
+from service.registry import ModelRegistry, Served
 from service.schemas import LABEL, LABEL_MAX, NEW_ITEM_ID
 from service.uploads import DiskFull, DiskGuard
 from state.changes import ADD, DELETE, Change, ChangeConflict
@@ -106,8 +107,8 @@ def writable_view(served: Served) -> LiveView:
     return view
 
 
-async def add_items(served: Served, items: list[NewItem], upsert: bool,
-                    decoder: QueryDecoder, batcher: EmbedBatcher, *,
+async def add_items(registry: ModelRegistry, served: Served, items: list[NewItem],
+                    upsert: bool, decoder: QueryDecoder, batcher: EmbedBatcher, *,
                     reserve: int) -> list[Change]:
     """Embed, store and append `items`, all or nothing; `reserve`: the free disk (bytes) that
     storing their images must leave (MIN_FREE_DISK_MB), else 507."""
@@ -131,8 +132,10 @@ async def add_items(served: Served, items: list[NewItem], upsert: bool,
             raise ProblemError(503, "Service Unavailable", str(exc),
                                headers={"Retry-After": "1"}) from None
     embedded = np.concatenate(vectors)
-    return await run_in_threadpool(_commit, view, served.version, items, embedded, upsert,
-                                   request_token(), reserve)
+    changes = await run_in_threadpool(_commit, view, served.version, items, embedded, upsert,
+                                      request_token(), reserve)
+    await registry.caught_up(served)
+    return changes
 
 
 def _read(items: list[NewItem]) -> list[bytes]:
@@ -207,26 +210,29 @@ def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndar
         log.warning("adding %d items to %r failed with an unknown outcome; their images are "
                     "kept", len(changes), view.dataset)
         raise
-    view.catch_up()
     return changes
 
 
-def delete_items(served: Served, ids: list[str]) -> list[Change]:
+async def delete_items(registry: ModelRegistry, served: Served, ids: list[str]) -> list[Change]:
     """Delete `ids` (all or none: 404 when one is not in the collection)."""
     view = writable_view(served)
     for item in ids:
         check_id(item)
+    changes = await run_in_threadpool(_delete, view, ids)
+    await registry.caught_up(served)
+    return changes
+
+
+def _delete(view: LiveView, ids: list[str]) -> list[Change]:
     assert view.changes is not None
     known = {item: item in view.index for item in ids}
     try:
-        changes = view.changes.append(view.dataset, [Change(DELETE, i) for i in
-                                                     dict.fromkeys(ids)], known,
-                                      token=request_token())
+        return view.changes.append(view.dataset, [Change(DELETE, i) for i in
+                                                  dict.fromkeys(ids)], known,
+                                   token=request_token())
     except ChangeConflict as exc:
         raise not_found(f"no item {exc.item!r} in dataset {view.dataset!r}; nothing was "
                         "deleted") from None
-    view.catch_up()
-    return changes
 
 
 def _suffix(data: bytes) -> str:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,9 @@ class LiveView:
         self.index = LiveIndex(bundle.index, bundle.vectors, bundle.ids, bundle.labels,
                                bundle.classes)
         self.applied = int(bundle.manifest.get("changes_seq") or 0)
+        # When the last catch-up began reading (monotonic): everything appended before then
+        # is applied.
+        self.caught_up_at = -math.inf
         # Items added through the log, by id: their image under the dataset root.
         self.paths: dict[str, str] = _added_paths(bundle.path)
         self._lock = threading.Lock()  # one thread applies entries at a time, in order
@@ -52,6 +57,7 @@ class LiveView:
         if self.changes is None or not self.dataset:
             return self.applied
         with self._lock:
+            began = time.monotonic()
             while True:
                 page = self.changes.since(self.dataset, self.applied, PAGE)
                 if page:
@@ -59,6 +65,7 @@ class LiveView:
                 # Past the entries set aside as unreadable too: they are recorded, not retried.
                 reached = max(page.last_read, page[-1].seq if page else 0)
                 if reached <= self.applied:
+                    self.caught_up_at = began
                     return self.applied
                 self.applied = reached
 

@@ -7,8 +7,10 @@ two versions.
 
 Requests may also pin another version. Reading a loaded version takes no lock: the current
 model is one reference and the cache of other versions a dict that is replaced, never changed
-in place. Every load runs on one loader thread, never on the event loop; a request that needs a
-version being loaded awaits that same load. The cache keeps MODEL_CACHE_SIZE versions besides
+in place. Only the current version follows the change log on the watch thread; an older one
+catches up when a request names it, on the low-priority lane (service/catch_up.py). Every
+load runs on one loader thread, never on the event loop; a request that needs a version being
+loaded awaits that same load. The cache keeps MODEL_CACHE_SIZE versions besides
 the current one (least recently used dropped first), pinned loads are limited to
 MODEL_LOADS_PER_MIN (bursts of 2), and a bundle that fails to load is not tried again before a
 back-off (1 s doubling to 60 s) has passed, however many requests ask for it.
@@ -18,15 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
 
 from live.index import LiveIndex
+from service.batcher import BULK_NICE
+from service.catch_up import CatchUpLane, SerialThread
 from service.live_view import LiveView
 from service.orphans import OrphanSweeper
 from state.changes import ChangeLog
@@ -96,37 +98,6 @@ class _LoadThrottle:
         return (1 - self.tokens) / self.rate
 
 
-class _Loader:
-    """One daemon thread that runs loads in order (a load stuck on a slow disk never holds
-    up the process's exit, as a thread pool's worker would)."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
-            queue.Queue())
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        self._queue.put((future, fn, args))
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="model-load",
-                                                daemon=True)
-                self._thread.start()
-        return future
-
-    def _run(self) -> None:
-        while True:
-            future, fn, args = self._queue.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to whoever waits for this load
-                future.set_exception(exc)
-
-
 class ModelRegistry:
     def __init__(self, models_root: Path, device: str = "auto", poll_s: float = 1.0,
                  on_swap: Callable[[str], None] | None = None, cache_size: int = 2,
@@ -151,7 +122,8 @@ class ModelRegistry:
         self._inflight: dict[tuple[str, bool], Future[Served]] = {}
         self._throttle = _LoadThrottle(loads_per_min)
         self._lock = threading.Lock()  # guards the bookkeeping above; never held while loading
-        self._loader = _Loader()
+        self._loader = SerialThread("model-load")
+        self._lane = CatchUpLane(poll_s, BULK_NICE)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._orphans = OrphanSweeper(self.models_root)
@@ -181,21 +153,23 @@ class ModelRegistry:
                                       if s is not None)
 
     def sync_views(self) -> None:
-        """Apply the change log's new entries to every loaded version, and compact an index
-        whose changes passed their threshold (on a thread of its own: polling goes on)."""
-        loaded = [self.current, *self._cached.values()]
-        for served in (s for s in loaded if s is not None):
-            try:
-                served.live.catch_up()
-            except Exception:  # a store blip: the next poll tries again
-                log.exception("applying changes to model %s failed", served.version)
-                continue
-            running = self._rebuilds.get(served.version)
-            if served.index.rebuild_due() and (running is None or not running.is_alive()):
-                thread = threading.Thread(target=self._rebuild, args=(served,),
-                                          name=f"rebuild-{served.version}", daemon=True)
-                self._rebuilds[served.version] = thread
-                thread.start()
+        """Apply the change log's new entries to the current version, and compact its index
+        once its changes pass their threshold (on a thread of its own: polling goes on). Older
+        versions catch up when a request names them (get)."""
+        served = self.current
+        if served is None:
+            return
+        try:
+            served.live.catch_up()
+        except Exception:  # a store blip: the next poll tries again
+            log.exception("applying changes to model %s failed", served.version)
+            return
+        running = self._rebuilds.get(served.version)
+        if served.index.rebuild_due() and (running is None or not running.is_alive()):
+            thread = threading.Thread(target=self._rebuild, args=(served,),
+                                      name=f"rebuild-{served.version}", daemon=True)
+            self._rebuilds[served.version] = thread
+            thread.start()
 
     @staticmethod
     def _rebuild(served: Served) -> None:
@@ -216,13 +190,23 @@ class ModelRegistry:
         return served
 
     async def get(self, version: str | None = None) -> Served:
-        """The bundle a request uses: loaded already, or loaded now off the event loop."""
+        """The bundle a request uses: loaded already, or loaded now off the event loop; an
+        older version caught up with the log first (service/catch_up.py)."""
         served = self.peek(version)
-        if served is not None:
-            return served
-        if version is None:
-            return await asyncio.wrap_future(self._current_future())
-        return await asyncio.wrap_future(self._pinned_future(version))
+        if served is None:
+            served = await asyncio.wrap_future(self._current_future() if version is None
+                                               else self._pinned_future(version))
+        if served is not self.current:
+            await self._lane.caught_up(served.live)
+        return served
+
+    async def caught_up(self, served: Served) -> None:
+        """Return once `served` has applied every entry appended so far (after a write made
+        through it): the current version at once, an older one on the low-priority lane."""
+        if served is self.current:
+            await asyncio.to_thread(served.live.catch_up)
+        else:
+            await self._lane.caught_up(served.live, force=True)
 
     # --- loading (the loader thread) -------------------------------------------------------
     def refresh(self, force: bool = False) -> str | None:
@@ -283,14 +267,15 @@ class ModelRegistry:
         entry = self._broken.get(version)
         return 0.0 if entry is None else entry[0] - time.monotonic()
 
-    def _load(self, version: str) -> Served:
+    def _load(self, version: str, current: bool) -> Served:
         try:
             bundle = Bundle.load(self.models_root, version, device=self.device)
             served = Served(bundle, self.changes,
                             self.dataset_root(str(bundle.manifest.get("dataset") or "")))
-            # Served only once every change made since it was published is applied: after a
-            # swap nothing added is missing and nothing deleted is back.
-            served.live.catch_up()
+            if current:
+                # Served only once every change made since it was published is applied: after
+                # a swap nothing added is missing and nothing deleted is back.
+                served.live.catch_up()
         except Exception as exc:
             failures = self._broken.get(version, (0.0, 0))[1] + 1
             delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (failures - 1))
@@ -309,11 +294,13 @@ class ModelRegistry:
         served = self._cached.get(version)
         if served is None:
             try:
-                served = self._load(version)
+                served = self._load(version, current=True)
             except BrokenVersion:
                 # A bad bundle never replaces a good one.
                 self.last_error = f"model {version} cannot be loaded"
                 raise
+        else:
+            served.live.catch_up()  # it stopped following the log when it stopped being current
         with self._lock:
             previous = self.current
             self.current = served  # the swap: one reference assignment
@@ -331,7 +318,7 @@ class ModelRegistry:
         served = self.peek(version)
         if served is not None:
             return served
-        served = self._load(version)
+        served = self._load(version, current=False)
         with self._lock:
             self._used[version] = time.monotonic()
             self._cached = self._trim({**self._cached, version: served})

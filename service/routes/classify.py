@@ -16,7 +16,15 @@ from service.bodies import (
     read_json,
     require_media,
 )
-from service.deps import BatcherDep, BodiesDep, DecoderDep, LimitsDep, RegistryDep, served_model
+from service.deps import (
+    BatcherDep,
+    BodiesDep,
+    DecoderDep,
+    LimitsDep,
+    RegistryDep,
+    served_model,
+    stamp,
+)
 from service.errors import ProblemError, invalid, not_found, problems
 from service.registry import Served
 from service.routes.retrieval import (
@@ -25,7 +33,6 @@ from service.routes.retrieval import (
     check_k,
     embed_images,
     images_form,
-    stamp,
 )
 from service.schemas import ClassifyResponse, Prediction
 from trainer.knn import vote

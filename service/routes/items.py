@@ -24,6 +24,7 @@ from service.deps import (
     RegistryDep,
     SettingsDep,
     served_model,
+    stamp,
 )
 from service.errors import (
     ProblemError,
@@ -35,7 +36,7 @@ from service.errors import (
 )
 from service.items import NewItem, add_items, check_id, check_label, delete_items, is_new_id
 from service.limits import JSON_BASE, MIB, Gate, Limits
-from service.registry import Served
+from service.registry import ModelRegistry, Served
 from service.routes.models import ITEM_PATH
 from service.routes.retrieval import VERSION_QUERY
 from service.schemas import ItemPublic, ItemsChanged
@@ -98,20 +99,20 @@ async def add(request: Request, response: Response, settings: SettingsDep, limit
         blobs = b64_images([i.image for i in body.items], limits)
         items = [NewItem(i.id, blob, i.label) for i, blob in zip(body.items, blobs,
                                                                    strict=True)]
-        changes = await add_items(served, items, upsert, decoder, batcher,
+        changes = await add_items(registry, served, items, upsert, decoder, batcher,
                                   reserve=settings.min_free_disk_mb * MIB)
     else:
         form = await read_form(request, form_fields(limits), {"files", "archive"})
-        changes = await _add_form(form, request, settings, limits, served, upsert, decoder,
-                                  batcher)
+        changes = await _add_form(form, request, settings, limits, registry, served, upsert,
+                                  decoder, batcher)
     response.headers["Location"] = f"/items/{quote(changes[0].id)}"
     response.headers["X-Model-Version"] = served.version
     return _changed(served.version, served.live.dataset, changes)
 
 
 async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
-                    limits: Limits, served: Served, upsert: bool, decoder: QueryDecoder,
-                    batcher: EmbedBatcher) -> list[Change]:
+                    limits: Limits, registry: ModelRegistry, served: Served, upsert: bool,
+                    decoder: QueryDecoder, batcher: EmbedBatcher) -> list[Change]:
     files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
     archives = [f for f in form.getlist("archive") if isinstance(f, UploadFile)]
     texts = {name: [v for v in form.getlist(name) if isinstance(v, str)]
@@ -122,7 +123,7 @@ async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
         raise invalid_form("send image files in `files`, or one archive in `archive`")
     if not archives:
         items = await _file_items(files, texts, prefix, label, limits)
-        return await add_items(served, items, upsert, decoder, batcher,
+        return await add_items(registry, served, items, upsert, decoder, batcher,
                                reserve=settings.min_free_disk_mb * MIB)
     if texts["ids"] or texts["labels"]:
         raise invalid_form("an archive's ids come from its entries' paths (under `prefix`); "
@@ -138,7 +139,7 @@ async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
     try:
         items = await run_in_threadpool(_archive_items, archives[0], prefix, label, settings,
                                         limits, work)
-        return await add_items(served, items, upsert, decoder, batcher,
+        return await add_items(registry, served, items, upsert, decoder, batcher,
                                reserve=settings.min_free_disk_mb * MIB)
     finally:
         await run_in_threadpool(remove_tree, work)
@@ -229,7 +230,7 @@ def _archive_items(upload: UploadFile, prefix: str, label: str | None,
 async def delete(response: Response, registry: RegistryDep, item_id: str = ITEM_PATH,
                  model_version: str | None = VERSION_QUERY) -> ItemsChanged:
     served = await served_model(registry, model_version)
-    changes = await run_in_threadpool(delete_items, served, [item_id])
+    changes = await delete_items(registry, served, [item_id])
     response.headers["X-Model-Version"] = served.version
     return _changed(served.version, served.live.dataset, changes)
 
@@ -244,7 +245,7 @@ async def delete_many(request: Request, response: Response, limits: LimitsDep,
     require_media(request, JSON)
     served = await served_model(registry, model_version)
     body = await read_json(request, bodies.delete_items, limits.bulk_ids_budget)
-    changes = await run_in_threadpool(delete_items, served, body.ids)
+    changes = await delete_items(registry, served, body.ids)
     response.headers["X-Model-Version"] = served.version
     return _changed(served.version, served.live.dataset, changes)
 
@@ -263,7 +264,7 @@ async def get_item(response: Response, registry: RegistryDep, item_id: str = ITE
         lambda: view.changes.item_state(view.dataset, item_id) if view.changes else None)
     added = state is not None and state.get("state") == "live"
     live_state = state if added and state is not None else {}
-    response.headers["X-Model-Version"] = served.version
+    stamp(response, served)
     quoted = quote(item_id)
     return ItemPublic(
         id=item_id, label=view.index.classes[label] if label >= 0 else None,

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import Admin, Reader
-from service.deps import RegistryDep, SettingsDep, served_model
+from service.deps import RegistryDep, SettingsDep, served_model, stamp
 from service.errors import conflict, problems
 from service.limits import ID_MAX, VERSION_MAX
 from service.schemas import ITEM_ID, VERSION, Item, ItemsPublic, ModelsPublic, ModelSummary
@@ -140,5 +140,5 @@ async def list_items(response: Response, registry: RegistryDep,
         return [Item(id=i, label=classes[lab] if lab >= 0 else None) for i, lab in items], count
 
     data, count = await run_in_threadpool(page)
-    response.headers["X-Model-Version"] = served.version
+    stamp(response, served)
     return ItemsPublic(model_version=served.version, data=data, count=count)

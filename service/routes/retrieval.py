@@ -24,6 +24,7 @@ from service.deps import (
     LimitsDep,
     RegistryDep,
     served_model,
+    stamp,
 )
 from service.errors import ProblemError, invalid, not_found, problems
 from service.limits import ID_MAX, JSON_BASE, VERSION_MAX, Limits
@@ -59,10 +60,6 @@ async def images_form(request: Request, limits: Limits, fields: set[str]) -> For
     """`files` (up to the image limit) and the named plain fields, once each."""
     return await read_form(request, {"files": limits.images} | dict.fromkeys(fields, 1),
                            {"files"})
-
-
-def stamp(response: Response, served: Served) -> None:
-    response.headers["X-Model-Version"] = served.version
 
 
 @router.post("/embed", response_model=EmbedResponse, dependencies=[Reader],
