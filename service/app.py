@@ -53,9 +53,10 @@ DESCRIPTION = """
 Image embeddings learned without labels by **Anchor Neighbourhood Discovery** (AND,
 Huang et al., ICML 2019), trained on your own images and served with a FAISS index.
 
-1. `POST /datasets` an archive of images (class folders optional), 2. `POST /train`,
-3. follow `GET /jobs/{id}`, 4. once published: `POST /embed`, `GET /neighbours/{id}`,
-`POST /search`, `POST /classify`.
+1. `POST /datasets`: an archive of images (class folders optional);
+2. `POST /train`;
+3. follow `GET /jobs/{id}`;
+4. once published: `POST /embed`, `GET /neighbours/{id}`, `POST /search`, `POST /classify`.
 
 Errors are `application/problem+json` (RFC 9457). Mutating routes need the admin key, read
 routes the read key when one is set: `Authorization: Bearer <key>`.
