@@ -9,7 +9,10 @@ after this replica applied it, so a write is visible at once where it was made, 
 other replicas within MODEL_POLL_S.
 
 Every request appends with a token of its own, so the log's retry after a lost reply finds the
-request's entries instead of conflicting with them (state/changes.py). When the append fails in
+request's entries instead of conflicting with them (state/changes.py). A client that sends an
+Idempotency-Key names that token itself: the same request sent again after its HTTP reply was
+lost then answers as the first did and changes nothing more (its images, stored again, are
+named by no entry: the orphan sweep removes them). When the append fails in
 a way that leaves its outcome unknown (the store unreachable), the images are kept: they may be
 named by committed entries. The ones no entry names are removed later by the orphan sweep
 (service/orphans.py).
@@ -108,9 +111,10 @@ def writable_view(served: Served) -> LiveView:
 
 async def add_items(served: Served, items: list[NewItem], upsert: bool,
                     decoder: QueryDecoder, batcher: EmbedBatcher, *,
-                    reserve: int) -> list[Change]:
+                    reserve: int, key: str | None = None) -> list[Change]:
     """Embed, store and append `items`, all or nothing; `reserve`: the free disk (bytes) that
-    storing their images must leave (MIN_FREE_DISK_MB), else 507."""
+    storing their images must leave (MIN_FREE_DISK_MB), else 507; `key`: the request's
+    Idempotency-Key, if it sent one."""
     view = writable_view(served)
     seen: set[str] = set()
     for item in items:
@@ -132,7 +136,7 @@ async def add_items(served: Served, items: list[NewItem], upsert: bool,
                                headers={"Retry-After": "1"}) from None
     embedded = np.concatenate(vectors)
     return await run_in_threadpool(_commit, view, served.version, items, embedded, upsert,
-                                   request_token(), reserve)
+                                   request_token(key), reserve)
 
 
 def _read(items: list[NewItem]) -> list[bytes]:
@@ -169,9 +173,10 @@ async def _decode(decoder: QueryDecoder, chunk: list[NewItem], data: list[bytes]
         raise
 
 
-def request_token() -> str:
-    """The token of one HTTP request's append (state/changes.py)."""
-    return uuid.uuid4().hex
+def request_token(key: str | None = None) -> str:
+    """The token of one HTTP request's append (state/changes.py): the client's Idempotency-Key
+    when it sent one (prefixed, so that it never meets a generated token), else a new one."""
+    return f"key:{key}" if key else uuid.uuid4().hex
 
 
 def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndarray,
@@ -211,8 +216,9 @@ def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndar
     return changes
 
 
-def delete_items(served: Served, ids: list[str]) -> list[Change]:
-    """Delete `ids` (all or none: 404 when one is not in the collection)."""
+def delete_items(served: Served, ids: list[str], key: str | None = None) -> list[Change]:
+    """Delete `ids` (all or none: 404 when one is not in the collection); `key`: the request's
+    Idempotency-Key, if it sent one."""
     view = writable_view(served)
     for item in ids:
         check_id(item)
@@ -221,7 +227,7 @@ def delete_items(served: Served, ids: list[str]) -> list[Change]:
     try:
         changes = view.changes.append(view.dataset, [Change(DELETE, i) for i in
                                                      dict.fromkeys(ids)], known,
-                                      token=request_token())
+                                      token=request_token(key))
     except ChangeConflict as exc:
         raise not_found(f"no item {exc.item!r} in dataset {view.dataset!r}; nothing was "
                         "deleted") from None
