@@ -7,6 +7,7 @@ The file holds the weights with everything needed to preprocess an image the way
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,7 +57,10 @@ class EmbeddingModel:
                                   "std": tuple(blob["meta"]["std"])})
             model = Encoder(meta.backbone, meta.dim)
             model.load_state_dict(blob["state_dict"])
-        except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        # A damaged file fails inside torch.load with any of these (an empty one with
+        # EOFError, one that is not a pickle or a zip with UnpicklingError).
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, RuntimeError, TypeError,
+                ValueError) as exc:
             raise BundleError(f"cannot load encoder {os.fspath(path)!r}: {exc}") from exc
         return cls(model, meta, resolve(device, precision))
 
