@@ -9,6 +9,8 @@
         items.json         {"ids": [...], "labels": [class index or -1], "classes": [...]}
         map.npy, map_rows.npy   2-D map of (a sample of) the items (trainer/embedding_map.py)
         metrics.json, progress.jsonl, curves.png   from the training run
+        encoder.onnx, encoder.onnx.json   the encoder as ONNX, added when first asked for
+                                          (trainer/export.py; derived from encoder.pt alone)
     models/CURRENT         the current version's name
 
 A bundle is written under a temporary name (`.tmp-*`), validated, its files and then its
