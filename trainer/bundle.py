@@ -39,7 +39,8 @@ import torch
 
 from trainer import embedding_map
 from trainer import index as faiss_index
-from trainer.encoder_file import EmbeddingModel
+from trainer.encoder_file import Embedder, EmbeddingModel
+from trainer.engines import load_embedder
 from trainer.errors import BundleError
 from trainer.files import atomic_file, atomic_write_json, fsync_dir, fsync_file
 from trainer.leftovers import CURRENT, PREVIOUS, TMP_PREFIX
@@ -273,7 +274,7 @@ class Bundle:
     version: str
     path: Path
     manifest: dict[str, Any]
-    model: EmbeddingModel
+    model: Embedder
     index: faiss_index.SearchIndex
     ids: list[str]
     row_of: dict[str, int]
@@ -284,14 +285,15 @@ class Bundle:
 
     @classmethod
     def load(cls, models_root: str | os.PathLike[str], version: str, device: str = "auto",
-             precision: str = "auto") -> Bundle:
+             precision: str = "auto", engine: str = "torch", threads: int = 1) -> Bundle:
+        """`engine` and `threads`: what runs the encoder (trainer/engines.py)."""
         path = Path(models_root) / version
         manifest = read_manifest(models_root, version)
         items = json.loads((path / "items.json").read_text())
         ids = items["ids"]
         return cls(
             version=version, path=path, manifest=manifest,
-            model=EmbeddingModel.load(path / "encoder.pt", device, precision),
+            model=load_embedder(path, engine, device, precision, threads),
             index=faiss_index.load(path / "index.faiss", manifest["index"]),
             ids=ids, row_of={item: i for i, item in enumerate(ids)},
             labels=np.asarray(items["labels"], dtype=np.int64), classes=items["classes"],

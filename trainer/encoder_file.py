@@ -10,6 +10,7 @@ import os
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,6 +37,25 @@ class EncoderMeta:
 def save_encoder(path: str | os.PathLike[str], model: Encoder, meta: EncoderMeta) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save(path, {"format": FORMAT, "meta": meta.__dict__, "state_dict": state})
+
+
+def decode_chw(data: bytes, size: int) -> torch.Tensor:
+    """Encoded image -> 3 x S x S uint8, exactly as training preprocessed it."""
+    return torch.from_numpy(decode_square(data, size)).permute(2, 0, 1)
+
+
+class Embedder(Protocol):
+    """What embeds images for the service, whichever engine runs it (trainer/engines.py)."""
+
+    meta: EncoderMeta
+
+    def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """B x 3 x S x S uint8 -> B x D float32 unit vectors."""
+        ...
+
+    def decode(self, data: bytes) -> torch.Tensor: ...
+
+    def embed_files(self, blobs: Sequence[bytes]) -> np.ndarray: ...
 
 
 class EmbeddingModel:
@@ -73,8 +93,7 @@ class EmbeddingModel:
         return out.float().cpu().numpy()
 
     def decode(self, data: bytes) -> torch.Tensor:
-        """Encoded image -> 3 x S x S uint8, exactly as training preprocessed it."""
-        return torch.from_numpy(decode_square(data, self.meta.image_size)).permute(2, 0, 1)
+        return decode_chw(data, self.meta.image_size)
 
     def embed_files(self, blobs: Sequence[bytes]) -> np.ndarray:
         return self.embed_uint8(torch.stack([self.decode(b) for b in blobs]))
