@@ -133,7 +133,7 @@ def main() -> None:
         models, work = tmp_path / "models", tmp_path / "work"
         versions = []
         for n in args.sizes:
-            for index in ("flat", "hnsw"):
+            for index in ("flat",) if args.embed_only else ("flat", "hnsw"):
                 version = f"v-{n}-{index}"
                 make_bundle(models, work, version, n, index, args.backbone)
                 versions.append((n, index, version))
