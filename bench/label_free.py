@@ -11,6 +11,10 @@ label-free score with the labels hidden. Reported per collection and per candida
   - Kendall's tau between the two rankings;
   - the score's noise: std over three seeds of the views and over three random 80 %
     resamples of the items, and the gap between two training seeds of the same run.
+The candidates include those of bench/label_free_candidates.py (whitened retrieval, centred
+k-NN agreement and effective rank, cluster stability, pseudo-label kNN, local retrieval).
+Per collection also: the agreement a perfect score could expect given the kNN reference's
+own noise, and a summary with the leave-one-collection-out pick of the best candidate.
 Trained encoders and embeddings are cached under var/label_free/, so reruns are cheap.
 """
 
@@ -24,7 +28,9 @@ import numpy as np
 import torch
 
 from bench.common import report
-from bench.label_free_panel import COLLECTIONS, VIEWS, panel_embeddings
+from bench.label_free_candidates import candidate_parts, reference_ceiling
+from bench.label_free_panel import COLLECTIONS, VIEWS, collection_dir, panel_embeddings
+from trainer.data import open_collection
 from trainer.label_free import DEFAULT_AUGMENTATION, DEFAULT_K, combine, parts_of
 
 MIN_GAP = 0.02  # kNN top-1 difference (2 points) above which the order of a pair must hold
@@ -44,6 +50,13 @@ CANDIDATES: dict[str, Callable[[dict[str, float]], float]] = {
     "neg_alignment": lambda p: -p["alignment"],
     "neg_uniformity": lambda p: -p["uniformity"],
     "align_uniform": lambda p: -p["alignment"] - p["uniformity"],
+    # bench/label_free_candidates.py
+    "whitened_mrr": lambda p: p["whitened_mrr"],
+    "centred_knn_agreement": lambda p: p["centred_knn_agreement"],
+    "centred_rankme": lambda p: p["centred_effective_rank"],
+    "cluster_stability": lambda p: p["cluster_stability"],
+    "pseudo_label_knn": lambda p: p["pseudo_label_knn"],
+    "local_mrr": lambda p: p["local_mrr"],
 }
 
 
@@ -103,7 +116,9 @@ def study(collection: str, k: int = DEFAULT_K) -> dict:
     parts: dict[str, dict] = {}
     for name in names:
         clean, views = panel[name]["clean"], panel[name]["views"]
-        per_view = {f"{aug}_{s}": parts_of(clean, views[(aug, s)], k) for aug, s in VIEWS}
+        per_view = {f"{aug}_{s}": {**parts_of(clean, views[(aug, s)], k),
+                                   **candidate_parts(clean, views[(aug, s)], k)}
+                    for aug, s in VIEWS}
         rng = np.random.default_rng(0)
         resampled = []
         for _ in range(RESAMPLES):
@@ -120,8 +135,12 @@ def study(collection: str, k: int = DEFAULT_K) -> dict:
             agree5, total5, _ = pairs_agreement(knn, scores, WIDE_GAP)
             seeds = [[fn(parts[n]["views"][f"{a}_{s}"]) for a, s in VIEWS if a == aug]
                      for n in names]
-            # The resamples are of the default augmentation's first view.
-            resample = [[fn(p) for p in parts[n]["resampled"]] for n in names]
+            # The resamples are of the default augmentation's first view, and only of the
+            # parts trainer/label_free.py computes (the other candidates: view seeds only).
+            try:
+                resample = [[fn(p) for p in parts[n]["resampled"]] for n in names]
+            except KeyError:
+                resample = []
             by_aug[aug] = {
                 "scores": dict(zip(names, scores, strict=True)),
                 "pairs_agreement": agree, "pairs": total,
@@ -130,7 +149,8 @@ def study(collection: str, k: int = DEFAULT_K) -> dict:
                 "kendall_tau": kendall_tau(knn, scores),
                 "view_seed_std": float(np.mean([np.std(s) for s in seeds])) if len(
                     seeds[0]) > 1 else None,
-                "resample_std": float(np.mean([np.std(s) for s in resample])),
+                "resample_std": float(np.mean([np.std(s) for s in resample])) if (
+                    resample) else None,
             }
         candidates[cand] = by_aug
     seed_gap = None
@@ -138,7 +158,11 @@ def study(collection: str, k: int = DEFAULT_K) -> dict:
         fn = CANDIDATES["score"]
         seed_gap = abs(fn(parts["instance-3"]["views"][f"{DEFAULT_AUGMENTATION}_0"])
                        - fn(parts["instance-3-seed1"]["views"][f"{DEFAULT_AUGMENTATION}_0"]))
+    c = open_collection(collection_dir(collection))
+    ceiling = reference_ceiling({n: panel[n]["clean"] for n in names}, c.labels, c.is_eval,
+                                len(c.classes), MIN_GAP)
     return {"knn_top1": dict(zip(names, knn, strict=True)), "candidates": candidates,
+            "reference_ceiling": ceiling,
             "parts": {n: parts[n]["views"][f"{DEFAULT_AUGMENTATION}_0"] for n in names},
             "training_seed_gap": seed_gap}
 
@@ -161,6 +185,38 @@ def _table(results: dict) -> None:
         print(f"\n{coll}: member, kNN top-1, score")
         for name, top1 in sorted(res["knn_top1"].items(), key=lambda kv: -kv[1]):
             print(f"  {name:20s} {top1:.3f} {score[name]:.4f}")
+
+
+def summary(results: dict) -> dict:
+    """Per candidate and view: the agreement on every collection, its minimum, and the
+    leave-one-collection-out check of picking the candidate with the best minimum on the
+    other collections (the held-out collection's agreement of the one picked)."""
+    colls = list(results["collections"])
+    table = {}
+    for cand in CANDIDATES:
+        for aug in sorted({a for a, _ in VIEWS}):
+            agree = [results["collections"][c]["candidates"][cand][aug]["pairs_agreement"]
+                     for c in colls]
+            table[f"{cand}/{aug}"] = dict(zip(colls, agree, strict=True))
+    held_out = {}
+    for out in colls:
+        best = max(table, key=lambda key: min(v for c, v in table[key].items() if c != out))
+        held_out[out] = {"picked": best, "agreement": table[best][out]}
+    return {"agreement": table, "leave_one_out": held_out}
+
+
+def _print_summary(results: dict) -> None:
+    s = results["summary"]
+    colls = list(results["collections"])
+    print(f"\n{'candidate/view':32s} " + " ".join(f"{c[:13]:>13s}" for c in colls) + "   min")
+    for key, agree in sorted(s["agreement"].items(), key=lambda kv: -min(kv[1].values())):
+        print(f"{key:32s} " + " ".join(f"{100 * agree[c]:13.1f}" for c in colls)
+              + f" {100 * min(agree.values()):5.1f}")
+    for c, r in results["collections"].items():
+        ceiling, lo = r["reference_ceiling"], s["leave_one_out"][c]
+        print(f"{c}: a perfect score would agree on {100 * ceiling['expected_agreement']:.1f} "
+              f"% of {ceiling['pairs']} pairs; picked without it: {lo['picked']}, "
+              f"{100 * lo['agreement']:.1f} %")
 
 
 def main() -> None:
@@ -188,8 +244,10 @@ def main() -> None:
                   for n in res["knn_top1"]]
         precision, pairs = gate_precision(knn, scores, margin)
         res["gate_precision"] = {"share": precision, "pairs": pairs}
+    results["summary"] = summary(results)
     report("label_free", results, args.out)
     _table(results)
+    _print_summary(results)
     print(f"\nnoise std {sd:.4f}; recommended margin {margin:.4f}")
     for coll, res in results["collections"].items():
         g = res["gate_precision"]

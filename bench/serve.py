@@ -5,7 +5,10 @@
 2. /neighbours p50/p99 latency at 50,000 and 1,000,000 items, exact and HNSW, with the HNSW
    index's recall@10 (embedding-like synthetic vectors: clustered, low-rank).
 
-    python -m bench.serve [--sizes 50000 1000000] [--duration 10]
+    python -m bench.serve [--sizes 50000 1000000] [--duration 10] [--engine onnxruntime]
+                          [--embed-only]
+
+`--engine`: the API's INFERENCE_ENGINE, and what the raw forward is measured with.
 
 The load generator (bench/loadgen.py: raw HTTP/1.1 on keep-alive sockets, one process)
 shares the machine with the server and reports its own CPU use.
@@ -34,7 +37,9 @@ from service.http_calls import FilePart, multipart
 from trainer.backbones import Encoder
 from trainer.bundle import set_current, write_bundle
 from trainer.config import TrainConfig
-from trainer.encoder_file import EmbeddingModel, EncoderMeta, save_encoder
+from trainer.device import cpu_count
+from trainer.encoder_file import EncoderMeta, save_encoder
+from trainer.engines import ENGINES, load_embedder
 
 
 def embedding_like(n: int, d: int = 128, seed: int = 0) -> np.ndarray:
@@ -72,8 +77,9 @@ def png_32() -> bytes:
     return buf.getvalue()
 
 
-def raw_forward(models: Path, version: str, batch: int, seconds: float = 10) -> float:
-    model = EmbeddingModel.load(models / version / "encoder.pt")
+def raw_forward(models: Path, version: str, batch: int, seconds: float = 10,
+                engine: str = "torch") -> float:
+    model = load_embedder(models / version, engine, threads=cpu_count())
     size = model.meta.image_size
     x = torch.randint(0, 255, (batch, 3, size, size), dtype=torch.uint8)
     for _ in range(3):
@@ -85,9 +91,10 @@ def raw_forward(models: Path, version: str, batch: int, seconds: float = 10) -> 
     return n / (time.perf_counter() - t0)
 
 
-def start_api(models: Path, state: Path, port: int) -> subprocess.Popen:
+def start_api(models: Path, state: Path, port: int, engine: str = "torch") -> subprocess.Popen:
     env = {**os.environ, "MODELS_ROOT": str(models), "DATA_ROOT": str(state / "data"),
-           "STATE_ROOT": str(state), "ADMIN_API_KEY": "bench-admin-key-0123456789"}
+           "STATE_ROOT": str(state), "ADMIN_API_KEY": "bench-admin-key-0123456789",
+           "INFERENCE_ENGINE": engine}
     env.pop("BROKER_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port),
                              "--log-level", "warning"], cwd=REPO, env=env)
@@ -115,24 +122,28 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--backbone", default="resnet18_cifar")
     p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--engine", default="torch", choices=ENGINES)
+    p.add_argument("--embed-only", action="store_true", help="no /neighbours figures")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    results: dict = {"backbone": args.backbone}
+    results: dict = {"backbone": args.backbone, "engine": args.engine,
+                     "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         models, work = tmp_path / "models", tmp_path / "work"
         versions = []
         for n in args.sizes:
-            for index in ("flat", "hnsw"):
+            for index in ("flat",) if args.embed_only else ("flat", "hnsw"):
                 version = f"v-{n}-{index}"
                 make_bundle(models, work, version, n, index, args.backbone)
                 versions.append((n, index, version))
         set_current(models, versions[0][2])
         batch = 64  # the batcher's largest batch (EMBED_MAX_BATCH)
-        results["raw_forward_images_per_s"] = round(raw_forward(models, versions[0][2], batch), 1)
+        results["raw_forward_images_per_s"] = round(
+            raw_forward(models, versions[0][2], batch, engine=args.engine), 1)
         print(f"raw batched forward (batch {batch}): {results['raw_forward_images_per_s']} img/s",
               flush=True)
-        proc = start_api(models, tmp_path, args.port)
+        proc = start_api(models, tmp_path, args.port, args.engine)
         url = f"http://127.0.0.1:{args.port}"
         try:
             host = f"127.0.0.1:{args.port}"
@@ -153,7 +164,7 @@ def main() -> None:
 
             results["neighbours"] = []
             rng = np.random.default_rng(1)
-            for n, index, version in versions:
+            for n, index, version in [] if args.embed_only else versions:
                 manifest = httpx.get(f"{url}/models/{version}").json()
                 ids = [f"item/{i:07d}.jpg" for i in rng.integers(0, n, 100_000)]
                 requests = [request_bytes(
@@ -174,6 +185,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
+    results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     report("serve", results, args.out)
 
 

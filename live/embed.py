@@ -14,12 +14,12 @@ import numpy as np
 from trainer.images import InvalidImage
 
 if TYPE_CHECKING:  # torch is imported only where images are embedded
-    from trainer.encoder_file import EmbeddingModel
+    from trainer.encoder_file import Embedder
 
 CHUNK = 256  # images decoded and embedded per forward pass
 
 
-def embed_files(model: EmbeddingModel, paths: Sequence[Path],
+def embed_files(model: Embedder, paths: Sequence[Path],
                 on_unusable: Callable[[int, Exception], None] | None = None,
                 ) -> tuple[np.ndarray, list[int]]:
     """Vectors of the image files at `paths` (N x D float32 unit vectors) and the positions in

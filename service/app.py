@@ -26,6 +26,7 @@ from service.routes import (
     classify,
     datasets,
     docs,
+    export,
     health,
     items,
     jobs,
@@ -41,6 +42,7 @@ from state.changes import ChangeLog
 from state.datasets import dataset_folder
 from state.jobs import PROMOTE_GATE, Job, JobStore
 from state.stores import open_changes, open_store
+from trainer.device import cpu_count
 from worker.submit import submit
 
 log = logging.getLogger(__name__)
@@ -49,9 +51,10 @@ DESCRIPTION = """
 Image embeddings learned without labels by **Anchor Neighbourhood Discovery** (AND,
 Huang et al., ICML 2019), trained on your own images and served with a FAISS index.
 
-1. `POST /datasets` an archive of images (class folders optional), 2. `POST /train`,
-3. follow `GET /jobs/{id}`, 4. once published: `POST /embed`, `GET /neighbours/{id}`,
-`POST /search`, `POST /classify`.
+1. `POST /datasets`: an archive of images (class folders optional);
+2. `POST /train`;
+3. follow `GET /jobs/{id}`;
+4. once published: `POST /embed`, `GET /neighbours/{id}`, `POST /search`, `POST /classify`.
 
 Errors are `application/problem+json` (RFC 9457). Mutating routes need the admin key, read
 routes the read key when one is set: `Authorization: Bearer <key>`.
@@ -129,15 +132,20 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     changes = changes or open_changes(settings)
     limits = Limits.of(settings)
     metrics = Metrics(store.counts)
+    workers = settings.embed_workers or cpu_workers(settings.device)
     registry = ModelRegistry(settings.models_root, settings.device, settings.model_poll_s,
                              on_swap=metrics.set_model, cache_size=settings.model_cache_size,
                              loads_per_min=settings.model_loads_per_min,
                              on_load=metrics.count_load, changes=changes,
-                             dataset_root=lambda name: dataset_folder(settings, name))
+                             dataset_root=lambda name: dataset_folder(settings, name),
+                             engine=settings.inference_engine,
+                             # each inference thread's share of the cores (as batcher.py gives
+                             # torch), so that the threads together use each core once
+                             threads=max(1, cpu_count() // workers))
     batcher = EmbedBatcher(settings.embed_max_batch, settings.embed_max_wait_ms / 1000,
                            max_queued_images=settings.embed_max_queued_images,
                            on_batch=metrics.embed_batch.observe,
-                           workers=settings.embed_workers or cpu_workers(settings.device))
+                           workers=workers)
     # Adds to the collection: large batches at once, on threads that queries preempt.
     bulk_batcher = EmbedBatcher(settings.embed_max_batch, 0.0,
                                 max_queued_images=settings.embed_max_queued_images,
@@ -190,7 +198,8 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.store_probe = CachedProbe(store.ping)
     app.state.broker_probe = CachedProbe(BrokerConnection(settings))
     errors.install(app, unavailable=store.transient_errors)
-    for module in (health, datasets, retrain, jobs, models, retrieval, classify, items):
+    for module in (health, datasets, retrain, jobs, models, export, retrieval, classify,
+                   items):
         app.include_router(module.router)
     console.install(app)
     if settings.api_docs != "off":

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.encoder_file import EmbeddingModel
+from trainer.encoder_file import Embedder
 
 log = logging.getLogger(__name__)
 PEAK_WINDOW_S = 0.5
@@ -45,7 +45,7 @@ BULK_NICE = 10
 
 @dataclass
 class _Work:
-    model: EmbeddingModel
+    model: Embedder
     images: torch.Tensor  # B x 3 x S x S uint8
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -136,7 +136,7 @@ class EmbedBatcher:
         for thread in alive:
             thread.join(timeout=10)
 
-    async def embed(self, model: EmbeddingModel, images: torch.Tensor) -> np.ndarray:
+    async def embed(self, model: Embedder, images: torch.Tensor) -> np.ndarray:
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         # Counted before it is queued: a thread may answer it before put_nowait returns. A

@@ -1,7 +1,7 @@
 """Calling the HTTP API from Python with the standard library only: one JSON request helper
-and one multipart/form-data builder, shared by the command line (service.client), the local
-stack's launcher (deploy/local_stack.py) and the benchmarks. Standard library only, so that the
-command line runs wherever Python does, without the project's dependencies."""
+and one multipart/form-data builder, shared by the local stack's launcher
+(deploy/local_stack.py) and the benchmarks, which run before the project's dependencies are
+there. The Python client and its command line are service/client/."""
 
 from __future__ import annotations
 

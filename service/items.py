@@ -10,7 +10,10 @@ older version on the low-priority lane), so a write is visible at once where it 
 on the other replicas within MODEL_POLL_S.
 
 Every request appends with a token of its own, so the log's retry after a lost reply finds the
-request's entries instead of conflicting with them (state/changes.py). When the append fails in
+request's entries instead of conflicting with them (state/changes.py). A client that sends an
+Idempotency-Key names that token itself: the same request sent again after its HTTP reply was
+lost then answers as the first did and changes nothing more (its images, stored again, are
+named by no entry: the orphan sweep removes them). When the append fails in
 a way that leaves its outcome unknown (the store unreachable), the images are kept: they may be
 named by committed entries. The ones no entry names are removed later by the orphan sweep
 (service/orphans.py).
@@ -109,9 +112,10 @@ def writable_view(served: Served) -> LiveView:
 
 async def add_items(registry: ModelRegistry, served: Served, items: list[NewItem],
                     upsert: bool, decoder: QueryDecoder, batcher: EmbedBatcher, *,
-                    reserve: int) -> list[Change]:
+                    reserve: int, key: str | None = None) -> list[Change]:
     """Embed, store and append `items`, all or nothing; `reserve`: the free disk (bytes) that
-    storing their images must leave (MIN_FREE_DISK_MB), else 507."""
+    storing their images must leave (MIN_FREE_DISK_MB), else 507; `key`: the request's
+    Idempotency-Key, if it sent one."""
     view = writable_view(served)
     seen: set[str] = set()
     for item in items:
@@ -133,7 +137,7 @@ async def add_items(registry: ModelRegistry, served: Served, items: list[NewItem
                                headers={"Retry-After": "1"}) from None
     embedded = np.concatenate(vectors)
     changes = await run_in_threadpool(_commit, view, served.version, items, embedded, upsert,
-                                      request_token(), reserve)
+                                      request_token(key), reserve)
     await registry.caught_up(served)
     return changes
 
@@ -172,9 +176,10 @@ async def _decode(decoder: QueryDecoder, chunk: list[NewItem], data: list[bytes]
         raise
 
 
-def request_token() -> str:
-    """The token of one HTTP request's append (state/changes.py)."""
-    return uuid.uuid4().hex
+def request_token(key: str | None = None) -> str:
+    """The token of one HTTP request's append (state/changes.py): the client's Idempotency-Key
+    when it sent one (prefixed, so that it never meets a generated token), else a new one."""
+    return f"key:{key}" if key else uuid.uuid4().hex
 
 
 def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndarray,
@@ -213,23 +218,25 @@ def _commit(view: LiveView, version: str, items: list[NewItem], vectors: np.ndar
     return changes
 
 
-async def delete_items(registry: ModelRegistry, served: Served, ids: list[str]) -> list[Change]:
-    """Delete `ids` (all or none: 404 when one is not in the collection)."""
+async def delete_items(registry: ModelRegistry, served: Served, ids: list[str],
+                       key: str | None = None) -> list[Change]:
+    """Delete `ids` (all or none: 404 when one is not in the collection); `key`: the request's
+    Idempotency-Key, if it sent one."""
     view = writable_view(served)
     for item in ids:
         check_id(item)
-    changes = await run_in_threadpool(_delete, view, ids)
+    changes = await run_in_threadpool(_delete, view, ids, key)
     await registry.caught_up(served)
     return changes
 
 
-def _delete(view: LiveView, ids: list[str]) -> list[Change]:
+def _delete(view: LiveView, ids: list[str], key: str | None) -> list[Change]:
     assert view.changes is not None
     known = {item: item in view.index for item in ids}
     try:
         return view.changes.append(view.dataset, [Change(DELETE, i) for i in
                                                   dict.fromkeys(ids)], known,
-                                   token=request_token())
+                                   token=request_token(key))
     except ChangeConflict as exc:
         raise not_found(f"no item {exc.item!r} in dataset {view.dataset!r}; nothing was "
                         "deleted") from None

@@ -104,8 +104,10 @@ class ModelRegistry:
                  loads_per_min: int = 10,
                  on_load: Callable[[str, bool], None] | None = None,
                  changes: ChangeLog | None = None,
-                 dataset_root: Callable[[str], Path | None] | None = None) -> None:
+                 dataset_root: Callable[[str], Path | None] | None = None,
+                 engine: str = "torch", threads: int = 1) -> None:
         self.models_root = Path(models_root)
+        self.engine, self.threads = engine, threads  # what runs the encoders (trainer.engines)
         self.changes = changes
         self.dataset_root = dataset_root or (lambda name: None)
         self._rebuilds: dict[str, threading.Thread] = {}
@@ -269,7 +271,8 @@ class ModelRegistry:
 
     def _load(self, version: str, current: bool) -> Served:
         try:
-            bundle = Bundle.load(self.models_root, version, device=self.device)
+            bundle = Bundle.load(self.models_root, version, device=self.device,
+                                 engine=self.engine, threads=self.threads)
             served = Served(bundle, self.changes,
                             self.dataset_root(str(bundle.manifest.get("dataset") or "")))
             if current:

@@ -25,6 +25,8 @@ _VERSION = rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{VERSION_MAX - 1}}}"
 VERSION = f"^{_VERSION}$"
 VERSION_RE = re.compile(_VERSION)
 JOB_ID = r"^[A-Za-z0-9_-]{1,64}$"
+# A client's name for one change of the live collection (a UUID, say): see routes/items.py.
+IDEMPOTENCY_KEY = r"^[A-Za-z0-9_-]{1,64}$"
 # Item ids are paths inside a dataset: any text without control characters.
 ITEM_ID = rf"^[^\x00-\x1f\x7f]{{1,{ID_MAX}}}$"
 # Characters of Unicode categories Cc, Cf, Zl and Zp (controls, invisible format characters

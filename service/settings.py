@@ -96,6 +96,11 @@ class ServiceSettings(Settings):
         default=10, ge=1, description="Loads of pinned (not current) versions per minute, in "
         "bursts of at most 2; past it such requests answer 503 with Retry-After.")
     device: str = Field(default="auto", description="Inference device: auto, cpu or cuda.")
+    inference_engine: Literal["torch", "onnxruntime"] = Field(
+        default="torch", description="What runs the encoder for /embed and the other routes "
+        "that embed images: torch (on DEVICE), or onnxruntime (the model's ONNX export, made "
+        "beside encoder.pt when a version is first loaded; on the CPU, in fp32, whatever "
+        "DEVICE says: faster than torch on CPUs without bf16, see docs/benchmarks.md).")
 
     @field_validator("admin_api_key", "read_api_key", "metrics_api_key", mode="before")
     @classmethod

@@ -9,6 +9,8 @@
         items.json         {"ids": [...], "labels": [class index or -1], "classes": [...]}
         map.npy, map_rows.npy   2-D map of (a sample of) the items (trainer/embedding_map.py)
         metrics.json, progress.jsonl, curves.png   from the training run
+        encoder.onnx, encoder.onnx.json   the encoder as ONNX, added when first asked for
+                                          (trainer/export.py; derived from encoder.pt alone)
     models/CURRENT         the current version's name
 
 A bundle is written under a temporary name (`.tmp-*`), validated, its files and then its
@@ -37,7 +39,8 @@ import torch
 
 from trainer import embedding_map
 from trainer import index as faiss_index
-from trainer.encoder_file import EmbeddingModel
+from trainer.encoder_file import Embedder, EmbeddingModel
+from trainer.engines import load_embedder
 from trainer.errors import BundleError
 from trainer.files import atomic_file, atomic_write_json, fsync_dir, fsync_file
 from trainer.leftovers import CURRENT, PREVIOUS, TMP_PREFIX
@@ -271,7 +274,7 @@ class Bundle:
     version: str
     path: Path
     manifest: dict[str, Any]
-    model: EmbeddingModel
+    model: Embedder
     index: faiss_index.SearchIndex
     ids: list[str]
     row_of: dict[str, int]
@@ -282,14 +285,15 @@ class Bundle:
 
     @classmethod
     def load(cls, models_root: str | os.PathLike[str], version: str, device: str = "auto",
-             precision: str = "auto") -> Bundle:
+             precision: str = "auto", engine: str = "torch", threads: int = 1) -> Bundle:
+        """`engine` and `threads`: what runs the encoder (trainer/engines.py)."""
         path = Path(models_root) / version
         manifest = read_manifest(models_root, version)
         items = json.loads((path / "items.json").read_text())
         ids = items["ids"]
         return cls(
             version=version, path=path, manifest=manifest,
-            model=EmbeddingModel.load(path / "encoder.pt", device, precision),
+            model=load_embedder(path, engine, device, precision, threads),
             index=faiss_index.load(path / "index.faiss", manifest["index"]),
             ids=ids, row_of={item: i for i, item in enumerate(ids)},
             labels=np.asarray(items["labels"], dtype=np.int64), classes=items["classes"],

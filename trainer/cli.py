@@ -1,9 +1,10 @@
-"""Command line: train, evaluate and publish AND models.
+"""Command line: train, evaluate, publish and export AND models.
 
     python -m trainer train --data PATH --out DIR [--set key=value ...]
     python -m trainer train ... --set gpus=2    # 2 processes (GPUs, or Gloo on CPU)
     python -m trainer evaluate --model DIR --data PATH [--no-labels]
     python -m trainer publish --run DIR --models MODELS_DIR
+    python -m trainer export --model DIR --out DIR  # the encoder as ONNX (encoder.onnx)
     python -m trainer config                    # every key, its default and what it does
     python -m trainer sample-data DIR [--photo-patches | --scattered]  # demo image folders
 
@@ -59,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--index", default=None, choices=["auto", "flat", "ivf", "hnsw"])
     b.add_argument("--no-current", action="store_true", help="do not make it the current one")
 
+    x = sub.add_parser("export", help="write the encoder as an ONNX graph (encoder.onnx: uint8 "
+                       "RGB images [N, S, S, 3] -> unit vectors) and what it takes and gives "
+                       "(encoder.onnx.json)")
+    x.add_argument("--model", required=True, help="training output folder or model bundle")
+    x.add_argument("--out", required=True, help="folder to write the two files into")
+
     sub.add_parser("config", help="list every config key with its default")
     s = sub.add_parser("sample-data", help="write a small labelled image folder (scikit-learn's "
                        "digits by default) with train/ and test/ splits")
@@ -95,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return {"train": _train, "evaluate": _evaluate, "publish": _publish,
-                "config": _config, "sample-data": _sample_data}[args.command](args)
+                "export": _export, "config": _config,
+                "sample-data": _sample_data}[args.command](args)
     except TrainingStopped as exc:
         print(f"stopped ({exc.reason}); run the same command again to resume", file=sys.stderr)
         return 130
@@ -232,6 +240,18 @@ def _publish(args: argparse.Namespace) -> int:
     if not args.no_current:
         set_current(args.models, path.name)
     print(f"published {path}" + ("" if args.no_current else " (current)"))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from trainer.export import SPEC_FILE, export
+
+    path = export(args.model, args.out)
+    spec = json.loads((path.parent / SPEC_FILE).read_text())
+    size, dim = spec["image_size"], spec["dim"]
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): uint8 RGB images "
+          f"[N, {size}, {size}, 3] -> float32 [N, {dim}] unit vectors; see "
+          f"{path.parent / SPEC_FILE}")
     return 0
 
 

@@ -1,10 +1,10 @@
 """Every hyper-parameter of an AND training run, in one typed place.
 
 Defaults are the reference schedule for CIFAR-10 (AND_SPEC.md); each carries a one-line why
-and its bounds or choices. `TrainConfig.from_dict` refuses unknown keys and bad values with a
-message naming the key, so the CLI, the job queue and the HTTP API all reject the same mistakes
-the same way; `TrainConfig.json_schema()` publishes the same definition (types, bounds,
-defaults, meanings) for HTTP clients.
+and its bounds or choices, which pydantic checks. `TrainConfig.from_dict` refuses unknown keys
+and bad values with a message naming the key, so the CLI, the job queue and the HTTP API all
+reject the same mistakes the same way; `TrainConfig.json_schema()` publishes the same
+definition (types, bounds, defaults, meanings) for HTTP clients.
 """
 
 from __future__ import annotations
@@ -14,165 +14,161 @@ import json
 import math
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from trainer.config_fields import bounded, coerce, json_property, problem, short
+from pydantic import ConfigDict, Field, Strict, TypeAdapter, ValidationError, WithJsonSchema
+
+from trainer.config_fields import (
+    LISTED,
+    WHOLE,
+    Bool,
+    Float,
+    Int,
+    Printable,
+    Says,
+    Str,
+    refusal,
+)
 from trainer.errors import ConfigError
 
-BACKBONES = ("resnet18_cifar", "small_cnn", "resnet18")
+Backbone = Literal["resnet18_cifar", "small_cnn", "resnet18"]
+IndexType = Literal["auto", "flat", "ivf", "hnsw"]
+Switch = Literal["auto", "always", "never"]
+BACKBONES: tuple[str, ...] = typing.get_args(Backbone)
 NATIVE_IMAGE_SIZE = {"resnet18_cifar": 32, "small_cnn": 32, "resnet18": 224}
-INDEX_TYPES = ("auto", "flat", "ivf", "hnsw")
+INDEX_TYPES: tuple[str, ...] = typing.get_args(IndexType)
 DEVICE_PATTERN = r"auto|cpu|cuda(:[0-9]{1,2})?"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra={
+        "description": "Training config overrides; every key is optional.",
+        # nesterov (default true) needs momentum > 0 (momentum's default is 0.9).
+        "anyOf": [{"properties": {"momentum": {"exclusiveMinimum": 0}}},
+                  {"required": ["nesterov"], "properties": {"nesterov": {"const": False}}}],
+        # batch_size >= 2 x gpus x nodes is checked on submission (JSON Schema cannot compare
+        # two keys).
+    })
+
     # --- model ---------------------------------------------------------------------------
-    backbone: str = bounded(
+    backbone: Annotated[Backbone, Field(description=
         "resnet18_cifar (the paper's net for small images), small_cnn (trains in minutes on a "
-        "CPU) or resnet18 (ImageNet-style, for 224x224 inputs).",
-        default="resnet18_cifar", choices=BACKBONES,
-    )
-    image_size: int = bounded(
-        "Side of the square model input; 0 = the backbone's native size (32 or 224). Images of "
-        "any size are resized (shorter side) and centre-cropped to it.",
-        default=0, ge=8, le=1024, zero_allowed=True,
-        message="must be 0 (native) or between 8 and 1024",
-    )
-    embedding_dim: int = bounded(
-        "Dimension of the L2-normalised embedding (the paper's 128).", default=128, ge=2,
-        le=4096,
-    )
-    init_from: str = bounded(
+        "CPU) or resnet18 (ImageNet-style, for 224x224 inputs).")] = "resnet18_cifar"
+    image_size: Annotated[
+        Annotated[Int, Field(ge=0, le=0)] | Annotated[Int, Field(ge=8, le=1024)],
+        Field(description=
+              "Side of the square model input; 0 = the backbone's native size (32 or 224). "
+              "Images of any size are resized (shorter side) and centre-cropped to it."),
+        WHOLE, Says("0 (native) or between 8 and 1024"),
+        WithJsonSchema({"type": "integer", "anyOf": [{"const": 0},
+                                                     {"minimum": 8, "maximum": 1024}]}),
+    ] = 0
+    embedding_dim: Annotated[Int, Field(ge=2, le=4096, description=
+        "Dimension of the L2-normalised embedding (the paper's 128)."), WHOLE] = 128
+    init_from: Annotated[Printable, Field(description=
         "Start from existing weights instead of random ones: a published model version (the "
         "same backbone and embedding_dim; a grown collection re-trains in a fraction of the "
         "epochs), or a file: an encoder.pt of this project or, for backbone=resnet18, a "
         "torchvision ResNet-18 state dict such as downloaded ImageNet weights (files under the "
-        "data root for jobs, any path on the command line). Empty: random initialisation.",
-        default="", pattern=r"[^\x00-\x1f\x7f]{0,1024}",
-        message="must be a model version or a file path of at most 1024 printable characters",
-    )
+        "data root for jobs, any path on the command line). Empty: random initialisation."),
+        Says("a model version or a file path of at most 1024 printable characters")] = ""
     # --- curriculum ----------------------------------------------------------------------
-    rounds: int = bounded(
+    rounds: Annotated[Int, Field(ge=1, le=100, description=
         "Rounds including round 0 (instance discrimination); rounds=1 is the Instance "
-        "baseline, 5 is the paper's AND.",
-        default=5, ge=1, le=100,
-    )
-    epochs_per_round: int = bounded(
-        "Epochs in each round; the learning rate restarts every round.", default=200, ge=1,
-        le=10_000,
-    )
-    anchor_rate: float = bounded(
+        "baseline, 5 is the paper's AND."), WHOLE] = 5
+    epochs_per_round: Annotated[Int, Field(ge=1, le=10_000, description=
+        "Epochs in each round; the learning rate restarts every round."), WHOLE] = 200
+    anchor_rate: Annotated[Float, Field(ge=0, le=1, description=
         "Share of samples added as anchors per round (round r uses min(1, r*rate)); "
-        "0 = 1/(rounds-1), the paper's curriculum S = r/R (0.25 for 5 rounds).",
-        default=0.0, ge=0, le=1, message="must be in [0, 1] (0 = 1/(rounds-1))",
-    )
-    neighbours: int = bounded("k of each anchor's neighbourhood (the paper's k=1).", default=1,
-                           ge=1, le=1000)
+        "0 = 1/(rounds-1), the paper's curriculum S = r/R (0.25 for 5 rounds)."),
+        Says("a number in [0, 1] (0 = 1/(rounds-1))")] = 0.0
+    neighbours: Annotated[Int, Field(ge=1, le=1000, description=
+        "k of each anchor's neighbourhood (the paper's k=1)."), WHOLE] = 1
     # --- memory bank and loss ------------------------------------------------------------
-    tau: float = bounded("Softmax temperature of the non-parametric classifier.", default=0.1,
-                      gt=0, le=10)
-    bank_momentum: float = bounded(
-        "m in v <- normalize(m*v + (1-m)*f); 0.5 as in the reference.", default=0.5, ge=0, lt=1
-    )
+    tau: Annotated[Float, Field(gt=0, le=10, description=
+        "Softmax temperature of the non-parametric classifier.")] = 0.1
+    bank_momentum: Annotated[Float, Field(ge=0, lt=1, description=
+        "m in v <- normalize(m*v + (1-m)*f); 0.5 as in the reference.")] = 0.5
     # --- optimisation --------------------------------------------------------------------
-    batch_size: int = bounded(
+    batch_size: Annotated[Int, Field(ge=2, le=65_536, description=
         "Images per step over all processes together (the global batch; the paper's 128). A "
         "run on gpus x nodes processes splits every batch between them, so the same "
-        "batch_size trains the same schedule on any number of processes.",
-        default=128, ge=2, le=65_536)
-    lr: float = bounded(
+        "batch_size trains the same schedule on any number of processes."), WHOLE] = 128
+    lr: Annotated[Float, Field(gt=0, le=10, description=
         "SGD learning rate at the start of every round, for the global batch_size: it stays "
         "as given whatever the number of processes (the gradient is the global batch's mean); "
-        "scale it yourself only when you change batch_size.",
-        default=0.03, gt=0, le=10)
-    lr_milestones: tuple[float, ...] = bounded(
-        "Fractions of a round at which the lr is multiplied by lr_decay (80/120/160 of 200).",
-        default=(0.4, 0.6, 0.8), gt=0, le=1, max_items=32,
-    )
-    lr_decay: float = bounded("Multiplier applied at each milestone.", default=0.1, gt=0, le=1)
-    momentum: float = bounded("SGD momentum.", default=0.9, ge=0, lt=1)
-    nesterov: bool = bounded("Nesterov momentum, as in the reference.", default=True)
-    weight_decay: float = bounded("L2 weight decay.", default=5e-4, ge=0, lt=1)
+        "scale it yourself only when you change batch_size.")] = 0.03
+    lr_milestones: Annotated[tuple[Annotated[Float, Field(gt=0, le=1)], ...], Strict(),
+                             Field(max_length=32, description=
+        "Fractions of a round at which the lr is multiplied by lr_decay (80/120/160 of 200)."),
+        LISTED] = (0.4, 0.6, 0.8)
+    lr_decay: Annotated[Float, Field(gt=0, le=1, description=
+        "Multiplier applied at each milestone.")] = 0.1
+    momentum: Annotated[Float, Field(ge=0, lt=1, description="SGD momentum.")] = 0.9
+    nesterov: Annotated[Bool, Field(description="Nesterov momentum, as in the reference.")] = True
+    weight_decay: Annotated[Float, Field(ge=0, lt=1, description="L2 weight decay.")] = 5e-4
     # --- augmentation (the reference's CIFAR pipeline) -----------------------------------
-    crop_scale_min: float = bounded(
-        "Lower bound of RandomResizedCrop's area scale (upper is 1).", default=0.2, gt=0, le=1
-    )
-    color_jitter: float = bounded(
-        "Strength of brightness, contrast, saturation and hue jitter.", default=0.4, ge=0, le=0.5
-    )
-    grayscale_p: float = bounded("Probability of turning a view grey.", default=0.2, ge=0, le=1)
+    crop_scale_min: Annotated[Float, Field(gt=0, le=1, description=
+        "Lower bound of RandomResizedCrop's area scale (upper is 1).")] = 0.2
+    color_jitter: Annotated[Float, Field(ge=0, le=0.5, description=
+        "Strength of brightness, contrast, saturation and hue jitter.")] = 0.4
+    grayscale_p: Annotated[Float, Field(ge=0, le=1, description=
+        "Probability of turning a view grey.")] = 0.2
     # --- evaluation ----------------------------------------------------------------------
-    knn_k: int = bounded("Neighbours voting in weighted kNN evaluation.", default=200, ge=1,
-                      le=100_000)
-    knn_sigma: float = bounded("Temperature of the kNN vote weights exp(s/sigma).", default=0.1,
-                            gt=0, le=100)
-    eval_each_round: bool = bounded(
+    knn_k: Annotated[Int, Field(ge=1, le=100_000, description=
+        "Neighbours voting in weighted kNN evaluation."), WHOLE] = 200
+    knn_sigma: Annotated[Float, Field(gt=0, le=100, description=
+        "Temperature of the kNN vote weights exp(s/sigma).")] = 0.1
+    eval_each_round: Annotated[Bool, Field(description=
         "Measure kNN accuracy at the end of every round (labelled data only); it never "
-        "selects a model.",
-        default=True,
-    )
-    knn_every_epochs: int = bounded(
-        "Also measure kNN accuracy every this many epochs (0 = only at round ends).", default=0,
-        ge=0, le=10_000,
-    )
+        "selects a model.")] = True
+    knn_every_epochs: Annotated[Int, Field(ge=0, le=10_000, description=
+        "Also measure kNN accuracy every this many epochs (0 = only at round ends)."),
+        WHOLE] = 0
     # --- index ---------------------------------------------------------------------------
-    index: str = bounded(
+    index: Annotated[IndexType, Field(description=
         "FAISS index of the published collection: auto (exact up to 200k items, HNSW above), "
-        "flat, ivf or hnsw.",
-        default="auto", choices=INDEX_TYPES,
-    )
+        "flat, ivf or hnsw.")] = "auto"
     # --- runtime -------------------------------------------------------------------------
-    seed: int = bounded("Seed of every random choice; a run is reproducible from it.", default=0,
-                     ge=0, le=2**63 - 1, message="must be a non-negative integer below 2**63")
-    device: str = bounded("auto (CUDA when present), cpu, cuda or cuda:N.", default="auto",
-                       pattern=DEVICE_PATTERN, message="must be auto, cpu, cuda or cuda:N")
-    precision: str = bounded(
+    seed: Annotated[Int, Field(ge=0, le=2**63 - 1, description=
+        "Seed of every random choice; a run is reproducible from it."), WHOLE,
+        Says("a non-negative integer below 2**63")] = 0
+    device: Annotated[Str, Field(pattern=f"^({DEVICE_PATTERN})$", description=
+        "auto (CUDA when present), cpu, cuda or cuda:N."),
+        Says("auto, cpu, cuda or cuda:N")] = "auto"
+    precision: Annotated[Literal["auto", "bf16", "fp32"], Field(description=
         "auto (bf16 autocast where the hardware has it: CUDA, or a CPU with AMX/AVX512-BF16), "
-        "bf16 or fp32. The memory bank and the loss always run in fp32.",
-        default="auto", choices=("auto", "bf16", "fp32"),
-    )
-    channels_last: bool = bounded("Use the channels_last memory format for conv nets.",
-                                  default=True)
-    compile: str = bounded(
+        "bf16 or fp32. The memory bank and the loss always run in fp32.")] = "auto"
+    channels_last: Annotated[Bool, Field(description=
+        "Use the channels_last memory format for conv nets.")] = True
+    compile: Annotated[Switch, Field(description=
         "torch.compile the training forward pass: auto (CUDA runs of 2,000+ steps where a C "
-        "compiler is present; on CPU it measured within +-8 % of eager), always or never.",
-        default="auto", choices=("auto", "always", "never"),
-    )
-    num_workers: int = bounded(
-        "Decoding processes; -1 = one per CPU core (up to 8).", default=-1, ge=-1, le=64
-    )
-    cache_images: str = bounded(
+        "compiler is present; on CPU it measured within +-8 % of eager), always or never.")
+    ] = "auto"
+    num_workers: Annotated[Int, Field(ge=-1, le=64, description=
+        "Decoding processes; -1 = one per CPU core (up to 8)."), WHOLE] = -1
+    cache_images: Annotated[Switch, Field(description=
         "auto (decode every image once into memory when it fits in cache_max_gb), always or "
-        "never (decode on the fly in worker processes).",
-        default="auto", choices=("auto", "always", "never"),
-    )
-    cache_max_gb: float = bounded("Memory allowed for the decoded image cache.", default=4.0,
-                               gt=0, le=1024)
-    on_corrupt: str = bounded(
-        "skip (report and leave out unreadable images) or fail (refuse the dataset).",
-        default="skip", choices=("skip", "fail"),
-    )
-    gpus: int = bounded(
+        "never (decode on the fly in worker processes).")] = "auto"
+    cache_max_gb: Annotated[Float, Field(gt=0, le=1024, description=
+        "Memory allowed for the decoded image cache.")] = 4.0
+    on_corrupt: Annotated[Literal["skip", "fail"], Field(description=
+        "skip (report and leave out unreadable images) or fail (refuse the dataset).")
+    ] = "skip"
+    gpus: Annotated[Int, Field(ge=1, le=64, description=
         "Training processes per machine: one per GPU on CUDA (DistributedDataParallel over "
-        "NCCL), or that many CPU processes over Gloo. 1 = a single process.",
-        default=1, ge=1, le=64,
-    )
-    nodes: int = bounded(
+        "NCCL), or that many CPU processes over Gloo. 1 = a single process."), WHOLE] = 1
+    nodes: Annotated[Int, Field(ge=1, le=1024, description=
         "Machines taking part in the run (each runs gpus processes, started by torchrun; see "
-        "docs/distributed.md). Jobs submitted over HTTP run on one machine.",
-        default=1, ge=1, le=1024,
-    )
-    sync_bn: bool = bounded(
+        "docs/distributed.md). Jobs submitted over HTTP run on one machine."), WHOLE] = 1
+    sync_bn: Annotated[Bool, Field(description=
         "Batch-norm statistics over the global batch (synchronised between processes) instead "
-        "of each process's share of it, as the reference did.",
-        default=False,
-    )
-    checkpoint_interval_s: float = bounded(
-        "Also checkpoint mid-epoch at most this often (seconds), so a lost worker loses little.",
-        default=300.0, ge=1, le=86_400,
-    )
+        "of each process's share of it, as the reference did.")] = False
+    checkpoint_interval_s: Annotated[Float, Field(ge=1, le=86_400, description=
+        "Also checkpoint mid-epoch at most this often (seconds), so a lost worker loses "
+        "little.")] = 300.0
 
     # ------------------------------------------------------------------------------------
     @classmethod
@@ -185,19 +181,13 @@ class TrainConfig:
         the published schema says so.
         """
         values = dict(values or {})
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(
-                unknown[0], f"unknown key; valid keys are: {', '.join(sorted(known))}"
-            )
-        hints = typing.get_type_hints(cls)
-        converted = {key: coerce(key, hints[key], value, strict)
-                     for key, value in values.items()}
-        config = cls(**converted)
-        config.validate()
+        try:
+            config = _ADAPTER.validate_python(values, context={"loose": not strict})
+        except ValidationError as exc:
+            raise refusal(exc, values, cls.json_schema(),
+                          typing.get_type_hints(cls, include_extras=True)) from None
+        config.check_between_keys()
         return config
-
     @classmethod
     def from_strings(cls, pairs: Iterable[str],
                      base: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -265,12 +255,8 @@ class TrainConfig:
         return {k: v for k, v in self.to_dict().items() if k not in self.RUNTIME_KEYS}
 
     # --- validation ---------------------------------------------------------------------
-    def validate(self) -> None:
-        for f in fields(self):
-            wrong = problem(f.metadata, getattr(self, f.name))
-            if wrong:
-                raise ConfigError(f.name, f"{wrong} (got {short(getattr(self, f.name))})")
-        # Rules between keys (json_schema() states the same ones).
+    def check_between_keys(self) -> None:
+        """The rules between keys (json_schema() states the first one)."""
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("nesterov", f"needs momentum > 0 (got {self.nesterov!r})")
         if list(self.lr_milestones) != sorted(self.lr_milestones):
@@ -291,13 +277,8 @@ class TrainConfig:
     @classmethod
     def documentation(cls) -> dict[str, dict[str, Any]]:
         """Key -> {default, doc}: used by the CLI help and the API schema."""
-        out = {}
-        for f in fields(cls):
-            default = f.default
-            if isinstance(default, tuple):
-                default = list(default)
-            out[f.name] = {"default": default, "doc": f.metadata.get("doc", "")}
-        return out
+        return {key: {"default": prop["default"], "doc": prop["description"]}
+                for key, prop in cls.json_schema()["properties"].items()}
 
     @classmethod
     def json_schema(cls) -> dict[str, Any]:
@@ -305,21 +286,10 @@ class TrainConfig:
         bounds, and the rule between keys. An object is valid exactly when
         `from_dict(obj, strict=True)` accepts it, except that milestones must also come in
         increasing order there and batch_size be at least 2 x gpus x nodes."""
-        hints = typing.get_type_hints(cls)
-        properties = {}
-        for f in fields(cls):
-            default = list(f.default) if isinstance(f.default, tuple) else f.default
-            prop = {**json_property(hints[f.name], f.metadata), "default": default,
-                    "description": f.metadata.get("doc", "")}
-            properties[f.name] = prop
-        return {
-            "title": "TrainConfig", "type": "object", "additionalProperties": False,
-            "description": "Training config overrides; every key is optional.",
-            "properties": properties,
-            # nesterov (default true) needs momentum > 0 (momentum's default is 0.9).
-            "anyOf": [{"properties": {"momentum": {"exclusiveMinimum": 0}}},
-                      {"required": ["nesterov"], "properties": {"nesterov": {"const": False}}}],
-            # batch_size >= 2 x gpus x nodes is checked on submission (JSON Schema cannot
-            # compare two keys).
-        }
+        schema = _ADAPTER.json_schema()
+        for prop in schema["properties"].values():
+            del prop["title"]  # the key itself
+        return schema
 
+
+_ADAPTER = TypeAdapter(TrainConfig)

@@ -1,106 +1,101 @@
-"""A config field's limits, written once in its metadata (`bounded`), and the three things
-read from them: the value's JSON type (`coerce`), what is wrong with it (`problem`) and its
-JSON Schema (`json_property`). trainer.config declares the fields."""
+"""The JSON types of the config's fields as pydantic checks them, and its refusals in words.
+
+A value has the JSON type its schema states: not "3" for an integer, nor 1 or "yes" for a
+boolean (pydantic's strict types), but 2.0 is the integer 2, as in JSON Schema (`WHOLE`, after
+a field's bounds). Unless the check is strict, what a command line gives counts too: "true" or
+"false" for a boolean, one number for a list of one. trainer.config declares the fields; a
+refusal says what the field's published schema allows (`allowed`) unless the field `Says` it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import re
-import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import (
+    BeforeValidator,
+    PlainValidator,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+)
 
 from trainer.errors import ConfigError
 
-BOUND_KEYS = ("ge", "gt", "le", "lt", "choices", "pattern", "zero_allowed", "max_items",
-              "message")
-_KIND = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-_SCHEMA = (("ge", "minimum"), ("le", "maximum"), ("gt", "exclusiveMinimum"),
-           ("lt", "exclusiveMaximum"))
+PRINTABLE = r"[^\x00-\x1f\x7f]{0,1024}"
 
 
-def bounded(text: str, **kw: Any) -> Any:
-    """A field with its meaning and its limits: ge/gt/le/lt (numbers, or each item of a list),
-    choices, pattern (strings, whole match), zero_allowed (0 also valid, outside the bounds),
-    max_items (lists), message (instead of the one made from the bounds)."""
-    bounds = {k: kw.pop(k) for k in BOUND_KEYS if k in kw}
-    return dataclasses.field(metadata={"doc": text, **bounds}, **kw)
+class Says(str):
+    """A field's refusal in words where its schema's bounds would not say it clearly."""
 
 
-def coerce(key: str, hint: Any, value: Any, strict: bool = False) -> Any:
-    """`value` as the field's type; ints are accepted for floats, lists for tuples (and,
-    unless `strict`, "true"/"false" for booleans and one number for a list)."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if typing.get_origin(hint) is tuple:
-        value = [value] if number and not strict else value
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, f"must be a list of numbers (got {short(value)})")
-        return tuple(coerce(key, typing.get_args(hint)[0], v, strict) for v in value)
-    if hint is bool and not strict and isinstance(value, str) and value.lower() in (
-            "true", "false"):
-        return value.lower() == "true"
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if hint is float and number:
-        try:
-            as_float = float(value)
-        except OverflowError:  # an integer too large for a float
-            as_float = math.inf
-        if not math.isfinite(as_float):
-            raise ConfigError(key, f"must be a finite number (got {short(value)})")
-        return as_float
-    if isinstance(value, hint) and (hint is bool or not isinstance(value, bool)):
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _boolean(value: Any, info: ValidationInfo) -> Any:
+    loose = (info.context or {}).get("loose") and isinstance(value, str)
+    return value.lower() == "true" if loose and value.lower() in ("true", "false") else value
+
+
+def _listed(value: Any, info: ValidationInfo) -> Any:
+    if (info.context or {}).get("loose") and type(value) in (int, float):
+        value = [value]
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _printable(value: Any) -> str:
+    # Python's own match, not pydantic's strings: those refuse what os.fsdecode makes of a file
+    # name that is not UTF-8 (lone surrogates).
+    if isinstance(value, str) and re.fullmatch(PRINTABLE, value):
         return value
-    raise ConfigError(key, f"must be {_KIND[hint]} (got {short(value)})")
+    raise ValueError("not printable text")
 
 
-def problem(meta: Mapping[str, Any], value: Any) -> str | None:
-    """What is wrong with `value` under a field's bounds (None: nothing)."""
-    items = value if isinstance(value, tuple) else (value,)
-    if "max_items" in meta and len(items) > meta["max_items"]:
-        return f"must have at most {meta['max_items']} items"
-    if "choices" in meta:
-        ok = value in meta["choices"]
-    elif "pattern" in meta:
-        ok = re.fullmatch(meta["pattern"], value) is not None
-    else:
-        ok = (meta.get("zero_allowed") and value == 0) or all(_within(meta, x) for x in items)
-    if ok:
-        return None
-    if "message" in meta:
-        return meta["message"]
-    if "choices" in meta:
-        return f"must be one of {', '.join(meta['choices'])}"
-    if isinstance(value, int) and "ge" in meta and "le" in meta:
-        return f"must be between {meta['ge']} and {meta['le']}"
-    low = f"[{meta['ge']}" if "ge" in meta else f"({meta.get('gt', '-inf')}"
-    return f"must be in {low}, " + (f"{meta['le']}]" if "le" in meta else
-                                    f"{meta.get('lt', 'inf')})")
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Str = Annotated[str, Strict()]
+Bool = Annotated[bool, Strict(), BeforeValidator(_boolean)]
+WHOLE = BeforeValidator(_whole)
+LISTED = BeforeValidator(_listed)
+Printable = Annotated[str, PlainValidator(_printable),
+                      WithJsonSchema({"type": "string", "pattern": f"^({PRINTABLE})$"})]
 
 
-def _within(meta: Mapping[str, Any], x: Any) -> bool:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return True
-    return (x >= meta.get("ge", x) and x <= meta.get("le", x)
-            and ("gt" not in meta or x > meta["gt"]) and ("lt" not in meta or x < meta["lt"]))
+def refusal(exc: ValidationError, values: Mapping[str, Any], schema: Mapping[str, Any],
+            hints: Mapping[str, Any]) -> ConfigError:
+    """The first problem found (the first unknown key by name, else the first field in order)
+    as a ConfigError naming the key and what its value must be. `hints`: the config's type hints
+    with their metadata, where a field's Says is found."""
+    errors, props = exc.errors(), schema["properties"]
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["loc"][0] not in props)
+    if unknown:
+        return ConfigError(unknown[0], f"unknown key; valid keys are: {', '.join(sorted(props))}")
+    key = str(errors[0]["loc"][0])
+    says = [m for m in getattr(hints[key], "__metadata__", ()) if isinstance(m, Says)]
+    return ConfigError(key, f"must be {says[0] if says else allowed(props[key])} "
+                            f"(got {short(values[key])})")
 
 
-def json_property(hint: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON Schema of a field's values (without its default and description)."""
-    bounds = {key: meta[name] for name, key in _SCHEMA if name in meta}
-    if hint is bool:
-        return {"type": "boolean"}
-    if hint is str:
-        return {"type": "string", **({"enum": list(meta["choices"])} if "choices" in meta else
-                                     {"pattern": f"^({meta['pattern']})$"} if "pattern" in meta
-                                     else {})}
-    if typing.get_origin(hint) is tuple:
-        return {"type": "array", "items": {"type": "number", **bounds},
-                **({"maxItems": meta["max_items"]} if "max_items" in meta else {})}
-    kind = "integer" if hint is int else "number"
-    return {"type": kind, **({"anyOf": [{"const": 0}, bounds]} if meta.get("zero_allowed")
-                             else bounds)}
+def allowed(prop: Mapping[str, Any]) -> str:
+    """The values a property of the config's JSON Schema allows, in words."""
+    if "enum" in prop:
+        return "one of " + ", ".join(prop["enum"])
+    if prop["type"] == "array":
+        return f"a list of at most {prop['maxItems']} numbers in {_interval(prop['items'])}"
+    if prop["type"] == "integer":
+        return f"an integer between {prop['minimum']} and {prop['maximum']}"
+    if prop["type"] == "number":
+        return f"a number in {_interval(prop)}"
+    return "true or false" if prop["type"] == "boolean" else "a string"
+
+
+def _interval(prop: Mapping[str, Any]) -> str:
+    low = f"[{prop['minimum']}" if "minimum" in prop else f"({prop['exclusiveMinimum']}"
+    return low + (f", {prop['maximum']}]" if "maximum" in prop else
+                  f", {prop['exclusiveMaximum']})")
 
 
 def short(value: Any) -> str:

@@ -7,8 +7,10 @@ The file holds the weights with everything needed to preprocess an image the way
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -37,6 +39,25 @@ def save_encoder(path: str | os.PathLike[str], model: Encoder, meta: EncoderMeta
     save(path, {"format": FORMAT, "meta": meta.__dict__, "state_dict": state})
 
 
+def decode_chw(data: bytes, size: int) -> torch.Tensor:
+    """Encoded image -> 3 x S x S uint8, exactly as training preprocessed it."""
+    return torch.from_numpy(decode_square(data, size)).permute(2, 0, 1)
+
+
+class Embedder(Protocol):
+    """What embeds images for the service, whichever engine runs it (trainer/engines.py)."""
+
+    meta: EncoderMeta
+
+    def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """B x 3 x S x S uint8 -> B x D float32 unit vectors."""
+        ...
+
+    def decode(self, data: bytes) -> torch.Tensor: ...
+
+    def embed_files(self, blobs: Sequence[bytes]) -> np.ndarray: ...
+
+
 class EmbeddingModel:
     """A loaded encoder in eval mode: uint8 images or encoded files -> unit vectors."""
 
@@ -56,7 +77,10 @@ class EmbeddingModel:
                                   "std": tuple(blob["meta"]["std"])})
             model = Encoder(meta.backbone, meta.dim)
             model.load_state_dict(blob["state_dict"])
-        except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        # A damaged file fails inside torch.load with any of these (an empty one with
+        # EOFError, one that is not a pickle or a zip with UnpicklingError).
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, RuntimeError, TypeError,
+                ValueError) as exc:
             raise BundleError(f"cannot load encoder {os.fspath(path)!r}: {exc}") from exc
         return cls(model, meta, resolve(device, precision))
 
@@ -69,8 +93,7 @@ class EmbeddingModel:
         return out.float().cpu().numpy()
 
     def decode(self, data: bytes) -> torch.Tensor:
-        """Encoded image -> 3 x S x S uint8, exactly as training preprocessed it."""
-        return torch.from_numpy(decode_square(data, self.meta.image_size)).permute(2, 0, 1)
+        return decode_chw(data, self.meta.image_size)
 
     def embed_files(self, blobs: Sequence[bytes]) -> np.ndarray:
         return self.embed_uint8(torch.stack([self.decode(b) for b in blobs]))

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
@@ -39,7 +39,7 @@ from service.limits import JSON_BASE, MIB, Gate, Limits
 from service.registry import ModelRegistry, Served
 from service.routes.models import ITEM_PATH
 from service.routes.retrieval import VERSION_QUERY
-from service.schemas import ItemPublic, ItemsChanged
+from service.schemas import IDEMPOTENCY_KEY, ItemPublic, ItemsChanged
 from service.settings import ServiceSettings
 from service.uploads import (
     UPLOAD_PREFIX,
@@ -57,6 +57,11 @@ router = APIRouter(tags=["items"])
 
 UPSERT = Query(False, description="Replace items whose id exists (their image and vector) "
                "instead of answering 409.")
+KEY = Header(None, alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY,
+             description="A name of the client's choosing for this change (a new UUID per "
+             "change, say), so that it can be sent again safely when its reply was lost: once "
+             "a change with this key is in the dataset's log (kept 24 hours), the same request "
+             "sent again changes nothing more and answers as the first did.")
 
 
 def form_fields(limits: Limits) -> dict[str, int]:
@@ -90,7 +95,8 @@ def _changed(served_version: str, dataset: str, changes: list[Change]) -> ItemsC
 async def add(request: Request, response: Response, settings: SettingsDep, limits: LimitsDep,
               bodies: BodiesDep, registry: RegistryDep, batcher: BulkBatcherDep,
               decoder: DecoderDep, upsert: bool = UPSERT,
-              model_version: str | None = VERSION_QUERY) -> ItemsChanged:
+              model_version: str | None = VERSION_QUERY,
+              idempotency_key: str | None = KEY) -> ItemsChanged:
     kind = require_media(request, MULTIPART, JSON)
     served = await served_model(registry, model_version)
     if kind == JSON:
@@ -100,11 +106,11 @@ async def add(request: Request, response: Response, settings: SettingsDep, limit
         items = [NewItem(i.id, blob, i.label) for i, blob in zip(body.items, blobs,
                                                                    strict=True)]
         changes = await add_items(registry, served, items, upsert, decoder, batcher,
-                                  reserve=settings.min_free_disk_mb * MIB)
+                                  reserve=settings.min_free_disk_mb * MIB, key=idempotency_key)
     else:
         form = await read_form(request, form_fields(limits), {"files", "archive"})
         changes = await _add_form(form, request, settings, limits, registry, served, upsert,
-                                  decoder, batcher)
+                                  decoder, batcher, idempotency_key)
     response.headers["Location"] = f"/items/{quote(changes[0].id)}"
     response.headers["X-Model-Version"] = served.version
     return _changed(served.version, served.live.dataset, changes)
@@ -112,7 +118,8 @@ async def add(request: Request, response: Response, settings: SettingsDep, limit
 
 async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
                     limits: Limits, registry: ModelRegistry, served: Served, upsert: bool,
-                    decoder: QueryDecoder, batcher: EmbedBatcher) -> list[Change]:
+                    decoder: QueryDecoder, batcher: EmbedBatcher,
+                    key: str | None) -> list[Change]:
     files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
     archives = [f for f in form.getlist("archive") if isinstance(f, UploadFile)]
     texts = {name: [v for v in form.getlist(name) if isinstance(v, str)]
@@ -124,7 +131,7 @@ async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
     if not archives:
         items = await _file_items(files, texts, prefix, label, limits)
         return await add_items(registry, served, items, upsert, decoder, batcher,
-                               reserve=settings.min_free_disk_mb * MIB)
+                               reserve=settings.min_free_disk_mb * MIB, key=key)
     if texts["ids"] or texts["labels"]:
         raise invalid_form("an archive's ids come from its entries' paths (under `prefix`); "
                            "`ids` and `labels` go with `files`")
@@ -140,7 +147,7 @@ async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
         items = await run_in_threadpool(_archive_items, archives[0], prefix, label, settings,
                                         limits, work)
         return await add_items(registry, served, items, upsert, decoder, batcher,
-                               reserve=settings.min_free_disk_mb * MIB)
+                               reserve=settings.min_free_disk_mb * MIB, key=key)
     finally:
         await run_in_threadpool(remove_tree, work)
         gate.release()
@@ -228,9 +235,10 @@ def _archive_items(upload: UploadFile, prefix: str, label: str | None,
                description="It leaves the index at once (every replica within MODEL_POLL_S) "
                "and no later training job sees it.")
 async def delete(response: Response, registry: RegistryDep, item_id: str = ITEM_PATH,
-                 model_version: str | None = VERSION_QUERY) -> ItemsChanged:
+                 model_version: str | None = VERSION_QUERY,
+                 idempotency_key: str | None = KEY) -> ItemsChanged:
     served = await served_model(registry, model_version)
-    changes = await delete_items(registry, served, [item_id])
+    changes = await delete_items(registry, served, [item_id], idempotency_key)
     response.headers["X-Model-Version"] = served.version
     return _changed(served.version, served.live.dataset, changes)
 
@@ -241,11 +249,12 @@ async def delete(response: Response, registry: RegistryDep, item_id: str = ITEM_
                description="The body is JSON: {\"ids\": [...]}.")
 async def delete_many(request: Request, response: Response, limits: LimitsDep,
                       bodies: BodiesDep, registry: RegistryDep,
-                      model_version: str | None = VERSION_QUERY) -> ItemsChanged:
+                      model_version: str | None = VERSION_QUERY,
+                      idempotency_key: str | None = KEY) -> ItemsChanged:
     require_media(request, JSON)
     served = await served_model(registry, model_version)
     body = await read_json(request, bodies.delete_items, limits.bulk_ids_budget)
-    changes = await delete_items(registry, served, body.ids)
+    changes = await delete_items(registry, served, body.ids, idempotency_key)
     response.headers["X-Model-Version"] = served.version
     return _changed(served.version, served.live.dataset, changes)
 

@@ -24,7 +24,7 @@ CLEARED = ("BROKER_URL", "ADMIN_API_KEY", "READ_API_KEY", "METRICS_API_KEY", "EN
 
 class ApiProcess:
     def __init__(self, root: Path, models_template: Path, *, dataset: bool = True,
-                 **env: str) -> None:
+                 dataset_name: str = "slice", **env: str) -> None:
         self.root = root
         self.data, self.models, self.state = root / "data", root / "models", root / "state"
         shutil.copytree(models_template, self.models)
@@ -32,7 +32,8 @@ class ApiProcess:
         if dataset:
             with zipfile.ZipFile(CIFAR_SLICE) as z:
                 z.extractall(root / "unpacked")
-            (root / "unpacked" / "cifar10").rename(self.data / "slice")
+            # "cifar-slice" is the bundles' own dataset: items can be added to it.
+            (root / "unpacked" / "cifar10").rename(self.data / dataset_name)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         base = {k: v for k, v in os.environ.items() if k not in CLEARED}

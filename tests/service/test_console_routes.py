@@ -233,12 +233,14 @@ def test_images_and_map_need_the_read_key_when_one_is_set(tmp_path, models_templ
         assert c.get("/").status_code == 200  # the page itself is open: it asks for the key
 
 
-def test_api_docs_load_nothing_from_other_sites(api):
-    """/docs runs Swagger UI on this origin (where keys are typed): its files come from this
-    service, never from a CDN."""
+@pytest.mark.parametrize("path, bundle, vendor", [
+    ("/docs", "swagger-ui-bundle.js", "swagger-ui"), ("/redoc", "redoc.standalone.js", "redoc")])
+def test_api_docs_load_nothing_from_other_sites(api, path, bundle, vendor):
+    """/docs (Swagger UI) and /redoc run on this origin (where keys are typed): their files come
+    from this service, never from a CDN, and neither page loads a font from another site."""
     import re
 
-    page = api.client.get("/docs")
+    page = api.client.get(path)
     assert page.status_code == 200
     sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert sources and all(s.startswith("/") and not s.startswith("//") for s in sources), sources
@@ -246,5 +248,6 @@ def test_api_docs_load_nothing_from_other_sites(api):
     for source in sources:
         r = api.client.get(source)
         assert r.status_code == 200, source
-    assert any(s.endswith("swagger-ui-bundle.js") for s in sources)
-    assert (STATIC / "vendor" / "swagger-ui" / "LICENSE").is_file()
+    assert any(s.endswith(bundle) for s in sources)
+    assert "fonts.googleapis" not in page.text
+    assert (STATIC / "vendor" / vendor / "LICENSE").is_file()

@@ -164,6 +164,37 @@ def test_a_lost_transaction_reply_neither_refuses_nor_loses_the_write(proxied):
     assert proxied.get("/items/lost/b.png").status_code == 200
 
 
+def test_a_change_sent_again_with_its_idempotency_key_answers_as_the_first_did(client):
+    """A client whose reply was lost sends the same request again with the same key: the
+    add (without upsert) and the deletes answer as before instead of 409 and 404, and nothing
+    is changed twice; without a key, or with another one, the same request is refused."""
+    files = [("files", ("a.png", _png((7, 8, 9)), "image/png"))]
+    first = client.post("/items", headers=AUTH | {"Idempotency-Key": "add-1"},
+                        data={"prefix": "again/"}, files=files)
+    assert first.status_code == 201, first.text
+    again = client.post("/items", headers=AUTH | {"Idempotency-Key": "add-1"},
+                        data={"prefix": "again/"}, files=files)
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    _problem(client.post("/items", headers=AUTH | {"Idempotency-Key": "add-2"},
+                         data={"prefix": "again/"}, files=files), 409, "already exists")
+    _problem(client.post("/items", headers=AUTH, data={"prefix": "again/"}, files=files), 409,
+             "already exists")
+    assert client.get("/items/again/a.png").json()["seq"] == first.json()["seq"]
+    for send in (lambda key: client.delete("/items/again/a.png", headers=AUTH | key),
+                 lambda key: client.request("DELETE", "/items", headers=AUTH | key,
+                                            json={"ids": ["again/a.png"]})):
+        client.post("/items", headers=AUTH, data={"prefix": "again/"}, files=files,
+                    params={"upsert": "true"})
+        key = {"Idempotency-Key": f"delete-{id(send)}"}
+        gone = send(key)
+        assert gone.status_code == 200, gone.text
+        assert send(key).json() == gone.json()
+        _problem(send({}), 404, "no item")
+    _problem(client.post("/items", headers=AUTH | {"Idempotency-Key": "not a key"},
+                         data={"prefix": "again/"}, files=files), 422, "")
+
+
 def _noise_png(seed: int, side: int) -> bytes:
     """A PNG of random pixels: it does not compress, so its size is about 3 x side^2."""
     import numpy as np

@@ -84,3 +84,49 @@ def test_round_trip_and_documentation():
     docs = TrainConfig.documentation()
     assert set(docs) == set(c.to_dict())
     assert all(info["doc"] for info in docs.values())
+
+
+@pytest.mark.parametrize(
+    ("values", "loose", "strict"),
+    [
+        ({"rounds": 2.0}, True, True),  # 2.0 is an integer in JSON
+        ({"rounds": "3"}, False, False),
+        ({"rounds": True}, False, False),
+        ({"lr": 1}, True, True),
+        ({"lr": "0.1"}, False, False),
+        ({"lr": False}, False, False),
+        ({"nesterov": "true"}, True, False),  # what a command line gives
+        ({"nesterov": "yes"}, False, False),
+        ({"nesterov": 1}, False, False),
+        ({"lr_milestones": 0.5}, True, False),
+        ({"lr_milestones": (0.5,)}, True, True),
+        ({"lr_milestones": {0.5}}, False, False),
+        ({"backbone": b"small_cnn"}, False, False),
+        ({"init_from": "w\udce9.pt"}, True, True),  # a file name that is not UTF-8
+        ({"init_from": "a\nb"}, False, False),
+    ],
+)
+def test_values_keep_their_json_types(values, loose, strict):
+    for mode, valid in ((False, loose), (True, strict)):
+        if valid:
+            TrainConfig.from_dict(values, strict=mode)
+        else:
+            with pytest.raises(ConfigError) as err:
+                TrainConfig.from_dict(values, strict=mode)
+            assert err.value.key == next(iter(values))
+
+
+def test_messages_say_what_a_value_must_be():
+    def message(values):
+        with pytest.raises(ConfigError) as err:
+            TrainConfig.from_dict(values)
+        return err.value.key, err.value.message
+
+    assert message({"rounds": 0}) == ("rounds", "must be an integer between 1 and 100 (got 0)")
+    assert message({"tau": 0})[1].startswith("must be a number in (0, 10]")
+    assert message({"backbone": "vgg"})[1].startswith("must be one of resnet18_cifar, small_cnn")
+    assert message({"lr_milestones": [0.5, 2]})[1].startswith("must be a list of at most 32")
+    assert message({"device": "tpu"})[1].startswith("must be auto, cpu, cuda or cuda:N")
+    assert message({"seed": 10**5000})[1].endswith("(got an integer of about 5000 digits)")
+    key, text = message({"zz": 1, "aa": 1})  # the first unknown key by name
+    assert key == "aa" and text.startswith("unknown key; valid keys are: anchor_rate, backbone")

@@ -97,3 +97,14 @@ def test_invalid_bundles_never_become_current(finished_run, tmp_path):
         (finished_run / "hidden.npz").rename(finished_run / "embeddings.npz")
     assert not (models / "v-fail").exists()
     assert not [p for p in models.iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("damage", [b"", b"not an encoder", b"PK\x03\x04cut short"],
+                         ids=["empty", "text", "truncated-zip"])
+def test_a_damaged_encoder_file_is_an_invalid_bundle(finished_run, tmp_path, damage):
+    """Every way torch.load fails on a damaged file is the bundle's error (an API answers it
+    as a problem), never an exception of torch's own."""
+    path = write_bundle(finished_run, tmp_path / "models", dataset="d")
+    (path / "encoder.pt").write_bytes(damage)
+    with pytest.raises(BundleError, match="cannot load encoder"):
+        validate(path)

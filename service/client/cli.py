@@ -1,0 +1,90 @@
+"""`python -m service.client`: the live collection from a shell, over the HTTP API.
+
+    python -m service.client add photos/*.jpg --prefix added/2026-11-27/ [--label cat]
+    python -m service.client add shots.zip --prefix added/2026-11-27/      # an archive
+    python -m service.client find query.jpg [-k 5]                         # search by image
+    python -m service.client get added/2026-11-27/0001.jpg
+    python -m service.client delete added/2026-11-27/0001.jpg [more ids]
+
+The API's address comes from --url (default $AND_API_URL, else http://127.0.0.1:8000) and the
+key from $ADMIN_API_KEY (adds and deletes) or $READ_API_KEY (reads); a key is never an argument,
+so it never lands in a shell history. Built on service.client.Client: requests turned away
+with 503 are sent again after the wait the API asks for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import httpx
+
+from service.client.core import ApiError
+from service.client.sync import Client
+
+ARCHIVES = (".zip", ".tar", ".gz", ".tgz")
+
+
+def _add(api: Client, args: argparse.Namespace) -> None:
+    paths = [Path(p) for p in args.paths]
+    archives = [p for p in paths if p.suffix.lower() in ARCHIVES]
+    images = [p for p in paths if p not in archives]
+    answers = [api.add_archive(a, prefix=args.prefix, label=args.label, upsert=args.upsert)
+               for a in archives]
+    for answer in answers:
+        _added(answer.ids, answer.dataset, answer.model_version, answer.seq)
+    if images:
+        for batch in api.add_batches(images, prefix=args.prefix, label=args.label,
+                                     upsert=args.upsert):
+            _added(batch.ids, batch.dataset, batch.model_version, batch.seq)
+
+
+def _added(ids: list[str], dataset: str, version: str, seq: int) -> None:
+    print(f"added {len(ids)} items to {dataset} (model {version}, log position {seq})")
+
+
+def _find(api: Client, args: argparse.Namespace) -> None:
+    for n in api.search([args.image], k=args.k).results[0].neighbours:
+        print(f"{n.score:.4f}  {n.id}" + (f"  ({n.label})" if n.label else ""))
+
+
+def _get(api: Client, args: argparse.Namespace) -> None:
+    print(json.dumps(dataclasses.asdict(api.item(args.id)), indent=2))
+
+
+def _delete(api: Client, args: argparse.Namespace) -> None:
+    answer = api.delete_items(args.ids)
+    print(f"deleted {len(answer.ids)} items (log position {answer.seq})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m service.client", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=None,
+                   help="the API (default $AND_API_URL, else http://127.0.0.1:8000)")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("add", help="add images (files or archives) to the served collection")
+    a.add_argument("paths", nargs="+")
+    a.add_argument("--prefix", required=True, help="ids are this + each file's name")
+    a.add_argument("--label", default=None)
+    a.add_argument("--upsert", action="store_true", help="replace items that exist")
+    f = sub.add_parser("find", help="the nearest items of an image")
+    f.add_argument("image")
+    f.add_argument("-k", type=int, default=10)
+    g = sub.add_parser("get", help="an item: label, model, when it was added")
+    g.add_argument("id")
+    d = sub.add_parser("delete", help="delete items (all, or none when one is missing)")
+    d.add_argument("ids", nargs="+")
+    args = p.parse_args(argv)
+    # Reads go with the read key (or the admin key); only changes need the admin key.
+    command = {"add": _add, "find": _find, "get": _get, "delete": _delete}[args.command]
+    with Client(args.url) as api:
+        try:
+            command(api, args)
+        except ApiError as exc:
+            raise SystemExit(f"error: {exc.status} {exc.detail or exc.title}") from None
+        except httpx.TransportError as exc:
+            raise SystemExit(f"error: cannot reach {api.url}: {exc}") from None
+    return 0
