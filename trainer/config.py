@@ -109,12 +109,13 @@ class TrainConfig:
     knn_sigma: float = bounded("Temperature of the kNN vote weights exp(s/sigma).", default=0.1,
                             gt=0, le=100)
     eval_each_round: bool = bounded(
-        "Measure kNN accuracy at the end of every round (labelled data only); it never "
-        "selects a model.",
+        "Measure kNN accuracy (labelled data) and the label-free score at the end of every "
+        "round; neither selects a model.",
         default=True,
     )
     knn_every_epochs: int = bounded(
-        "Also measure kNN accuracy every this many epochs (0 = only at round ends).", default=0,
+        "Also measure kNN accuracy and the label-free score every this many epochs (0 = only "
+        "at round ends).", default=0,
         ge=0, le=10_000,
     )
     # --- index ---------------------------------------------------------------------------

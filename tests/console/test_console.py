@@ -170,22 +170,26 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     page.wait_for_url("**/#/jobs/*")
 
     # The job page follows the run without a reload: the chart gains points while it runs.
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, str]] = []
     deadline = time.monotonic() + LONG / 1000
     while time.monotonic() < deadline:
         status = page.locator("#job-status").inner_text(timeout=LONG)
         points = int(page.locator("#job-charts").get_attribute("data-points") or 0)
-        seen.append((status, points))
+        seen.append((status, points, page.locator("#job-label-free").inner_text()))
         if status in ("succeeded", "failed", "canceled"):
             break
         time.sleep(0.2)
     assert seen[-1][0] == "succeeded", (seen[-1], stack.worker.tail())
     expect(page.locator("#job-charts")).to_have_attribute("data-points", str(EPOCHS))
     # Seen part way (running, some epochs drawn), then whole: it grew without a reload.
-    partial = [p for s, p in seen if s == "running" and 0 < p < EPOCHS]
+    partial = [p for s, p, _ in seen if s == "running" and 0 < p < EPOCHS]
     assert partial, f"the chart was never seen part way through the run: {seen}"
-    expect(page.locator("#job-charts .chart canvas")).to_have_count(4)
+    expect(page.locator("#job-charts .chart canvas")).to_have_count(5)
     expect(page.locator("#job-pixels")).not_to_have_text("–")
+    # The label-free score was measured at the kNN epochs, beside its two baselines.
+    expect(page.locator("#job-charts [data-chart=label-free]")).to_be_visible()
+    expect(page.locator("#job-label-free")).to_contain_text("(120 items)")
+    assert [f for s, _, f in seen if s == "running" and f != "–"], seen
     expect(page.locator("#job-gate")).to_contain_text("Made current (promote: always)")
     expect(page.locator("#job-gate")).to_contain_text("raw pixels")
     stack.model_version = page.locator("#main a[href^='#/explore?model=']").first.get_attribute(
