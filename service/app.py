@@ -24,6 +24,7 @@ from service.registry import ModelRegistry
 from service.retrain import RetrainWatcher
 from service.routes import (
     classify,
+    compare,
     datasets,
     docs,
     export,
@@ -198,8 +199,8 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.store_probe = CachedProbe(store.ping)
     app.state.broker_probe = CachedProbe(BrokerConnection(settings))
     errors.install(app, unavailable=store.transient_errors)
-    for module in (health, datasets, retrain, jobs, models, export, retrieval, classify,
-                   items):
+    for module in (health, datasets, retrain, jobs, models, export, compare, retrieval,
+                   classify, items):
         app.include_router(module.router)
     console.install(app)
     if settings.api_docs != "off":

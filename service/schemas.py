@@ -136,7 +136,9 @@ class JobPublic(BaseModel):
     status: JobStatus
     progress: dict[str, Any] = Field(
         description="Latest: phase, round, epoch, loss, lr, anchors, neighbourhood_quality, "
-        "images_per_s, eta_s, knn_top1 (when measured), attempt and run_first_epoch (the "
+        "images_per_s, eta_s, knn_top1 and label_free (when measured; label_free beside "
+        "pixel_label_free and untrained_label_free, on label_free_items sampled items), "
+        "attempt and run_first_epoch (the "
         "epoch where this run of the job began: after its checkpoint when resumed), metrics "
         "(when done).")
     error: str | None

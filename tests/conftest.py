@@ -43,6 +43,29 @@ def copy_tree(tmp_path: Path):
     return copy
 
 
+# The versions the service tests publish from the two runs of `trained_runs`.
+V1, V2 = "20260101-000000-first", "20260102-000000-second"
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory) -> dict[str, Path]:
+    """Two real training runs on the CIFAR slice (seeds 0 and 1), by the version the service
+    tests publish from each: what a worker publishes from (the service and console tests)."""
+    from trainer.config import TrainConfig
+    from trainer.data import open_collection
+    from trainer.engine import Trainer
+
+    runs = {}
+    for seed, version in ((0, V1), (1, V2)):
+        run = tmp_path_factory.mktemp(f"run{seed}")
+        config = TrainConfig.from_dict({"backbone": "small_cnn", "rounds": 1,
+                                        "epochs_per_round": 1, "batch_size": 32, "knn_k": 10,
+                                        "num_workers": 0, "seed": seed})
+        Trainer(config, open_collection(CIFAR_SLICE), run).run()
+        runs[version] = run
+    return runs
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A redis-server of our own on a free port (never the machine's shared one)."""

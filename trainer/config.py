@@ -122,10 +122,11 @@ class TrainConfig:
     knn_sigma: Annotated[Float, Field(gt=0, le=100, description=
         "Temperature of the kNN vote weights exp(s/sigma).")] = 0.1
     eval_each_round: Annotated[Bool, Field(description=
-        "Measure kNN accuracy at the end of every round (labelled data only); it never "
-        "selects a model.")] = True
+        "Measure kNN accuracy (labelled data) and the label-free score at the end of every "
+        "round; neither selects a model.")] = True
     knn_every_epochs: Annotated[Int, Field(ge=0, le=10_000, description=
-        "Also measure kNN accuracy every this many epochs (0 = only at round ends)."),
+        "Also measure kNN accuracy and the label-free score every this many epochs (0 = only "
+        "at round ends)."),
         WHOLE] = 0
     # --- index ---------------------------------------------------------------------------
     index: Annotated[IndexType, Field(description=

@@ -34,6 +34,7 @@ from trainer.discovery import discover, no_neighbourhoods
 from trainer.distributed import Distributed, discover_on_rank0, synchronise_batch_norm
 from trainer.errors import TrainingStopped
 from trainer.evaluation import knn_evaluation
+from trainer.label_free_progress import ProgressScore, run_meta
 from trainer.loader import BatchReader, Prepared, prepare, split_batches
 from trainer.outputs import RunResult, embed, epoch_record, start_log, write_outputs
 from trainer.progress import append_jsonl
@@ -60,6 +61,7 @@ class Trainer:
     reader: BatchReader
     train_rows: np.ndarray  # rows of the collection trained on (the bank's rows, in order)
     pixel_baseline: dict[str, Any] | None  # what raw pixels score with the same kNN
+    progress_score: ProgressScore | None  # the label-free score at evaluation epochs (rank 0)
     state: RunState
     checkpoints: Checkpoints
     augment: BatchAugment
@@ -187,11 +189,19 @@ class Trainer:
         periodic = cfg.knn_every_epochs > 0 and done_epochs % cfg.knn_every_epochs == 0
         coll = self.prepared.collection
         knn: dict[str, Any] | None = None
-        if (periodic or (last_of_round and cfg.eval_each_round)) and coll.has_labels and self.main:
+        evaluate = (periodic or (last_of_round and cfg.eval_each_round)) and self.main
+        if evaluate and coll.has_labels:
             self.embeddings = self._embed_all()
             knn = knn_evaluation(self.embeddings, coll.labels, coll.is_eval, len(coll.classes),
                                  cfg.knn_k, cfg.knn_sigma)
-        record = epoch_record(s, lr, elapsed, knn, len(self.train_rows), self.pixel_baseline)
+        # Measured at the same epochs, labels or not: the one figure an unlabelled run has.
+        score = self.progress_score
+        label_free = dict(score.baselines) if score else {}
+        if evaluate and score:
+            self.on_status("scoring", {"items": label_free["label_free_items"]})
+            label_free["label_free"] = score(s.model, s.mean, s.std, self.embeddings)
+        record = epoch_record(s, lr, elapsed, knn, len(self.train_rows), self.pixel_baseline,
+                              label_free)
         s.history.append(record)
         s.acc = EpochAccumulator()
         self.checkpoints.save(s, f"checkpoint_round{s.round}.pt" if last_of_round else None)
@@ -278,6 +288,11 @@ class Trainer:
                 model, device_ids=[dev.index] if self.rt.cuda else None)
         if self.main:
             start_log(self.out, s)
+            self.progress_score = ProgressScore(
+                self.prepared, run_meta(cfg.backbone, cfg.embedding_dim, cfg.input_size, s.mean,
+                                        s.std), self.rt, init_seed=cfg.seed)
+        else:
+            self.progress_score = None
         self.step = TrainStep(trained, compiled_forward(trained, cfg, self.rt.cuda, n),
                               optimizer, bank, cfg.tau, self.rt, self.profile)
 

@@ -69,10 +69,17 @@ def paired(candidate: np.ndarray, incumbent: np.ndarray, incumbent_name: str,
     if n == 0:
         return Verdict(True, measure, None, None, incumbent_name, 0.0, 0,
                        "no labelled evaluation items in common: nothing to compare")
-    diff = candidate - incumbent
-    se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    _, se = paired_difference(candidate, incumbent)
     return _decide(float(candidate.mean()), float(incumbent.mean()), z * se, n,
                    incumbent_name, measure)
+
+
+def paired_difference(candidate: np.ndarray, incumbent: np.ndarray) -> tuple[float, float]:
+    """(mean of the per-query differences, its standard error), for scores of two models on
+    the same queries (at least one)."""
+    diff = candidate - incumbent
+    n = len(diff)
+    return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
 
 
 def unpaired(candidate: float, incumbent: float, n: int, incumbent_name: str,

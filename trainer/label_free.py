@@ -174,6 +174,11 @@ def uniformity(x: torch.Tensor, t: float = 2.0) -> float:
     return math.log(max(total / (n * (n - 1)), 1e-300))
 
 
+def _mrr(ranks: torch.Tensor) -> float:
+    """Mean reciprocal rank of 0-based ranks."""
+    return float((1.0 / (ranks.double() + 1)).mean())
+
+
 def parts_of(clean: np.ndarray, views: np.ndarray, k: int = DEFAULT_K) -> dict[str, float]:
     """Every measured part, for embeddings of the same items (row i of each)."""
     c, v = _unit(clean), _unit(views)
@@ -188,8 +193,8 @@ def parts_of(clean: np.ndarray, views: np.ndarray, k: int = DEFAULT_K) -> dict[s
     erank = effective_rank(c)
     return {
         "retrieval_top1": float((ranks == 0).double().mean()),
-        "retrieval_mrr": float((1.0 / (ranks + 1)).mean()),
-        "centred_mrr": float((1.0 / (centred + 1)).mean()),
+        "retrieval_mrr": _mrr(ranks),
+        "centred_mrr": _mrr(centred),
         "neighbour_top1_agreement": list_agreement(own[:, :1], seen[:, :1]),
         "knn_agreement": list_agreement(own, seen),
         "alignment": float((c - v).pow(2).sum(1).mean()),
@@ -204,19 +209,27 @@ def combine(parts: dict[str, float]) -> float:
     return parts["retrieval_mrr"]
 
 
+def score_parts(clean: np.ndarray, views: np.ndarray) -> dict[str, float]:
+    """Only the parts the score is made of (combine): what measuring it during training
+    needs, without the others' cost (an SVD, all pairs)."""
+    return {"retrieval_mrr": _mrr(retrieval_ranks(_unit(clean), _unit(views)))}
+
+
 def label_free_score(embeddings: np.ndarray,
                      embed_views: Callable[[np.ndarray], np.ndarray], *,
                      sample: int = MAX_SAMPLE, k: int = DEFAULT_K,
-                     seed: int = 0) -> LabelFreeScore:
+                     seed: int = 0, every_part: bool = True) -> LabelFreeScore:
     """Score an encoder from its `embeddings` of a collection (N x D, row i = item i) and
     `embed_views(rows)`: its embeddings of one augmented view of each of those items (the one
-    extra pass, over at most `sample` rows). Higher is better."""
+    extra pass, over at most `sample` rows). Higher is better. `every_part`: also measure the
+    parts the score is not made of (parts_of), else only its own (score_parts)."""
     rows = sample_rows(len(embeddings), sample, seed)
     views = np.asarray(embed_views(rows), dtype=np.float32)
     if views.shape != (len(rows), embeddings.shape[1]):
         raise ValueError(f"embed_views returned {views.shape}, expected "
                          f"{(len(rows), embeddings.shape[1])}")
-    parts = parts_of(embeddings[rows], views, k)
+    parts = (parts_of(embeddings[rows], views, k) if every_part
+             else score_parts(embeddings[rows], views))
     return LabelFreeScore(score=combine(parts), parts=parts, items=len(rows))
 
 

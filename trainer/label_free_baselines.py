@@ -12,14 +12,16 @@ import numpy as np
 import torch
 
 from trainer.baseline import images_of, pixel_vectors
-from trainer.encoder_file import EmbeddingModel
+from trainer.encoder_file import EmbeddingModel, EncoderMeta
 from trainer.label_free import (
+    AUGMENTATIONS,
     DEFAULT_AUGMENTATION,
     MAX_SAMPLE,
+    LabelFreeScore,
+    augmented_views,
     label_free_score,
     sample_rows,
     untrained_model,
-    view_embedder,
 )
 from trainer.loader import Prepared
 
@@ -32,6 +34,40 @@ def _embed(forward: Forward, images: torch.Tensor, batch_size: int = 256) -> np.
                            for i in range(0, len(images), batch_size)])
 
 
+def sample_views(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """One view of each image of the sample: the same for every encoder given the seed."""
+    return augmented_views(images, AUGMENTATIONS[DEFAULT_AUGMENTATION], seed)
+
+
+def sample_score(forward: Forward, images: torch.Tensor, views: torch.Tensor,
+                 clean: np.ndarray | None = None, every_part: bool = True) -> LabelFreeScore:
+    """The score of `forward` (uint8 batches -> vectors) on every item of `images` (the
+    sample, uint8 N x 3 x S x S) and their `views` (sample_views). `clean`: its embeddings of
+    `images`, when the caller has them (then only the views are embedded). `every_part`: the
+    parts the score is not made of too (label_free_score)."""
+    clean = clean if clean is not None else _embed(forward, images)
+    return label_free_score(clean, lambda rows: _embed(forward, views[torch.from_numpy(rows)]),
+                            sample=len(images), every_part=every_part)
+
+
+def baseline_scores(images: torch.Tensor, views: torch.Tensor, prepared: Prepared,
+                    meta: EncoderMeta, *, init_seed: int = 0, device: str = "auto",
+                    precision: str = "auto", every_part: bool = True
+                    ) -> dict[str, LabelFreeScore]:
+    """`pixels` and `untrained`: what raw pixels (standardised with the collection's channel
+    statistics) and the untrained network of `meta` (normalised as that model is) score on
+    the sample `images` and its `views`."""
+    def pixels(batch: torch.Tensor) -> np.ndarray:
+        return pixel_vectors(batch, prepared.mean, prepared.std)
+
+    untrained = untrained_model(meta.backbone, meta.dim, meta.image_size,
+                                torch.tensor(meta.mean), torch.tensor(meta.std),
+                                seed=init_seed, device=device, precision=precision)
+    return {"pixels": sample_score(pixels, images, views, every_part=every_part),
+            "untrained": sample_score(untrained.embed_uint8, images, views,
+                                      every_part=every_part)}
+
+
 def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
                          embeddings: np.ndarray | None = None, *, init_seed: int = 0,
                          seed: int = 0, sample: int = MAX_SAMPLE) -> dict[str, Any]:
@@ -42,30 +78,13 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
     model embeds only the views); otherwise the sample is embedded here too.
     """
     rows = sample_rows(len(prepared.collection), sample, seed)
-    size = model.meta.image_size
-    images = images_of(prepared, rows, size)
-
-    def of_sample(picked: np.ndarray) -> torch.Tensor:
-        return images[torch.from_numpy(picked)]
-
-    def pixels(batch: torch.Tensor) -> np.ndarray:
-        return pixel_vectors(batch, prepared.mean, prepared.std)
-
-    untrained = untrained_model(model.meta.backbone, model.meta.dim, size,
-                                torch.tensor(model.meta.mean), torch.tensor(model.meta.std),
-                                seed=init_seed, device=str(model.runtime.device),
-                                precision="bf16" if model.runtime.bf16 else "fp32")
-    clean = {
-        "model": embeddings[rows] if embeddings is not None else _embed(model.embed_uint8,
-                                                                         images),
-        "pixels": _embed(pixels, images),
-        "untrained": _embed(untrained.embed_uint8, images),
-    }
-    forwards: dict[str, Forward] = {"model": model.embed_uint8, "pixels": pixels,
-                                    "untrained": untrained.embed_uint8}
-    scores = {name: label_free_score(clean[name], view_embedder(of_sample, forwards[name],
-                                                                seed=seed))
-              for name in clean}
+    images = images_of(prepared, rows, model.meta.image_size)
+    views = sample_views(images, seed)
+    scores = {"model": sample_score(model.embed_uint8, images, views,
+                                    embeddings[rows] if embeddings is not None else None),
+              **baseline_scores(images, views, prepared, model.meta, init_seed=init_seed,
+                                device=str(model.runtime.device),
+                                precision="bf16" if model.runtime.bf16 else "fp32")}
     return {
         "label_free": scores["model"].score,
         "pixel_label_free": scores["pixels"].score,

@@ -4,6 +4,8 @@ encoder, metrics.json, skipped.json and the curves."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -31,10 +33,10 @@ class RunResult:
     replica_checks: int = 0  # steps after which the banks of all processes were compared
 
 
-@torch.no_grad()
-def embed(model: torch.nn.Module, rt: Runtime, reader: BatchReader, mean: torch.Tensor,
-          std: torch.Tensor, count: int, dim: int) -> np.ndarray:
-    """Embeddings of the whole collection (evaluation split included), in eval mode."""
+def encoder_forward(model: torch.nn.Module, rt: Runtime, mean: torch.Tensor,
+                    std: torch.Tensor) -> Callable[[torch.Tensor], np.ndarray]:
+    """uint8 batches -> the model's vectors, normalised as the run normalises (the caller puts
+    the model in eval mode and turns gradients off)."""
     mean, std = mean.to(rt.device), std.to(rt.device)
 
     def forward(images: torch.Tensor) -> np.ndarray:
@@ -42,11 +44,25 @@ def embed(model: torch.nn.Module, rt: Runtime, reader: BatchReader, mean: torch.
         with rt.autocast():
             return model(x).float().cpu().numpy()
 
+    return forward
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode and no gradients while inside; training mode again after."""
     model.eval()
     try:
-        return embed_all(reader, count, dim, forward)
+        with torch.no_grad():
+            yield
     finally:
         model.train()
+
+
+def embed(model: torch.nn.Module, rt: Runtime, reader: BatchReader, mean: torch.Tensor,
+          std: torch.Tensor, count: int, dim: int) -> np.ndarray:
+    """Embeddings of the whole collection (evaluation split included), in eval mode."""
+    with evaluating(model):
+        return embed_all(reader, count, dim, encoder_forward(model, rt, mean, std))
 
 
 def start_log(out: Path, state: RunState) -> None:
@@ -58,9 +74,11 @@ def start_log(out: Path, state: RunState) -> None:
 
 
 def epoch_record(state: RunState, lr: float, elapsed: float, knn: dict[str, Any] | None,
-                 n_train: int, pixel_baseline: dict[str, Any] | None) -> dict[str, Any]:
+                 n_train: int, pixel_baseline: dict[str, Any] | None,
+                 label_free: dict[str, Any] | None = None) -> dict[str, Any]:
     """The progress record of the epoch `state` just finished, `elapsed` seconds into the
-    training."""
+    training. `label_free`: the label-free figures of the epoch (trainer.label_free_progress):
+    the baselines every epoch, the model's score at evaluation epochs."""
     cfg, acc, hoods = state.config, state.acc, state.hoods
     assert hoods is not None
     epoch_time = acc.data_s + acc.backbone_s + acc.bank_s
@@ -77,6 +95,7 @@ def epoch_record(state: RunState, lr: float, elapsed: float, knn: dict[str, Any]
         time_data_s=acc.data_s, time_backbone_s=acc.backbone_s, time_bank_s=acc.bank_s,
         time_discovery_s=state.discovery_s if state.epoch == 1 else 0.0,
         knn_top1=top1, knn_top5=top5, knn_protocol=knn["knn_protocol"] if knn else None,
+        **(label_free or {}),
     ).to_dict()
     if pixel_baseline:
         record["pixel_knn_top1"] = pixel_baseline["pixel_knn_top1"]

@@ -31,6 +31,12 @@ class EpochRecord:
     knn_top1: float | None = None
     knn_top5: float | None = None
     knn_protocol: str | None = None
+    # The label-free score (trainer.label_free_progress) on the run's sample of
+    # `label_free_items` items: the model's at evaluation epochs, the baselines every epoch.
+    label_free: float | None = None
+    pixel_label_free: float | None = None
+    untrained_label_free: float | None = None
+    label_free_items: int | None = None
 
     @property
     def global_epoch(self) -> int:

@@ -21,9 +21,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import CIFAR_SLICE
+from tests.conftest import CIFAR_SLICE, V2
 from tests.console.browser import Watch, launch, screenshot_dir
 from tests.processes import Process, free_port, start_worker, wait_for
+from trainer.bundle import write_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -170,22 +171,26 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     page.wait_for_url("**/#/jobs/*")
 
     # The job page follows the run without a reload: the chart gains points while it runs.
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, str]] = []
     deadline = time.monotonic() + LONG / 1000
     while time.monotonic() < deadline:
         status = page.locator("#job-status").inner_text(timeout=LONG)
         points = int(page.locator("#job-charts").get_attribute("data-points") or 0)
-        seen.append((status, points))
+        seen.append((status, points, page.locator("#job-label-free").inner_text()))
         if status in ("succeeded", "failed", "canceled"):
             break
         time.sleep(0.2)
     assert seen[-1][0] == "succeeded", (seen[-1], stack.worker.tail())
     expect(page.locator("#job-charts")).to_have_attribute("data-points", str(EPOCHS))
     # Seen part way (running, some epochs drawn), then whole: it grew without a reload.
-    partial = [p for s, p in seen if s == "running" and 0 < p < EPOCHS]
+    partial = [p for s, p, _ in seen if s == "running" and 0 < p < EPOCHS]
     assert partial, f"the chart was never seen part way through the run: {seen}"
-    expect(page.locator("#job-charts .chart canvas")).to_have_count(4)
+    expect(page.locator("#job-charts .chart canvas")).to_have_count(5)
     expect(page.locator("#job-pixels")).not_to_have_text("–")
+    # The label-free score was measured at the kNN epochs, beside its two baselines.
+    expect(page.locator("#job-charts [data-chart=label-free]")).to_be_visible()
+    expect(page.locator("#job-label-free")).to_contain_text("(120 items)")
+    assert [f for s, _, f in seen if s == "running" and f != "–"], seen
     expect(page.locator("#job-gate")).to_contain_text("Made current (promote: always)")
     expect(page.locator("#job-gate")).to_contain_text("raw pixels")
     stack.model_version = page.locator("#main a[href^='#/explore?model=']").first.get_attribute(
@@ -359,3 +364,65 @@ def test_retrain_policy_page_and_the_gate_verdicts(stack: Stack, browser: Browse
     shoot(page, stack, "models-gate")
     settle(page)
     watch.check(allowed={422})
+
+
+def test_compare_two_versions_with_their_neighbours_side_by_side(stack: Stack, browser: Browser,
+                                                                  trained_runs) -> None:
+    """A second version of the same dataset, published with the bundle writer from another
+    run (seed 1, one epoch), compared with the page's model from the models page."""
+    other = "29990101-000000-other"  # the newest version: B by default
+    write_bundle(trained_runs[V2], stack.root / "models", dataset="cifar", version=other,
+                 extra={"job_id": None})
+    watch = Watch()
+    page = logged_in(browser, stack, watch)
+    page.goto(f"{stack.base}/#/models")
+    expect(page.locator(f"#models-table tr[data-version='{other}']")).to_be_visible()
+    expect(page.locator("#models-compare-a")).to_have_value(stack.model_version)
+    expect(page.locator("#models-compare-b")).to_have_value(other)
+    shoot(page, stack, "models-compare")
+    page.click("#models-compare button[type=submit]")
+    page.wait_for_url("**/#/compare?*")
+    expect(page.locator("nav a[data-page=models]")).to_have_attribute("aria-current", "page")
+    expect(page.locator("#compare-changed > li")).to_have_count(12, timeout=LONG)
+
+    # What the page shows is the API's answer: both scores, the overlap, the changed items.
+    answer = httpx.get(f"{stack.base}/models/{stack.model_version}/compare/{other}",
+                       headers={"Authorization": f"Bearer {READ_KEY}"}, timeout=60).json()
+    knn, free = (page.locator(f"#compare-scores [data-figure={f}]")
+                 for f in ("knn", "label-free"))
+    expect(knn.locator(".value-a")).to_have_text(f"{100 * answer['a']['knn_top1']:.1f} %")
+    expect(knn.locator(".value-b")).to_have_text(f"{100 * answer['b']['knn_top1']:.1f} %")
+    expect(free.locator(".value-a")).to_have_text(f"{answer['a']['label_free']:.4f}")
+    expect(free.locator(".value-b")).to_have_text(f"{answer['b']['label_free']:.4f}")
+    expect(free).to_contain_text("the noise margin 0.0200")
+    expect(page.locator("#compare-overlap .big")).to_have_text(
+        f"{100 * answer['overlap']['mean']:.1f} %")
+    first = answer["changed_most"][0]
+    item = page.locator("#compare-changed > li").first
+    assert item.get_attribute("data-id") == first["id"]
+    for side in ("a", "b"):
+        strip = item.locator(f"ol.strip[data-side={side}] > li")
+        assert strip.evaluate_all("els => els.map(e => e.dataset.id)") == [
+            n["id"] for n in first[side]]
+        both = {n["id"] for n in first["a"]} & {n["id"] for n in first["b"]}
+        assert set(item.locator(f"ol.strip[data-side={side}] > li.kept").evaluate_all(
+            "els => els.map(e => e.dataset.id)")) == both
+
+    # Every thumbnail loads: 12 items, each with its 10 neighbours under both models.
+    images = wait_images(page, "#compare-changed img", 12 * 21)
+    assert all(img["alt"] for img in images)
+    shoot(page, stack, "compare")
+
+    phone = logged_in(browser, stack, watch, PHONE)
+    phone.goto(f"{stack.base}/#/models")
+    expect(phone.locator("#models-compare")).to_be_visible()
+    settle(phone)
+    assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    shoot(phone, stack, "models-compare-phone")
+    phone.goto(page.url)
+    wait_images(phone, "#compare-changed img", 12 * 21)
+    width = phone.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"the compare page is {width} px wide at 390 px"
+    shoot(phone, stack, "compare-phone")
+    settle(page)
+    watch.check()

@@ -9,30 +9,12 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import ServiceSettings
-from tests.conftest import CIFAR_SLICE
+from tests.conftest import V1 as V1  # re-exported: the service tests import them from here
+from tests.conftest import V2 as V2
 from trainer.bundle import set_current, write_bundle
-from trainer.config import TrainConfig
-from trainer.data import open_collection
-from trainer.engine import Trainer
 
 ADMIN = "admin-key-for-tests-0123456789"
 TEST_HOSTS = "testserver localhost 127.0.0.1 ::1"
-V1, V2 = "20260101-000000-first", "20260102-000000-second"
-
-
-@pytest.fixture(scope="session")
-def trained_runs(tmp_path_factory) -> dict[str, Path]:
-    """Two real training runs on the CIFAR slice (seeds 0 and 1), by the version that the
-    models template publishes from each: what a worker publishes from."""
-    runs = {}
-    for seed, version in ((0, V1), (1, V2)):
-        run = tmp_path_factory.mktemp(f"run{seed}")
-        config = TrainConfig.from_dict({"backbone": "small_cnn", "rounds": 1,
-                                        "epochs_per_round": 1, "batch_size": 32, "knn_k": 10,
-                                        "num_workers": 0, "seed": seed})
-        Trainer(config, open_collection(CIFAR_SLICE), run).run()
-        runs[version] = run
-    return runs
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 // Training curves with uPlot (vendored: /console/vendor/uplot): loss, learning rate, kNN
-// top-1 (beside the raw-pixel baseline) and neighbourhood quality against the epoch, with
-// the start of every AND round marked.
+// top-1 (beside the raw-pixel baseline), the label-free score (beside raw pixels' and the
+// untrained network's) and neighbourhood quality against the epoch, with the start of every
+// AND round marked.
 import { h } from "./ui.js";
 
 const PANELS = [
@@ -10,6 +11,10 @@ const PANELS = [
   { key: "knn", title: "Weighted kNN top-1", percent: true,
     series: [{ key: "knn_top1", label: "model", stroke: "#2ca02c" },
       { key: "pixel_knn_top1", label: "raw pixels", stroke: "#7f7f7f", dash: [6, 4] }] },
+  { key: "label-free", title: "Label-free score", unit: true,
+    series: [{ key: "label_free", label: "model", stroke: "#d62728" },
+      { key: "pixel_label_free", label: "raw pixels", stroke: "#7f7f7f", dash: [6, 4] },
+      { key: "untrained_label_free", label: "untrained", stroke: "#bcbd22", dash: [2, 3] }] },
   { key: "nq", title: "Neighbourhood quality", percent: true,
     series: [{ key: "neighbourhood_quality", label: "quality", stroke: "#9467bd" }] },
 ];
@@ -74,7 +79,7 @@ export function drawCharts(container, records, state) {
       plugins: [roundMarks(() => roundStarts(next.records))],
       scales: {
         x: { time: false },
-        y: panel.log ? { distr: 3 } : panel.percent ? { range: [0, 1] } : {},
+        y: panel.log ? { distr: 3 } : panel.percent || panel.unit ? { range: [0, 1] } : {},
       },
       axes: [
         { label: "epoch", size: 36 },

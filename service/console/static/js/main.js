@@ -11,11 +11,14 @@ const PAGES = {
   explore: () => import("./pages/explore.js"),
   map: () => import("./pages/map.js"),
   retrain: () => import("./pages/retrain.js"),
+  compare: () => import("./pages/compare.js"),
 };
 const TITLES = {
   datasets: "Datasets", train: "Train", jobs: "Jobs", models: "Models", explore: "Explore",
-  map: "Embedding map", retrain: "Retrain policy",
+  map: "Embedding map", retrain: "Retrain policy", compare: "Compare models",
 };
+// A page reached from another page's link keeps that page's entry marked in the menu.
+const MENU_OF = { compare: "models" };
 
 let leave = null;
 let generation = 0;
@@ -41,8 +44,11 @@ async function route() {
   const main = document.getElementById("main");
   const where = parse();
   for (const link of document.querySelectorAll("nav a[data-page]")) {
-    if (link.dataset.page === where.page) link.setAttribute("aria-current", "page");
-    else link.removeAttribute("aria-current");
+    if (link.dataset.page === (MENU_OF[where.page] || where.page)) {
+      link.setAttribute("aria-current", "page");
+    } else {
+      link.removeAttribute("aria-current");
+    }
   }
   const load = PAGES[where.page];
   if (!load) {

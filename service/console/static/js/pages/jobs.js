@@ -75,7 +75,16 @@ function stat(label, value, id) {
   return [h("dt", {}, label), h("dd", { id }, value)];
 }
 
-function summary(job) {
+// The label-free score: the finished run's (metrics), else the last one measured during
+// training (`measured`: the latest epoch record that has it), each beside its baselines.
+function labelFree(m, measured) {
+  const from = m.label_free !== undefined ? m : measured;
+  if (!from) return "–";
+  return [from.label_free, from.pixel_label_free, from.untrained_label_free]
+    .map((v) => fmtNumber(v, 4)).join(" / ") + ` (${fmtInt(from.label_free_items)} items)`;
+}
+
+function summary(job, measured) {
   const p = job.progress || {};
   const m = p.metrics || {};
   const top1 = m.knn_top1 ?? m.loo_knn_top1 ?? p.knn_top1;
@@ -90,9 +99,8 @@ function summary(job) {
     stat("Loss", fmtNumber(p.loss, 4)),
     stat("kNN top-1", fmtPercent(top1), "job-knn"),
     stat("Raw pixels kNN top-1", fmtPercent(pixels), "job-pixels"),
-    stat("Label-free score: model / raw pixels / untrained",
-      m.label_free === undefined ? "–" : [m.label_free, m.pixel_label_free,
-        m.untrained_label_free].map((v) => fmtNumber(v, 4)).join(" / "), "job-label-free"),
+    stat("Label-free score: model / raw pixels / untrained", labelFree(m, measured),
+      "job-label-free"),
     stat("Neighbourhood quality", fmtPercent(p.neighbourhood_quality)),
     stat("Attempts", String(job.attempts)),
     stat("Created", fmtTime(job.created_at)));
@@ -124,6 +132,7 @@ async function renderJob(main, id) {
   let shownEpochs = -1;
   let job = null;
   let chartState = null;
+  let measured = null; // the latest epoch record with a label-free score
 
   const cancel = h("button", { type: "button", class: "danger", id: "job-cancel",
     onclick: async () => {
@@ -157,7 +166,7 @@ async function renderJob(main, id) {
       job.cancel_requested && !TERMINAL.has(job.status)
         ? h("p", { class: "muted" }, "Cancel requested: stopping after the current batch.")
         : null);
-    clear(live, summary(job));
+    clear(live, summary(job, measured));
     const total = (p.rounds || 0) * (p.epochs || 0);
     bar.value = job.status === "succeeded" ? 1 : total ? (p.global_epoch || 0) / total : 0;
   }
@@ -173,6 +182,9 @@ async function renderJob(main, id) {
         const history = await api(`/jobs/${encodeURIComponent(id)}/progress`);
         if (stopped) return;
         shownEpochs = epochs;
+        measured = history.epochs.findLast((r) => r.label_free !== null
+          && r.label_free !== undefined) || measured;
+        show();
         chartState = drawCharts(charts, history.epochs, chartState);
         charts.dataset.points = String(history.epochs.length);
       }

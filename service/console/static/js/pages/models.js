@@ -1,4 +1,5 @@
-// Models: every published version with its metrics and index; which one is current; promote.
+// Models: every published version with its metrics and index; which one is current; promote;
+// two versions picked for the compare page.
 import { api } from "../api.js";
 import { clear, confirmDialog, fmtInt, fmtPercent, h, hideProblem, showProblem } from "../ui.js";
 
@@ -33,6 +34,26 @@ function row(m, onPromote, previous) {
         onclick: () => onPromote(m.version) }, "Promote")));
 }
 
+// Two versions to compare: A defaults to the current one, B to the newest other.
+function comparePicker(models) {
+  if (models.data.length < 2) return null;
+  const first = models.current || models.data[1].version;
+  const second = models.data.find((m) => m.version !== first).version;
+  const select = (id, chosen) => h("select", { id }, models.data.map((m) =>
+    h("option", { value: m.version, selected: m.version === chosen },
+      `${m.version}${m.current ? " (current)" : ""}`)));
+  const a = select("models-compare-a", first);
+  const b = select("models-compare-b", second);
+  return h("form", { class: "toolbar card", id: "models-compare", novalidate: true,
+    onsubmit: (e) => {
+      e.preventDefault();
+      location.hash = `#/compare?a=${encodeURIComponent(a.value)}&b=${encodeURIComponent(b.value)}`;
+    } },
+  h("div", { class: "field" }, h("label", { for: "models-compare-a" }, "Compare A"), a),
+  h("div", { class: "field" }, h("label", { for: "models-compare-b" }, "with B"), b),
+  h("button", { type: "submit" }, "Compare"));
+}
+
 export async function render(main) {
   const problem = h("div", { id: "models-problem" });
   const box = h("div", {}, h("p", { class: "muted" }, "Loading…"));
@@ -45,7 +66,7 @@ export async function render(main) {
         h("a", { href: "#/train" }, "Train one"), "."));
       return;
     }
-    clear(box, h("div", { class: "table-wrap" }, h("table", { id: "models-table" },
+    clear(box, comparePicker(models), h("div", { class: "table-wrap" }, h("table", { id: "models-table" },
       h("caption", { class: "sr-only" }, "Published models, newest first"),
       h("thead", {}, h("tr", {},
         h("th", { scope: "col" }, "Version"), h("th", { scope: "col" }, "Dataset"),
