@@ -84,3 +84,14 @@ def test_round_trip_and_documentation():
     docs = TrainConfig.documentation()
     assert set(docs) == set(c.to_dict())
     assert all(info["doc"] for info in docs.values())
+
+
+def test_batch_norm_is_over_the_global_batch_and_matters_only_on_several_processes():
+    assert TrainConfig().sync_bn
+    one = TrainConfig(gpus=1)
+    # One process normalises over the whole batch either way: a one-process run checkpointed
+    # with sync_bn false resumes under the default.
+    assert TrainConfig(gpus=1, sync_bn=False).training_identity() == one.training_identity()
+    assert (TrainConfig(gpus=2, sync_bn=False).training_identity()
+            != TrainConfig(gpus=2).training_identity())
+    assert TrainConfig(gpus=1, rounds=3).training_identity() != one.training_identity()
