@@ -130,3 +130,14 @@ def test_messages_say_what_a_value_must_be():
     assert message({"seed": 10**5000})[1].endswith("(got an integer of about 5000 digits)")
     key, text = message({"zz": 1, "aa": 1})  # the first unknown key by name
     assert key == "aa" and text.startswith("unknown key; valid keys are: anchor_rate, backbone")
+
+
+def test_batch_norm_is_over_the_global_batch_and_matters_only_on_several_processes():
+    assert TrainConfig().sync_bn
+    one = TrainConfig(gpus=1)
+    # One process normalises over the whole batch either way: a one-process run checkpointed
+    # with sync_bn false resumes under the default.
+    assert TrainConfig(gpus=1, sync_bn=False).training_identity() == one.training_identity()
+    assert (TrainConfig(gpus=2, sync_bn=False).training_identity()
+            != TrainConfig(gpus=2).training_identity())
+    assert TrainConfig(gpus=1, rounds=3).training_identity() != one.training_identity()
