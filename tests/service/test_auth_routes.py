@@ -21,7 +21,7 @@ METRICS = "metrics-key-for-tests-012345"
 PUBLIC = {"/healthz", "/readyz", "/"}
 DOCS = {"/docs", "/redoc", "/openapi.json"}
 SAMPLE_PARAMS = {"item_id:path": "train/cat/0000.jpg", "version": V1, "job_id": "abc",
-                 "name": "slice"}
+                 "name": "slice", "other": V1}
 
 
 def _requests(app):
