@@ -126,7 +126,7 @@ def test_full_flow_through_http(stack, digits_dir, tmp_path):
     r = c.post("/classify", json={"ids": [item], "k": 20, "sigma": 0.1})
     assert r.status_code == 200, r.text
     assert r.json()["model_version"] == version
-    _assert_vote(r.json()["predictions"][0], neighbours, 0.1)
+    assert_weighted_vote(r.json()["predictions"][0], neighbours, 0.1)
 
     # Classifying an image: the vote of the image's 20 nearest items.
     r = c.post("/search", json={"vectors": [vector], "k": 20})
@@ -135,12 +135,12 @@ def test_full_flow_through_http(stack, digits_dir, tmp_path):
     r = c.post("/classify", json={"images": [base64.b64encode(image).decode()], "k": 20,
                                   "sigma": 0.1})
     assert r.status_code == 200 and r.json()["model_version"] == version, r.text
-    _assert_vote(r.json()["predictions"][0], nearest, 0.1)
+    assert_weighted_vote(r.json()["predictions"][0], nearest, 0.1)
     r = c.post("/classify", files=[("files", ("x.png", image, "image/png"))])
     assert r.status_code == 200 and r.json()["predictions"][0]["label"] in map(str, range(10))
 
 
-def _assert_vote(prediction: dict, neighbours: list[dict], sigma: float) -> None:
+def assert_weighted_vote(prediction: dict, neighbours: list[dict], sigma: float) -> None:
     """A prediction is the weighted vote exp(score / sigma) of the neighbours' labels."""
     votes: dict[str, float] = {}
     for n in neighbours:
@@ -229,7 +229,7 @@ def test_classify_is_the_weighted_vote_of_known_neighbours(tmp_path):
             assert prediction["scores"][label] == pytest.approx(share, abs=1e-4), (sigma,
                                                                                    prediction)
             assert prediction["scores"]["c"] == 0.0
-            _assert_vote(prediction, neighbours, sigma)
+            assert_weighted_vote(prediction, neighbours, sigma)
     finally:
         api.stop()
 

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import CIFAR_SLICE
+from tests.deploy.test_e2e import assert_weighted_vote
 from tests.processes import Process, free_port, start_worker, wait_for
 
 KEY = "live-admin-key-0123456789abcdef"
@@ -185,8 +186,14 @@ def test_added_items_are_found_deleted_ones_never_again_across_a_restart(stack):
         assert [h[0] for h in hits[100:]] == ids[100:]
         assert _count(c, "added/") == 100
         assert c.get(f"/items/{gone[0]}").status_code == 404
-        classified = c.post("/classify", json={"ids": [ids[150]], "k": 5}).json()
-        assert classified["predictions"][0]["label"] == "shape"
+        # The live items vote, added ones with their label and deleted ones never: the answer
+        # is the weighted vote of the item's live neighbours. (Which label wins is the model's
+        # business: this stack's one-epoch model puts every cosine near 0.99.)
+        neighbours = c.get(f"/neighbours/{ids[150]}", params={"k": 50}).json()["neighbours"]
+        assert "shape" in {n["label"] for n in neighbours}
+        assert not {n["id"] for n in neighbours} & set(gone)
+        classified = c.post("/classify", json={"ids": [ids[150]], "k": 50, "sigma": 0.1}).json()
+        assert_weighted_vote(classified["predictions"][0], neighbours, 0.1)
 
     check()
     # kill -9 of the API and a new one: every add and delete is still there.
