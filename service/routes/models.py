@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from live.filters import ItemFilter
 from service.auth import Admin, Reader
 from service.deps import RegistryDep, SettingsDep, served_model, stamp
 from service.errors import conflict, problems
@@ -133,10 +134,8 @@ async def list_items(response: Response, registry: RegistryDep,
     def page() -> tuple[list[Item], int]:
         index = served.index
         classes = index.classes
-        if label is not None and label not in classes:
-            return [], 0  # a filter that matches nothing
-        wanted = classes.index(label) if label is not None else None
-        items, count = index.items(offset, limit, wanted, prefix)
+        only = ItemFilter(None if label is None else (label,), prefix)
+        items, count = index.items(offset, limit, only)
         return [Item(id=i, label=classes[lab] if lab >= 0 else None) for i, lab in items], count
 
     data, count = await run_in_threadpool(page)
