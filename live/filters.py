@@ -31,7 +31,8 @@ import numpy as np
 
 from trainer.index import SearchIndex
 
-EXACT_ROWS = 20_000
+EXACT_ROWS = 4096
+MIN_SHARE = 0.05
 MAX_WIDENING = 16
 
 
@@ -52,9 +53,11 @@ class ItemFilter:
         prefix part faster than scanning `ids` (the base's sorted ids)."""
         keep = np.ones(len(labels), dtype=bool)
         if self.labels is not None:
+            # A table of the wanted classes, one entry more for unlabelled rows (-1, the last).
             names = set(self.labels)
-            wanted = [i for i, name in enumerate(classes) if name in names]
-            keep &= np.isin(labels, np.asarray(wanted, dtype=np.int64))
+            table = np.zeros(len(classes) + 1, dtype=bool)
+            table[[i for i, name in enumerate(classes) if name in names]] = True
+            keep &= table[labels]
         if self.prefix:
             if prefix_mask is not None:
                 keep &= prefix_mask(self.prefix)
@@ -85,7 +88,7 @@ def search_rows(base: SearchIndex, vectors: np.ndarray, mask: np.ndarray, querie
     q = len(queries)
     if kk == 0:
         return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
-    if len(matched) <= EXACT_ROWS:
+    if len(matched) <= EXACT_ROWS or len(matched) < MIN_SHARE * len(mask):
         return exact(vectors, matched, queries, kk)
     bits = np.packbits(mask, bitorder="little")
     selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))

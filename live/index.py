@@ -192,12 +192,10 @@ class LiveIndex:
             delta &= only.keep(self.classes, labels, s.delta_ids[:m])
         return base, delta
 
-    def voter_count(self) -> int:
-        """Live items with a label (those that vote in weighted kNN)."""
-        s = self._state
-        m = s.delta_alive.count
-        base = int(np.unpackbits(s.voter_bits, bitorder="little", count=s.base_rows).sum())
-        return base + int((s.delta_alive.data[:m] & (s.delta_labels.data[:m] >= 0)).sum())
+    def voter_count(self, only: ItemFilter = ANY) -> int:
+        """Live items with a label (those that vote in weighted kNN) that match `only`."""
+        base, delta = self._usable(self._state, True, only)
+        return int(base.sum() + delta.sum())
 
     def search(self, queries: np.ndarray, k: int, *, exclude: Sequence[str | None] | None = None,
                voters_only: bool = False, breadth: int | None = None,

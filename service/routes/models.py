@@ -11,7 +11,15 @@ from service.auth import Admin, Reader
 from service.deps import RegistryDep, SettingsDep, served_model, stamp
 from service.errors import conflict, problems
 from service.limits import ID_MAX, VERSION_MAX
-from service.schemas import ITEM_ID, VERSION, Item, ItemsPublic, ModelsPublic, ModelSummary
+from service.schemas import (
+    FILTER_TEXT,
+    ITEM_ID,
+    VERSION,
+    Item,
+    ItemsPublic,
+    ModelsPublic,
+    ModelSummary,
+)
 from trainer.bundle import (
     current_version,
     list_versions,
@@ -24,7 +32,6 @@ from trainer.bundle import (
 from trainer.errors import BundleError
 
 router = APIRouter(tags=["models"])
-FILTER_TEXT = r"^[^\x00-\x1f\x7f]+$"  # printable text: no control characters
 log = logging.getLogger(__name__)
 VERSION_PATH = Path(max_length=VERSION_MAX, pattern=VERSION, description="A model version.")
 ITEM_PATH = Path(max_length=ID_MAX, pattern=ITEM_ID,
