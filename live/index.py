@@ -8,7 +8,8 @@ threads search them). Changes are therefore kept beside it, the way log-structur
              and HNSW indexes all filter them out inside the search itself
     delta    added items, searched exactly (a matrix product over a growing array)
 
-A search merges the two. Once deletions or additions pass a share of the base
+A search merges the two; a filter (labels, an id prefix: live/filters.py) narrows both, inside
+the search. Once deletions or additions pass a share of the base
 (`REBUILD_DELETED_SHARE`, `REBUILD_ADDED_SHARE`), `rebuilt()` builds a new base from the live
 items (the index kind chosen again by size, recall@10 measured again) and swaps it in, replaying
 the changes that arrived while it was built.

@@ -202,10 +202,13 @@ def _add_bodies(paths: dict[str, Any], schemas: dict[str, Any], app: FastAPI, li
     for name, schema in (("ImagesRequest", embed), ("SearchRequest", search),
                          ("ClassifyRequest", classify)):
         schemas[name] = schema
-    # A form has no null: its filter fields are the JSON filter's, absent when not wanted.
+    # A form has no null: its filter fields are the JSON filter's, absent when not wanted; one
+    # `labels` field is one label (on the wire, a list of one is that label alone).
     filters = {name: next(o for o in field["anyOf"] if o.get("type") != "null")
                | {"description": field["description"]}
                for name, field in schemas["SearchFilter"]["properties"].items()}
+    filters["labels"] = {"anyOf": [filters["labels"], filters["labels"]["items"]],
+                         "description": filters["labels"]["description"]}
     bodies_by_route = {
         "/embed": _body({"$ref": REF.format(model="ImagesRequest")},
                         _form({"files": _files(limits)}, ["files"]), images_encoding),
