@@ -8,7 +8,8 @@ threads search them). Changes are therefore kept beside it, the way log-structur
              and HNSW indexes all filter them out inside the search itself
     delta    added items, searched exactly (a matrix product over a growing array)
 
-A search merges the two. Once deletions or additions pass a share of the base
+A search merges the two; a filter (labels, an id prefix: live/filters.py) narrows both, inside
+the search. Once deletions or additions pass a share of the base
 (`REBUILD_DELETED_SHARE`, `REBUILD_ADDED_SHARE`), `rebuilt()` builds a new base from the live
 items (the index kind chosen again by size, recall@10 measured again) and swaps it in, replaying
 the changes that arrived while it was built.
@@ -31,6 +32,8 @@ from typing import Any, cast
 import faiss
 import numpy as np
 
+from live.filters import ANY, ItemFilter, search_rows
+from live.growing import Growing
 from live.merge import merge
 from trainer import index as faiss_index
 
@@ -48,30 +51,6 @@ class Hits:
     labels: list[np.ndarray]
 
 
-class _Growing:
-    """An append-only array whose storage is replaced (never resized in place) when full."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: Any, capacity: int = 1024) -> None:
-        self.data = np.zeros((capacity, *shape), dtype=dtype)
-        self.count = 0
-
-    def append(self, rows: np.ndarray) -> None:
-        need = self.count + len(rows)
-        if need > len(self.data):
-            grown = np.zeros((max(need, 2 * len(self.data)), *self.data.shape[1:]),
-                             dtype=self.data.dtype)
-            grown[:self.count] = self.data[:self.count]
-            grown[self.count:need] = rows
-            self.data = grown  # readers holding the old array still see whole rows
-        else:
-            self.data[self.count:need] = rows
-        self.count = need
-
-    def view(self) -> np.ndarray:
-        count = self.count  # read the count first: the rows below it are complete
-        return self.data[:count]
-
-
 @dataclass
 class _State:
     """One base index with the changes made on top of it."""
@@ -83,9 +62,9 @@ class _State:
     alive_bits: np.ndarray  # packed little-endian bitmap over base rows
     voter_bits: np.ndarray  # alive and labelled
     deleted: int = 0
-    delta_vectors: _Growing = field(default_factory=lambda: _Growing((0,), np.float32))
-    delta_labels: _Growing = field(default_factory=lambda: _Growing((), np.int64))
-    delta_alive: _Growing = field(default_factory=lambda: _Growing((), np.bool_))
+    delta_vectors: Growing = field(default_factory=lambda: Growing((0,), np.float32))
+    delta_labels: Growing = field(default_factory=lambda: Growing((), np.int64))
+    delta_alive: Growing = field(default_factory=lambda: Growing((), np.bool_))
     delta_ids: list[str] = field(default_factory=list)
     row_of: dict[str, int] = field(default_factory=dict)  # live items only
     _sorted: tuple[np.ndarray, list[str]] | None = None  # base ids in order, for prefixes
@@ -150,7 +129,7 @@ class LiveIndex:
         alive = np.ones(len(ids), dtype=bool)
         state = _State(base=base, base_vectors=vectors, base_ids=ids, base_labels=labels,
                        alive_bits=_bitmap(alive), voter_bits=_bitmap(labels >= 0),
-                       delta_vectors=_Growing((vectors.shape[1],), np.float32))
+                       delta_vectors=Growing((vectors.shape[1],), np.float32))
         state.row_of = {item: row for row, item in enumerate(ids)}
         return state
 
@@ -189,41 +168,52 @@ class LiveIndex:
         row = s.row_of.get(item)
         return None if row is None else s.label_of(row)
 
-    def items(self, offset: int = 0, limit: int = 100, label: int | None = None,
-              prefix: str | None = None) -> tuple[list[tuple[str, int]], int]:
-        """(id, label index) of live items in index order, optionally only those of class
-        `label` and whose id starts with `prefix`, and how many match."""
+    def items(self, offset: int = 0, limit: int = 100,
+              only: ItemFilter = ANY) -> tuple[list[tuple[str, int]], int]:
+        """(id, label index) of live items in index order that match `only`, and how many
+        match."""
         s = self._state
-        m = s.delta_alive.count
-        base = np.unpackbits(s.alive_bits, bitorder="little", count=s.base_rows).astype(bool)
-        delta = s.delta_alive.data[:m].copy()
-        if label is not None:
-            base &= s.base_labels == label
-            delta &= s.delta_labels.data[:m] == label
-        if prefix:
-            base &= s.prefix_mask(prefix)
-            delta &= np.fromiter((i.startswith(prefix) for i in s.delta_ids[:m]), bool, m)
+        base, delta = self._usable(s, False, only)
         rows = np.concatenate([np.flatnonzero(base), s.base_rows + np.flatnonzero(delta)])
         page = rows[offset:offset + limit]
         return [(s.id_of(int(r)), s.label_of(int(r))) for r in page], len(rows)
 
-    def voter_count(self) -> int:
-        """Live items with a label (those that vote in weighted kNN)."""
-        s = self._state
-        m = s.delta_alive.count
-        base = int(np.unpackbits(s.voter_bits, bitorder="little", count=s.base_rows).sum())
-        return base + int((s.delta_alive.data[:m] & (s.delta_labels.data[:m] >= 0)).sum())
+    def _usable(self, s: _State, voters_only: bool,
+                only: ItemFilter) -> tuple[np.ndarray, np.ndarray]:
+        """Base and delta rows that are alive, labelled if `voters_only`, and match `only`."""
+        m = s.delta_alive.count  # first: the rows below it are complete everywhere
+        bits = s.voter_bits if voters_only else s.alive_bits
+        base = np.unpackbits(bits, bitorder="little", count=s.base_rows).astype(bool)
+        delta = s.delta_alive.data[:m].copy()
+        labels = s.delta_labels.data[:m]
+        if voters_only:
+            delta &= labels >= 0
+        if only:
+            base &= only.keep(self.classes, s.base_labels, s.base_ids, s.prefix_mask)
+            delta &= only.keep(self.classes, labels, s.delta_ids[:m])
+        return base, delta
+
+    def voter_count(self, only: ItemFilter = ANY) -> int:
+        """Live items with a label (those that vote in weighted kNN) that match `only`."""
+        base, delta = self._usable(self._state, True, only)
+        return int(base.sum() + delta.sum())
 
     def search(self, queries: np.ndarray, k: int, *, exclude: Sequence[str | None] | None = None,
-               voters_only: bool = False, breadth: int | None = None) -> Hits:
+               voters_only: bool = False, breadth: int | None = None,
+               only: ItemFilter = ANY) -> Hits:
         """The k most similar live items per query (unit vectors, Q x D). `exclude[i]` is left
-        out of query i's answer; `voters_only` searches labelled items only."""
+        out of query i's answer; `voters_only` searches labelled items only, `only` the items
+        it matches (inside the search: k hits whenever k items match, see live/filters.py)."""
         s = self._state  # one state for the whole search: rows stay meaningful
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        extra = 1 if exclude is not None else 0
-        want = k + extra
-        base_scores, base_rows = self._search_base(s, q, want, voters_only, breadth)
-        delta_scores, delta_rows = self._search_delta(s, q, want, voters_only)
+        want = k + (1 if exclude is not None else 0)
+        usable = None
+        if only:
+            mask, usable = self._usable(s, voters_only, only)
+            base_scores, base_rows = search_rows(s.base, s.base_vectors, mask, q, want, breadth)
+        else:
+            base_scores, base_rows = self._search_base(s, q, want, voters_only, breadth)
+        delta_scores, delta_rows = self._search_delta(s, q, want, voters_only, usable)
         scores = np.concatenate([base_scores, delta_scores], axis=1)
         rows = np.concatenate([base_rows, delta_rows], axis=1)
         out = Hits([], [], [])
@@ -257,16 +247,15 @@ class LiveIndex:
         return s.base.search(q, k, breadth, selector if filtered else None)
 
     @staticmethod
-    def _search_delta(s: _State, q: np.ndarray, k: int,
-                      voters_only: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _search_delta(s: _State, q: np.ndarray, k: int, voters_only: bool,
+                      usable: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         # The alive flags are appended last: rows below their count are complete everywhere.
-        m = s.delta_alive.count
+        m = s.delta_alive.count if usable is None else len(usable)
         if m == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         vectors = s.delta_vectors.data[:m]
-        usable = s.delta_alive.data[:m].copy()
-        if voters_only:
-            usable &= s.delta_labels.data[:m] >= 0
+        if usable is None:
+            usable = s.delta_alive.data[:m] & ((s.delta_labels.data[:m] >= 0) | (not voters_only))
         sims = q @ vectors.T
         sims[:, ~usable] = -np.inf
         kk = min(k, m)

@@ -202,14 +202,22 @@ def _add_bodies(paths: dict[str, Any], schemas: dict[str, Any], app: FastAPI, li
     for name, schema in (("ImagesRequest", embed), ("SearchRequest", search),
                          ("ClassifyRequest", classify)):
         schemas[name] = schema
+    # A form has no null: its filter fields are the JSON filter's, absent when not wanted; one
+    # `labels` field is one label (on the wire, a list of one is that label alone).
+    filters = {name: next(o for o in field["anyOf"] if o.get("type") != "null")
+               | {"description": field["description"]}
+               for name, field in schemas["SearchFilter"]["properties"].items()}
+    filters["labels"] = {"anyOf": [filters["labels"], filters["labels"]["items"]],
+                         "description": filters["labels"]["description"]}
     bodies_by_route = {
         "/embed": _body({"$ref": REF.format(model="ImagesRequest")},
                         _form({"files": _files(limits)}, ["files"]), images_encoding),
         "/search": _body({"$ref": REF.format(model="SearchRequest")},
-                         _form({"files": _files(limits), "k": k}, ["files"]), images_encoding),
+                         _form({"files": _files(limits), "k": k, **filters}, ["files"]),
+                         images_encoding),
         "/classify": _body({"$ref": REF.format(model="ClassifyRequest")},
-                           _form({"files": _files(limits), "k": classify_k, "sigma": sigma},
-                                 ["files"]), images_encoding),
+                           _form({"files": _files(limits), "k": classify_k, "sigma": sigma,
+                                  **filters}, ["files"]), images_encoding),
     }
     for path, body in bodies_by_route.items():
         paths[path]["post"]["requestBody"] = body

@@ -21,6 +21,8 @@ VERSION_MAX = 128
 # (-1.2345678901234567e-123, plus a separator) a JSON vector may spell it with.
 DIM_MAX = 4096
 NUMBER_CHARS = 32
+# Classes one query's filter may name (x 256 characters at most: within JSON_BASE).
+FILTER_LABELS = 100
 # Multipart framing: boundary lines and part headers.
 PART_OVERHEAD = 4 * KIB
 IMAGE_ROUTES = ("/embed", "/search", "/classify")  # and /items, which also takes archives

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
 
-from service.limits import DIM_MAX, ID_MAX, VERSION_MAX, Limits
+from service.limits import DIM_MAX, FILTER_LABELS, ID_MAX, VERSION_MAX, Limits
 from state.jobs import Job
 
 # Names and paths a request may give, as anchored patterns for the OpenAPI document and for
@@ -55,6 +55,7 @@ _PART = rf"(?:[^/\\{_INVISIBLE}.]{_CHAR}*|\.[^/\\{_INVISIBLE}.]{_CHAR}*|\.\.{_CH
 NEW_ITEM_ID = rf"^{_PART}(?:/{_PART})*$"
 LABEL_MAX = 256
 LABEL = rf"^[^\x00-\x1f\x7f]{{1,{LABEL_MAX}}}$"
+FILTER_TEXT = r"^[^\x00-\x1f\x7f]+$"  # printable text: no control characters
 # A folder or archive under the data root: relative, '/'-separated segments that are neither
 # empty, '.', '..' nor hidden (dot-first: .meta and upload leftovers), with no control
 # characters or backslashes. Written without look-arounds so that generators can use it.
@@ -81,6 +82,22 @@ def is_dataset_name(name: str) -> bool:
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+LabelText = Annotated[str, Field(min_length=1, max_length=LABEL_MAX, pattern=LABEL)]
+
+
+class SearchFilter(Strict):
+    """Which items a query may answer with (see live/filters.py)."""
+
+    labels: list[LabelText] | None = Field(
+        default=None, min_length=1, max_length=FILTER_LABELS, description="Only items of these "
+        "classes; a class the model does not have matches no item.")
+    prefix: str | None = Field(default=None, min_length=1, max_length=ID_MAX, pattern=FILTER_TEXT,
+                               description="Only items whose id starts with this.")
+
+
+FILTER_FIELD = Field(default=None, description="Only items that match (k hits whenever k do).")
 
 
 # --- datasets -------------------------------------------------------------------------------
@@ -317,6 +334,7 @@ def query_models(limits: Limits) -> QueryModels:
         images: list[image] = images_field()
         k: JsonInt = Field(default=limits.default_k, ge=1, le=limits.k,
                        description="Neighbours per query.")
+        filter: SearchFilter | None = FILTER_FIELD
 
         @model_validator(mode="after")
         def _either(self) -> SearchRequest:
@@ -333,6 +351,7 @@ def query_models(limits: Limits) -> QueryModels:
                        description="Neighbours that vote.")
         sigma: float = Field(default=0.1, gt=0, le=100,
                              description="Vote weight exp(s / sigma).")
+        filter: SearchFilter | None = FILTER_FIELD
 
         @model_validator(mode="after")
         def _either(self) -> ClassifyRequest:
@@ -360,27 +379,3 @@ def query_models(limits: Limits) -> QueryModels:
                                 "missing).")
 
     return QueryModels(ImagesRequest, SearchRequest, ClassifyRequest, ItemsAdd, ItemsDelete)
-
-
-# --- the live collection ----------------------------------------------------------------------
-
-class ItemsChanged(BaseModel):
-    model_version: str = Field(description="The model whose collection changed (and whose "
-                               "encoder embedded added images).")
-    dataset: str
-    ids: list[str]
-    seq: int = Field(description="Position of the last change in the dataset's change log.")
-
-
-class ItemPublic(BaseModel):
-    id: str
-    label: str | None
-    model_version: str = Field(description="The model serving the item (every vector served "
-                               "is this model's).")
-    dataset: str
-    added_at: float | None = Field(description="When it was added through the API (Unix "
-                                   "time); null for items of the dataset's own files.")
-    added_with: str | None = Field(description="The model that embedded it when it was "
-                                   "added.")
-    seq: int | None = Field(description="Its entry in the change log.")
-    links: dict[str, str]

@@ -3,6 +3,7 @@
     python -m service.client add photos/*.jpg --prefix added/2026-11-27/ [--label cat]
     python -m service.client add shots.zip --prefix added/2026-11-27/      # an archive
     python -m service.client find query.jpg [-k 5]                         # search by image
+    python -m service.client find query.jpg --label cat --label dog --prefix added/  # filtered
     python -m service.client get added/2026-11-27/0001.jpg
     python -m service.client delete added/2026-11-27/0001.jpg [more ids]
 
@@ -46,7 +47,8 @@ def _added(ids: list[str], dataset: str, version: str, seq: int) -> None:
 
 
 def _find(api: Client, args: argparse.Namespace) -> None:
-    for n in api.search([args.image], k=args.k).results[0].neighbours:
+    found = api.search([args.image], k=args.k, labels=args.label, prefix=args.prefix)
+    for n in found.results[0].neighbours:
         print(f"{n.score:.4f}  {n.id}" + (f"  ({n.label})" if n.label else ""))
 
 
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("find", help="the nearest items of an image")
     f.add_argument("image")
     f.add_argument("-k", type=int, default=10)
+    f.add_argument("--label", action="append", default=None,
+                   help="only items of this class (repeat for several: any of them)")
+    f.add_argument("--prefix", default=None, help="only items whose id starts with this")
     g = sub.add_parser("get", help="an item: label, model, when it was added")
     g.add_argument("id")
     d = sub.add_parser("delete", help="delete items (all, or none when one is missing)")

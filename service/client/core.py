@@ -45,7 +45,7 @@ class Call:
 
     method: str
     path: str
-    params: dict[str, str] | None = None
+    params: Mapping[str, str | list[str]] | None = None
     json: Any = None
     data: Mapping[str, str | list[str]] | None = None
     files: list[FilePart] | None = None

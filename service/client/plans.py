@@ -190,6 +190,20 @@ def pages(core: Core, url: str, parse: Callable[[dict[str, Any]], Any], page_siz
 
 # --- queries --------------------------------------------------------------------------------
 
+def _filter(labels: Sequence[str] | None, prefix: str | None) -> dict[str, Any]:
+    """Only items of one of `labels` whose id starts with `prefix`: as query parameters or
+    form fields (`labels` repeated); see `_filter_body` for a JSON body."""
+    if isinstance(labels, str):
+        labels = [labels]  # one label, not a sequence of characters
+    return ({} if labels is None else {"labels": list(labels)}) | (
+        {} if prefix is None else {"prefix": prefix})
+
+
+def _filter_body(labels: Sequence[str] | None, prefix: str | None) -> dict[str, Any]:
+    given = _filter(labels, prefix)
+    return {"filter": given} if given else {}
+
+
 def _batched(core: Core, count: int, model_version: str | None,
              make: Callable[[range, str | None], Call]) -> Plan[list[dict[str, Any]]]:
     """The answers to `count` images or vectors sent `core.batch` at a time; the batches after
@@ -213,44 +227,53 @@ def embed(core: Core, images: Upload | Sequence[Upload],
 
 
 def neighbours(core: Core, item_id: str, k: int | None = None,
-               model_version: str | None = None) -> Plan[Neighbours]:
-    """The k nearest indexed items of an indexed item (itself left out)."""
+               model_version: str | None = None, labels: Sequence[str] | None = None,
+               prefix: str | None = None) -> Plan[Neighbours]:
+    """The k nearest indexed items of an indexed item (itself left out); with `labels` and/or
+    `prefix`, only items of one of those classes and whose id starts with it."""
     call = Call("GET", path("neighbours", item_id),
-                params=params(k=k, model_version=model_version), replayable=True)
+                params=params(k=k, model_version=model_version) | _filter(labels, prefix),
+                replayable=True)
     return Neighbours.of((yield from core.json(call)))
 
 
 def search(core: Core, images: Upload | Sequence[Upload], k: int | None = None,
-           model_version: str | None = None) -> Plan[Search]:
-    """The k nearest indexed items of each image (paths or bytes)."""
+           model_version: str | None = None, labels: Sequence[str] | None = None,
+           prefix: str | None = None) -> Plan[Search]:
+    """The k nearest indexed items of each image (paths or bytes), of those matching `labels`
+    and `prefix` when given."""
     files = uploads(images)
+    fields = params(k=k) | _filter(labels, prefix)
     answers = yield from _batched(core, len(files), model_version, lambda batch, version: Call(
-        "POST", "/search", params=params(model_version=version),
-        data={"k": str(k)} if k is not None else None,
+        "POST", "/search", params=params(model_version=version), data=fields or None,
         files=[part("files", files[i]) for i in batch], replayable=True))
     return Search.of({"model_version": answers[-1]["model_version"],
                       "results": [r for a in answers for r in a["results"]]})
 
 
 def search_vectors(core: Core, vectors: Vectors, k: int | None = None,
-                   model_version: str | None = None) -> Plan[Search]:
+                   model_version: str | None = None, labels: Sequence[str] | None = None,
+                   prefix: str | None = None) -> Plan[Search]:
     """The k nearest indexed items of each query vector (lists of floats, or a numpy array
-    with a row per query) by cosine similarity."""
+    with a row per query) by cosine similarity, of those matching `labels` and `prefix`."""
     rows = [list(v) for v in vectors] if isinstance(vectors, Sequence) else vectors.tolist()
+    extra = ({"k": k} if k is not None else {}) | _filter_body(labels, prefix)
     answers = yield from _batched(core, len(rows), model_version, lambda batch, version: Call(
         "POST", "/search", params=params(model_version=version),
-        json={"vectors": rows[batch.start:batch.stop]} | ({"k": k} if k is not None else {}),
+        json={"vectors": rows[batch.start:batch.stop]} | extra,
         replayable=True))
     return Search.of({"model_version": answers[-1]["model_version"],
                       "results": [r for a in answers for r in a["results"]]})
 
 
 def classify(core: Core, images: Upload | Sequence[Upload], k: int | None = None,
-             sigma: float | None = None, model_version: str | None = None
+             sigma: float | None = None, model_version: str | None = None,
+             labels: Sequence[str] | None = None, prefix: str | None = None
              ) -> Plan[Classification]:
-    """The weighted-kNN label of each image (paths or bytes), with per-class scores."""
+    """The weighted-kNN label of each image (paths or bytes), with per-class scores; only
+    items matching `labels` and `prefix` vote when given."""
     files = uploads(images)
-    fields = params(k=k, sigma=sigma)
+    fields = params(k=k, sigma=sigma) | _filter(labels, prefix)
     answers = yield from _batched(core, len(files), model_version, lambda batch, version: Call(
         "POST", "/classify", params=params(model_version=version), data=fields or None,
         files=[part("files", files[i]) for i in batch], replayable=True))
@@ -258,12 +281,14 @@ def classify(core: Core, images: Upload | Sequence[Upload], k: int | None = None
 
 
 def classify_items(core: Core, ids: Sequence[str], k: int | None = None,
-                   sigma: float | None = None, model_version: str | None = None
+                   sigma: float | None = None, model_version: str | None = None,
+                   labels: Sequence[str] | None = None, prefix: str | None = None
                    ) -> Plan[Classification]:
-    """The weighted-kNN label of indexed items (each one's own label left out)."""
+    """The weighted-kNN label of indexed items (each one's own label left out); only items
+    matching `labels` and `prefix` vote when given."""
     items = list(ids)
-    extra: dict[str, float] = {"k": k} if k is not None else {}
-    extra |= {"sigma": sigma} if sigma is not None else {}
+    extra: dict[str, Any] = {"k": k} if k is not None else {}
+    extra |= ({"sigma": sigma} if sigma is not None else {}) | _filter_body(labels, prefix)
     answers = yield from _batched(core, len(items), model_version, lambda batch, version: Call(
         "POST", "/classify", params=params(model_version=version),
         json={"ids": items[batch.start:batch.stop]} | extra, replayable=True))

@@ -5,6 +5,7 @@ import torch
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from live.filters import ANY, ItemFilter
 from service.auth import Reader
 from service.bodies import (
     JSON,
@@ -26,6 +27,7 @@ from service.deps import (
     stamp,
 )
 from service.errors import ProblemError, invalid, not_found, problems
+from service.filters import from_body, from_form
 from service.registry import Served
 from service.routes.retrieval import (
     QUERY_ERRORS,
@@ -41,11 +43,12 @@ router = APIRouter(tags=["classification"])
 
 
 def classify_vectors(served: Served, queries: np.ndarray, k: int, sigma: float,
-                     exclude: list[str] | None = None) -> list[Prediction]:
-    """Weighted kNN over the live labelled items: each of the k nearest votes
-    exp(s / sigma). `exclude[i]` (an item classified by id) does not vote for itself."""
+                     exclude: list[str] | None = None,
+                     only: ItemFilter = ANY) -> list[Prediction]:
+    """Weighted kNN over the live labelled items that match `only`: each of the k nearest
+    votes exp(s / sigma). `exclude[i]` (an item classified by id) does not vote for itself."""
     index = served.index
-    hits = index.search(queries, k, exclude=exclude, voters_only=True)
+    hits = index.search(queries, k, exclude=exclude, voters_only=True, only=only)
     classes = list(index.classes)
     # Fewer than k voters: pad with non-voting slots (label -1) at the row's lowest score, so
     # the padding never shifts the scale of the weights.
@@ -67,7 +70,9 @@ def classify_vectors(served: Served, queries: np.ndarray, k: int, sigma: float,
              summary="Weighted-kNN label of images or indexed items",
              description="The k nearest labelled items vote for their class with weight "
              "exp(similarity / sigma); scores are each class's share of the vote. An item "
-             "classified by id does not vote for itself. 409: the model has no labelled items.")
+             "classified by id does not vote for itself. With a filter (JSON: `filter` "
+             "{labels, prefix}; multipart: `labels` fields and a `prefix`), only the labelled "
+             "items that match vote. 409: the model has no labelled items (that match).")
 async def classify(request: Request, response: Response, limits: LimitsDep, bodies: BodiesDep,
                    registry: RegistryDep, batcher: BatcherDep, decoder: DecoderDep,
                    model_version: str | None = VERSION_QUERY) -> ClassifyResponse:
@@ -77,15 +82,15 @@ async def classify(request: Request, response: Response, limits: LimitsDep, bodi
     if kind == JSON:
         body = await read_json(request, bodies.classify, limits.ids_budget, limits.images,
                                limits.b64_image_chars)
-        k, sigma = body.k, body.sigma
+        k, sigma, only = body.k, body.sigma, from_body(body.filter)
         if "ids" in body.model_fields_set:
             ids = body.ids
             blobs = None
         else:
             blobs = b64_images(body.images, limits)
     else:
-        form = await images_form(request, limits, {"k", "sigma"})
-        k = form_int(form, "k", limits.default_classify_k)
+        form = await images_form(request, limits, {"k", "sigma"}, filtered=True)
+        k, only = form_int(form, "k", limits.default_classify_k), from_form(form)
         sigma = form_float(form, "sigma", 0.1)
         check_k(k, limits.classify_k)
         if not 0 < sigma <= 100:
@@ -94,6 +99,9 @@ async def classify(request: Request, response: Response, limits: LimitsDep, bodi
     if served.index.voter_count() == 0 or len(served.index.classes) < 2:
         raise ProblemError(409, "Conflict", f"model {served.version} has no labelled items to "
                            "vote; train on a dataset with class folders")
+    if only and served.index.voter_count(only) == 0:
+        raise ProblemError(409, "Conflict", f"no labelled item of model {served.version} "
+                           "matches the filter: none could vote")
     if ids is not None:
         vectors = []
         for item in ids:
@@ -102,12 +110,14 @@ async def classify(request: Request, response: Response, limits: LimitsDep, bodi
                 raise not_found(f"no item {item!r} in model {served.version}")
             vectors.append(vector)
         queries = np.stack(vectors)
-        predictions = await run_in_threadpool(classify_vectors, served, queries, k, sigma, ids)
+        predictions = await run_in_threadpool(classify_vectors, served, queries, k, sigma, ids,
+                                              only)
         for p, item in zip(predictions, ids, strict=True):
             p.id = item
     else:
         queries = await embed_images(blobs or [], served, batcher, decoder)
-        predictions = await run_in_threadpool(classify_vectors, served, queries, k, sigma)
+        predictions = await run_in_threadpool(classify_vectors, served, queries, k, sigma,
+                                              None, only)
     stamp(response, served)
     return ClassifyResponse(model_version=served.version, k=k, sigma=sigma,
                             predictions=predictions)

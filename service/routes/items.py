@@ -34,12 +34,13 @@ from service.errors import (
     problems,
     too_large,
 )
+from service.item_schemas import ItemPublic, ItemsChanged
 from service.items import NewItem, add_items, check_id, check_label, delete_items, is_new_id
 from service.limits import JSON_BASE, MIB, Gate, Limits
 from service.registry import ModelRegistry, Served
 from service.routes.models import ITEM_PATH
 from service.routes.retrieval import VERSION_QUERY
-from service.schemas import IDEMPOTENCY_KEY, ItemPublic, ItemsChanged
+from service.schemas import IDEMPOTENCY_KEY
 from service.settings import ServiceSettings
 from service.uploads import (
     UPLOAD_PREFIX,

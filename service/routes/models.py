@@ -6,11 +6,20 @@ from typing import Any
 from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
+from live.filters import ItemFilter
 from service.auth import Admin, Reader
 from service.deps import RegistryDep, SettingsDep, served_model, stamp
 from service.errors import conflict, problems
 from service.limits import ID_MAX, VERSION_MAX
-from service.schemas import ITEM_ID, VERSION, Item, ItemsPublic, ModelsPublic, ModelSummary
+from service.schemas import (
+    FILTER_TEXT,
+    ITEM_ID,
+    VERSION,
+    Item,
+    ItemsPublic,
+    ModelsPublic,
+    ModelSummary,
+)
 from trainer.bundle import (
     current_version,
     list_versions,
@@ -23,7 +32,6 @@ from trainer.bundle import (
 from trainer.errors import BundleError
 
 router = APIRouter(tags=["models"])
-FILTER_TEXT = r"^[^\x00-\x1f\x7f]+$"  # printable text: no control characters
 log = logging.getLogger(__name__)
 VERSION_PATH = Path(max_length=VERSION_MAX, pattern=VERSION, description="A model version.")
 ITEM_PATH = Path(max_length=ID_MAX, pattern=ITEM_ID,
@@ -133,10 +141,8 @@ async def list_items(response: Response, registry: RegistryDep,
     def page() -> tuple[list[Item], int]:
         index = served.index
         classes = index.classes
-        if label is not None and label not in classes:
-            return [], 0  # a filter that matches nothing
-        wanted = classes.index(label) if label is not None else None
-        items, count = index.items(offset, limit, wanted, prefix)
+        only = ItemFilter(None if label is None else (label,), prefix)
+        items, count = index.items(offset, limit, only)
         return [Item(id=i, label=classes[lab] if lab >= 0 else None) for i, lab in items], count
 
     data, count = await run_in_threadpool(page)

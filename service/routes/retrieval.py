@@ -5,6 +5,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
+from live.filters import ANY, ItemFilter
 from service.auth import Reader
 from service.batcher import Overloaded
 from service.bodies import (
@@ -27,12 +28,21 @@ from service.deps import (
     stamp,
 )
 from service.errors import ProblemError, invalid, not_found, problems
+from service.filters import (
+    FORM_FIELDS,
+    LABELS_QUERY,
+    PREFIX_QUERY,
+    from_body,
+    from_fields,
+    from_form,
+)
 from service.limits import ID_MAX, JSON_BASE, VERSION_MAX, Limits
 from service.registry import Served
 from service.schemas import (
     ITEM_ID,
     VERSION,
     EmbedResponse,
+    LabelText,
     Neighbour,
     NeighboursResponse,
     SearchResponse,
@@ -56,10 +66,12 @@ async def embed_images(blobs: list[bytes], served: Served, batcher: BatcherDep,
                            headers={"Retry-After": "1"}) from None
 
 
-async def images_form(request: Request, limits: Limits, fields: set[str]) -> FormData:
-    """`files` (up to the image limit) and the named plain fields, once each."""
-    return await read_form(request, {"files": limits.images} | dict.fromkeys(fields, 1),
-                           {"files"})
+async def images_form(request: Request, limits: Limits, fields: set[str],
+                      filtered: bool = False) -> FormData:
+    """`files` (up to the image limit) and the named plain fields, once each, and the fields of
+    a filter when the route takes one."""
+    return await read_form(request, {"files": limits.images} | dict.fromkeys(fields, 1)
+                           | (FORM_FIELDS if filtered else {}), {"files"})
 
 
 @router.post("/embed", response_model=EmbedResponse, dependencies=[Reader],
@@ -82,11 +94,12 @@ async def embed(request: Request, response: Response, limits: LimitsDep, bodies:
 
 
 def neighbours_of(served: Served, queries: np.ndarray, k: int,
-                  exclude: list[str | None] | None = None) -> list[list[Neighbour]]:
-    """k nearest live items per query; `exclude[i]` (an id) is left out of query i's
-    answer."""
+                  exclude: list[str | None] | None = None,
+                  only: ItemFilter = ANY) -> list[list[Neighbour]]:
+    """k nearest live items per query that match `only`; `exclude[i]` (an id) is left out of
+    query i's answer."""
     index = served.index
-    hits = index.search(queries, k, exclude=exclude)
+    hits = index.search(queries, k, exclude=exclude, only=only)
     classes = index.classes
     return [[Neighbour(id=item, score=float(score), label=classes[label] if label >= 0 else None)
              for item, score, label in zip(ids, scores, labels, strict=True)]
@@ -100,21 +113,26 @@ def check_k(k: int, limit: int) -> None:
 
 @router.get("/neighbours/{item_id:path}", response_model=NeighboursResponse,
             dependencies=[Reader], responses=problems(401, 403, 404, 422, 503),
-            summary="The k nearest indexed items of an indexed item (itself excluded)")
+            summary="The k nearest indexed items of an indexed item (itself excluded)",
+            description="With `labels` and/or `prefix`, only items that match are searched: k "
+            "neighbours whenever k items match.")
 async def neighbours(response: Response, limits: LimitsDep, registry: RegistryDep,
                      item_id: str = Path(max_length=ID_MAX, pattern=ITEM_ID,
                                          description="An indexed item's id (its path in the "
                                          "dataset)."),
                      k: int | None = Query(None, ge=1, description="How many neighbours "
                                            "(1..MAX_K; default 10)."),
-                     model_version: str | None = VERSION_QUERY) -> NeighboursResponse:
+                     model_version: str | None = VERSION_QUERY,
+                     labels: list[LabelText] | None = LABELS_QUERY,
+                     prefix: str | None = PREFIX_QUERY) -> NeighboursResponse:
     k = limits.default_k if k is None else k
     check_k(k, limits.k)
+    only = from_fields(labels, prefix)
     served = await served_model(registry, model_version)
     vector = served.index.vector(item_id)
     if vector is None:
         raise not_found(f"no item {item_id!r} in model {served.version}")
-    found = await run_in_threadpool(neighbours_of, served, vector[None], k, [item_id])
+    found = await run_in_threadpool(neighbours_of, served, vector[None], k, [item_id], only)
     stamp(response, served)
     return NeighboursResponse(id=item_id, model_version=served.version, neighbours=found[0])
 
@@ -135,7 +153,10 @@ def query_vectors(vectors: list[list[float]], dim: int, version: str) -> np.ndar
 
 @router.post("/search", response_model=SearchResponse, dependencies=[Reader],
              responses=problems(*QUERY_ERRORS),
-             summary="Nearest indexed items of query images or vectors")
+             summary="Nearest indexed items of query images or vectors",
+             description="With a filter (JSON: `filter` {labels, prefix}; multipart: `labels` "
+             "fields and a `prefix`), only items that match are searched: k neighbours per "
+             "query whenever k items match.")
 async def search(request: Request, response: Response, limits: LimitsDep, bodies: BodiesDep,
                  registry: RegistryDep, batcher: BatcherDep, decoder: DecoderDep,
                  model_version: str | None = VERSION_QUERY) -> SearchResponse:
@@ -144,18 +165,18 @@ async def search(request: Request, response: Response, limits: LimitsDep, bodies
     if kind == JSON:
         body = await read_json(request, bodies.search, limits.vectors_budget(served.bundle.dim),
                                limits.images, limits.b64_image_chars)
-        k = body.k
+        k, only = body.k, from_body(body.filter)
         if "vectors" in body.model_fields_set:
             queries = query_vectors(body.vectors, served.bundle.dim, served.version)
         else:
             queries = await embed_images(b64_images(body.images, limits), served, batcher,
                                          decoder)
     else:
-        form = await images_form(request, limits, {"k"})
-        k = form_int(form, "k", limits.default_k)
+        form = await images_form(request, limits, {"k"}, filtered=True)
+        k, only = form_int(form, "k", limits.default_k), from_form(form)
         check_k(k, limits.k)
         queries = await embed_images(await form_images(form, limits), served, batcher, decoder)
-    found = await run_in_threadpool(neighbours_of, served, queries, k)
+    found = await run_in_threadpool(neighbours_of, served, queries, k, None, only)
     stamp(response, served)
     return SearchResponse(model_version=served.version,
                           results=[SearchResult(neighbours=n) for n in found])

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from service import schemas
+from service import item_schemas, schemas
 from service.client import (
     ApiError,
     AsyncClient,
@@ -88,8 +88,8 @@ MIRRORS = [(results.Health, schemas.Health), (results.Dataset, schemas.DatasetPu
            (results.Prediction, schemas.Prediction),
            (results.Classification, schemas.ClassifyResponse),
            (results.ModelSummary, schemas.ModelSummary), (results.Models, schemas.ModelsPublic),
-           (results.Item, schemas.Item), (results.ItemDetail, schemas.ItemPublic),
-           (results.ItemsChanged, schemas.ItemsChanged)]
+           (results.Item, schemas.Item), (results.ItemDetail, item_schemas.ItemPublic),
+           (results.ItemsChanged, item_schemas.ItemsChanged)]
 
 
 @pytest.mark.parametrize(("mine", "theirs"), MIRRORS, ids=lambda c: c.__name__)
@@ -136,6 +136,18 @@ def test_the_blocking_client_covers_the_api(api, shots, tmp_path):
             (f"client/s{n}.png", True) for n in range(3)]
         assert "client/s1.png" not in [n.id for n in c.neighbours("client/s1.png", k=3)
                                        .neighbours]
+        # Filtered: by label (one, or several) and id prefix, in every query form.
+        found = c.search(shots[1:3], k=3, labels=["shot"], prefix="client/s")
+        assert all(n.id.startswith("client/s") for r in found.results for n in r.neighbours)
+        assert [len(r.neighbours) for r in found.results] == [3, 3]
+        assert [n.label for n in c.search_vectors(vectors.array()[:1], k=20, labels="shot")
+                .results[0].neighbours] == ["shot"] * 5
+        assert {n.id for n in c.neighbours("client/s1.png", k=9, prefix="client/")
+                .neighbours} == {f"client/s{n}.png" for n in (0, 2, 3, 4)}
+        assert c.neighbours("client/s1.png", labels=["nope"]).neighbours == []
+        assert c.classify([shots[4]], k=5, labels=["shot"]).predictions[0].label == "shot"
+        assert c.classify_items(["train/cat/0000.jpg"], k=5, labels=["ship", "shot"],
+                                prefix="client/").predictions[0].label == "shot"
         votes = c.classify([shots[4], shots[3]], k=5).predictions
         assert len(votes) == 2 and votes[0].label in [*uploaded.classes, "shot"]
         assert c.classify_items(["client/s4.png"], k=5).predictions[0].id == "client/s4.png"
@@ -202,6 +214,8 @@ def test_the_async_client_covers_the_api(api, shots):
             assert (await c.item("async/3.png")).label == "b"  # the others replaced, unlabelled
             found = await c.search([shots[2]], k=1)
             assert found.results[0].neighbours[0].id == "async/2.png"
+            found = await c.search([shots[2]], k=5, labels=["b"], prefix="async/")
+            assert [n.id for n in found.results[0].neighbours] == ["async/3.png"]
             # Concurrent queries on one client.
             answers = await asyncio.gather(*(c.neighbours(i, k=2) for i in ids))
             assert [a.id for a in answers] == ids
@@ -231,8 +245,12 @@ def test_the_command_line_adds_finds_gets_and_deletes(api, shots):
                           "position "), out
     found = cli("find", str(shots[1]), "-k", "1").stdout.split()
     assert found[1] == "cli/s1.png" and float(found[0]) > 0.999 and found[2] == "(shot)"
+    lines = cli("find", str(shots[1]), "-k", "9", "--label", "shot", "--label", "cat",
+                "--prefix", "cli/s").stdout.splitlines()
+    assert sorted(line.split()[1] for line in lines) == ["cli/s0.png", "cli/s1.png",
+                                                         "cli/s2.png"]
     shown = json.loads(cli("get", "cli/s1.png").stdout)
-    assert list(shown) == list(schemas.ItemPublic.model_fields) and shown["label"] == "shot"
+    assert list(shown) == list(item_schemas.ItemPublic.model_fields) and shown["label"] == "shot"
     assert cli("delete", "cli/s0.png", "cli/s1.png", "cli/s2.png").stdout.startswith(
         "deleted 3 items (log position ")
     missing = cli("get", "cli/s1.png", ok=False)

@@ -1,0 +1,27 @@
+"""What the live collection's routes answer (service/routes/items.py)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ItemsChanged(BaseModel):
+    model_version: str = Field(description="The model whose collection changed (and whose "
+                               "encoder embedded added images).")
+    dataset: str
+    ids: list[str]
+    seq: int = Field(description="Position of the last change in the dataset's change log.")
+
+
+class ItemPublic(BaseModel):
+    id: str
+    label: str | None
+    model_version: str = Field(description="The model serving the item (every vector served "
+                               "is this model's).")
+    dataset: str
+    added_at: float | None = Field(description="When it was added through the API (Unix "
+                                   "time); null for items of the dataset's own files.")
+    added_with: str | None = Field(description="The model that embedded it when it was "
+                                   "added.")
+    seq: int | None = Field(description="Its entry in the change log.")
+    links: dict[str, str]
