@@ -21,6 +21,7 @@ from worker.submit import (
     NoWorkerCanRun,
     UnfitConfig,
     UnusableDataset,
+    WeightsNotInPlace,
     submit,
 )
 
@@ -47,6 +48,8 @@ def submission_problems(dataset: str) -> Iterator[None]:
         raise not_found(f"no dataset {dataset!r}") from None
     except NoWorkerCanRun as exc:
         raise ProblemError(422, "No Worker Can Run It", exc.message) from None
+    except WeightsNotInPlace as exc:
+        raise ProblemError(409, "Pretrained Weights Not In Place", str(exc)) from None
     except (UnfitConfig, UnusableDataset) as exc:
         raise ProblemError(409, "Unusable Dataset", str(exc)) from None
     except NotQueued as exc:
