@@ -326,7 +326,7 @@ class Trainer:
             return
         cfg, s = self.config, self.state
         vectors = self.start_embeddings
-        if vectors is None:
+        if vectors is None and self.prepared.collection.has_labels:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)  # the head the run started with
                 start = Encoder(cfg.backbone, cfg.embedding_dim)
@@ -334,8 +334,8 @@ class Trainer:
             vectors = embed(self.rt.prepare(start), self.rt, self.reader, s.mean, s.std,
                             len(self.prepared.collection), cfg.embedding_dim)
         self.start_figures = {
-            **pretrained.knn_figures(vectors, self.prepared.collection, cfg.knn_k,
-                                     cfg.knn_sigma),
+            **(pretrained.knn_figures(vectors, self.prepared.collection, cfg.knn_k,
+                                      cfg.knn_sigma) if vectors is not None else {}),
             "init_weights": pretrained.describe(self.start_weights,
                                                 pretrained.weights_for(cfg.backbone))}
 
