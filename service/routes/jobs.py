@@ -69,7 +69,9 @@ def _submit(settings: ServiceSettings, store: StoreDep, enqueue: EnqueueDep,
              description="The config is checked and the dataset scanned before the job is "
              "queued: 422 for an unknown key or a bad value, 404 for a dataset that does not "
              "exist, 409 for one that cannot be trained with this config (no images, fewer "
-             "images than `neighbours`). Follow the job at the returned Location.")
+             "images than `neighbours`) or initial weights that are unusable or, for "
+             "`init_from: imagenet`, neither under DATA_ROOT/.pretrained/ nor downloadable "
+             "(the problem names the file). Follow the job at the returned Location.")
 async def train(request: Request, response: Response, settings: SettingsDep,
                 store: StoreDep, enqueue: EnqueueDep) -> JobPublic:
     require_media(request, JSON)
