@@ -154,7 +154,8 @@ class JobPublic(BaseModel):
     progress: dict[str, Any] = Field(
         description="Latest: phase, round, epoch, loss, lr, anchors, neighbourhood_quality, "
         "images_per_s, eta_s, knn_top1 and label_free (when measured; label_free beside "
-        "pixel_label_free and untrained_label_free, on label_free_items sampled items), "
+        "pixel_label_free and untrained_label_free, and pretrained_label_free for a run from "
+        "init_from=imagenet, on label_free_items sampled items), "
         "attempt and run_first_epoch (the "
         "epoch where this run of the job began: after its checkpoint when resumed), metrics "
         "(when done).")

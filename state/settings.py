@@ -25,6 +25,12 @@ class Settings(BaseSettings):
         default=Path("var/state"),
         description="Job checkpoints, and in the embedded default the queue and the job table.",
     )
+    pretrained_download: bool = Field(
+        default=True,
+        description="Whether POST /train may download pretrained weights (init_from=imagenet) "
+        "that are neither under DATA_ROOT/.pretrained/ nor in the torch hub cache (TORCH_HOME). "
+        "false on a machine without internet: such a job is refused at once with the file to "
+        "place there.")
     key_prefix: str = Field(default="and:", description="Prefix of every Redis key we write.")
     job_time_limit_s: int = Field(
         default=72 * 3600, ge=1,

@@ -119,6 +119,8 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
             "training_time_s": metrics.get("training_time_s"),
             "config": config,
             "map_points": map_points,
+            # Which pretrained weights the run started from (init_from=imagenet).
+            **({"init_weights": metrics["init_weights"]} if metrics.get("init_weights") else {}),
             **(extra or {}),
         }
         for name, value in (extra_json or {}).items():

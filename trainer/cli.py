@@ -121,7 +121,8 @@ def _train(args: argparse.Namespace) -> int:
     from trainer.launcher import run_training
 
     config = TrainConfig.from_strings(args.overrides)
-    weights = warm_start.resolve(config.init_from, args.models) if config.init_from else None
+    weights = warm_start.resolve(config.init_from, args.models,
+                                 backbone=config.backbone) if config.init_from else None
     Path(args.out).mkdir(parents=True, exist_ok=True)
     collection = open_collection(args.data, work_dir=args.out)
     print(f"dataset {collection.name}: {_describe(collection.summary())}")

@@ -71,8 +71,11 @@ class TrainConfig:
         "Start from existing weights instead of random ones: a published model version (the "
         "same backbone and embedding_dim; a grown collection re-trains in a fraction of the "
         "epochs), or a file: an encoder.pt of this project or, for backbone=resnet18, a "
-        "torchvision ResNet-18 state dict such as downloaded ImageNet weights (files under the "
-        "data root for jobs, any path on the command line). Empty: random initialisation."),
+        "torchvision ResNet-18 state dict (files under the data root for jobs, any path on the "
+        "command line); or `imagenet`, for backbone=resnet18: torchvision's "
+        "ResNet18_Weights.IMAGENET1K_V1, normalised as ImageNet (the file resnet18-f37072fd.pth "
+        "under DATA_ROOT/.pretrained/ or in the torch hub cache, else downloaded). Empty: "
+        "random initialisation."),
         Says("a model version or a file path of at most 1024 printable characters")] = ""
     # --- curriculum ----------------------------------------------------------------------
     rounds: Annotated[Int, Field(ge=1, le=100, description=

@@ -22,7 +22,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from trainer import baseline, checkpoint
+from trainer import baseline, checkpoint, pretrained
 from trainer.augment import BatchAugment
 from trainer.backbones import Encoder
 from trainer.bank import MemoryBank
@@ -42,6 +42,7 @@ from trainer.run_state import Checkpoints, EpochAccumulator, RunState, finished_
 from trainer.run_state import fingerprint as ids_fingerprint
 from trainer.step import StepOut, TrainStep
 from trainer.warm_start import load_initial_weights
+from trainer.warm_start import resolve as resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class Trainer:
     reader: BatchReader
     train_rows: np.ndarray  # rows of the collection trained on (the bank's rows, in order)
     pixel_baseline: dict[str, Any] | None  # what raw pixels score with the same kNN
+    # A pretrained start's weights, kNN figures and description (for metrics.json).
+    start_figures: dict[str, Any]
     progress_score: ProgressScore | None  # the label-free score at evaluation epochs (rank 0)
     state: RunState
     checkpoints: Checkpoints
@@ -88,8 +91,12 @@ class Trainer:
         self.profile = profile  # synchronise CUDA around phases so timings are exact
         self.max_steps = max_steps  # cut every epoch short (speed benchmarks, smoke runs)
         # The file behind config.init_from: the caller resolves a model version to its
-        # encoder file; on its own, init_from is a path.
-        self.init_weights = init_weights or config.init_from or None
+        # encoder file; on its own, init_from is a path, or imagenet (trainer.pretrained).
+        self.init_weights = init_weights or (resolve_weights(
+            config.init_from, backbone=config.backbone) if config.init_from else None)
+        self.start_weights = (Path(self.init_weights) if self.init_weights and
+                              config.init_from == pretrained.IMAGENET else None)
+        self.start_embeddings: np.ndarray | None = None  # of the warm start, all items
         self.embeddings: np.ndarray | None = None  # of the last epoch's evaluation, if any
         self.replica_checks = 0  # steps after which the banks of all processes were compared
 
@@ -215,7 +222,8 @@ class Trainer:
         # From the evaluation after the last epoch, if any.
         embeddings = self.embeddings if self.embeddings is not None else self._embed_all()
         metrics = write_outputs(self.out, self.state, self.prepared, embeddings,
-                                self.rt, self.world, len(self.train_rows), self.pixel_baseline)
+                                self.rt, self.world, len(self.train_rows), self.pixel_baseline,
+                                self.start_figures, self.start_weights)
         self.on_status("done", {"metrics": metrics})
         return RunResult(self.out, metrics, self.state.history, self.replica_checks)
 
@@ -262,10 +270,11 @@ class Trainer:
             weight_decay=cfg.weight_decay,
         )
         ids = self.prepared.collection.ids
+        mean, std = pretrained.normalisation(cfg.init_from, cfg.backbone, self.prepared.mean,
+                                             self.prepared.std)
         s = self.state = RunState(
             cfg, ids_fingerprint([ids[i] for i in self.train_rows]), model, optimizer, bank,
-            gen, self.prepared.mean, self.prepared.std, no_neighbourhoods(n, dev),
-            started=started)
+            gen, mean, std, no_neighbourhoods(n, dev), started=started)
         self.checkpoints = Checkpoints(self.out, cfg.checkpoint_interval_s, self.main, started)
         if self.checkpoints.path.exists():
             s.restore(checkpoint.load(self.checkpoints.path), self.out)
@@ -290,9 +299,11 @@ class Trainer:
             start_log(self.out, s)
             self.progress_score = ProgressScore(
                 self.prepared, run_meta(cfg.backbone, cfg.embedding_dim, cfg.input_size, s.mean,
-                                        s.std), self.rt, init_seed=cfg.seed)
+                                        s.std), self.rt, init_seed=cfg.seed,
+                start_weights=self.start_weights)
         else:
             self.progress_score = None
+        self._measure_start()
         self.step = TrainStep(trained, compiled_forward(trained, cfg, self.rt.cuda, n),
                               optimizer, bank, cfg.tau, self.rt, self.profile)
 
@@ -303,8 +314,30 @@ class Trainer:
         log.info("starting from %s", loaded)
         if not self.main:
             return  # rank 0's bank is broadcast
-        vectors = self._embed_all()[self.train_rows]
+        self.start_embeddings = self._embed_all()
+        vectors = self.start_embeddings[self.train_rows]
         self.state.bank.vectors.copy_(torch.from_numpy(vectors).to(self.rt.device))
+
+    def _measure_start(self) -> None:
+        """A pretrained start's figures beside the model's: the kNN of the network the run
+        started from (embedded again when the run resumed) and which weights those were."""
+        self.start_figures = {}
+        if not self.main or self.start_weights is None:
+            return
+        cfg, s = self.config, self.state
+        vectors = self.start_embeddings
+        if vectors is None and self.prepared.collection.has_labels:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)  # the head the run started with
+                start = Encoder(cfg.backbone, cfg.embedding_dim)
+            load_initial_weights(start, self.start_weights)
+            vectors = embed(self.rt.prepare(start), self.rt, self.reader, s.mean, s.std,
+                            len(self.prepared.collection), cfg.embedding_dim)
+        self.start_figures = {
+            **(pretrained.knn_figures(vectors, self.prepared.collection, cfg.knn_k,
+                                      cfg.knn_sigma) if vectors is not None else {}),
+            "init_weights": pretrained.describe(self.start_weights,
+                                                pretrained.weights_for(cfg.backbone))}
 
     # --- parts of a step -------------------------------------------------------------------
     def _bounds(self, batch: int) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from trainer.augment import BatchAugment
 from trainer.backbones import Encoder
 from trainer.device import resolve
 from trainer.encoder_file import EmbeddingModel, EncoderMeta
+from trainer.warm_start import load_initial_weights
 
 MAX_SAMPLE = 10_000  # items whose views are embedded: the one extra pass
 # Smallest score difference worth acting on: 3 sd of the difference of two scores, the sd
@@ -93,12 +95,15 @@ def augmented_views(images: torch.Tensor, augmentation: Augmentation, seed: int 
 
 def untrained_model(backbone: str, dim: int, image_size: int, mean: torch.Tensor,
                     std: torch.Tensor, seed: int = 0, device: str = "auto",
-                    precision: str = "auto") -> EmbeddingModel:
+                    precision: str = "auto", weights: Path | None = None) -> EmbeddingModel:
     """The network a run of this seed starts from (the training loop seeds torch, then builds
-    the encoder), without touching the caller's random state."""
+    the encoder), without touching the caller's random state. `weights`: the file a warm
+    start loads into it (trainer.warm_start), e.g. the pretrained backbone of init_from."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Encoder(backbone, dim)
+    if weights is not None:
+        load_initial_weights(model, weights)
     m, s = [float(v) for v in mean], [float(v) for v in std]
     meta = EncoderMeta(backbone=backbone, dim=dim, image_size=image_size,
                        mean=(m[0], m[1], m[2]), std=(s[0], s[1], s[2]))

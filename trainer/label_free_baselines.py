@@ -1,6 +1,8 @@
 """The label-free score of a model beside the same score of raw pixels and of the untrained
 network (the model's backbone at its seed's initialisation), on the same items and the same
-augmented views: a score means something only next to what doing nothing scores."""
+augmented views: a score means something only next to what doing nothing scores. A run that
+started from pretrained weights (init_from=imagenet) is also set beside the network it started
+from: those weights, with the head of its seed."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from trainer.loader import Prepared
 
 Forward = Callable[[torch.Tensor], np.ndarray]
 LABEL_FREE_KEYS = ("label_free", "pixel_label_free", "untrained_label_free", "label_free_items")
+PRETRAINED_KEY = "pretrained_label_free"
 
 
 def _embed(forward: Forward, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
@@ -52,27 +55,38 @@ def sample_score(forward: Forward, images: torch.Tensor, views: torch.Tensor,
 
 def baseline_scores(images: torch.Tensor, views: torch.Tensor, prepared: Prepared,
                     meta: EncoderMeta, *, init_seed: int = 0, device: str = "auto",
-                    precision: str = "auto", every_part: bool = True
-                    ) -> dict[str, LabelFreeScore]:
+                    precision: str = "auto", every_part: bool = True,
+                    start_weights: Path | None = None) -> dict[str, LabelFreeScore]:
     """`pixels` and `untrained`: what raw pixels (standardised with the collection's channel
     statistics) and the untrained network of `meta` (normalised as that model is) score on
-    the sample `images` and its `views`."""
+    the sample `images` and its `views`; `pretrained` too, given the `start_weights` the run
+    loaded into that network."""
     def pixels(batch: torch.Tensor) -> np.ndarray:
         return pixel_vectors(batch, prepared.mean, prepared.std)
 
     untrained = untrained_model(meta.backbone, meta.dim, meta.image_size,
                                 torch.tensor(meta.mean), torch.tensor(meta.std),
                                 seed=init_seed, device=device, precision=precision)
-    return {"pixels": sample_score(pixels, images, views, every_part=every_part),
-            "untrained": sample_score(untrained.embed_uint8, images, views,
-                                      every_part=every_part)}
+    scores = {"pixels": sample_score(pixels, images, views, every_part=every_part),
+              "untrained": sample_score(untrained.embed_uint8, images, views,
+                                        every_part=every_part)}
+    if start_weights is not None:
+        pretrained = untrained_model(meta.backbone, meta.dim, meta.image_size,
+                                     torch.tensor(meta.mean), torch.tensor(meta.std),
+                                     seed=init_seed, device=device, precision=precision,
+                                     weights=start_weights)
+        scores["pretrained"] = sample_score(pretrained.embed_uint8, images, views,
+                                            every_part=every_part)
+    return scores
 
 
 def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
                          embeddings: np.ndarray | None = None, *, init_seed: int = 0,
-                         seed: int = 0, sample: int = MAX_SAMPLE) -> dict[str, Any]:
+                         seed: int = 0, sample: int = MAX_SAMPLE,
+                         start_weights: Path | None = None) -> dict[str, Any]:
     """`label_free`, `pixel_label_free`, `untrained_label_free` (floats, higher is better)
-    and their parts, on the same sample of at most `sample` items of `prepared`.
+    and their parts, on the same sample of at most `sample` items of `prepared`; with
+    `start_weights` (a pretrained start's file), `pretrained_label_free` too.
 
     `embeddings`: the model's embeddings of every item, when the caller has them (then the
     model embeds only the views); otherwise the sample is embedded here too.
@@ -84,8 +98,10 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
                                     embeddings[rows] if embeddings is not None else None),
               **baseline_scores(images, views, prepared, model.meta, init_seed=init_seed,
                                 device=str(model.runtime.device),
-                                precision="bf16" if model.runtime.bf16 else "fp32")}
-    return {
+                                precision="bf16" if model.runtime.bf16 else "fp32",
+                                start_weights=start_weights)}
+    pretrained = {PRETRAINED_KEY: scores["pretrained"].score} if start_weights else {}
+    return pretrained | {
         "label_free": scores["model"].score,
         "pixel_label_free": scores["pixels"].score,
         "untrained_label_free": scores["untrained"].score,
@@ -96,9 +112,13 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
 
 
 def run_figures(encoder: Path, prepared: Prepared, embeddings: np.ndarray, init_seed: int,
-                device: str = "auto") -> dict[str, Any]:
+                device: str = "auto", start_weights: Path | None = None,
+                precision: str = "auto") -> dict[str, Any]:
     """The label-free figures of a finished run's encoder file (what its metrics.json keeps:
-    the three scores and the sample's size; the parts stay with `evaluate`)."""
-    model = EmbeddingModel.load(encoder, device=device)
-    figures = score_with_baselines(prepared, model, embeddings, init_seed=init_seed)
-    return {key: figures[key] for key in LABEL_FREE_KEYS}
+    the three scores, the pretrained start's with `start_weights`, and the sample's size; the
+    parts stay with `evaluate`). `precision`: the run's, which embedded `embeddings`, so the
+    views are embedded as the items were (as `evaluate` does, from the run's config)."""
+    model = EmbeddingModel.load(encoder, device=device, precision=precision)
+    figures = score_with_baselines(prepared, model, embeddings, init_seed=init_seed,
+                                   start_weights=start_weights)
+    return {key: figures[key] for key in (*LABEL_FREE_KEYS, PRETRAINED_KEY) if key in figures}

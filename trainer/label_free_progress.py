@@ -13,6 +13,7 @@ the collection, those embeddings are reused: only the views are embedded then.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,21 +35,25 @@ KEEP_BYTES = 64 * 1024**2
 
 class ProgressScore:
     """Scores the run's encoder on the run's sample; `baselines` are the figures every epoch
-    record carries (raw pixels, untrained network, the sample's size)."""
+    record carries (raw pixels, untrained network, the pretrained start's network when the run
+    loaded `start_weights`, the sample's size)."""
 
     def __init__(self, prepared: Prepared, meta: EncoderMeta, rt: Runtime, init_seed: int,
-                 sample: int = PROGRESS_SAMPLE, seed: int = 0) -> None:
+                 sample: int = PROGRESS_SAMPLE, seed: int = 0,
+                 start_weights: Path | None = None) -> None:
         self.prepared, self.meta, self.rt, self.seed = prepared, meta, rt, seed
         self.rows = sample_rows(len(prepared.collection), sample, seed)
         images, views = self._sample()
         base = baseline_scores(images, views, prepared, meta, init_seed=init_seed,
                                device=str(rt.device), precision="bf16" if rt.bf16 else "fp32",
-                               every_part=False)
+                               every_part=False, start_weights=start_weights)
         self.baselines: dict[str, Any] = {
             "pixel_label_free": base["pixels"].score,
             "untrained_label_free": base["untrained"].score,
             "label_free_items": len(self.rows),
         }
+        if "pretrained" in base:
+            self.baselines["pretrained_label_free"] = base["pretrained"].score
         self._kept = (images, views) if images.numel() <= KEEP_BYTES else None
 
     def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -104,8 +104,11 @@ def epoch_record(state: RunState, lr: float, elapsed: float, knn: dict[str, Any]
 
 def write_outputs(out: Path, state: RunState, prepared: Prepared, embeddings: np.ndarray,
                   rt: Runtime, processes: int, n_train: int,
-                  pixel_baseline: dict[str, Any] | None) -> dict[str, Any]:
-    """Encoder, embeddings, metrics (returned), skipped items and curves of a finished run."""
+                  pixel_baseline: dict[str, Any] | None, start: dict[str, Any] | None = None,
+                  start_weights: Path | None = None) -> dict[str, Any]:
+    """Encoder, embeddings, metrics (returned), skipped items and curves of a finished run.
+    `start`: a pretrained start's figures and description (beside the baselines), and
+    `start_weights` its file, whose network is scored without labels too."""
     cfg, coll, history = state.config, prepared.collection, state.history
     knn = knn_evaluation(embeddings, coll.labels, coll.is_eval, len(coll.classes),
                          cfg.knn_k, cfg.knn_sigma) or {}
@@ -120,12 +123,14 @@ def write_outputs(out: Path, state: RunState, prepared: Prepared, embeddings: np
     )
     # Beside the labelled figures, or alone without labels: the label-free score of the model,
     # of raw pixels and of the untrained network, on the same items and views.
-    label_free = run_figures(out / "encoder.pt", prepared, embeddings, cfg.seed, str(rt.device))
+    label_free = run_figures(out / "encoder.pt", prepared, embeddings, cfg.seed, str(rt.device),
+                             start_weights, "bf16" if rt.bf16 else "fp32")
     speeds = [r["images_per_s"] for r in history]
     metrics = {
         **knn,
         **(pixel_baseline or {}),
         **label_free,
+        **(start or {}),
         "neighbourhood_quality": {
             str(r["round"]): r["neighbourhood_quality"]
             for r in history if r["epoch"] == 1 and r["round"] > 0

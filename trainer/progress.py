@@ -36,6 +36,7 @@ class EpochRecord:
     label_free: float | None = None
     pixel_label_free: float | None = None
     untrained_label_free: float | None = None
+    pretrained_label_free: float | None = None  # runs from init_from=imagenet
     label_free_items: int | None = None
 
     @property

@@ -7,6 +7,9 @@ Two kinds of file are understood:
   `torchvision.models.resnet18().state_dict()`), for `backbone=resnet18`: every layer but the
   classifier, whose place the embedding head takes (it starts random).
 Anything else is refused with a message that says what was expected.
+
+`init_from=imagenet` names torchvision's ImageNet weights for the backbone, a file of the
+second kind found or fetched by trainer.pretrained.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from trainer import pretrained
 from trainer.backbones import Encoder
 from trainer.errors import ConfigError
 
@@ -89,9 +93,14 @@ def _load(net: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, *, s
 
 
 def resolve(init_from: str, models_root: str | os.PathLike[str] | None = None,
-            files_root: str | os.PathLike[str] | None = None) -> Path:
-    """The weights file `init_from` names: a published version's encoder under `models_root`,
-    or else a file (confined to `files_root` when one is given, as jobs from the API are)."""
+            files_root: str | os.PathLike[str] | None = None, *, backbone: str = "",
+            download: bool = True) -> Path:
+    """The weights file `init_from` names: `imagenet`, the pretrained weights of `backbone`
+    (trainer.pretrained: under `files_root`, in the torch hub cache, or downloaded when
+    `download` allows); a published version's encoder under `models_root`; or else a file
+    (confined to `files_root` when one is given, as jobs from the API are)."""
+    if init_from == pretrained.IMAGENET:
+        return pretrained.weights_file(backbone, files_root, download=download)
     if models_root is not None and init_from and not init_from.startswith(".") and not any(
             c in init_from for c in "/\\\x00"):
         bundle = Path(models_root) / init_from
@@ -113,9 +122,9 @@ def resolve(init_from: str, models_root: str | os.PathLike[str] | None = None,
 
 def check(init_from: str, backbone: str, dim: int,
           models_root: str | os.PathLike[str] | None = None,
-          files_root: str | os.PathLike[str] | None = None) -> Path:
+          files_root: str | os.PathLike[str] | None = None, *, download: bool = True) -> Path:
     """Refuse, before a job is queued, weights that are missing or would not load into its
     encoder; returns the file."""
-    path = resolve(init_from, models_root, files_root)
+    path = resolve(init_from, models_root, files_root, backbone=backbone, download=download)
     load_initial_weights(Encoder(backbone, dim), path)
     return path

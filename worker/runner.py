@@ -158,8 +158,10 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
         snapshot = recorder.retrying(lambda: take_snapshot(run_dir, changes, job.dataset))
         collection = recorder.retrying(lambda: training_collection(
             collection, changes, job.dataset, root, snapshot.seq))
+        # The gate placed a pretrained start's file under the data root: nothing to fetch.
         weights = warm_start.resolve(config.init_from, settings.models_root,
-                                     settings.data_root) if config.init_from else None
+                                     settings.data_root, backbone=config.backbone,
+                                     download=False) if config.init_from else None
         # gpus=k: this process is rank 0 (callbacks, lease, cancel) and starts k-1 more; each
         # gets the same collection (with the live changes) and initial weights.
         result = run_training(config, collection, run_dir, on_epoch=on_epoch,

@@ -37,6 +37,11 @@ class UnfitConfig(ConfigError):
     """The config is valid on its own, but not for this dataset or these initial weights."""
 
 
+class WeightsNotInPlace(UnfitConfig):
+    """init_from=imagenet, but its file is not under the data root (nor in the torch hub
+    cache) and could not be downloaded, or downloads are off (PRETRAINED_DOWNLOAD)."""
+
+
 class UnusableDataset(DatasetError):
     """The dataset exists but cannot be trained as it is (no images, corrupt, bad layout)."""
 
@@ -64,6 +69,7 @@ def check_job(store: JobStore, settings: Settings, dataset: str, config: dict[st
     from trainer import warm_start
     from trainer.config import TrainConfig
     from trainer.data import open_collection
+    from trainer.pretrained import WeightsUnavailable
 
     cfg = TrainConfig.from_dict(config, strict=strict)
     try:
@@ -74,12 +80,18 @@ def check_job(store: JobStore, settings: Settings, dataset: str, config: dict[st
     if problem:
         raise NoWorkerCanRun("nodes" if cfg.nodes > 1 else "gpus", problem)
     try:
-        if cfg.init_from:  # a published version, or a weights file under the data root
+        # A published version, a weights file under the data root, or imagenet: its file is
+        # put under the data root here (found in the hub cache or downloaded), once, so a
+        # job is never queued to fail on a worker for want of it.
+        if cfg.init_from:
             warm_start.check(cfg.init_from, cfg.backbone, cfg.embedding_dim,
-                             settings.models_root, settings.data_root)
+                             settings.models_root, settings.data_root,
+                             download=settings.pretrained_download)
         collection = open_collection(path, name=dataset)
         collection.check_trainable()
         cfg.validate_for_dataset(len(collection.train_indices))
+    except WeightsUnavailable as exc:
+        raise WeightsNotInPlace(exc.key, exc.message) from exc
     except ConfigError as exc:
         raise UnfitConfig(exc.key, exc.message) from exc
     except DatasetError as exc:

@@ -21,6 +21,7 @@ from worker.submit import (
     NoWorkerCanRun,
     UnfitConfig,
     UnusableDataset,
+    WeightsNotInPlace,
     submit,
 )
 
@@ -47,6 +48,8 @@ def submission_problems(dataset: str) -> Iterator[None]:
         raise not_found(f"no dataset {dataset!r}") from None
     except NoWorkerCanRun as exc:
         raise ProblemError(422, "No Worker Can Run It", exc.message) from None
+    except WeightsNotInPlace as exc:
+        raise ProblemError(409, "Pretrained Weights Not In Place", str(exc)) from None
     except (UnfitConfig, UnusableDataset) as exc:
         raise ProblemError(409, "Unusable Dataset", str(exc)) from None
     except NotQueued as exc:
@@ -66,7 +69,9 @@ def _submit(settings: ServiceSettings, store: StoreDep, enqueue: EnqueueDep,
              description="The config is checked and the dataset scanned before the job is "
              "queued: 422 for an unknown key or a bad value, 404 for a dataset that does not "
              "exist, 409 for one that cannot be trained with this config (no images, fewer "
-             "images than `neighbours`). Follow the job at the returned Location.")
+             "images than `neighbours`) or initial weights that are unusable or, for "
+             "`init_from: imagenet`, neither under DATA_ROOT/.pretrained/ nor downloadable "
+             "(the problem names the file). Follow the job at the returned Location.")
 async def train(request: Request, response: Response, settings: SettingsDep,
                 store: StoreDep, enqueue: EnqueueDep) -> JobPublic:
     require_media(request, JSON)

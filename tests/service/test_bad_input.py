@@ -256,3 +256,33 @@ def test_a_job_store_outage_is_503_with_retry_after(tmp_path, models_template):
             assert r.headers["content-type"].startswith(PROBLEM)
             assert int(r.headers["retry-after"]) >= 1
             assert "job store" in r.json()["detail"]
+
+
+def test_imagenet_weights_that_cannot_be_fetched_are_a_409_naming_the_file(
+        small_upload_api, tmp_path, monkeypatch):
+    """Downloads allowed, but the address cannot be reached (as offline): refused at once,
+    no job recorded, the problem says which file to place where."""
+    import dataclasses
+
+    from tests.imagenet_weights import stand_in
+    from trainer import pretrained
+
+    api = small_upload_api
+    weights = stand_in(tmp_path / "w", monkeypatch, api.settings.data_root)
+    name = weights.spec.file_name
+    monkeypatch.setitem(pretrained.WEIGHTS, "resnet18", dataclasses.replace(
+        weights.spec, url=(tmp_path / "unreachable" / name).as_uri()))
+    body = {"dataset": "ok", "config": {"backbone": "resnet18", "image_size": 32,
+                                        "init_from": "imagenet"}}
+    r = api.client.post("/train", json=body, headers=api.admin)
+    assert r.status_code == 409, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    problem = r.json()
+    assert problem["title"] == "Pretrained Weights Not In Place"
+    assert f"place it at DATA_ROOT/.pretrained/{name}" in problem["detail"]
+    assert "torchvision ResNet18_Weights.IMAGENET1K_V1" in problem["detail"]
+    assert api.client.get("/jobs", headers=api.admin).json()["count"] == 0
+    # Placed there, the same request is accepted.
+    weights.place()
+    r = api.client.post("/train", json=body, headers=api.admin)
+    assert r.status_code == 202, r.text

@@ -6,6 +6,7 @@ import pytest
 from state.jobs import FAILED
 from state.settings import Settings
 from state.stores import open_store
+from tests.imagenet_weights import stand_in, wrong_file
 from trainer.errors import ConfigError, DatasetError
 from worker.submit import (
     NoSuchDataset,
@@ -13,6 +14,7 @@ from worker.submit import (
     NoWorkerCanRun,
     UnfitConfig,
     UnusableDataset,
+    WeightsNotInPlace,
     check_job,
     submit,
 )
@@ -70,3 +72,35 @@ def test_a_job_the_queue_refused_is_recorded_failed(gate):
     assert count == 2
     failed = next(j for j in jobs if j.id != job.id)
     assert failed.status == FAILED and "could not be queued: broker down" in failed.error
+
+
+def test_imagenet_weights_are_put_in_place_at_submission_or_refused_at_once(
+        cifar_dir, tmp_path, monkeypatch):
+    """init_from=imagenet: the file under the data root, from the torch hub cache or
+    downloaded; otherwise the job is refused, naming the file and where it goes."""
+    offline = Settings(data_root=cifar_dir.parent, models_root=tmp_path / "models",
+                       state_root=tmp_path / "state", pretrained_download=False)
+    weights = stand_in(tmp_path, monkeypatch, cifar_dir.parent)
+    store = open_store(offline)
+    config = CONFIG | {"backbone": "resnet18", "image_size": 32, "init_from": "imagenet"}
+    with pytest.raises(WeightsNotInPlace) as missing:
+        check_job(store, offline, "cifar10", config, strict=True)
+    assert f"place it at DATA_ROOT/.pretrained/{weights.spec.file_name}" in missing.value.message
+    assert "downloads are off" in missing.value.message
+    assert not weights.placed.exists()
+    # In the hub cache only: copied where every worker reads it.
+    weights.place(weights.cache)
+    check_job(store, offline, "cifar10", config)
+    assert weights.placed.read_bytes() == weights.file.read_bytes()
+    # Downloads allowed and nothing in place: torch.hub fetches it under the data root.
+    weights.placed.unlink()
+    weights.cache.unlink()
+    online = offline.model_copy(update={"pretrained_download": True})
+    check_job(store, online, "cifar10", config)
+    assert weights.placed.read_bytes() == weights.file.read_bytes()
+    wrong_file(weights.placed)
+    with pytest.raises(UnfitConfig, match="is not torchvision ResNet18_Weights") as wrong:
+        check_job(store, online, "cifar10", config)
+    assert not isinstance(wrong.value, WeightsNotInPlace)
+    with pytest.raises(UnfitConfig, match=r"backbone=resnet18 \(this run uses small_cnn\)"):
+        check_job(store, online, "cifar10", CONFIG | {"init_from": "imagenet"})
