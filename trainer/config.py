@@ -172,7 +172,8 @@ class TrainConfig:
         "a run on several processes computes what one process computes with the same "
         "batch_size; false: over each process's share of it (the reference's DataParallel "
         "behaviour: two fewer all-reduces per batch-norm layer and step, but smaller "
-        "normalisation batches, which trained worse).")] = True
+        "normalisation batches: a different computation, though measured within the seed "
+        "spread of it on small collections; docs/benchmarks.md).")] = True
     checkpoint_interval_s: Annotated[Float, Field(ge=1, le=86_400, description=
         "Also checkpoint mid-epoch at most this often (seconds), so a lost worker loses "
         "little.")] = 300.0
