@@ -106,11 +106,15 @@ class Collections:
         """Each made registry's current model (None: not loaded)."""
         return {name: r.current for name, r in self._registries.items()}
 
+    def default_name(self) -> str | None:
+        """The default collection; None when there is none, or several and no default."""
+        try:
+            return self.resolve(None)
+        except ProblemError:
+            return None
+
     def default_current(self) -> Served | None:
         """The default collection's current model, when there is one and it is loaded."""
-        try:
-            name = self.resolve(None)
-        except Exception:  # several and no default: no one model is the service's
-            return None
+        name = self.default_name()
         registry = self._registries.get(name) if name is not None else None
         return registry.current if registry is not None else None

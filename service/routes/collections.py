@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import Reader
 from service.collection_schemas import CollectionPublic, CollectionsPublic
 from service.collections import Collections
 from service.deps import CollectionsDep, SettingsDep
-from service.errors import ProblemError, problems
+from service.errors import problems
 from service.routes.models import _summary as model_summary
 from service.schemas import DATASET_NAME
 from service.settings import ServiceSettings
@@ -27,8 +27,10 @@ COLLECTION_PATH = Path(max_length=64, pattern=DATASET_NAME,
                        description="A collection: the name of the dataset it serves.")
 
 
-async def collection_path(collection: str = COLLECTION_PATH) -> None:
-    """Declares the prefix's parameter (the registry dependency reads it from the path)."""
+async def collection_path(request: Request, collection: str = COLLECTION_PATH) -> None:
+    """Declares the prefix's parameter (the registry dependency reads it from the path), and
+    answers 404 for a collection that does not exist, whatever the route."""
+    request.app.state.collections.resolve(collection)
 
 
 def scoped_paths(paths: dict[str, Any], path: str) -> list[str]:
@@ -62,13 +64,6 @@ def describe(settings: ServiceSettings, collections: Collections, name: str,
                             images_available=problem is None, images_problem=problem)
 
 
-def _default(collections: Collections) -> str | None:
-    try:
-        return collections.resolve(None)
-    except ProblemError:  # several and no default
-        return None
-
-
 @router.get("/collections", response_model=CollectionsPublic, dependencies=[Reader],
             responses=problems(401, 403),
             summary="The collections served: each dataset with its current model and figures")
@@ -76,7 +71,7 @@ async def list_collections(settings: SettingsDep,
                            collections: CollectionsDep) -> CollectionsPublic:
     def build() -> CollectionsPublic:
         names = collections.names(fresh=True)
-        default = _default(collections)
+        default = collections.default_name()
         data = [describe(settings, collections, name, default) for name in names]
         return CollectionsPublic(data=data, count=len(data), default=default)
 
@@ -92,4 +87,4 @@ async def get_collection(settings: SettingsDep, collections: CollectionsDep,
     name = collections.resolve(collection)
     assert name is not None
     return await run_in_threadpool(describe, settings, collections, name,
-                                   _default(collections))
+                                   collections.default_name())

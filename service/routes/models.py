@@ -15,7 +15,7 @@ from service.deps import (
     served_model,
     stamp,
 )
-from service.errors import ProblemError, conflict, not_found, problems
+from service.errors import conflict, not_found, problems
 from service.limits import ID_MAX, VERSION_MAX
 from service.schemas import ITEM_ID, VERSION, Item, ItemsPublic, ModelsPublic, ModelSummary
 from service.settings import ServiceSettings
@@ -28,7 +28,7 @@ from trainer.bundle import (
     set_current,
     validate,
 )
-from trainer.current import dataset_of
+from trainer.current import UNNAMED, dataset_of
 from trainer.errors import BundleError
 
 router = APIRouter(tags=["models"])
@@ -60,28 +60,24 @@ def list_models(request: Request, settings: SettingsDep) -> ModelsPublic:
     # Under /collections/{name}: that collection's versions; at the root, every version (with
     # the default collection's pointers, when there is one).
     scope = request.path_params.get("collection")
-    collection = scope if scope is not None else _default_or_none(request)
+    collection = scope if scope is not None else request.app.state.collections.default_name()
     root = settings.models_root
     current = current_version(root, collection) if collection else None
     data = []
+    currents: dict[str, str | None] = {}  # each version is current or not in its collection
     for version in reversed(list_versions(root)):
         try:
             manifest = read_manifest(root, version)
-            home = dataset_of(root, version)
+            home = str(manifest.get("dataset") or UNNAMED)
             if scope is not None and home != scope:
                 continue
-            data.append(_summary(manifest, current_version(root, home)))
+            if home not in currents:
+                currents[home] = current_version(root, home)
+            data.append(_summary(manifest, currents[home]))
         except (BundleError, ValueError, KeyError):
             continue
     return ModelsPublic(data=data, count=len(data), current=current,
                         previous=previous_version(root, collection) if collection else None)
-
-
-def _default_or_none(request: Request) -> str | None:
-    try:
-        return request.app.state.collections.resolve(None)
-    except ProblemError:  # several collections, no default: no pointers to show
-        return None
 
 
 def _owned(settings: ServiceSettings, collection: str | None, version: str,

@@ -73,6 +73,7 @@ def test_each_collection_serves_its_own_model(tmp_path, two_collections):
         assert "cifar-slice" in r.json()["detail"] and "other" in r.json()["detail"]
         assert c.get("/collections/nowhere/neighbours/x.jpg").status_code == 404
         assert c.get("/collections/nowhere").status_code == 404
+        assert c.get("/collections/nowhere/models").status_code == 404
         assert c.get("/readyz").status_code == 200
 
 
