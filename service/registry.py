@@ -254,7 +254,7 @@ class ModelRegistry:
             published = (self.models_root / version / "manifest.json").is_file()
         except (OSError, ValueError):  # a name the file system cannot hold
             published = False
-        if published and self.collection is not None:
+        if published and self.collection:  # the empty registry pins any version, as before
             try:
                 published = dataset_of(self.models_root, version) == self.collection
             except BundleError:
