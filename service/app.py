@@ -9,14 +9,16 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import console, contract, errors
 from service.batcher import BULK_NICE, EmbedBatcher, cpu_workers
+from service.collections import Collections
 from service.decoding import QueryDecoder
+from service.errors import problems
 from service.limits import Gate, Limits
 from service.metrics import Metrics, MetricsMiddleware
 from service.probes import BrokerConnection, CachedProbe
@@ -27,14 +29,17 @@ from service.routes import (
     compare,
     datasets,
     docs,
+    embedding_map,
     export,
     health,
+    images,
     items,
     jobs,
     models,
     retrain,
     retrieval,
 )
+from service.routes import collections as collection_routes
 from service.schemas import query_models
 from service.settings import ServiceSettings, get_service_settings
 from service.site_guard import SiteGuard
@@ -134,7 +139,9 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     limits = Limits.of(settings)
     metrics = Metrics(store.counts)
     workers = settings.embed_workers or cpu_workers(settings.device)
-    registry = ModelRegistry(settings.models_root, settings.device, settings.model_poll_s,
+
+    def registry(collection: str) -> ModelRegistry:
+        return ModelRegistry(settings.models_root, settings.device, settings.model_poll_s,
                              on_swap=metrics.set_model, cache_size=settings.model_cache_size,
                              loads_per_min=settings.model_loads_per_min,
                              on_load=metrics.count_load, changes=changes,
@@ -142,7 +149,10 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
                              engine=settings.inference_engine,
                              # each inference thread's share of the cores (as batcher.py gives
                              # torch), so that the threads together use each core once
-                             threads=max(1, cpu_count() // workers))
+                             threads=max(1, cpu_count() // workers), collection=collection)
+
+    collections = Collections(settings.models_root, registry, settings.default_collection,
+                              settings.model_poll_s)
     batcher = EmbedBatcher(settings.embed_max_batch, settings.embed_max_wait_ms / 1000,
                            max_queued_images=settings.embed_max_queued_images,
                            on_batch=metrics.embed_batch.observe,
@@ -168,7 +178,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
         if swept:
             log.warning("removed %d upload folders left by interrupted uploads", len(swept))
         decoder.start()
-        registry.start()
+        collections.start()
         batcher.start()
         bulk_batcher.start()
         retrainer.start()
@@ -178,7 +188,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
             retrainer.stop()
             bulk_batcher.stop()
             batcher.stop()
-            registry.stop()
+            collections.stop()
 
     # The documentation routes are the app's own (service/routes/docs.py), with their guard.
     app = FastAPI(title="AND embedding retrieval", version="0.1.0", description=DESCRIPTION,
@@ -189,7 +199,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.bodies = query_models(limits)
     app.state.store = store
     app.state.changes = changes
-    app.state.registry = registry
+    app.state.collections = collections
     app.state.batcher = batcher
     app.state.bulk_batcher = bulk_batcher
     app.state.decoder = decoder
@@ -199,9 +209,16 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.store_probe = CachedProbe(store.ping)
     app.state.broker_probe = CachedProbe(BrokerConnection(settings))
     errors.install(app, unavailable=store.transient_errors)
-    for module in (health, datasets, retrain, jobs, models, export, compare, retrieval,
-                   classify, items):
+    for module in (health, datasets, retrain, jobs, export):
         app.include_router(module.router)
+    app.include_router(collection_routes.router)
+    # The serving routes: at the root for the default collection, and under each collection's
+    # name; one route body for both (service/deps.py resolves the collection from the path).
+    for module in (models, compare, retrieval, classify, items, images, embedding_map):
+        app.include_router(module.router, responses=problems(409))
+        app.include_router(module.router, prefix=collection_routes.PREFIX,
+                           dependencies=[Depends(collection_routes.collection_path)],
+                           responses=problems(404, 422))
     console.install(app)
     if settings.api_docs != "off":
         app.include_router(docs.router)

@@ -29,6 +29,7 @@ from service.bodies import JSON, MULTIPART
 from service.decoding import QUERY_FORMATS
 from service.errors import PROBLEM
 from service.limits import ID_MAX, Limits
+from service.routes.collections import scoped_paths
 from service.routes.retrain import RetrainPolicyIn
 from service.routing import RouteInfo, flat_routes
 from service.schemas import (
@@ -55,7 +56,7 @@ def install(app: FastAPI) -> None:
     cache: dict[str, Any] = {}
 
     def openapi() -> dict[str, Any]:
-        current = app.state.registry.current
+        current = app.state.collections.default_current()
         key = (current.version if current is not None else None, _gpus_allowed(app))
         if "doc" not in cache or cache["key"] != key:
             cache["doc"] = build(app)
@@ -87,7 +88,7 @@ def _guarded(kind: str | None, settings: ServiceSettings) -> bool:
 def build(app: FastAPI) -> dict[str, Any]:
     settings: ServiceSettings = app.state.settings
     limits: Limits = app.state.limits
-    current = app.state.registry.current
+    current = app.state.collections.default_current()
     doc = get_openapi(title=app.title, version=app.version, description=app.description,
                       routes=app.routes)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
@@ -220,7 +221,8 @@ def _add_bodies(paths: dict[str, Any], schemas: dict[str, Any], app: FastAPI, li
                                   **filters}, ["files"]), images_encoding),
     }
     for path, body in bodies_by_route.items():
-        paths[path]["post"]["requestBody"] = body
+        for each in scoped_paths(paths, path):
+            paths[each]["post"]["requestBody"] = body
 
     config = TrainConfig.json_schema()
     _bound_processes(config, _gpus_allowed(app))
@@ -280,11 +282,12 @@ def _add_item_bodies(paths: dict[str, Any], schemas: dict[str, Any], bodies: Any
     # `required` list for "anything", such as the body 0.
     form["oneOf"] = [{"type": "object", "required": ["files"]},
                      {"type": "object", "required": ["archive"]}]
-    paths["/items"]["post"]["requestBody"] = _body(
-        {"$ref": REF.format(model="ItemsAdd")}, form,
-        {"files": {"contentType": IMAGE_TYPES}, "archive": {"contentType": ARCHIVE_TYPES}})
-    paths["/items"]["delete"]["requestBody"] = _body(
-        {"$ref": REF.format(model="ItemsDelete")}, None)
+    for path in scoped_paths(paths, "/items"):
+        paths[path]["post"]["requestBody"] = _body(
+            {"$ref": REF.format(model="ItemsAdd")}, form,
+            {"files": {"contentType": IMAGE_TYPES}, "archive": {"contentType": ARCHIVE_TYPES}})
+        paths[path]["delete"]["requestBody"] = _body(
+            {"$ref": REF.format(model="ItemsDelete")}, None)
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -303,7 +306,9 @@ def _bound_parameters(paths: dict[str, Any], limits: Limits, current: Any,
                 name = param["name"]
                 if name == "name" and dataset is not None:
                     param["example"] = dataset
-                if name == "k" and path.startswith("/neighbours"):
+                if name == "collection" and current is not None:
+                    param["example"] = current.live.dataset
+                if name == "k" and "/neighbours/" in path:
                     # FastAPI writes an optional int as anyOf [integer, null]: k is an integer.
                     param["schema"] = {"type": "integer", "minimum": 1, "maximum": limits.k,
                                        "default": limits.default_k, "title": "K"}

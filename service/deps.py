@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Response
 
 from service.batcher import EmbedBatcher
+from service.collections import Collections
 from service.decoding import QueryDecoder
 from service.errors import not_found, not_ready
 from service.limits import Limits
@@ -36,8 +37,19 @@ async def _store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-async def _registry(request: Request) -> ModelRegistry:
-    return request.app.state.registry
+async def _collections(request: Request) -> Collections:
+    return request.app.state.collections
+
+
+async def _collection(request: Request) -> str | None:
+    """The collection a request serves: the one its path names, else the default
+    (service/collections.py has the rule)."""
+    return request.app.state.collections.resolve(request.path_params.get("collection"))
+
+
+async def _registry(request: Request, collection: Annotated[str | None, Depends(_collection)]
+                    ) -> ModelRegistry:
+    return request.app.state.collections.registry(collection)
 
 
 async def _batcher(request: Request) -> EmbedBatcher:
@@ -70,6 +82,8 @@ async def _enqueue(request: Request) -> Callable[[str], None]:
 
 SettingsDep = Annotated[ServiceSettings, Depends(_settings)]
 StoreDep = Annotated[JobStore, Depends(_store)]
+CollectionsDep = Annotated[Collections, Depends(_collections)]
+CollectionDep = Annotated[str | None, Depends(_collection)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 BatcherDep = Annotated[EmbedBatcher, Depends(_batcher)]
 BulkBatcherDep = Annotated[EmbedBatcher, Depends(_bulk_batcher)]

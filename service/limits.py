@@ -3,6 +3,7 @@ body readers and the OpenAPI document take their numbers from here."""
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ FILTER_LABELS = 100
 # Multipart framing: boundary lines and part headers.
 PART_OVERHEAD = 4 * KIB
 IMAGE_ROUTES = ("/embed", "/search", "/classify")  # and /items, which also takes archives
+# A serving route under a collection has the limits it has at the root (service/app.py).
+COLLECTION_PREFIX = re.compile(r"^/collections/[^/]+(?=/)")
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class Limits:
 
     def body_limit(self, path: str, media: str) -> int:
         """Largest request body for a path and media type, checked before it is read."""
-        path = path.rstrip("/") or "/"
+        path = COLLECTION_PREFIX.sub("", path.rstrip("/")) or "/"
         multipart = media == "multipart/form-data"
         if path == "/datasets" and multipart:
             return self.upload_bytes + PART_OVERHEAD

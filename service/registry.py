@@ -1,6 +1,7 @@
 """Loaded model bundles and the hot swap.
 
-A background thread watches models/CURRENT. When it names a new version, that bundle is loaded
+One registry per collection (service/collections.py). A background thread watches the
+collection's CURRENT (trainer/current.py). When it names a new version, that bundle is loaded
 beside the serving one and a single reference is swapped. A request takes the reference once
 and uses that bundle for everything it does, so no request fails during a swap and none mixes
 two versions.
@@ -33,6 +34,8 @@ from service.live_view import LiveView
 from service.orphans import OrphanSweeper
 from state.changes import ChangeLog
 from trainer.bundle import Bundle, current_version
+from trainer.current import dataset_of
+from trainer.errors import BundleError
 
 log = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 1.0
@@ -105,8 +108,12 @@ class ModelRegistry:
                  on_load: Callable[[str, bool], None] | None = None,
                  changes: ChangeLog | None = None,
                  dataset_root: Callable[[str], Path | None] | None = None,
-                 engine: str = "torch", threads: int = 1) -> None:
+                 engine: str = "torch", threads: int = 1,
+                 collection: str | None = None) -> None:
         self.models_root = Path(models_root)
+        # The dataset whose CURRENT this registry follows and whose versions it serves (None:
+        # the only collection, as a single-model service had).
+        self.collection = collection
         self.engine, self.threads = engine, threads  # what runs the encoders (trainer.engines)
         self.changes = changes
         self.dataset_root = dataset_root or (lambda name: None)
@@ -131,8 +138,11 @@ class ModelRegistry:
         self._orphans = OrphanSweeper(self.models_root)
 
     # --- lifecycle ------------------------------------------------------------------------
-    def start(self) -> None:
-        self.refresh()
+    def start(self, load_now: bool = True) -> None:
+        """`load_now`: load the current version before returning (blocking; at start-up). A
+        registry made on first use leaves it to the request, which loads off the event loop."""
+        if load_now:
+            self.refresh()
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
             self._thread = threading.Thread(target=self._watch, name="model-watch",
@@ -224,7 +234,10 @@ class ModelRegistry:
         return current.version if current else None
 
     def _current_future(self, force: bool = False) -> Future[Served]:
-        wanted = current_version(self.models_root)
+        try:
+            wanted = current_version(self.models_root, self.collection)
+        except BundleError as exc:  # several collections, and this registry names none
+            return _failed(NoModel(str(exc)))
         current = self.current
         if wanted is None:
             return _failed(NoModel("no model has been published yet"))
@@ -241,6 +254,11 @@ class ModelRegistry:
             published = (self.models_root / version / "manifest.json").is_file()
         except (OSError, ValueError):  # a name the file system cannot hold
             published = False
+        if published and self.collection:  # the empty registry pins any version, as before
+            try:
+                published = dataset_of(self.models_root, version) == self.collection
+            except BundleError:
+                published = False
         if not published:
             return _failed(UnknownVersion(f"no model version {version!r}"))
         wait = self._backoff_left(version)

@@ -1,4 +1,4 @@
-"""Running the retrain policy (state/retrain.py) of the current model's dataset: a thread of
+"""Running the retrain policy (state/retrain.py) of every collection's dataset: a thread of
 the API looks every RETRAIN_CHECK_S at how much of the collection changed since the model's
 training snapshot, and enqueues a warm-started job when the policy says so.
 
@@ -21,6 +21,7 @@ from state.jobs import JobStore
 from state.retrain import Decision, RetrainPolicy, decide
 from state.settings import Settings
 from trainer.bundle import current_version, read_manifest
+from trainer.current import collections
 from trainer.errors import BundleError, TrainerError
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class RetrainStatus:
 
 def status(settings: Settings, store: JobStore, changes: ChangeLog, dataset: str) -> RetrainStatus:
     policy = RetrainPolicy.from_dict(store.get_policy(dataset))
-    version = current_version(settings.models_root)
+    version = current_version(settings.models_root, dataset)
     manifest = None
     if version is not None:
         try:
@@ -88,14 +89,14 @@ class RetrainWatcher:
                 log.exception("the retrain check failed")
 
     def check(self) -> str | None:
-        """Enqueue a retrain of the current model's dataset when due; returns its job id."""
-        version = current_version(self.settings.models_root)
-        if version is None:
-            return None
-        try:
-            dataset = str(read_manifest(self.settings.models_root, version).get("dataset"))
-        except BundleError:
-            return None
+        """Enqueue a retrain of each collection's dataset that is due; returns the last job
+        id started."""
+        started = None
+        for dataset in collections(self.settings.models_root):
+            started = self._check(dataset) or started
+        return started
+
+    def _check(self, dataset: str) -> str | None:
         if not status(self.settings, self.store, self.changes, dataset).decision.due:
             return None
         lock, owner = f"retrain:{dataset}", secrets.token_hex(8)

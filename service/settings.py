@@ -84,6 +84,11 @@ class ServiceSettings(Settings):
         default=0, ge=0, le=64,
         description="Inference threads; 0 = one per CPU core on CPU (each running "
         "single-threaded kernels), one on CUDA.")
+    default_collection: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The collection (a dataset's name) that the routes outside "
+        "/collections/{name} serve; unset: the only collection, and a 409 when there are "
+        "several.")
     model_poll_s: float = Field(default=1.0, gt=0,
                                 description="How often the API looks for a new current model.")
     retrain_check_s: float = Field(

@@ -20,7 +20,8 @@ class Settings(BaseSettings):
     data_root: Path = Field(default=Path("var/data"),
                             description="Datasets, one folder or archive per name.")
     models_root: Path = Field(default=Path("var/models"),
-                              description="Published model bundles and the CURRENT pointer.")
+                              description="Published model bundles and each collection's "
+                              "CURRENT pointer.")
     state_root: Path = Field(
         default=Path("var/state"),
         description="Job checkpoints, and in the embedded default the queue and the job table.",

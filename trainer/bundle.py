@@ -11,10 +11,11 @@
         metrics.json, progress.jsonl, curves.png   from the training run
         encoder.onnx, encoder.onnx.json   the encoder as ONNX, added when first asked for
                                           (trainer/export.py; derived from encoder.pt alone)
-    models/CURRENT         the current version's name
+    models/collections/<dataset>/CURRENT   the version each dataset's collection serves
+                                           (trainer/current.py)
 
 A bundle is written under a temporary name (`.tmp-*`), validated, its files and then its
-folder fsynced, renamed into place, and the models folder fsynced; only then may CURRENT name
+folder fsynced, renamed into place, and the models folder fsynced; only then may a CURRENT name
 it, and CURRENT itself is replaced atomically and durably. So after a crash or a power loss
 CURRENT names a whole bundle, and a bundle that fails validation never becomes current.
 Temporary folders a crash left behind are removed by `trainer.leftovers.sweep_leftovers`.
@@ -39,11 +40,17 @@ import torch
 
 from trainer import embedding_map
 from trainer import index as faiss_index
+from trainer.current import current_version as current_version
+from trainer.current import dataset_of
+from trainer.current import previous_version as previous_version
+from trainer.current import rollback as rollback
+from trainer.current import safe_name as _safe_name
+from trainer.current import set_current as set_current
 from trainer.encoder_file import Embedder, EmbeddingModel
 from trainer.engines import load_embedder
 from trainer.errors import BundleError
 from trainer.files import atomic_file, atomic_write_json, fsync_dir, fsync_file
-from trainer.leftovers import CURRENT, PREVIOUS, TMP_PREFIX
+from trainer.leftovers import TMP_PREFIX
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -165,7 +172,7 @@ def withdraw(models_root: str | os.PathLike[str], version: str) -> None:
     root = Path(models_root)
     if not _safe_name(version) or not (root / version).is_dir():
         return
-    if current_version(root) == version:
+    if current_version(root, dataset_of(root, version)) == version:
         raise BundleError(f"model version {version} is current; it cannot be withdrawn")
     gone = root / f"{TMP_PREFIX}{version}-withdrawn-{secrets.token_hex(3)}"
     os.rename(root / version, gone)
@@ -206,49 +213,6 @@ def validate(path: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
-def set_current(models_root: str | os.PathLike[str], version: str) -> None:
-    """Atomically point CURRENT at `version` (which must be a valid bundle), remembering the
-    version it named before in PREVIOUS (written first: a crash between the two leaves the old
-    CURRENT in place, and PREVIOUS naming a version that is still valid)."""
-    root = Path(models_root)
-    if not (root / version / "manifest.json").exists():
-        raise BundleError(f"no model version {version!r}")
-    before = current_version(root)
-    if before == version:
-        return
-    if before is not None:
-        with atomic_file(root / PREVIOUS) as f:
-            f.write((before + "\n").encode())
-    with atomic_file(root / CURRENT) as f:
-        f.write((version + "\n").encode())
-
-
-def rollback(models_root: str | os.PathLike[str]) -> str:
-    """Make the previous current version current again (and remember the one it replaces, so
-    a second rollback undoes the first); returns it."""
-    previous = previous_version(models_root)
-    if previous is None or not (Path(models_root) / previous / "manifest.json").exists():
-        raise BundleError("there is no previous model version to roll back to")
-    set_current(models_root, previous)
-    return previous
-
-
-def _pointer(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except FileNotFoundError:
-        return None
-
-
-def current_version(models_root: str | os.PathLike[str]) -> str | None:
-    return _pointer(Path(models_root) / CURRENT)
-
-
-def previous_version(models_root: str | os.PathLike[str]) -> str | None:
-    """The version that was current before the current one (None: none was)."""
-    return _pointer(Path(models_root) / PREVIOUS)
-
-
 def list_versions(models_root: str | os.PathLike[str]) -> list[str]:
     root = Path(models_root)
     if not root.exists():
@@ -262,11 +226,6 @@ def read_manifest(models_root: str | os.PathLike[str], version: str) -> dict[str
     if not _safe_name(version) or not path.exists():
         raise BundleError(f"no model version {version!r}")
     return json.loads(path.read_text())
-
-
-def _safe_name(version: str) -> bool:
-    return bool(version) and not any(c in version for c in "/\\\x00") and not (
-        version.startswith(".")) and len(version) <= 255
 
 
 @dataclass

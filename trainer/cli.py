@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import TrainerError, TrainingStopped
+from trainer.files import atomic_write_json
 
+DATA_RECORD = "data.json"  # in a run folder: the dataset it was trained on (see _publish)
 log = logging.getLogger("trainer")
 
 
@@ -55,8 +57,11 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("publish", help="turn a finished run into a versioned bundle")
     b.add_argument("--run", required=True, help="training output folder")
-    b.add_argument("--models", required=True, help="models folder (bundles + CURRENT)")
-    b.add_argument("--dataset", default=None, help="dataset name in the manifest")
+    b.add_argument("--models", required=True,
+                   help="models folder (bundles, and each collection's current version)")
+    b.add_argument("--dataset", default=None,
+                   help="the dataset, and so the collection, the model serves (default: the "
+                   "one the run was trained on, as `train` recorded it)")
     b.add_argument("--index", default=None, choices=["auto", "flat", "ivf", "hnsw"])
     b.add_argument("--no-current", action="store_true", help="do not make it the current one")
 
@@ -126,6 +131,9 @@ def _train(args: argparse.Namespace) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     collection = open_collection(args.data, work_dir=args.out)
     print(f"dataset {collection.name}: {_describe(collection.summary())}")
+    # What the run was trained on, so that publishing it names the right collection.
+    atomic_write_json(Path(args.out) / DATA_RECORD, {
+        "dataset": collection.name, "path": str(Path(args.data).resolve())})
     # Under torchrun every process runs this command; rank 0 alone reports.
     other_rank = os.environ.get("RANK", "0") != "0"
     bar = None if args.quiet or other_rank else tqdm(total=config.total_epochs, unit="epoch",
@@ -236,12 +244,24 @@ def _publish(args: argparse.Namespace) -> int:
     from trainer.bundle import set_current, write_bundle
 
     run = Path(args.run)
-    path = write_bundle(run, args.models, dataset=args.dataset or run.name,
-                        index_kind=args.index)
+    dataset = args.dataset or _recorded_dataset(run)
+    if dataset is None:
+        print(f"error: {run} does not record the data it was trained on (a run of an older "
+              "version): name its dataset with --dataset", file=sys.stderr)
+        return 2
+    path = write_bundle(run, args.models, dataset=dataset, index_kind=args.index)
     if not args.no_current:
         set_current(args.models, path.name)
-    print(f"published {path}" + ("" if args.no_current else " (current)"))
+    print(f"published {path} into collection {dataset!r}"
+          + ("" if args.no_current else " (current)"))
     return 0
+
+
+def _recorded_dataset(run: Path) -> str | None:
+    try:
+        return str(json.loads((run / DATA_RECORD).read_text())["dataset"]) or None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """Removing what interrupted publishes left in the models folder: `.tmp-*` bundle folders and
-temporary CURRENT files. Kept free of torch and FAISS, so that a worker's supervising process
-and the API can call it cheaply."""
+temporary CURRENT and PREVIOUS files (beside the bundles, and in each collection's folder).
+Kept free of torch and FAISS, so that a worker's supervising process and the API can call it
+cheaply."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 TMP_PREFIX = ".tmp-"  # a bundle being written (or withdrawn) lives under this prefix
 CURRENT = "CURRENT"
 PREVIOUS = "PREVIOUS"  # the version CURRENT named before its last move: one-step rollback
+COLLECTIONS = "collections"  # one folder per collection, holding its pointers (trainer/current.py)
 LEFTOVER_AGE_S = 3600  # a temporary folder older than this belongs to no running publish
 
 
@@ -24,7 +26,9 @@ def sweep_leftovers(models_root: str | os.PathLike[str],
         return []
     cutoff = time.time() - older_than_s
     removed = []
-    for path in root.iterdir():
+    folders = [root] + ([p for p in (root / COLLECTIONS).iterdir() if p.is_dir()]
+                        if (root / COLLECTIONS).is_dir() else [])
+    for path in (path for folder in folders for path in folder.iterdir()):
         leftover = (path.name.startswith(TMP_PREFIX) and path.is_dir()) or (
             path.name.startswith((f".{CURRENT}.", f".{PREVIOUS}.")) and path.name.endswith(".tmp"))
         try:
@@ -36,5 +40,5 @@ def sweep_leftovers(models_root: str | os.PathLike[str],
                 path.unlink()
         except FileNotFoundError:  # another process swept it first
             continue
-        removed.append(path.name)
+        removed.append(str(path.relative_to(root)))
     return removed

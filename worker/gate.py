@@ -95,7 +95,7 @@ def _label_free(metrics: dict[str, Any], models_root: Path,
 def _incumbent(models_root: Path, dataset: str) -> tuple[str, dict[str, int]] | None:
     """The current version when it serves `dataset`, with its item rows (None: there is no
     current model of this dataset, so this is its first)."""
-    version = current_version(models_root)
+    version = current_version(models_root, dataset)
     if version is None:
         return None
     try:

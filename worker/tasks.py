@@ -16,6 +16,7 @@ from celery import signals
 from state.jobs import TERMINAL, JobStore
 from state.settings import get_settings
 from state.stores import open_store
+from trainer.current import migrate
 from trainer.leftovers import sweep_leftovers
 from worker.app import TRAIN_TASK, app, send_job
 from worker.capacity import job_gpus, own_gpus
@@ -87,6 +88,7 @@ def _start_sweeper(**_: object) -> None:
         removed = sweep_leftovers(settings.models_root)
         if removed:
             log.info("removed what interrupted publishes left behind: %s", ", ".join(removed))
+        migrate(settings.models_root)  # one CURRENT per collection (trainer/current.py)
     except OSError:
         log.warning("could not sweep %s for leftovers", settings.models_root, exc_info=True)
     name, gpus = f"{socket.gethostname()}:{os.getpid()}", own_gpus(settings)

@@ -1,5 +1,6 @@
-"""The web console and the read routes it brings (item images, thumbnails, the embedding
-map: service/routes/images.py, service/routes/embedding_map.py).
+"""The web console, and the read routes it uses (item images, thumbnails, the embedding map:
+service/routes/images.py, service/routes/embedding_map.py, which service/app.py includes at the
+root and under /collections/{collection} like every serving route).
 
 The console is static files (HTML, CSS, ES modules, one vendored chart library) served
 by the API itself, so the page and the API share one origin and the page needs no keys in
@@ -50,10 +51,6 @@ class _Static(StaticFiles):
 
 
 def install(app: FastAPI) -> None:
-    from service.routes import embedding_map, images
-
-    for module in (images, embedding_map):
-        app.include_router(module.router)
     index = (STATIC / "index.html").read_text(encoding="utf-8")
 
     @app.get("/", include_in_schema=False, response_class=HTMLResponse)

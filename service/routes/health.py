@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import MetricsReader, Public, Reader, may_read
-from service.deps import MetricsDep, RegistryDep
+from service.deps import CollectionsDep, MetricsDep
 from service.errors import ProblemError, problems
 from service.probes import CachedProbe
 from service.schemas import Health
@@ -31,10 +31,17 @@ async def _probe(probe: CachedProbe) -> bool:
             description="Open to probes. With READ_API_KEY set, only a caller with the read key "
             "sees the checks (model version, store, broker); the others get the status alone. "
             "The store and broker answers are cached for a few seconds.")
-async def readyz(request: Request, registry: RegistryDep) -> Health:
+async def readyz(request: Request, collections: CollectionsDep) -> Health:
     checks: dict[str, Any] = {}
-    served = registry.current
-    checks["model"] = served.version if served else None
+    try:
+        registry = collections.registry(collections.resolve(None))
+        served = registry.current
+        checks["model"] = served.version if served else None
+    except ProblemError:  # several collections and no default: ready once each is loaded
+        registry = collections.empty
+        loaded = collections.loaded()
+        checks["model"] = ", ".join(f"{name}={s.version}" for name, s in loaded.items()
+                                    if s is not None) if all(loaded.values()) else None
     if registry.last_error:
         checks["model_error"] = registry.last_error  # a version name, never a path
     checks["store"] = await _probe(request.app.state.store_probe)

@@ -3,13 +3,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from live.filters import ItemFilter
 from service.auth import Admin, Reader
-from service.deps import RegistryDep, SettingsDep, served_model, stamp
-from service.errors import conflict, problems
+from service.deps import (
+    CollectionDep,
+    CollectionsDep,
+    RegistryDep,
+    SettingsDep,
+    served_model,
+    stamp,
+)
+from service.errors import conflict, not_found, problems
 from service.limits import ID_MAX, VERSION_MAX
 from service.schemas import (
     FILTER_TEXT,
@@ -20,6 +27,7 @@ from service.schemas import (
     ModelsPublic,
     ModelSummary,
 )
+from service.settings import ServiceSettings
 from trainer.bundle import (
     current_version,
     list_versions,
@@ -29,6 +37,7 @@ from trainer.bundle import (
     set_current,
     validate,
 )
+from trainer.current import UNNAMED, dataset_of
 from trainer.errors import BundleError
 
 router = APIRouter(tags=["models"])
@@ -55,32 +64,59 @@ def _summary(manifest: dict[str, Any], current: str | None) -> ModelSummary:
 
 @router.get("/models", response_model=ModelsPublic, dependencies=[Reader],
             responses=problems(401, 403), summary="Published model versions, newest first")
-def list_models(settings: SettingsDep) -> ModelsPublic:
-    current = current_version(settings.models_root)
+def list_models(request: Request, settings: SettingsDep) -> ModelsPublic:
+    # Under /collections/{name}: that collection's versions; at the root, every version (with
+    # the default collection's pointers, when there is one).
+    scope = request.path_params.get("collection")
+    collection = scope if scope is not None else request.app.state.collections.default_name()
+    root = settings.models_root
+    current = current_version(root, collection) if collection else None
     data = []
-    for version in reversed(list_versions(settings.models_root)):
+    currents: dict[str, str | None] = {}  # each version is current or not in its collection
+    for version in reversed(list_versions(root)):
         try:
-            data.append(_summary(read_manifest(settings.models_root, version), current))
+            manifest = read_manifest(root, version)
+            home = str(manifest.get("dataset") or UNNAMED)
+            if scope is not None and home != scope:
+                continue
+            if home not in currents:
+                currents[home] = current_version(root, home)
+            data.append(_summary(manifest, currents[home]))
         except (BundleError, ValueError, KeyError):
             continue
     return ModelsPublic(data=data, count=len(data), current=current,
-                        previous=previous_version(settings.models_root))
+                        previous=previous_version(root, collection) if collection else None)
+
+
+def _owned(settings: ServiceSettings, collection: str | None, version: str,
+           scoped: bool) -> str:
+    """The collection of `version` (404 when the path names another one)."""
+    home = dataset_of(settings.models_root, version)
+    if scoped and home != collection:
+        raise not_found(f"no model version {version!r} in collection {collection!r}")
+    return home
 
 
 @router.get("/models/{version}", dependencies=[Reader], responses=problems(401, 403, 404, 422),
             summary="A model's manifest (metrics, index, config, training time)")
-def get_model(settings: SettingsDep, version: str = VERSION_PATH) -> dict[str, Any]:
+def get_model(request: Request, settings: SettingsDep,
+              version: str = VERSION_PATH) -> dict[str, Any]:
+    scope = request.path_params.get("collection")
     manifest = read_manifest(settings.models_root, version)
-    return manifest | {"current": version == current_version(settings.models_root),
-                       "previous": version == previous_version(settings.models_root)}
+    home = _owned(settings, scope, version, scope is not None)
+    return manifest | {"current": version == current_version(settings.models_root, home),
+                       "previous": version == previous_version(settings.models_root, home)}
 
 
 @router.post("/models/{version}/promote", response_model=ModelSummary, dependencies=[Admin],
              responses=problems(401, 403, 404, 409, 422),
              summary="Make a version the current one (the API swaps to it without downtime)")
-async def promote(settings: SettingsDep, registry: RegistryDep,
+async def promote(request: Request, settings: SettingsDep, collections: CollectionsDep,
                   version: str = VERSION_PATH) -> ModelSummary:
+    scope = request.path_params.get("collection")
     manifest = read_manifest(settings.models_root, version)
+    # A version is promoted in its own dataset's collection, whichever path named it.
+    home = _owned(settings, scope, version, scope is not None)
 
     def swap() -> None:
         try:
@@ -90,24 +126,26 @@ async def promote(settings: SettingsDep, registry: RegistryDep,
             log.warning("model %s fails validation: %s", version, exc)
             raise conflict(f"model {version} fails validation (the API log says why)") from None
         set_current(settings.models_root, version)
-        registry.refresh(force=True)  # validated just now: not held back by an old failure
+        # validated just now: not held back by an old failure
+        collections.registry(home).refresh(force=True)
 
     await run_in_threadpool(swap)
-    return _summary(manifest, current_version(settings.models_root))
+    return _summary(manifest, current_version(settings.models_root, home))
 
 
 @router.post("/models/current/rollback", response_model=ModelSummary, dependencies=[Admin],
              responses=problems(401, 403, 409),
              summary="Make the previous current version current again (a second rollback "
              "undoes the first)")
-async def roll_back(settings: SettingsDep, registry: RegistryDep) -> ModelSummary:
+async def roll_back(settings: SettingsDep, collection: CollectionDep,
+                    registry: RegistryDep) -> ModelSummary:
     def swap() -> str:
-        previous = previous_version(settings.models_root)
+        previous = previous_version(settings.models_root, collection) if collection else None
         if previous is None:
             raise conflict("there is no previous model version to roll back to")
         try:
             validate(settings.models_root / previous)
-            version = rollback(settings.models_root)
+            version = rollback(settings.models_root, collection)
         except BundleError as exc:
             log.warning("rollback to %s refused: %s", previous, exc)
             raise conflict(f"the previous model {previous} cannot be served (the API log "
@@ -117,7 +155,7 @@ async def roll_back(settings: SettingsDep, registry: RegistryDep) -> ModelSummar
 
     version = await run_in_threadpool(swap)
     return _summary(read_manifest(settings.models_root, version),
-                    current_version(settings.models_root))
+                    current_version(settings.models_root, collection))
 
 
 @router.get("/models/{version}/items", response_model=ItemsPublic, dependencies=[Reader],

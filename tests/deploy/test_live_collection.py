@@ -60,7 +60,8 @@ class Stack:
                     "MODELS_ROOT": str(root / "models"), "STATE_ROOT": str(root / "state"),
                     "ADMIN_API_KEY": KEY, "KEY_PREFIX": f"live-{os.getpid()}-{id(self)}:",
                     "MODEL_POLL_S": str(POLL_S), "HEARTBEAT_S": "0.5", "LEASE_S": "5",
-                    "PYTHONUNBUFFERED": "1"}
+                    # The routes at the root serve `slice` when a second collection comes.
+                    "DEFAULT_COLLECTION": "slice", "PYTHONUNBUFFERED": "1"}
         self.env.pop("BROKER_URL", None)
         if broker_url:
             self.env["BROKER_URL"] = broker_url
@@ -94,8 +95,8 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _train(c: httpx.Client, **config) -> str:
-    r = c.post("/train", json={"dataset": "slice", "config": TINY | config, "promote": "always"},
+def _train(c: httpx.Client, dataset: str = "slice", **config) -> str:
+    r = c.post("/train", json={"dataset": dataset, "config": TINY | config, "promote": "always"},
                headers=ADMIN)
     assert r.status_code == 202, r.text
     location = r.headers["location"]
@@ -372,3 +373,59 @@ def test_the_command_line_adds_finds_and_deletes(stack, tmp_path):
     r = subprocess.run([sys.executable, "-m", "service.client", "get", "cli/s1.png"], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "404" in r.stderr
+
+
+def _shapes_zip() -> bytes:
+    """A second dataset, nothing like the CIFAR slice: 2 classes of 40 drawn pictures."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for n in range(80):
+            z.writestr(f"{'ab'[n % 2]}/{n:03d}.png", picture(50_000 + n))
+    return out.getvalue()
+
+
+def test_two_collections_trained_on_different_data_are_served_at_once(stack):
+    c = httpx.Client(base_url=stack.api, timeout=120)
+    slice_before = c.get("/collections/slice").json()
+    r = c.post("/datasets", data={"name": "shapes"}, files={"file": ("s.zip", _shapes_zip())},
+               headers=ADMIN)
+    assert r.status_code == 201, r.text
+    shapes = _train(c, dataset="shapes")
+    # Publishing into `shapes` moved its own pointer only: `slice` serves what it served.
+    listed = {d["name"]: d for d in c.get("/collections").json()["data"]}
+    assert listed["shapes"]["current_version"] == shapes
+    assert listed["slice"]["current_version"] == slice_before["current_version"]
+    assert c.get("/neighbours/train/cat/0000.jpg").headers["x-model-version"] == (
+        slice_before["current_version"])
+    # Queries stay inside their collection, by id and by image.
+    item = "a/000.png"
+    r = c.get(f"/collections/shapes/neighbours/{item}", params={"k": 20})
+    assert r.status_code == 200 and r.json()["model_version"] == shapes
+    assert all(n["id"][:2] in ("a/", "b/") for n in r.json()["neighbours"])
+    assert c.get(f"/collections/slice/neighbours/{item}").status_code == 404
+    files = [("files", ("q.png", picture(50_000), "image/png"))]
+    for name, inside in (("shapes", True), ("slice", False)):
+        r = c.post(f"/collections/{name}/search", files=files, data={"k": "5"})
+        assert r.status_code == 200, r.text
+        found = [n["id"][:2] in ("a/", "b/") for n in r.json()["results"][0]["neighbours"]]
+        assert found == [inside] * 5, r.json()
+    # Items added to one collection are in it alone.
+    r = c.post("/collections/shapes/items", files=[("files", ("x.png", picture(60_001),
+                                                              "image/png"))],
+               data={"prefix": "added/", "label": "a"}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    assert r.json()["dataset"] == "shapes"
+    assert c.get("/collections/shapes/items/added/x.png").status_code == 200
+    assert c.get("/collections/slice/items/added/x.png").status_code == 404
+    after = c.get("/collections/slice").json()
+    assert (after["current_version"], after["item_count"]) == (
+        slice_before["current_version"], slice_before["item_count"])
+    assert c.get("/collections/shapes").json()["item_count"] == 81
+    # A rollback in one collection leaves the other alone.
+    if slice_before["previous_version"] is not None:
+        r = c.post("/collections/slice/models/current/rollback", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["version"] == slice_before["previous_version"]
+        assert c.get("/collections/shapes").json()["current_version"] == shapes
+        r = c.post(f"/collections/slice/models/{slice_before['current_version']}/promote",
+                   headers=ADMIN)
+        assert r.status_code == 200, r.text

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import shutil
 import tarfile
 import zipfile
 
@@ -211,7 +212,7 @@ def test_no_model_yet_is_503(tmp_path, models_template):
     from tests.service.conftest import make_settings
 
     settings = make_settings(tmp_path, models_template)
-    (settings.models_root / "CURRENT").unlink()
+    shutil.rmtree(settings.models_root / "collections")  # published, none current
     with TestClient(create_app(settings, enqueue=lambda j: None)) as client:
         for r in (client.get("/neighbours/a.jpg"), client.get("/readyz"),
                   client.post("/embed", json={"images": [b64]})):

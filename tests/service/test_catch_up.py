@@ -37,7 +37,7 @@ def test_a_pinned_version_catches_up_on_demand_on_the_low_priority_lane(tmp_path
     with TestClient(app) as client:
         r = client.get(f"/neighbours/{ITEM}", params={"model_version": V2})
         assert r.status_code == 200  # V2 is loaded, V1 is current
-        registry = app.state.registry
+        registry = app.state.collections.registry("cifar-slice")
         pinned = registry.peek(V2)
         embedded_on: list[tuple[str, int]] = []
         embed = pinned.bundle.model.embed_uint8

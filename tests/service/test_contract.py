@@ -92,6 +92,8 @@ ADMIN_OPS = {"POST /datasets", "POST /train", "DELETE /jobs/{job_id}",
              "POST /models/{version}/promote", "POST /models/current/rollback", "POST /items",
              "DELETE /items", "PUT /datasets/{name}/retrain",
              "DELETE /items/{item_id}"}
+ADMIN_OPS |= {op.replace(" /", " /collections/{collection}/", 1) for op in ADMIN_OPS
+              if op.split()[1].startswith(("/items", "/models"))}
 
 
 @pytest.mark.parametrize(("keys", "secured"), [

@@ -36,7 +36,7 @@ def test_onnxruntime_serves_what_torch_serves(api, tmp_path, models_template):
     settings = make_settings(tmp_path / "ort", models_template, inference_engine="onnxruntime")
     assert not (settings.models_root / V1 / "encoder.onnx").exists()
     with TestClient(create_app(settings, enqueue=lambda j: None)) as client:
-        served = client.app.state.registry.current
+        served = client.app.state.collections.registry("cifar-slice").current
         assert isinstance(served.bundle.model, OnnxEmbeddingModel)
         assert (settings.models_root / V1 / "encoder.onnx").exists()  # made when loaded
         for version in (V1, V2):  # the current one and a pinned one

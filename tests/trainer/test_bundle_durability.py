@@ -67,12 +67,14 @@ def test_files_then_folder_then_pointer_reach_the_disk_in_that_order(finished_ru
     assert log.index("fsync", tmp) < published  # the folder's entries, too
     root = str(models.resolve())
     assert any(e == ("fsync", root, "") for e in log.events[published:])  # the rename, too
-    # CURRENT: its new content on disk before it replaces the old one, then that rename.
+    # The collection's CURRENT: its new content on disk before it replaces the old one, then
+    # that rename.
+    folder = models / "collections" / "d"
     pointer = next(i for i, e in enumerate(log.events)
-                   if e[0] == "rename" and e[2] == str((models / "CURRENT").resolve()))
+                   if e[0] == "rename" and e[2] == str((folder / "CURRENT").resolve()))
     assert pointer > published
     assert log.events[pointer - 1] == ("fsync", log.events[pointer][1], "")
-    assert ("fsync", root, "") in log.events[pointer:]
+    assert ("fsync", str(folder.resolve()), "") in log.events[pointer:]
     assert current_version(models) == "v1"
 
 
@@ -113,14 +115,17 @@ def test_withdrawn_and_leftover_bundles(finished_run, tmp_path):
     # What crashes left: a half-written bundle and a temporary CURRENT, an hour old or not.
     old_dir, young_dir = models / ".tmp-v3-aaaaaa", models / ".tmp-v4-bbbbbb"
     old_file = models / ".CURRENT.x1y2z3.tmp"
+    old_pointer = models / "collections" / "d" / ".PREVIOUS.a1b2c3.tmp"
     for d in (old_dir, young_dir):
         d.mkdir()
         (d / "encoder.pt").write_bytes(b"partial")
     old_file.write_text("v9\n")
+    old_pointer.write_text("v9\n")
     hour_ago = time.time() - 3601
-    for path in (old_dir, old_file):
+    for path in (old_dir, old_file, old_pointer):
         os.utime(path, (hour_ago, hour_ago))
     removed = sweep_leftovers(models)
-    assert sorted(removed) == sorted([old_dir.name, old_file.name])
+    assert sorted(removed) == sorted([old_dir.name, old_file.name,
+                                      "collections/d/.PREVIOUS.a1b2c3.tmp"])
     assert young_dir.exists() and list_versions(models) == ["v1"]
     assert current_version(models) == "v1"

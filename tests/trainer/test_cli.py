@@ -42,9 +42,14 @@ def test_train_evaluate_publish(cifar_zip, tmp_path):
     assert {k: evaluated[k] for k in ("label_free", "pixel_label_free")} == {
         k: metrics[k] for k in ("label_free", "pixel_label_free")}
 
+    # Published from a folder named `run`, the model serves the collection of the data it was
+    # trained on (named after the run folder, it would serve images that are not there).
     p = _cli("publish", "--run", str(out), "--models", str(tmp_path / "models"))
     assert p.returncode == 0, p.stderr
-    assert (tmp_path / "models" / "CURRENT").exists()
+    pointer = tmp_path / "models" / "collections" / cifar_zip.name / "CURRENT"
+    version = pointer.read_text().strip()
+    manifest = json.loads((tmp_path / "models" / version / "manifest.json").read_text())
+    assert manifest["dataset"] == cifar_zip.name and f"{cifar_zip.name!r}" in p.stdout
 
 
 def test_bad_config_and_bad_data_exit_2_with_a_clear_message(cifar_zip, tmp_path):

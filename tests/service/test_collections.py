@@ -1,0 +1,135 @@
+"""Two collections served by one API process (in process, real bundles): each route under
+/collections/{name} answers from that collection's model only, the routes at the root from the
+default one, and a promote in one leaves the other as it was. A models folder with the single
+CURRENT of earlier versions is migrated when the API starts."""
+
+import base64
+import shutil
+import zipfile
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.errors import PROBLEM
+from service.limits import Limits
+from tests.conftest import CIFAR_SLICE
+from tests.service.conftest import ADMIN, V1, V2, make_settings
+from trainer.bundle import set_current, write_bundle
+from trainer.files import atomic_write_text
+
+OTHER = "20260103-000000-other"  # V2's run published as a model of dataset "other"
+ITEM = "train/cat/0000.jpg"
+with zipfile.ZipFile(CIFAR_SLICE) as _z:
+    RAW_CAT = _z.read("cifar10/test/cat/0001.jpg")
+CAT = base64.b64encode(RAW_CAT).decode()
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture(scope="module")
+def two_collections(tmp_path_factory, models_template, trained_runs):
+    root = tmp_path_factory.mktemp("two") / "models"
+    shutil.copytree(models_template, root)
+    write_bundle(trained_runs[V2], root, dataset="other", version=OTHER)
+    set_current(root, OTHER)
+    return root
+
+
+def _app(tmp_path, template, **settings):
+    return TestClient(create_app(make_settings(tmp_path, template, **settings),
+                                 enqueue=lambda j: None))
+
+
+def test_each_collection_serves_its_own_model(tmp_path, two_collections):
+    with _app(tmp_path, two_collections) as c:
+        listed = c.get("/collections").json()
+        assert listed["count"] == 2 and listed["default"] is None
+        by_name = {d["name"]: d for d in listed["data"]}
+        assert by_name["cifar-slice"]["current_version"] == V1
+        assert by_name["other"]["current_version"] == OTHER
+        assert by_name["other"]["model"]["dataset"] == "other"
+        assert by_name["cifar-slice"]["item_count"] == 120
+        for name, version in (("cifar-slice", V1), ("other", OTHER)):
+            r = c.get(f"/collections/{name}/neighbours/{ITEM}", params={"k": 3})
+            assert r.status_code == 200 and r.headers["x-model-version"] == version
+            r = c.post(f"/collections/{name}/search", json={"images": [CAT], "k": 2})
+            assert r.status_code == 200 and r.json()["model_version"] == version
+            r = c.post(f"/collections/{name}/embed", files=[("files", ("a.jpg", RAW_CAT))])
+            assert r.status_code == 200 and r.json()["model_version"] == version
+            r = c.post(f"/collections/{name}/classify", json={"ids": [ITEM]})
+            assert r.status_code == 200 and r.json()["model_version"] == version
+            r = c.get(f"/collections/{name}/models/{version}/map")
+            assert r.status_code == 200 and r.headers["x-model-version"] == version
+        # A version of one collection is unknown in the other, pinned or promoted.
+        r = c.get(f"/collections/other/neighbours/{ITEM}", params={"model_version": V1})
+        assert r.status_code == 404
+        r = c.post(f"/collections/other/models/{V2}/promote", headers=ADMIN_HEADERS)
+        assert r.status_code == 404
+        assert [m["version"] for m in c.get("/collections/other/models").json()["data"]] == [
+            OTHER]
+        # At the root, with two collections and no default: a 409 that names them.
+        r = c.get(f"/neighbours/{ITEM}")
+        assert r.status_code == 409 and r.headers["content-type"].startswith(PROBLEM)
+        assert "cifar-slice" in r.json()["detail"] and "other" in r.json()["detail"]
+        assert c.get("/collections/nowhere/neighbours/x.jpg").status_code == 404
+        assert c.get("/collections/nowhere").status_code == 404
+        assert c.get("/collections/nowhere/models").status_code == 404
+        assert c.get("/readyz").status_code == 200
+
+
+def test_a_promote_in_one_collection_leaves_the_other_alone(tmp_path, two_collections):
+    with _app(tmp_path, two_collections) as c:
+        r = c.post(f"/collections/cifar-slice/models/{V2}/promote", headers=ADMIN_HEADERS)
+        assert r.status_code == 200, r.text
+        assert c.get("/collections/cifar-slice").json()["current_version"] == V2
+        other = c.get("/collections/other").json()
+        assert other["current_version"] == OTHER and other["previous_version"] is None
+        r = c.get(f"/collections/other/neighbours/{ITEM}")
+        assert r.headers["x-model-version"] == OTHER
+        r = c.get(f"/collections/cifar-slice/neighbours/{ITEM}")
+        assert r.headers["x-model-version"] == V2
+        r = c.post("/collections/cifar-slice/models/current/rollback", headers=ADMIN_HEADERS)
+        assert r.status_code == 200 and r.json()["version"] == V1
+        r = c.post("/collections/other/models/current/rollback", headers=ADMIN_HEADERS)
+        assert r.status_code == 409
+
+
+def test_the_default_collection_serves_the_root_routes(tmp_path, two_collections):
+    with _app(tmp_path, two_collections, default_collection="other") as c:
+        r = c.get(f"/neighbours/{ITEM}")
+        assert r.status_code == 200 and r.headers["x-model-version"] == OTHER
+        assert c.get("/collections").json()["default"] == "other"
+        assert c.get("/models").json()["current"] == OTHER
+
+
+def test_images_that_cannot_be_reached_are_said_once(tmp_path, two_collections):
+    with _app(tmp_path, two_collections) as c:
+        other = c.get("/collections/other").json()
+        assert other["images_available"] is False
+        assert "not on this server" in other["images_problem"]
+
+
+def test_a_single_current_models_folder_is_migrated_on_start(tmp_path, models_template):
+    """The pointers as the single-CURRENT code wrote them: V1 current, V2 before it."""
+    old = tmp_path / "old"
+    shutil.copytree(models_template, old)
+    shutil.rmtree(old / "collections")
+    atomic_write_text(old / "PREVIOUS", V2 + "\n")
+    atomic_write_text(old / "CURRENT", V1 + "\n")
+    with _app(tmp_path, old) as c:
+        assert not (c.app.state.settings.models_root / "CURRENT").exists()
+        only = c.get("/collections/cifar-slice").json()
+        assert (only["current_version"], only["previous_version"]) == (V1, V2)
+        r = c.get(f"/neighbours/{ITEM}")  # the only collection: the root routes serve it
+        assert r.status_code == 200 and r.headers["x-model-version"] == V1
+        r = c.post("/models/current/rollback", headers=ADMIN_HEADERS)
+        assert r.status_code == 200 and r.json()["version"] == V2
+
+
+def test_a_route_under_a_collection_takes_the_bodies_it_takes_at_the_root(tmp_path,
+                                                                       models_template):
+    limits = Limits.of(make_settings(tmp_path, models_template))
+    for path, media in (("/items", "multipart/form-data"), ("/items", "application/json"),
+                        ("/embed", "multipart/form-data"), ("/search", "application/json")):
+        assert limits.body_limit(f"/collections/slice{path}", media) == limits.body_limit(
+            path, media) > limits.body_limit("/collections/slice", media)
