@@ -27,6 +27,7 @@ from service.routes import (
     compare,
     datasets,
     docs,
+    duplicates,
     export,
     health,
     items,
@@ -199,8 +200,8 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.store_probe = CachedProbe(store.ping)
     app.state.broker_probe = CachedProbe(BrokerConnection(settings))
     errors.install(app, unavailable=store.transient_errors)
-    for module in (health, datasets, retrain, jobs, models, export, compare, retrieval,
-                   classify, items):
+    for module in (health, datasets, retrain, jobs, models, export, compare, duplicates,
+                   retrieval, classify, items):
         app.include_router(module.router)
     console.install(app)
     if settings.api_docs != "off":

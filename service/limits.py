@@ -23,6 +23,12 @@ DIM_MAX = 4096
 NUMBER_CHARS = 32
 # Multipart framing: boundary lines and part headers.
 PART_OVERHEAD = 4 * KIB
+# Near-duplicates: pairs listed by one request; the lowest threshold a listing may ask for
+# (pairs are computed once at it and kept, so it bounds what is kept); existing items named per
+# added image.
+DUPLICATE_PAIRS_MAX = 1000
+DUPLICATE_THRESHOLD_MIN = 0.8
+DUPLICATES_SHOWN = 10
 IMAGE_ROUTES = ("/embed", "/search", "/classify")  # and /items, which also takes archives
 
 

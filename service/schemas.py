@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from pydantic.config import JsonDict
 
 from service.limits import DIM_MAX, ID_MAX, VERSION_MAX, Limits
+from service.schemas_duplicates import ItemDuplicates
 from state.jobs import Job
 
 # Names and paths a request may give, as anchored patterns for the OpenAPI document and for
@@ -370,6 +371,12 @@ class ItemsChanged(BaseModel):
     dataset: str
     ids: list[str]
     seq: int = Field(description="Position of the last change in the dataset's change log.")
+    duplicate_threshold: float | None = Field(
+        default=None, description="Adds: the cosine (DUPLICATE_THRESHOLD) at or above which "
+        "an existing item is listed in `duplicates`.")
+    duplicates: list[ItemDuplicates] = Field(
+        default_factory=list, description="Adds: the added images that duplicate existing "
+        "items, each with those items (images without one are not listed).")
 
 
 class ItemPublic(BaseModel):
