@@ -112,16 +112,16 @@ def test_bad_listing_requests_are_problems(client):
 def test_refuse_at_the_forms_maximum_adds_nothing_and_names_the_duplicates(client):
     n = client.settings.max_images_per_request
     files = [("files", (f"n{i}.png", _noise(i), "image/png")) for i in range(n - 1)]
-    files.append(("files", ("dog.jpg", _image("train/dog/0001.jpg"), "image/jpeg")))
-    ids = [f"batch/n{i}.png" for i in range(n - 1)] + ["batch/dog.jpg"]
+    files.append(("files", ("plane.jpg", _image("train/airplane/0001.jpg"), "image/jpeg")))
+    ids = [f"batch/n{i}.png" for i in range(n - 1)] + ["batch/plane.jpg"]
     r = client.post("/items", headers=AUTH, params={"if_duplicate": "refuse"},
                     data={"ids": ids}, files=files)
     assert r.status_code == 409, r.text
     assert r.headers["content-type"].startswith(PROBLEM)
     problem = r.json()
-    assert "'batch/dog.jpg'" in problem["detail"] and "nothing was added" in problem["detail"]
+    assert "'batch/plane.jpg'" in problem["detail"] and "nothing was added" in problem["detail"]
     named = {e["loc"][1]: e["duplicates"] for e in problem["errors"]}
-    assert named["batch/dog.jpg"][0]["id"] == "train/dog/0001.jpg"
+    assert named["batch/plane.jpg"][0]["id"] == "train/airplane/0001.jpg"
     assert problem["error_count"] == len(named)
     assert client.get("/items/batch/n0.png").status_code == 404  # all or nothing
 

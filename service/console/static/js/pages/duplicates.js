@@ -67,7 +67,8 @@ export async function render(main, route) {
       if (mine !== request) return;
       box.append(...out.pairs.map((pair) => pairRow(v, pair)));
       shown += out.pairs.length;
-      status.textContent = `${fmtInt(out.total)} pairs at cosine ≥ ${fmtNumber(out.threshold, 3)}` +
+      status.textContent = `${fmtInt(out.total)} ${out.total === 1 ? "pair" : "pairs"} at ` +
+        `cosine ≥ ${out.threshold}` +
         ` among ${fmtInt(out.items)} items (showing ${fmtInt(shown)})` +
         (out.crowded ? `; ${fmtInt(out.crowded)} items have ${out.neighbours} or more ` +
           "others at cosine ≥ 0.8, so some of their pairs may be missing." : ".");
