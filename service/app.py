@@ -29,6 +29,7 @@ from service.routes import (
     compare,
     datasets,
     docs,
+    duplicates,
     embedding_map,
     export,
     health,
@@ -214,7 +215,8 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.include_router(collection_routes.router)
     # The serving routes: at the root for the default collection, and under each collection's
     # name; one route body for both (service/deps.py resolves the collection from the path).
-    for module in (models, compare, retrieval, classify, items, images, embedding_map):
+    for module in (models, compare, duplicates, retrieval, classify, items, images,
+                   embedding_map):
         app.include_router(module.router, responses=problems(409))
         app.include_router(module.router, prefix=collection_routes.PREFIX,
                            dependencies=[Depends(collection_routes.collection_path)],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from service.schemas_duplicates import ItemDuplicates
+
 
 class ItemsChanged(BaseModel):
     model_version: str = Field(description="The model whose collection changed (and whose "
@@ -11,6 +13,12 @@ class ItemsChanged(BaseModel):
     dataset: str
     ids: list[str]
     seq: int = Field(description="Position of the last change in the dataset's change log.")
+    duplicate_threshold: float | None = Field(
+        default=None, description="Adds: the cosine (DUPLICATE_THRESHOLD) at or above which "
+        "an existing item is listed in `duplicates`.")
+    duplicates: list[ItemDuplicates] = Field(
+        default_factory=list, description="Adds: the added images that duplicate existing "
+        "items, each with those items (images without one are not listed).")
 
 
 class ItemPublic(BaseModel):

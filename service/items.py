@@ -38,6 +38,7 @@ from live.items import store_image
 from service.batcher import EmbedBatcher, Overloaded
 from service.decoding import QueryDecoder
 from service.errors import ProblemError, conflict, insufficient_storage, invalid, not_found
+from service.item_duplicates import DuplicateCheck
 from service.limits import ID_MAX
 from service.live_view import LiveView
 from service.registry import ModelRegistry, Served
@@ -112,10 +113,12 @@ def writable_view(served: Served) -> LiveView:
 
 async def add_items(registry: ModelRegistry, served: Served, items: list[NewItem],
                     upsert: bool, decoder: QueryDecoder, batcher: EmbedBatcher, *,
-                    reserve: int, key: str | None = None) -> list[Change]:
+                    reserve: int, key: str | None = None,
+                    duplicates: DuplicateCheck | None = None) -> list[Change]:
     """Embed, store and append `items`, all or nothing; `reserve`: the free disk (bytes) that
     storing their images must leave (MIN_FREE_DISK_MB), else 507; `key`: the request's
-    Idempotency-Key, if it sent one."""
+    Idempotency-Key, if it sent one; `duplicates`: finds the existing items each image
+    duplicates, before anything is stored (and refuses them, if it is told to)."""
     view = writable_view(served)
     seen: set[str] = set()
     for item in items:
@@ -136,6 +139,8 @@ async def add_items(registry: ModelRegistry, served: Served, items: list[NewItem
             raise ProblemError(503, "Service Unavailable", str(exc),
                                headers={"Retry-After": "1"}) from None
     embedded = np.concatenate(vectors)
+    if duplicates is not None:
+        await run_in_threadpool(duplicates.run, view.index, [i.id for i in items], embedded)
     changes = await run_in_threadpool(_commit, view, served.version, items, embedded, upsert,
                                       request_token(key), reserve)
     await registry.caught_up(served)

@@ -26,6 +26,12 @@ NUMBER_CHARS = 32
 FILTER_LABELS = 100
 # Multipart framing: boundary lines and part headers.
 PART_OVERHEAD = 4 * KIB
+# Near-duplicates: pairs listed by one request; the lowest threshold a listing may ask for
+# (pairs are computed once at it and kept, so it bounds what is kept); existing items named per
+# added image.
+DUPLICATE_PAIRS_MAX = 1000
+DUPLICATE_THRESHOLD_MIN = 0.8
+DUPLICATES_SHOWN = 10
 IMAGE_ROUTES = ("/embed", "/search", "/classify")  # and /items, which also takes archives
 # A serving route under a collection has the limits it has at the root (service/app.py).
 COLLECTION_PREFIX = re.compile(r"^/collections/[^/]+(?=/)")

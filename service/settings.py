@@ -100,6 +100,15 @@ class ServiceSettings(Settings):
     model_loads_per_min: int = Field(
         default=10, ge=1, description="Loads of pinned (not current) versions per minute, in "
         "bursts of at most 2; past it such requests answer 503 with Retry-After.")
+    # Measured by bench/duplicates.py (docs/benchmarks.md, "Near-duplicates"; figures in
+    # bench/results/duplicates.json): on CIFAR-10 copies with a briefly trained small_cnn no
+    # threshold kept pair precision at 0.95; 0.999 had the best F1 (precision 0.65, recall
+    # 0.24: re-encoded copies found, most resized and cropped ones not).
+    duplicate_threshold: float = Field(
+        default=0.999, ge=0.0, le=1.0, description="Cosine at or above which an image is a "
+        "near-duplicate: POST /items lists, for each added image, the existing items at or "
+        "above it (and refuses the request with if_duplicate=refuse); the default threshold of "
+        "GET /models/{version}/duplicates.")
     device: str = Field(default="auto", description="Inference device: auto, cpu or cuda.")
     inference_engine: Literal["torch", "onnxruntime"] = Field(
         default="torch", description="What runs the encoder for /embed and the other routes "

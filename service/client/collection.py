@@ -45,7 +45,8 @@ def add_items(core: Core, images: Upload | Sequence[Upload], *, prefix: str | No
     per request, each request all or nothing; the answer covers them all."""
     done = yield from _add(core, images, prefix, ids, label, labels, upsert, model_version)
     return ItemsChanged(done[-1].model_version, done[-1].dataset,
-                        [i for d in done for i in d.ids], done[-1].seq)
+                        [i for d in done for i in d.ids], done[-1].seq,
+                        done[-1].duplicate_threshold, [f for d in done for f in d.duplicates])
 
 
 def add_batches(core: Core, images: Upload | Sequence[Upload], *, prefix: str | None = None,

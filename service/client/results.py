@@ -192,8 +192,24 @@ class ItemDetail(Result):
 
 
 @dataclass(frozen=True)
+class DuplicateMatch(Result):
+    id: str
+    cosine: float
+
+
+@dataclass(frozen=True)
+class ItemDuplicates(Result):
+    NESTED: ClassVar[dict[str, type[Result]]] = {"duplicates": DuplicateMatch}
+    id: str
+    duplicates: list[DuplicateMatch]
+
+
+@dataclass(frozen=True)
 class ItemsChanged(Result):
+    NESTED: ClassVar[dict[str, type[Result]]] = {"duplicates": ItemDuplicates}
     model_version: str
     dataset: str
     ids: list[str]
     seq: int
+    duplicate_threshold: float | None = None
+    duplicates: list[ItemDuplicates] = field(default_factory=list)

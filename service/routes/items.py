@@ -34,6 +34,7 @@ from service.errors import (
     problems,
     too_large,
 )
+from service.item_duplicates import DuplicateCheck, IfDuplicate
 from service.item_schemas import ItemPublic, ItemsChanged
 from service.items import NewItem, add_items, check_id, check_label, delete_items, is_new_id
 from service.limits import JSON_BASE, MIB, Gate, Limits
@@ -64,6 +65,11 @@ KEY = Header(None, alias="Idempotency-Key", pattern=IDEMPOTENCY_KEY,
              "a change with this key is in the dataset's log (kept 24 hours), the same request "
              "sent again changes nothing more and answers as the first did.")
 
+IF_DUPLICATE = Query("add", description="`refuse`: answer 409 (nothing added, the problem's "
+                     "`errors` name each duplicating image and its duplicates) when an image "
+                     "duplicates an existing item (cosine >= DUPLICATE_THRESHOLD); `add`: add "
+                     "it and list its duplicates in the answer.")
+
 
 def form_fields(limits: Limits) -> dict[str, int]:
     """The multipart fields of POST /items and how many times each may come."""
@@ -77,9 +83,12 @@ def invalid_form(detail: str) -> ProblemError:
     return ProblemError(422, "Invalid Form", detail)
 
 
-def _changed(served_version: str, dataset: str, changes: list[Change]) -> ItemsChanged:
+def _changed(served_version: str, dataset: str, changes: list[Change],
+             check: DuplicateCheck | None = None) -> ItemsChanged:
     return ItemsChanged(model_version=served_version, dataset=dataset,
-                        ids=[c.id for c in changes], seq=changes[-1].seq if changes else 0)
+                        ids=[c.id for c in changes], seq=changes[-1].seq if changes else 0,
+                        duplicate_threshold=check.threshold if check else None,
+                        duplicates=check.found if check else [])
 
 
 @router.post("/items", status_code=201, response_model=ItemsChanged, dependencies=[Admin],
@@ -92,14 +101,18 @@ def _changed(served_version: str, dataset: str, changes: list[Change]) -> ItemsC
              "added. Send JSON (`items`: id, base64 image, optional label), or multipart: "
              "`files` with one `ids` field per file (or a `prefix`: the ids are prefix + file "
              "name), optional `labels` (one per file) or `label` (all); or one `archive` (zip "
-             "or tar, its entries' paths under `prefix` are the ids) with an optional `label`.")
+             "or tar, its entries' paths under `prefix` are the ids) with an optional `label`. The "
+             "answer lists, per image, the existing items it near-duplicates (cosine >= "
+             "DUPLICATE_THRESHOLD); `if_duplicate=refuse` refuses the request instead (409).")
 async def add(request: Request, response: Response, settings: SettingsDep, limits: LimitsDep,
               bodies: BodiesDep, registry: RegistryDep, batcher: BulkBatcherDep,
               decoder: DecoderDep, upsert: bool = UPSERT,
               model_version: str | None = VERSION_QUERY,
-              idempotency_key: str | None = KEY) -> ItemsChanged:
+              idempotency_key: str | None = KEY,
+              if_duplicate: IfDuplicate = IF_DUPLICATE) -> ItemsChanged:
     kind = require_media(request, MULTIPART, JSON)
     served = await served_model(registry, model_version)
+    check = DuplicateCheck(settings.duplicate_threshold, refuse=if_duplicate == "refuse")
     if kind == JSON:
         body = await read_json(request, bodies.add_items, JSON_BASE + limits.ids_budget,
                                limits.images, limits.b64_image_chars)
@@ -107,20 +120,21 @@ async def add(request: Request, response: Response, settings: SettingsDep, limit
         items = [NewItem(i.id, blob, i.label) for i, blob in zip(body.items, blobs,
                                                                    strict=True)]
         changes = await add_items(registry, served, items, upsert, decoder, batcher,
-                                  reserve=settings.min_free_disk_mb * MIB, key=idempotency_key)
+                                  reserve=settings.min_free_disk_mb * MIB, key=idempotency_key,
+                                  duplicates=check)
     else:
         form = await read_form(request, form_fields(limits), {"files", "archive"})
         changes = await _add_form(form, request, settings, limits, registry, served, upsert,
-                                  decoder, batcher, idempotency_key)
+                                  decoder, batcher, idempotency_key, check)
     response.headers["Location"] = f"/items/{quote(changes[0].id)}"
     response.headers["X-Model-Version"] = served.version
-    return _changed(served.version, served.live.dataset, changes)
+    return _changed(served.version, served.live.dataset, changes, check)
 
 
 async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
                     limits: Limits, registry: ModelRegistry, served: Served, upsert: bool,
                     decoder: QueryDecoder, batcher: EmbedBatcher,
-                    key: str | None) -> list[Change]:
+                    key: str | None, check: DuplicateCheck) -> list[Change]:
     files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
     archives = [f for f in form.getlist("archive") if isinstance(f, UploadFile)]
     texts = {name: [v for v in form.getlist(name) if isinstance(v, str)]
@@ -132,7 +146,8 @@ async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
     if not archives:
         items = await _file_items(files, texts, prefix, label, limits)
         return await add_items(registry, served, items, upsert, decoder, batcher,
-                               reserve=settings.min_free_disk_mb * MIB, key=key)
+                               reserve=settings.min_free_disk_mb * MIB, key=key,
+                               duplicates=check)
     if texts["ids"] or texts["labels"]:
         raise invalid_form("an archive's ids come from its entries' paths (under `prefix`); "
                            "`ids` and `labels` go with `files`")
@@ -148,7 +163,8 @@ async def _add_form(form: FormData, request: Request, settings: ServiceSettings,
         items = await run_in_threadpool(_archive_items, archives[0], prefix, label, settings,
                                         limits, work)
         return await add_items(registry, served, items, upsert, decoder, batcher,
-                               reserve=settings.min_free_disk_mb * MIB, key=key)
+                               reserve=settings.min_free_disk_mb * MIB, key=key,
+                               duplicates=check)
     finally:
         await run_in_threadpool(remove_tree, work)
         gate.release()

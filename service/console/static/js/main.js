@@ -12,13 +12,15 @@ const PAGES = {
   map: () => import("./pages/map.js"),
   retrain: () => import("./pages/retrain.js"),
   compare: () => import("./pages/compare.js"),
+  duplicates: () => import("./pages/duplicates.js"),
 };
 const TITLES = {
   datasets: "Datasets", train: "Train", jobs: "Jobs", models: "Models", explore: "Explore",
   map: "Embedding map", retrain: "Retrain policy", compare: "Compare models",
+  duplicates: "Near-duplicates",
 };
 // A page reached from another page's link keeps that page's entry marked in the menu.
-const MENU_OF = { compare: "models" };
+const MENU_OF = { compare: "models", duplicates: "models" };
 
 let leave = null;
 let generation = 0;

@@ -30,6 +30,7 @@ function row(m, onPromote, previous) {
     h("td", { class: "row-actions" },
       h("a", { href: `#/explore?model=${enc}` }, "Explore"), " ",
       h("a", { href: `#/map?model=${enc}` }, "Map"), " ",
+      h("a", { href: `#/duplicates?v=${enc}` }, "Duplicates"), " ",
       m.current ? null : h("button", { type: "button", class: "small",
         onclick: () => onPromote(m.version) }, "Promote")));
 }
