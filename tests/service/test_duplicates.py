@@ -49,7 +49,8 @@ def _noise(seed: int) -> bytes:
 
 def _all_pairs(client, threshold: float) -> set[tuple[str, str]]:
     """Every pair of live items at or above `threshold`, by comparing every pair."""
-    served = client.app.state.registry.peek(V1)
+    collections = client.app.state.collections
+    served = collections.registry(collections.resolve(None)).peek(V1)
     assert served is not None
     index = served.live.index
     ids = [i for i, _ in index.items(limit=10_000)[0]]
