@@ -116,7 +116,8 @@ class ServiceSettings(Settings):
         "beside encoder.pt when a version is first loaded; on the CPU, in fp32, whatever "
         "DEVICE says: faster than torch on CPUs without bf16, see docs/benchmarks.md).")
 
-    @field_validator("admin_api_key", "read_api_key", "metrics_api_key", mode="before")
+    @field_validator("admin_api_key", "read_api_key", "metrics_api_key", "default_collection",
+                     mode="before")
     @classmethod
     def _empty_key_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
