@@ -26,6 +26,7 @@ from service.registry import ModelRegistry
 from service.retrain import RetrainWatcher
 from service.routes import (
     classify,
+    collection_keys,
     compare,
     datasets,
     docs,
@@ -213,6 +214,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     for module in (health, datasets, retrain, jobs, export):
         app.include_router(module.router)
     app.include_router(collection_routes.router)
+    app.include_router(collection_keys.router)
     # The serving routes: at the root for the default collection, and under each collection's
     # name; one route body for both (service/deps.py resolves the collection from the path).
     for module in (models, compare, duplicates, retrieval, classify, items, images,

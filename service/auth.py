@@ -2,6 +2,9 @@
 
 - admin (ADMIN_API_KEY): mutating routes (train, cancel, datasets, promote);
 - read (READ_API_KEY, or the admin key): every read route, /config, and the details of /readyz;
+  a collection's own key (PUT /collections/{name}/key) opens the read routes under
+  /collections/{its name} and nothing else: not another collection, not GET /collections, not
+  the root routes (even when they serve that collection), never an admin route;
 - metrics (METRICS_API_KEY or the admin key when it is set; else as read): /metrics;
 - docs (API_DOCS=key: as read): /docs, /redoc, /openapi.json;
 - public: /healthz and /readyz, which orchestrators probe without a key (terse answers).
@@ -18,9 +21,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
+from starlette.concurrency import run_in_threadpool
 
 from service.errors import ProblemError
 from service.settings import ServiceSettings
+from state.collection_keys import matches
 
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -70,8 +75,25 @@ async def require_admin(request: Request, credentials: Credentials) -> None:
 
 async def require_read(request: Request, credentials: Credentials) -> None:
     keys = read_keys(request.app.state.settings)
-    if keys is not None:
+    if keys is None:
+        return
+    try:
         _check(credentials, keys)
+    except ProblemError as refused:
+        if (refused.status != 403 or credentials is None
+                or not await _collection_key_opens(request, credentials.credentials)):
+            raise
+
+
+async def _collection_key_opens(request: Request, given: str) -> bool:
+    """Whether `given` is the key of the collection this route's path names. Looked up in the
+    job store on every request (off the event loop), so a rotated or removed key stops
+    working on every replica at once."""
+    collection = request.path_params.get("collection")
+    if not isinstance(collection, str) or not collection:
+        return False  # a root route, or GET /collections: no collection key opens it
+    stored = await run_in_threadpool(request.app.state.store.get_key_digest, collection)
+    return matches(given, stored)
 
 
 async def require_metrics(request: Request, credentials: Credentials) -> None:

@@ -36,3 +36,11 @@ class CollectionsPublic(BaseModel):
     default: str | None = Field(description="The collection the routes outside "
                                 "/collections/{name} serve (null: none, or several and no "
                                 "DEFAULT_COLLECTION).")
+
+
+class CollectionKey(BaseModel):
+    collection: str = Field(description="The collection the key opens.")
+    key: str = Field(
+        description="The collection's read key, shown in this answer only: the server keeps "
+        "its SHA-256 digest. Sent as `Authorization: Bearer <key>`, it opens the read routes "
+        "under /collections/{name} and nothing else. A new PUT replaces it.")

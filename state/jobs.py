@@ -167,6 +167,17 @@ class JobStore(ABC):
     @abstractmethod
     def put_policy(self, dataset: str, policy: dict[str, Any]) -> None: ...
 
+    # --- a collection's read key, as its digest (state/collection_keys.py) -----------------
+    @abstractmethod
+    def get_key_digest(self, collection: str) -> str | None: ...
+
+    @abstractmethod
+    def put_key_digest(self, collection: str, digest: str) -> None: ...
+
+    @abstractmethod
+    def delete_key_digest(self, collection: str) -> bool:
+        """Remove the collection's key; whether it had one."""
+
     @abstractmethod
     def ping(self) -> None:
         """Raise if the store cannot be reached."""

@@ -177,5 +177,15 @@ class RedisJobStore(JobStore):
     def put_policy(self, dataset: str, policy: dict[str, Any]) -> None:
         self.r.set(self._k("policy", dataset), json.dumps(policy))
 
+    def get_key_digest(self, collection: str) -> str | None:
+        raw = self.r.get(self._k("collection-key", collection))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def put_key_digest(self, collection: str, digest: str) -> None:
+        self.r.set(self._k("collection-key", collection), digest)
+
+    def delete_key_digest(self, collection: str) -> bool:
+        return bool(self.r.delete(self._k("collection-key", collection)))
+
     def ping(self) -> None:
         self.r.ping()

@@ -32,6 +32,7 @@ CREATE INDEX IF NOT EXISTS history_job ON history (job_id, seq);
 CREATE TABLE IF NOT EXISTS leases (job_id TEXT PRIMARY KEY, owner TEXT, expires REAL);
 CREATE TABLE IF NOT EXISTS capacity (worker TEXT PRIMARY KEY, gpus INTEGER, expires REAL);
 CREATE TABLE IF NOT EXISTS policies (dataset TEXT PRIMARY KEY, policy TEXT);
+CREATE TABLE IF NOT EXISTS collection_keys (collection TEXT PRIMARY KEY, digest TEXT);
 """
 
 
@@ -226,6 +227,22 @@ class SqliteJobStore(JobStore):
         with self._db() as db:
             db.execute("INSERT OR REPLACE INTO policies (dataset, policy) VALUES (?, ?)",
                        (dataset, json.dumps(policy)))
+
+    def get_key_digest(self, collection: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT digest FROM collection_keys WHERE collection = ?",
+                             (collection,)).fetchone()
+        return row[0] if row else None
+
+    def put_key_digest(self, collection: str, digest: str) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO collection_keys (collection, digest) "
+                       "VALUES (?, ?)", (collection, digest))
+
+    def delete_key_digest(self, collection: str) -> bool:
+        with self._db() as db:
+            return db.execute("DELETE FROM collection_keys WHERE collection = ?",
+                              (collection,)).rowcount > 0
 
     def ping(self) -> None:
         with self._db() as db:

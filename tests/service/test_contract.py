@@ -94,6 +94,7 @@ ADMIN_OPS = {"POST /datasets", "POST /train", "DELETE /jobs/{job_id}",
              "DELETE /items/{item_id}"}
 ADMIN_OPS |= {op.replace(" /", " /collections/{collection}/", 1) for op in ADMIN_OPS
               if op.split()[1].startswith(("/items", "/models"))}
+ADMIN_OPS |= {"PUT /collections/{collection}/key", "DELETE /collections/{collection}/key"}
 
 
 @pytest.mark.parametrize(("keys", "secured"), [
