@@ -20,6 +20,7 @@ from service.collections import Collections
 from service.decoding import QueryDecoder
 from service.errors import problems
 from service.limits import Gate, Limits
+from service.memory_budget import budget_bytes
 from service.metrics import Metrics, MetricsMiddleware
 from service.probes import BrokerConnection, CachedProbe
 from service.registry import ModelRegistry
@@ -144,9 +145,10 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
 
     def registry(collection: str) -> ModelRegistry:
         return ModelRegistry(settings.models_root, settings.device, settings.model_poll_s,
-                             on_swap=metrics.set_model, cache_size=settings.model_cache_size,
+                             on_swap=partial(metrics.set_model, collection),
+                             cache_size=settings.model_cache_size,
                              loads_per_min=settings.model_loads_per_min,
-                             on_load=metrics.count_load, changes=changes,
+                             on_load=partial(metrics.count_load, collection), changes=changes,
                              dataset_root=lambda name: dataset_folder(settings, name),
                              engine=settings.inference_engine,
                              # each inference thread's share of the cores (as batcher.py gives
@@ -154,7 +156,9 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
                              threads=max(1, cpu_count() // workers), collection=collection)
 
     collections = Collections(settings.models_root, registry, settings.default_collection,
-                              settings.model_poll_s)
+                              settings.model_poll_s, budget_bytes(settings.serve_memory_mb),
+                              on_unload=metrics.count_unload)
+    metrics.watch_collections(collections.loaded_bytes)
     batcher = EmbedBatcher(settings.embed_max_batch, settings.embed_max_wait_ms / 1000,
                            max_queued_images=settings.embed_max_queued_images,
                            on_batch=metrics.embed_batch.observe,

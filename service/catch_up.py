@@ -34,8 +34,8 @@ class SerialThread:
     """One daemon thread that runs calls in order (a call stuck on a slow disk never holds up
     the process's exit, as a thread pool's worker would), at a lower priority when `nice`."""
 
-    def __init__(self, name: str, nice: int = 0) -> None:
-        self.name, self.nice = name, nice
+    def __init__(self, name: str, nice: int = 0, idle_s: float = 30.0) -> None:
+        self.name, self.nice, self.idle_s = name, nice, idle_s
         self._queue: queue.Queue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = (
             queue.Queue())
         self._thread: threading.Thread | None = None
@@ -43,8 +43,8 @@ class SerialThread:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         future: Future[Any] = Future()
-        self._queue.put((future, fn, args))
-        with self._lock:
+        with self._lock:  # with _run's exit check: a call is never left with no thread
+            self._queue.put((future, fn, args))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
@@ -54,13 +54,23 @@ class SerialThread:
         if self.nice:
             lower_thread_priority(self.nice)
         while True:
-            future, fn, args = self._queue.get()
+            try:
+                future, fn, args = self._queue.get(timeout=self.idle_s)
+            except queue.Empty:
+                # Idle: end (a registry unloaded by the memory budget leaves no thread behind);
+                # the next call starts another.
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
             if not future.set_running_or_notify_cancel():
                 continue
             try:
                 future.set_result(fn(*args))
             except BaseException as exc:  # handed to whoever waits for this call
                 future.set_exception(exc)
+            del future, fn, args  # hold nothing (a model) while waiting for the next call
 
 
 class CatchUpLane:

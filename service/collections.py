@@ -11,30 +11,50 @@ when it has no current version); a route at the root serves the default one:
 DEFAULT_COLLECTION when set, else the only collection; with several and no default, a 409
 that names them. With none at all, the root routes answer as a service with nothing published
 (503), through a registry that follows no collection.
+
+Within a memory budget (SERVE_MEMORY_MB; service/memory_budget.py has the rule), start-up loads
+collections (the default first) only while they fit; the others load on their first request.
+A load that would take the total over the budget first unloads the least recently used
+collections that no request holds (`using`); an unloaded one is forgotten, its watch thread
+stopped, and made again, loading, on its next request.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 from service.errors import ProblemError, not_found
+from service.memory_budget import Loaded, disk_bytes, fits, to_unload
 from service.registry import ModelRegistry, Served
+from trainer.bundle import current_version
 from trainer.current import collections, migrate
+
+log = logging.getLogger(__name__)
 
 NO_COLLECTION = ""  # what the empty registry follows: no pointer ever names it
 
 
 class Collections:
     def __init__(self, models_root: Path, make: Callable[[str], ModelRegistry],
-                 default: str | None = None, rescan_s: float = 1.0) -> None:
+                 default: str | None = None, rescan_s: float = 1.0,
+                 budget: int | None = None,
+                 on_unload: Callable[[str], None] | None = None) -> None:
         self.models_root = Path(models_root)
         self.make = make  # collection -> its registry, not started
         self.default = default
         self.rescan_s = rescan_s
+        self.budget = budget  # bytes of loaded models; None: no budget
+        self.on_unload = on_unload or (lambda name: None)
         self._registries: dict[str, ModelRegistry] = {}
+        self._last_used: dict[str, float] = {}
+        self._in_flight: dict[str, int] = {}
+        self._budget_lock = threading.Lock()  # one load makes room at a time
         self._lock = threading.Lock()
         self._names: list[str] = []
         self._scanned = float("-inf")
@@ -43,12 +63,18 @@ class Collections:
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
-        """Migrate a single-CURRENT models folder, then load every collection's current
-        version (blocking: start-up only)."""
+        """Migrate a single-CURRENT models folder, then load the collections' current
+        versions that fit the budget, the default first (blocking: start-up only)."""
         migrate(self.models_root)
         self._started = True
-        for name in self.names(fresh=True):
-            self.registry(name, load_now=True)
+        names = self.names(fresh=True)
+        default = self.default_name()
+        loaded: dict[str, int] = {}
+        for name in sorted(names, key=lambda n: (n != default, n)):
+            size = self._predicted(name)
+            if not fits(loaded, size, self.budget):
+                continue
+            loaded[name] = self.registry(name, load_now=True).loaded_bytes or size
 
     def stop(self) -> None:
         self._started = False
@@ -97,10 +123,75 @@ class Collections:
             registry = self._registries.get(name)
             if registry is None:
                 registry = self.make(name)
+                registry.before_load = partial(self._make_room, name)
                 if self._started:
-                    registry.start(load_now=load_now)
+                    registry.start(load_now=False)
                 self._registries = {**self._registries, name: registry}
+        if load_now:  # outside the lock: making room for the load takes it
+            registry.refresh()
         return registry
+
+    @contextmanager
+    def using(self, name: str | None) -> Iterator[ModelRegistry]:
+        """The registry of `name`, held for one request: the memory budget never unloads a
+        collection while a request uses it."""
+        if name is None:
+            yield self.empty
+            return
+        with self._lock:
+            self._in_flight[name] = self._in_flight.get(name, 0) + 1
+            self._last_used[name] = time.monotonic()
+        try:
+            yield self.registry(name)
+        finally:
+            with self._lock:
+                self._in_flight[name] -= 1
+                self._last_used[name] = time.monotonic()
+
+    # --- the memory budget -----------------------------------------------------------------
+    def _predicted(self, name: str) -> int:
+        """A collection's size before it loads: its current version's files on disk."""
+        try:
+            version = current_version(self.models_root, name)
+        except Exception:  # an unreadable pointer: the load says why
+            version = None
+        return disk_bytes(self.models_root, version) if version else 0
+
+    def _make_room(self, name: str, version: str) -> None:
+        """Before collection `name` loads `version` (on its loader thread): unload the least
+        recently used idle collections until it fits."""
+        if self.budget is None:
+            return
+        try:
+            with self._budget_lock:
+                incoming = disk_bytes(self.models_root, version)
+                with self._lock:
+                    entries = [Loaded(n, r.loaded_bytes, self._last_used.get(n, 0.0),
+                                      self._in_flight.get(n, 0))
+                               for n, r in self._registries.items()]
+                for victim in to_unload(entries, incoming, self.budget, keep=name):
+                    self.unload(victim)
+        except Exception:  # never fail a load over the budget's bookkeeping
+            log.exception("making room for collection %s failed", name)
+
+    def unload(self, name: str) -> bool:
+        """Forget collection `name`'s registry unless a request holds it; it loads again on
+        its next request."""
+        with self._lock:
+            registry = self._registries.get(name)
+            if registry is None or self._in_flight.get(name, 0) > 0:
+                return False
+            freed = registry.loaded_bytes
+            self._registries = {n: r for n, r in self._registries.items() if n != name}
+        registry.unload()
+        log.info("unloaded collection %s (%d bytes) to stay within the memory budget",
+                 name, freed)
+        self.on_unload(name)
+        return True
+
+    def loaded_bytes(self) -> dict[str, int]:
+        """Each made registry's loaded models, in bytes."""
+        return {name: r.loaded_bytes for name, r in self._registries.items()}
 
     def loaded(self) -> dict[str, Served | None]:
         """Each made registry's current model (None: not loaded)."""

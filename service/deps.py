@@ -5,7 +5,7 @@ thread pool, a thread hop per dependency per request."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
@@ -48,8 +48,11 @@ async def _collection(request: Request) -> str | None:
 
 
 async def _registry(request: Request, collection: Annotated[str | None, Depends(_collection)]
-                    ) -> ModelRegistry:
-    return request.app.state.collections.registry(collection)
+                    ) -> AsyncIterator[ModelRegistry]:
+    """The collection's registry, held until the request is done: the memory budget never
+    unloads a collection under a request (service/collections.py)."""
+    with request.app.state.collections.using(collection) as registry:
+        yield registry
 
 
 async def _batcher(request: Request) -> EmbedBatcher:

@@ -1,8 +1,10 @@
-"""Prometheus metrics: request latency per route, embedding batch sizes, the current model and
-job counts. One registry per app, so several apps (tests) never collide."""
+"""Prometheus metrics: request latency per route, embedding batch sizes, each collection's
+current model, loaded bytes and unloads, and job counts. One registry per app, so several apps
+(tests) never collide."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +31,19 @@ class _JobCounts(Collector):
         yield family
 
 
+class _LoadedBytes(Collector):
+    def __init__(self, sizes: Callable[[], dict[str, int]]) -> None:
+        self.sizes = sizes
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily(
+            "and_collection_loaded_bytes", "Memory the loaded models of a collection take "
+            "(vectors, index, encoder; service/memory_budget.py)", labels=["collection"])
+        for name, n in self.sizes().items():
+            family.add_metric([name], n)
+        yield family
+
+
 class Metrics:
     def __init__(self, job_counts: Callable[[], dict[str, int]]) -> None:
         self.registry = CollectorRegistry()
@@ -38,10 +53,14 @@ class Metrics:
         self.embed_batch = Histogram(
             "and_embed_batch_size", "Images per forward pass of the embedding batcher",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
-        self.model = Gauge("and_model_info", "The model version being served (value 1)",
-                           ["version"], registry=self.registry)
+        self.model = Gauge("and_model_info",
+                           "The model version each collection serves (value 1)",
+                           ["collection", "version"], registry=self.registry)
         self.model_loads = Counter("and_model_loads", "Model bundle loads by outcome",
-                                   ["outcome"], registry=self.registry)
+                                   ["collection", "outcome"], registry=self.registry)
+        self.unloads = Counter("and_collection_unloads",
+                               "Collections unloaded to stay within SERVE_MEMORY_MB",
+                               ["collection"], registry=self.registry)
         self.embed_queue = Gauge("and_embed_queue_images",
                                  "Images waiting for or in embedding",
                                  registry=self.registry)
@@ -49,16 +68,26 @@ class Metrics:
                              "Query image decodes running in the thread pool",
                              registry=self.registry)
         self.registry.register(_JobCounts(job_counts))
-        self._version: str | None = None
+        self._versions: dict[str, str] = {}  # collection -> the version its series names
+        self._lock = threading.Lock()  # swaps of several collections come from their threads
 
-    def set_model(self, version: str) -> None:
-        if self._version is not None:
-            self.model.remove(self._version)
-        self.model.labels(version).set(1)
-        self._version = version
+    def set_model(self, collection: str, version: str) -> None:
+        """One series per collection: its previous version's series goes."""
+        with self._lock:
+            previous = self._versions.get(collection)
+            if previous is not None and previous != version:
+                self.model.remove(collection, previous)
+            self.model.labels(collection, version).set(1)
+            self._versions[collection] = version
 
-    def count_load(self, version: str, ok: bool) -> None:
-        self.model_loads.labels("loaded" if ok else "failed").inc()
+    def count_load(self, collection: str, version: str, ok: bool) -> None:
+        self.model_loads.labels(collection, "loaded" if ok else "failed").inc()
+
+    def count_unload(self, collection: str) -> None:
+        self.unloads.labels(collection).inc()
+
+    def watch_collections(self, sizes: Callable[[], dict[str, int]]) -> None:
+        self.registry.register(_LoadedBytes(sizes))
 
     def watch(self, decoder: Any, batcher: Any) -> None:
         self.decodes.set_function(lambda: decoder.running)

@@ -31,6 +31,7 @@ from live.index import LiveIndex
 from service.batcher import BULK_NICE
 from service.catch_up import CatchUpLane, SerialThread
 from service.live_view import LiveView
+from service.memory_budget import bundle_bytes
 from service.orphans import OrphanSweeper
 from state.changes import ChangeLog
 from trainer.bundle import Bundle, current_version
@@ -52,6 +53,7 @@ class Served:
         self.bundle = bundle
         self.version = bundle.version
         self.live = LiveView(bundle, changes, dataset_root)
+        self.nbytes = bundle_bytes(bundle)  # as loaded (service/memory_budget.py)
 
     @property
     def index(self) -> LiveIndex:
@@ -109,8 +111,11 @@ class ModelRegistry:
                  changes: ChangeLog | None = None,
                  dataset_root: Callable[[str], Path | None] | None = None,
                  engine: str = "torch", threads: int = 1,
-                 collection: str | None = None) -> None:
+                 collection: str | None = None,
+                 before_load: Callable[[str], None] | None = None) -> None:
         self.models_root = Path(models_root)
+        # Called on the loader thread before a version loads (the memory budget makes room).
+        self.before_load = before_load or (lambda version: None)
         # The dataset whose CURRENT this registry follows and whose versions it serves (None:
         # the only collection, as a single-model service had).
         self.collection = collection
@@ -149,10 +154,20 @@ class ModelRegistry:
                                             daemon=True)
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
         self._stop.set()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join(timeout=5)
+
+    def unload(self) -> None:
+        """Stop watching and drop every loaded version (the memory budget's unload). A request
+        holding one keeps it until it answers; the loader and catch-up threads, idle, end on
+        their own (service/catch_up.py)."""
+        self.stop(wait=False)
+        with self._lock:
+            self.current = None
+            self._cached = {}
+            self._used.clear()
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -289,6 +304,7 @@ class ModelRegistry:
 
     def _load(self, version: str, current: bool) -> Served:
         try:
+            self.before_load(version)
             bundle = Bundle.load(self.models_root, version, device=self.device,
                                  engine=self.engine, threads=self.threads)
             served = Served(bundle, self.changes,
@@ -352,6 +368,11 @@ class ModelRegistry:
         for version in set(self._used) - set(keep):
             self._used.pop(version, None)
         return {v: cache[v] for v in keep}
+
+    @property
+    def loaded_bytes(self) -> int:
+        current = self.current
+        return sum(s.nbytes for s in [current, *self._cached.values()] if s is not None)
 
     @property
     def loaded_versions(self) -> list[str]:

@@ -109,6 +109,15 @@ class ServiceSettings(Settings):
         "near-duplicate: POST /items lists, for each added image, the existing items at or "
         "above it (and refuses the request with if_duplicate=refuse); the default threshold of "
         "GET /models/{version}/duplicates.")
+    # Unlimited by default: a share of the machine's memory would be a guess (the API shares
+    # the machine with training workers, and a container's limit is not the machine's), and a
+    # budget below what one deployment's collections take would make it reload them forever.
+    serve_memory_mb: int = Field(
+        default=0, ge=0, description="Memory the loaded models of one API process may take "
+        "(vectors, index and encoder of each collection's loaded versions); past it the least "
+        "recently used collection with no request in flight is unloaded, and loads again on "
+        "its next request. At start only the collections that fit are loaded (the default "
+        "first). 0 = no budget: every collection is loaded at start.")
     device: str = Field(default="auto", description="Inference device: auto, cpu or cuda.")
     inference_engine: Literal["torch", "onnxruntime"] = Field(
         default="torch", description="What runs the encoder for /embed and the other routes "

@@ -23,7 +23,8 @@ def test_health_ready_metrics_config(api):
     assert ready["status"] == "ready" and ready["checks"]["model"] == V1
     c.get("/neighbours/train/cat/0000.jpg")
     text = c.get("/metrics").text
-    assert 'and_model_info{version="' + V1 + '"} 1.0' in text
+    assert 'and_model_info{collection="cifar-slice",version="' + V1 + '"} 1.0' in text
+    assert 'and_collection_loaded_bytes{collection="cifar-slice"}' in text
     assert 'route="/neighbours/{item_id:path}"' in text and "and_jobs{" in text
     assert c.get("/config").json()["tau"]["default"] == 0.1
 

@@ -48,8 +48,9 @@ def _write_end(fifo: Path) -> int | None:
 
 def _loads(client, outcome: str = "loaded") -> float:
     text = client.get("/metrics").text
-    match = re.search(r'and_model_loads_total\{outcome="' + outcome + r'"\} ([0-9.]+)', text)
-    return float(match.group(1)) if match else 0.0
+    found = re.findall(r'and_model_loads_total\{collection="[^"]*",outcome="' + outcome
+                       + r'"\} ([0-9.]+)', text)
+    return sum(float(n) for n in found)
 
 
 @pytest.fixture(scope="module")

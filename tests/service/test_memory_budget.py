@@ -1,0 +1,160 @@
+"""Serving many collections within a memory budget (service/memory_budget.py,
+service/collections.py): the rule on hand-made cases, a loaded bundle's measured size, and one
+API process (in process, real bundles) with three collections and a budget that fits two."""
+
+import time
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.catch_up import SerialThread
+from service.memory_budget import (
+    MB,
+    Loaded,
+    budget_bytes,
+    bundle_bytes,
+    disk_bytes,
+    encoder_bytes,
+    to_unload,
+)
+from tests.service.conftest import V1, make_settings
+from trainer.bundle import Bundle, set_current, write_bundle
+
+NAMES = ("a", "b", "c")
+ITEM = "train/cat/0000.jpg"
+
+
+def test_the_least_recently_used_idle_collections_go_first():
+    loaded = [Loaded("old", 40, last_used=1.0, in_flight=0),
+              Loaded("busy", 40, last_used=0.5, in_flight=1),
+              Loaded("new", 40, last_used=3.0, in_flight=0),
+              Loaded("mid", 40, last_used=2.0, in_flight=0)]
+    # 160 loaded + 30 incoming against 150: one unload (40) is enough, the oldest idle one.
+    assert to_unload(loaded, 30, 150) == ["old"]
+    # Against 110: "busy" is older but in use, so "old" then "mid" (190 - 80).
+    assert to_unload(loaded, 30, 110) == ["old", "mid"]
+    # The collection loading is never its own victim; nothing fits: every idle one goes.
+    assert to_unload(loaded, 30, 10, keep="new") == ["old", "mid"]
+    assert to_unload(loaded, 30, 190) == []
+    assert to_unload(loaded, 10**9, None) == []
+    assert budget_bytes(0) is None and budget_bytes(3) == 3 * MB
+
+
+def test_a_loaded_bundle_is_measured_from_what_is_loaded(models_template):
+    class Wrapped:
+        model = torch.nn.Linear(3, 2)  # 6 weights + 2 biases, float32
+
+    assert encoder_bytes(Wrapped(), models_template) == 8 * 4
+    bundle = Bundle.load(models_template, V1, device="cpu")
+    params = sum(p.numel() * p.element_size() for p in bundle.model.model.parameters())
+    index_file = (models_template / V1 / "index.faiss").stat().st_size
+    assert bundle.vectors.nbytes == 120 * bundle.dim * 4
+    assert bundle_bytes(bundle) >= bundle.vectors.nbytes + index_file + params
+    assert disk_bytes(models_template, V1) > bundle.vectors.nbytes + index_file
+
+
+def test_an_idle_serial_thread_ends_and_the_next_call_starts_another():
+    thread = SerialThread("idle-test", idle_s=0.05)
+    assert thread.submit(lambda: 1).result(timeout=5) == 1
+    deadline = time.monotonic() + 5
+    while thread._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert thread._thread is None
+    assert thread.submit(lambda: 2).result(timeout=5) == 2
+
+
+@pytest.fixture(scope="module")
+def three_collections(tmp_path_factory, trained_runs):
+    """Three tiny collections with one model each (the same run, so the same answers)."""
+    root = tmp_path_factory.mktemp("three") / "models"
+    for name in NAMES:
+        version = f"20260101-00000{NAMES.index(name)}-{name}"
+        write_bundle(trained_runs[V1], root, dataset=name, version=version)
+        set_current(root, version)
+    return root
+
+
+def _budget_for_two(root) -> int:
+    """Room for two loaded collections, not three (each measured as the API measures it)."""
+    version = next(p.name for p in root.iterdir() if p.name.endswith("-a"))
+    size = max(bundle_bytes(Bundle.load(root, version, device="cpu")), disk_bytes(root, version))
+    return int(size * 2.5)
+
+
+def _app(tmp_path, root):
+    settings = make_settings(tmp_path, root, serve_memory_mb=1)
+    app = create_app(settings, enqueue=lambda j: None)
+    assert app.state.collections.budget == MB  # SERVE_MEMORY_MB, in bytes
+    app.state.collections.budget = _budget_for_two(root)  # a collection is well under 1 MB
+    return TestClient(app)
+
+
+def _loaded(c) -> dict[str, bool]:
+    return {d["name"]: d["loaded"] for d in c.get("/collections").json()["data"]}
+
+
+def _unloads(c, name: str) -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith(f'and_collection_unloads_total{{collection="{name}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_the_least_recently_used_collection_is_unloaded_and_reloads(tmp_path,
+                                                                    three_collections):
+    with _app(tmp_path, three_collections) as c:
+        # At start: only what fits, by name (no default).
+        assert _loaded(c) == {"a": True, "b": True, "c": False}
+        first = {}
+        for name in ("b", "a"):  # b is now the least recently used
+            r = c.get(f"/collections/{name}/neighbours/{ITEM}", params={"k": 5})
+            assert r.status_code == 200
+            first[name] = r.json()
+        r = c.get(f"/collections/c/neighbours/{ITEM}", params={"k": 5})
+        assert r.status_code == 200 and r.headers["x-model-version"].endswith("-c")
+        assert _loaded(c) == {"a": True, "b": False, "c": True}
+        assert _unloads(c, "b") == 1 and _unloads(c, "a") == 0
+        metrics = c.get("/metrics").text
+        assert 'and_collection_loaded_bytes{collection="c"}' in metrics
+        assert 'and_collection_loaded_bytes{collection="b"}' not in metrics
+        for name in NAMES:
+            assert f'and_model_info{{collection="{name}",' in metrics
+        # b's next request reloads it (a, now least recently used, goes) and answers the same.
+        r = c.get(f"/collections/b/neighbours/{ITEM}", params={"k": 5})
+        assert r.status_code == 200 and r.json() == first["b"]
+        assert _loaded(c) == {"a": False, "b": True, "c": True}
+        assert _unloads(c, "a") == 1
+        collections = c.app.state.collections
+        assert sum(collections.loaded_bytes().values()) <= collections.budget
+
+
+def test_a_collection_in_use_is_not_unloaded_and_its_request_still_answers(
+        tmp_path, three_collections):
+    with _app(tmp_path, three_collections) as c:
+        collections = c.app.state.collections
+        c.get(f"/collections/a/neighbours/{ITEM}")
+        c.get(f"/collections/b/neighbours/{ITEM}")
+        with collections.using("a") as registry:  # a request in flight on a (the oldest)
+            served = c.portal.call(registry.get)
+            assert not collections.unload("a")
+            r = c.get(f"/collections/c/neighbours/{ITEM}")  # needs room: b goes, not a
+            assert r.status_code == 200
+            assert _loaded(c) == {"a": True, "b": False, "c": True}
+        before = served.index.search(served.bundle.vectors[:2], 3)
+        assert collections.unload("a")  # idle now
+        assert _loaded(c)["a"] is False and registry.current is None
+        # The request that held a's model goes on with it after the unload.
+        after = served.index.search(served.bundle.vectors[:2], 3)
+        assert after.ids == before.ids
+        r = c.get(f"/collections/a/neighbours/{ITEM}")
+        assert r.status_code == 200 and _loaded(c)["a"] is True
+
+
+def test_without_a_budget_every_collection_loads_at_start(tmp_path, three_collections):
+    settings = make_settings(tmp_path, three_collections)
+    assert settings.serve_memory_mb == 0
+    with TestClient(create_app(settings, enqueue=lambda j: None)) as c:
+        assert _loaded(c) == {"a": True, "b": True, "c": True}
+
