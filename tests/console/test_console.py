@@ -10,6 +10,7 @@ go to CONSOLE_SCREENSHOTS (default var/screenshots).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import zipfile
@@ -302,7 +303,8 @@ def test_bad_input_shows_the_problem_and_the_page_keeps_working(stack: Stack,
 def test_phone_width_keyboard_and_alt_texts(stack: Stack, browser: Browser) -> None:
     watch = Watch()
     page = logged_in(browser, stack, watch, PHONE)
-    ready = {"datasets": "#dataset-list table", "train": "#train-form", "jobs": "#jobs-table",
+    ready = {"collections": "#collections-list", "datasets": "#dataset-list table",
+             "train": "#train-form", "jobs": "#jobs-table",
              "models": "#models-table", "explore": "#explore-grid img[src^='blob:']",
              "map": "#map-canvas[data-points]"}
     for name, selector in ready.items():
@@ -424,5 +426,70 @@ def test_compare_two_versions_with_their_neighbours_side_by_side(stack: Stack, b
     width = phone.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], f"the compare page is {width} px wide at 390 px"
     shoot(phone, stack, "compare-phone")
+    settle(page)
+    watch.check()
+
+
+def test_collections_landing_page_and_switcher(stack: Stack, browser: Browser,
+                                               trained_runs) -> None:
+    """A second collection (a copy of the dataset, served by another run's model): the landing
+    page lists both as the API does, and the switcher scopes every page to the chosen one.
+    With two collections and no DEFAULT_COLLECTION the API's root serving routes answer 409,
+    so a page that used them instead of its collection's fails this test."""
+    data = stack.root / "data"
+    source = next(p for p in data.iterdir() if p.name.startswith("cifar"))
+    copy = data / "cifar-copy"
+    if source.is_dir():
+        shutil.copytree(source, copy)
+    else:
+        shutil.copy(source, copy.with_suffix(source.suffix))
+    version = "29990102-000000-copy"
+    write_bundle(trained_runs[V1], stack.root / "models", dataset="cifar-copy", version=version,
+                 extra={"job_id": None})
+    answer = httpx.get(f"{stack.base}/collections", timeout=30,
+                       headers={"Authorization": f"Bearer {READ_KEY}"}).json()
+    names = [c["name"] for c in answer["data"]]
+    assert set(names) == {source.stem, "cifar-copy"} and answer["default"] is None
+
+    watch = Watch()
+    page = logged_in(browser, stack, watch)
+    page.goto(f"{stack.base}/")
+    cards = page.locator("#collections-list > li")
+    expect(cards).to_have_count(2)
+    assert cards.evaluate_all("els => els.map(e => e.dataset.name)") == names
+    for c in answer["data"]:
+        card = page.locator(f"#collections-list > li[data-name='{c['name']}']")
+        expect(card).to_contain_text(c["current_version"])
+        expect(card.locator("[data-figure=knn]")).to_have_text(
+            f"{100 * c['model']['knn_top1']:.1f} %")
+    shoot(page, stack, "collections")
+
+    page.click("#collections-list > li[data-name='cifar-copy'] button")
+    page.wait_for_url("**/#/models")
+    expect(page.locator("#collection-select")).to_have_value("cifar-copy")
+    expect(page.locator(f"#models-table tr[data-version='{version}']")).to_be_visible()
+    expect(page.locator(f"#models-table tr[data-version='{stack.model_version}']")).to_have_count(0)
+    page.goto(f"{stack.base}/#/explore")
+    wait_images(page, "#explore-grid img", 48)
+    page.locator("#explore-grid li button").first.click()
+    wait_images(page, "#neighbours-box .neighbours img", 10)
+    shoot(page, stack, "explore-copy")
+
+    page.select_option("#collection-select", source.stem)
+    page.wait_for_url("**/#/explore")
+    wait_images(page, "#explore-grid img", 48)
+    page.goto(f"{stack.base}/#/models")
+    expect(page.locator(f"#models-table tr[data-version='{stack.model_version}']")).to_be_visible()
+    expect(page.locator(f"#models-table tr[data-version='{version}']")).to_have_count(0)
+    serving = [u for u in watch.urls if any(f"{stack.base}/{r}" in u for r in (
+        "models", "items", "embed", "neighbours", "search", "classify"))]
+    assert serving == [], serving  # every serving request named its collection
+
+    phone = logged_in(browser, stack, watch, PHONE)
+    phone.goto(f"{stack.base}/#/collections")
+    expect(phone.locator("#collections-list > li")).to_have_count(2)
+    settle(phone)
+    assert phone.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    shoot(phone, stack, "collections-phone")
     settle(page)
     watch.check()

@@ -4,6 +4,35 @@
 
 const READ_KEY = "and.readKey";
 const ADMIN_KEY = "and.adminKey";
+const COLLECTION = "and.collection";
+
+// The serving routes exist at the root (the API's default collection) and under
+// /collections/{name}. The console always names the collection it shows, so it works with any
+// number of collections, default or not; the rest (jobs, datasets, train) are the API's own.
+const SCOPED = new Set(["models", "items", "embed", "neighbours", "search", "classify"]);
+let chosen = sessionStorage.getItem(COLLECTION);
+let collectionsReady = Promise.resolve();
+
+export function collection() {
+  return chosen;
+}
+
+export function setCollection(name) {
+  chosen = name || null;
+  if (chosen) sessionStorage.setItem(COLLECTION, chosen);
+  else sessionStorage.removeItem(COLLECTION);
+}
+
+// Scoped requests wait for this (the collection list read at start) before they are sent.
+export function whenCollections(promise) {
+  collectionsReady = promise.catch(() => undefined);
+  return collectionsReady;
+}
+
+export function scoped(path) {
+  const first = path.replace(/^\//, "").split(/[/?]/)[0];
+  return chosen && SCOPED.has(first) ? `/collections/${encodeURIComponent(chosen)}${path}` : path;
+}
 
 export class ApiError extends Error {
   constructor(status, problem) {
@@ -100,6 +129,9 @@ const MAX_KEY_TRIES = 5;
 
 // fetch() with the right key; a missing or wrong key asks the person and tries again.
 async function send(path, init, admin) {
+  const first = path.replace(/^\//, "").split(/[/?]/)[0];
+  if (SCOPED.has(first)) await collectionsReady;
+  path = scoped(path);
   let lastProblem = null;
   for (let tries = 0; tries < MAX_KEY_TRIES; tries++) {
     const headers = new Headers(init.headers || {});

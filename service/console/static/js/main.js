@@ -1,9 +1,11 @@
 // The console's router: #/page[/id][?query] -> a page module's render(main, route).
 // A page may return a function that stops its timers when the page is left.
-import { forgetKeys, hasKeys } from "./api.js";
+import { forgetKeys, hasKeys, whenCollections } from "./api.js";
+import { follow, loadCollections } from "./collections.js";
 import { clear, h, releaseImages, showProblem } from "./ui.js";
 
 const PAGES = {
+  collections: () => import("./pages/collections.js"),
   datasets: () => import("./pages/datasets.js"),
   train: () => import("./pages/train.js"),
   jobs: () => import("./pages/jobs.js"),
@@ -15,6 +17,7 @@ const PAGES = {
   duplicates: () => import("./pages/duplicates.js"),
 };
 const TITLES = {
+  collections: "Collections",
   datasets: "Datasets", train: "Train", jobs: "Jobs", models: "Models", explore: "Explore",
   map: "Embedding map", retrain: "Retrain policy", compare: "Compare models",
   duplicates: "Near-duplicates",
@@ -30,7 +33,7 @@ function parse() {
   const [path, query = ""] = hash.split("?");
   const [page, ...rest] = path.split("/");
   return {
-    page: page || "jobs",
+    page: page || "collections",
     id: rest.length ? decodeURIComponent(rest.join("/")) : null,
     params: new URLSearchParams(query),
   };
@@ -52,6 +55,7 @@ async function route() {
       link.removeAttribute("aria-current");
     }
   }
+  follow(where.params.get("collection"));
   const load = PAGES[where.page];
   if (!load) {
     clear(main, h("h1", {}, "Not found"),
@@ -87,6 +91,15 @@ document.getElementById("forget-keys").addEventListener("click", () => {
   route();
 });
 document.addEventListener("keys-changed", showKeyButton);
+// Another collection: the page's own choices (a version, an item) belonged to the last one.
+document.addEventListener("collection-changed", () => {
+  const { page } = parse();
+  if (location.hash === `#/${page}`) route();
+  else location.hash = `#/${page}`;
+});
 window.addEventListener("hashchange", route);
 showKeyButton();
+// Serving requests wait for the collection list (api.js); a list that cannot be read (no
+// key yet, a network error) leaves the console on the API's default collection.
+whenCollections(loadCollections());
 route();

@@ -153,9 +153,11 @@ async function renderJob(main, id) {
     const p = job.progress || {};
     const links = [];
     if (job.model_version) {
-      links.push(h("a", { href: `#/explore?model=${encodeURIComponent(job.model_version)}` },
-        `Explore model ${job.model_version}`), " · ",
-      h("a", { href: `#/map?model=${encodeURIComponent(job.model_version)}` }, "its map"));
+      // The model serves the job's dataset: the links open that collection.
+      const where = `model=${encodeURIComponent(job.model_version)}` +
+        `&collection=${encodeURIComponent(job.dataset)}`;
+      links.push(h("a", { href: `#/explore?${where}` }, `Explore model ${job.model_version}`),
+        " · ", h("a", { href: `#/map?${where}` }, "its map"));
     }
     clear(head,
       h("p", {}, "Dataset ", h("strong", {}, job.dataset), links.length ? " · " : "", links),
