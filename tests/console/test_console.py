@@ -17,15 +17,16 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import CIFAR_SLICE, V2
+from tests.conftest import CIFAR_SLICE, V1, V2
 from tests.console.browser import Watch, launch, screenshot_dir
 from tests.processes import Process, free_port, start_worker, wait_for
-from trainer.bundle import write_bundle
+from trainer.bundle import set_current, write_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -194,8 +195,11 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     assert [f for s, _, f in seen if s == "running" and f != "–"], seen
     expect(page.locator("#job-gate")).to_contain_text("Made current (promote: always)")
     expect(page.locator("#job-gate")).to_contain_text("raw pixels")
-    stack.model_version = page.locator("#main a[href^='#/explore?model=']").first.get_attribute(
-        "href").split("model=")[1]
+    # The job's link opens its model in its dataset's collection.
+    link = page.locator("#main a[href^='#/explore?model=']").first.get_attribute("href")
+    query = parse_qs(link.split("?", 1)[1])
+    assert query["collection"] == ["cifar"]
+    stack.model_version = query["model"][0]
     shoot(page, stack, "job")
 
     page.goto(f"{stack.base}/#/models")
@@ -446,6 +450,7 @@ def test_collections_landing_page_and_switcher(stack: Stack, browser: Browser,
     version = "29990102-000000-copy"
     write_bundle(trained_runs[V1], stack.root / "models", dataset="cifar-copy", version=version,
                  extra={"job_id": None})
+    set_current(stack.root / "models", version)  # a collection serves a current version
     answer = httpx.get(f"{stack.base}/collections", timeout=30,
                        headers={"Authorization": f"Bearer {READ_KEY}"}).json()
     names = [c["name"] for c in answer["data"]]
