@@ -1,4 +1,5 @@
-"""Real processes for integration tests: a redis-server of our own and Celery workers."""
+"""Real processes for integration tests: a redis-server of our own, Celery workers and API
+servers."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import redis
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,3 +117,24 @@ class Process:
 def start_worker(env: dict[str, str], log: Path) -> Process:
     return Process([sys.executable, "-m", "worker", "--without-mingle", "--without-gossip"],
                    env, log)
+
+
+def start_api(env: dict[str, str], log: Path) -> tuple[Process, str]:
+    """An API process on a free port, answering /healthz; (the process, its base URL)."""
+    port = free_port()
+    api = Process([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+                  env, log)
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, 120, "the API to answer")
+    except BaseException:
+        api.stop()
+        raise
+    return api, base

@@ -158,21 +158,21 @@ def _only(root: Path) -> str | None:
 def current_version(models_root: str | os.PathLike[str],
                     collection: str | None = None) -> str | None:
     """The version `collection` serves (None: the only collection, when there is one)."""
-    root = _migrated(models_root)
-    collection = collection if collection is not None else _only(root)
-    if collection is None or not safe_name(collection):
-        return None
-    return _pointer(_folder(root, collection) / CURRENT)
+    return _read(models_root, collection, CURRENT)
 
 
 def previous_version(models_root: str | os.PathLike[str],
                      collection: str | None = None) -> str | None:
     """The version the collection served before its current one (None: none was)."""
+    return _read(models_root, collection, PREVIOUS)
+
+
+def _read(models_root: str | os.PathLike[str], collection: str | None, name: str) -> str | None:
     root = _migrated(models_root)
     collection = collection if collection is not None else _only(root)
     if collection is None or not safe_name(collection):
         return None
-    return _pointer(_folder(root, collection) / PREVIOUS)
+    return _pointer(_folder(root, collection) / name)
 
 
 def set_current(models_root: str | os.PathLike[str], version: str) -> str:

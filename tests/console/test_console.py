@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import CIFAR_SLICE, V1, V2
 from tests.console.browser import Watch, launch, screenshot_dir
-from tests.processes import Process, free_port, start_worker, wait_for
+from tests.processes import Process, start_api, start_worker
 from trainer.bundle import set_current, write_bundle
 
 pytestmark = pytest.mark.slow
@@ -61,20 +60,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
            "READ_API_KEY": READ_KEY, "ENVIRONMENT": "development", "MODEL_POLL_S": "0.3",
            "HEARTBEAT_S": "0.5", "PYTHONUNBUFFERED": "1"}
     env.pop("BROKER_URL", None)
-    port = free_port()
-    api = Process([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                  env, root / "api.log")
+    api, base = start_api(env, root / "api.log")
     worker = start_worker(env, root / "worker.log")
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_for(healthy, 120, "the API to answer")
         yield Stack(base, root, api, worker)
     finally:
         worker.stop()

@@ -5,7 +5,6 @@ the API is shown beside its original, every thumbnail loads, at desktop and phon
 from __future__ import annotations
 
 import os
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from playwright.sync_api import Browser, expect, sync_playwright
 
 from tests.conftest import CIFAR_SLICE, V1
 from tests.console.browser import Watch, launch, screenshot_dir
-from tests.processes import Process, free_port, wait_for
+from tests.processes import start_api
 from trainer.bundle import set_current, write_bundle
 
 pytestmark = pytest.mark.slow
@@ -39,19 +38,8 @@ def base(tmp_path_factory, trained_runs) -> Iterator[str]:
            "READ_API_KEY": READ_KEY, "ENVIRONMENT": "development", "MODEL_POLL_S": "0.3",
            "DUPLICATE_THRESHOLD": "0.9999", "PYTHONUNBUFFERED": "1"}
     env.pop("BROKER_URL", None)
-    port = free_port()
-    api = Process([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                  env, root / "api.log")
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    api, url = start_api(env, root / "api.log")
     try:
-        wait_for(healthy, 120, "the API to answer")
         with zipfile.ZipFile(CIFAR_SLICE) as z:
             cat = z.read("cifar10/train/cat/0000.jpg")
         r = httpx.post(f"{url}/items", headers={"Authorization": f"Bearer {ADMIN_KEY}"},

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import REPO, Process, free_port, start_worker, wait_for
+from tests.processes import REPO, Process, free_port, start_api, start_worker, wait_for
 
 KEY = "e2e-admin-key-0123456789abcdef"
 
@@ -42,20 +42,9 @@ def _env(tmp_path: Path, broker_url: str | None) -> dict[str, str]:
 def stack(request, tmp_path):
     url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
     env = _env(tmp_path, url)
-    port = free_port()
-    api = Process([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-                  env, tmp_path / "api.log")
+    api, base = start_api(env, tmp_path / "api.log")
     worker = start_worker(env, tmp_path / "worker.log")
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_for(healthy, 120, "the API to answer")
         yield base, (api, worker)
     finally:
         worker.stop()

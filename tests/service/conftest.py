@@ -50,6 +50,20 @@ def make_settings(tmp_path: Path, models_template: Path, **overrides) -> Service
     return ServiceSettings(**values)
 
 
+
+OTHER = "20260103-000000-other"  # V2's run published as a model of dataset "other"
+
+
+@pytest.fixture(scope="module")
+def two_collections(tmp_path_factory, models_template, trained_runs) -> Path:
+    """The template's models plus a second collection, "other", serving OTHER (a tree per
+    module: tests promote and roll back in it)."""
+    root = tmp_path_factory.mktemp("two") / "models"
+    shutil.copytree(models_template, root)
+    write_bundle(trained_runs[V2], root, dataset="other", version=OTHER)
+    set_current(root, OTHER)
+    return root
+
 @pytest.fixture()
 def api(tmp_path, models_template):
     settings = make_settings(tmp_path, models_template)

@@ -6,7 +6,6 @@ everything as before."""
 from __future__ import annotations
 
 import base64
-import shutil
 import uuid
 import zipfile
 
@@ -17,24 +16,12 @@ from service.app import create_app
 from state.collection_keys import digest
 from tests.conftest import CIFAR_SLICE
 from tests.service.conftest import ADMIN, V1, make_settings
-from trainer.bundle import set_current, write_bundle
 
 READ = "read-key-for-tests-0123456789"
-OTHER = "20260103-000000-other"
 ITEM = "train/cat/0000.jpg"
 with zipfile.ZipFile(CIFAR_SLICE) as _z:
     CAT = base64.b64encode(_z.read("cifar10/test/cat/0001.jpg")).decode()
 
-
-@pytest.fixture(scope="module")
-def two_collections(tmp_path_factory, models_template, trained_runs):
-    from tests.service.conftest import V2
-
-    root = tmp_path_factory.mktemp("keys") / "models"
-    shutil.copytree(models_template, root)
-    write_bundle(trained_runs[V2], root, dataset="other", version=OTHER)
-    set_current(root, OTHER)
-    return root
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -7,32 +7,21 @@ import base64
 import shutil
 import zipfile
 
-import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.errors import PROBLEM
 from service.limits import Limits
 from tests.conftest import CIFAR_SLICE
-from tests.service.conftest import ADMIN, V1, V2, make_settings
-from trainer.bundle import set_current, write_bundle
+from tests.service.conftest import ADMIN, OTHER, V1, V2, make_settings
 from trainer.files import atomic_write_text
 
-OTHER = "20260103-000000-other"  # V2's run published as a model of dataset "other"
 ITEM = "train/cat/0000.jpg"
 with zipfile.ZipFile(CIFAR_SLICE) as _z:
     RAW_CAT = _z.read("cifar10/test/cat/0001.jpg")
 CAT = base64.b64encode(RAW_CAT).decode()
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
-
-@pytest.fixture(scope="module")
-def two_collections(tmp_path_factory, models_template, trained_runs):
-    root = tmp_path_factory.mktemp("two") / "models"
-    shutil.copytree(models_template, root)
-    write_bundle(trained_runs[V2], root, dataset="other", version=OTHER)
-    set_current(root, OTHER)
-    return root
 
 
 def _app(tmp_path, template, **settings):
