@@ -50,5 +50,5 @@ def embed_files_with(encoder: Path, device: str = "auto",
     """Embed image files with an encoder file; an unreadable file raises."""
     from trainer.encoder_file import EmbeddingModel
 
-    model = EmbeddingModel.load(encoder, device, precision)
+    model = EmbeddingModel.load(encoder, device, precision, serving=True)
     return lambda paths: embed_files(model, paths)[0]

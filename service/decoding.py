@@ -87,4 +87,4 @@ class QueryDecoder:
                 out.append(torch.from_numpy(square(image, size)).permute(2, 0, 1))
             except InvalidImage as exc:
                 raise InvalidImage(f"image {i}: {exc}") from None
-        return torch.stack(out)
+        return torch.stack(out) if len(out) > 1 else out[0].unsqueeze(0)

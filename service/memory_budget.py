@@ -3,10 +3,10 @@ SERVE_MEMORY_MB.
 
 A loaded bundle's size is measured from what is loaded: its vectors (the array itself), its
 FAISS index (the index file's size: a flat or IVF index holds in memory what its file holds)
-and its encoder's parameters and buffers (torch), or its ONNX graph's file (onnxruntime, whose
-session holds the weights the file has). Before a load, the version's size is predicted from
-its files on disk (the same three parts), so that room is made before the memory is taken; the
-collections already loaded count as measured.
+and its encoder's weights as loaded (torch: its inference graph's), or its ONNX graph's file
+(onnxruntime, whose session holds the weights the file has). Before a load, the version's size
+is predicted from its files on disk (the same three parts), so that room is made before the
+memory is taken; the collections already loaded count as measured.
 
 The rule: when a load would take the loaded total over the budget, the least recently used
 collections with no request in flight are unloaded, oldest first, until it fits (or none is
@@ -39,13 +39,10 @@ def _file_bytes(path: Path) -> int:
 
 
 def encoder_bytes(model: Any, folder: Path) -> int:
-    """A loaded encoder's weights: its torch module's parameters and buffers, else (an ONNX
-    session) the graph file it was made from."""
-    module = getattr(model, "model", None)
-    if module is not None and hasattr(module, "parameters"):
-        tensors = [*module.parameters(), *module.buffers()]
-        return int(sum(t.numel() * t.element_size() for t in tensors))
-    return _file_bytes(folder / ONNX_FILE)
+    """A loaded encoder's weights: what its torch graph holds (trainer/encoder_file.py), else
+    (an ONNX session) the graph file it was made from."""
+    nbytes = getattr(model, "nbytes", None)
+    return int(nbytes) if nbytes is not None else _file_bytes(folder / ONNX_FILE)
 
 
 def bundle_bytes(bundle: Bundle) -> int:

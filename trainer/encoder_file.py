@@ -21,6 +21,7 @@ from trainer.checkpoint import save
 from trainer.device import Runtime, resolve
 from trainer.errors import BundleError
 from trainer.images import decode_square
+from trainer.inference_graph import for_inference
 
 FORMAT = 1
 
@@ -59,10 +60,24 @@ class Embedder(Protocol):
 
 
 class EmbeddingModel:
-    """A loaded encoder in eval mode: uint8 images or encoded files -> unit vectors."""
+    """A loaded encoder in eval mode: uint8 images or encoded files -> unit vectors.
 
-    def __init__(self, model: Encoder, meta: EncoderMeta, runtime: Runtime) -> None:
-        self.model = runtime.prepare(model).eval()
+    `serving`: run the inference graph (trainer/inference_graph.py: batch norm folded, weights
+    cast once, TorchScript on the CPU) instead of the trained module under autocast; `model` is
+    then that graph, whose parameters are not the trained ones. `nbytes`: the weights in
+    memory."""
+
+    def __init__(self, model: Encoder, meta: EncoderMeta, runtime: Runtime,
+                 serving: bool = False) -> None:
+        self.dtype: torch.dtype | None = None
+        self.model: torch.nn.Module
+        if serving:
+            graph = for_inference(model, runtime, meta.image_size)
+            self.model, self.dtype, self.nbytes = graph.module, graph.dtype, graph.nbytes
+        else:
+            self.model = runtime.prepare(model).eval()
+            self.nbytes = sum(t.numel() * t.element_size()
+                              for t in (*self.model.parameters(), *self.model.buffers()))
         self.meta = meta
         self.runtime = runtime
         self._mean = torch.tensor(meta.mean, device=runtime.device)
@@ -70,7 +85,7 @@ class EmbeddingModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "auto",
-             precision: str = "auto") -> EmbeddingModel:
+             precision: str = "auto", serving: bool = False) -> EmbeddingModel:
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             meta = EncoderMeta(**{**blob["meta"], "mean": tuple(blob["meta"]["mean"]),
@@ -82,14 +97,18 @@ class EmbeddingModel:
         except (OSError, EOFError, pickle.UnpicklingError, KeyError, RuntimeError, TypeError,
                 ValueError) as exc:
             raise BundleError(f"cannot load encoder {os.fspath(path)!r}: {exc}") from exc
-        return cls(model, meta, resolve(device, precision))
+        return cls(model, meta, resolve(device, precision), serving)
 
     @torch.no_grad()
     def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
         """B x 3 x S x S uint8 -> B x D float32 unit vectors."""
-        x = normalise(self.runtime.to_device(images), self._mean, self._std)
-        with self.runtime.autocast():
-            out = self.model(self.runtime.layout(x))
+        x = self.runtime.layout(normalise(self.runtime.to_device(images), self._mean,
+                                          self._std))
+        if self.dtype is not None:
+            out = self.model(x.to(self.dtype))
+        else:
+            with self.runtime.autocast():
+                out = self.model(x)
         return out.float().cpu().numpy()
 
     def decode(self, data: bytes) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Inference engines: what runs a bundle's encoder when the service embeds an image.
 
-- `torch`: the encoder as trained (`EmbeddingModel`: CPU or CUDA, bf16 where the device has
-  it).
+- `torch`: the trained encoder's inference graph (`EmbeddingModel`, serving: batch norm folded
+  into the convolutions, trainer/inference_graph.py; CPU or CUDA, bf16 where the device has it).
 - `onnxruntime`: the bundle's ONNX export (trainer/export.py: the graph
   GET /models/{version}/encoder.onnx serves, made and kept beside encoder.pt on first use),
   run by onnxruntime on the CPU in fp32. On CPUs without bf16 it is faster than the torch
@@ -77,4 +77,4 @@ def load_embedder(model_dir: str | os.PathLike[str], engine: str = "torch",
         return OnnxEmbeddingModel.load(model_dir, threads)
     if engine != "torch":
         raise ValueError(f"unknown inference engine {engine!r}; one of {', '.join(ENGINES)}")
-    return EmbeddingModel.load(Path(model_dir) / "encoder.pt", device, precision)
+    return EmbeddingModel.load(Path(model_dir) / "encoder.pt", device, precision, serving=True)

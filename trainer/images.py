@@ -73,7 +73,8 @@ def square(image: Image.Image, size: int) -> np.ndarray:
     try:
         # JPEG can decode at 1/2, 1/4, 1/8 scale directly: big photos decode much faster.
         image.draft("RGB", (size, size))
-        image = ImageOps.exif_transpose(image)
+        # In place: without an orientation tag (most images) nothing is copied.
+        ImageOps.exif_transpose(image, in_place=True)
         image = _to_rgb(image)
         image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
         return np.asarray(image, dtype=np.uint8).copy()

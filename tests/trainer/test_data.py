@@ -91,6 +91,20 @@ def test_webp_and_jpeg(tmp_path):
         assert out.shape == (32, 32, 3) and abs(int(out[16, 16, 1]) - 200) < 10
 
 
+def test_the_exif_orientation_is_applied():
+    """A camera's portrait photo stored landscape with orientation 6 (rotate 90 degrees
+    clockwise to view): the left half (red) becomes the top."""
+    image = Image.new("RGB", (64, 32), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 32, 32))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", exif=exif, quality=95)
+    out = decode_square(buf.getvalue(), 32)
+    assert out[4, 16, 0] > 200 and out[4, 16, 2] < 60  # top: red
+    assert out[28, 16, 2] > 200 and out[28, 16, 0] < 60  # bottom: blue
+
+
 def test_garbage_is_an_invalid_image():
     with pytest.raises(InvalidImage):
         decode_square(b"not an image at all", 32)
