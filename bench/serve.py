@@ -6,9 +6,14 @@
    index's recall@10 (embedding-like synthetic vectors: clustered, low-rank).
 
     python -m bench.serve [--sizes 50000 1000000] [--duration 10] [--engine onnxruntime]
-                          [--embed-only]
+                          [--embed-only] [--profile]
 
 `--engine`: the API's INFERENCE_ENGINE, and what the raw forward is measured with.
+Each load reports the server's CPU per request; for `/embed` also the part beyond the model
+(the CPU per request less the raw forward's CPU per image). `--profile` (needs py-spy) then
+samples the server under `/embed` at 32 clients and under exact `/neighbours` at one client:
+flame graphs in bench/results/serve_profile_*.svg, and the CPU per request split by part
+(bench/profile_split.py).
 
 The load generator (bench/loadgen.py: raw HTTP/1.1 on keep-alive sockets, one process)
 shares the machine with the server and reports its own CPU use.
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench import profile_split
 from bench.common import REPO, report
 from bench.loadgen import load, request_bytes
 from service.http_calls import FilePart, multipart
@@ -115,6 +121,29 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_per_request(r: dict, cpu_s: float, seconds: float) -> None:
+    """The server's CPU share over a load and its CPU milliseconds per request, into `r`."""
+    r["server_cpu_share"] = round(cpu_s / seconds, 2)
+    r["server_cpu_ms_per_request"] = round(1000 * cpu_s / max(r["requests_per_s"] * seconds, 1),
+                                           3)
+
+
+def profiled(pid: int, port: int, clients: int, seconds: float, next_request,
+             name: str) -> dict[str, float]:
+    """A flame graph of the server under this load, and its CPU per request split by part."""
+    results = REPO / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    spy = profile_split.record(pid, seconds, results / f"serve_profile_{name}.svg", "flamegraph")
+    load("127.0.0.1", port, clients, seconds, next_request)
+    spy.wait()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "stacks.txt"
+        spy = profile_split.record(pid, seconds, raw, "raw")
+        r = load("127.0.0.1", port, clients, seconds, next_request)
+        spy.wait()
+        return profile_split.split(raw, r["requests_per_s"] * seconds)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,6 +153,8 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--engine", default="torch", choices=ENGINES)
     p.add_argument("--embed-only", action="store_true", help="no /neighbours figures")
+    p.add_argument("--profile", action="store_true", help="flame graphs and the CPU split "
+                   "(py-spy)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     results: dict = {"backbone": args.backbone, "engine": args.engine,
@@ -143,6 +174,9 @@ def main() -> None:
             raw_forward(models, versions[0][2], batch, engine=args.engine), 1)
         print(f"raw batched forward (batch {batch}): {results['raw_forward_images_per_s']} img/s",
               flush=True)
+        # The raw forward keeps every core busy: its CPU per image is the model's cost.
+        model_ms = 1000 * cpu_count() / results["raw_forward_images_per_s"]
+        results["model_cpu_ms_per_image"] = round(model_ms, 3)
         proc = start_api(models, tmp_path, args.port, args.engine)
         url = f"http://127.0.0.1:{args.port}"
         try:
@@ -155,12 +189,17 @@ def main() -> None:
                 load("127.0.0.1", args.port, clients, 2, lambda: embed_request)  # warm-up
                 cpu0 = process_cpu_s(proc.pid)
                 r = load("127.0.0.1", args.port, clients, args.duration, lambda: embed_request)
-                r["server_cpu_share"] = round((process_cpu_s(proc.pid) - cpu0) / args.duration,
-                                              2)
+                cpu_per_request(r, process_cpu_s(proc.pid) - cpu0, args.duration)
+                r["beyond_model_cpu_ms"] = round(r["server_cpu_ms_per_request"] - model_ms, 3)
                 r["ratio_to_raw"] = round(r["requests_per_s"] /
                                           results["raw_forward_images_per_s"], 3)
                 print(f"/embed {r}", flush=True)
                 results["embed"].append(r)
+            if args.profile:
+                results["embed_split_ms"] = profiled(proc.pid, args.port, 32, args.duration,
+                                                     lambda: embed_request, "embed")
+                print(f"/embed at 32 clients, CPU ms per request: {results['embed_split_ms']}",
+                      flush=True)
 
             results["neighbours"] = []
             rng = np.random.default_rng(1)
@@ -175,13 +214,21 @@ def main() -> None:
                     return requests[next(counter) % len(requests)]
 
                 load("127.0.0.1", args.port, 1, 2, neighbours)
+                cpu0 = process_cpu_s(proc.pid)
                 r = load("127.0.0.1", args.port, 1, args.duration, neighbours)
+                cpu_per_request(r, process_cpu_s(proc.pid) - cpu0, args.duration)
                 r |= {"items": n, "index": index,
                       "recall_at_10": manifest["index"]["recall_at_10"],
                       "index_params": manifest["index"]["params"],
                       "build_s": manifest["index"]["build_s"]}
                 print(f"/neighbours {r}", flush=True)
                 results["neighbours"].append(r)
+                if args.profile and index == "flat" and "neighbours_split_ms" not in results:
+                    results["neighbours_split_ms"] = profiled(
+                        proc.pid, args.port, 1, args.duration, neighbours, "neighbours")
+                    results["neighbours_split_items"] = n
+                    print(f"/neighbours exact at {n} items, CPU ms per request: "
+                          f"{results['neighbours_split_ms']}", flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
