@@ -72,7 +72,8 @@ def make_bundle(models: Path, work: Path, version: str, n: int, index: str,
     np.savez(run / "embeddings.npz", vectors=embedding_like(n), ids=ids,
              labels=np.full(n, -1), classes=np.asarray([], dtype=str), is_eval=np.zeros(n, bool))
     t0 = time.time()
-    write_bundle(run, models, dataset=f"synthetic-{n}", version=version, index_kind=index)
+    # One collection for all: a version is served (pinned by model_version) in its own collection.
+    write_bundle(run, models, dataset="synthetic", version=version, index_kind=index)
     print(f"built {version} in {time.time() - t0:.0f}s", flush=True)
 
 
