@@ -58,7 +58,7 @@ def embedding_like(n: int, d: int = 128, seed: int = 0) -> np.ndarray:
 
 
 def make_bundle(models: Path, work: Path, version: str, n: int, index: str,
-                backbone: str) -> None:
+                backbone: str, dataset: str = "synthetic") -> None:
     run = work / version
     run.mkdir(parents=True)
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def make_bundle(models: Path, work: Path, version: str, n: int, index: str,
              labels=np.full(n, -1), classes=np.asarray([], dtype=str), is_eval=np.zeros(n, bool))
     t0 = time.time()
     # One collection for all: a version is served (pinned by model_version) in its own collection.
-    write_bundle(run, models, dataset="synthetic", version=version, index_kind=index)
+    write_bundle(run, models, dataset=dataset, version=version, index_kind=index)
     print(f"built {version} in {time.time() - t0:.0f}s", flush=True)
 
 
@@ -98,10 +98,11 @@ def raw_forward(models: Path, version: str, batch: int, seconds: float = 10,
     return n / (time.perf_counter() - t0)
 
 
-def start_api(models: Path, state: Path, port: int, engine: str = "torch") -> subprocess.Popen:
+def start_api(models: Path, state: Path, port: int, engine: str = "torch",
+              settings: dict[str, str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "MODELS_ROOT": str(models), "DATA_ROOT": str(state / "data"),
            "STATE_ROOT": str(state), "ADMIN_API_KEY": "bench-admin-key-0123456789",
-           "INFERENCE_ENGINE": engine}
+           "INFERENCE_ENGINE": engine, **(settings or {})}
     env.pop("BROKER_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port),
                              "--log-level", "warning"], cwd=REPO, env=env)

@@ -45,8 +45,8 @@ class AsyncClient:
     def __init__(self, url: str | None = None, *, admin_key: str | None = None,
                  read_key: str | None = None, retry: Retry | None = None,
                  timeout: float = 600.0, batch: int = BATCH,
-                 http: httpx.AsyncClient | None = None) -> None:
-        self._core = Core.of(url, admin_key, read_key, retry, batch)
+                 http: httpx.AsyncClient | None = None, collection: str | None = None) -> None:
+        self._core = Core.of(url, admin_key, read_key, retry, batch, collection)
         self._http = http or httpx.AsyncClient(
             base_url=self._core.url, timeout=httpx.Timeout(timeout, connect=CONNECT_S))
 
@@ -106,6 +106,7 @@ class AsyncClient:
     jobs = async_iterator(plans.jobs)
     cancel_job = awaitable(plans.cancel_job)
     wait_for_job = awaitable(plans.wait_for_job)
+    collections = awaitable(plans.collections)
     models = awaitable(plans.models)
     model = awaitable(plans.model)
     promote = awaitable(plans.promote)

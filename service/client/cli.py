@@ -66,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default=None,
                    help="the API (default $AND_API_URL, else http://127.0.0.1:8000)")
+    p.add_argument("--collection", default=None,
+                   help="the collection to use (default $AND_COLLECTION, else the API's "
+                   "default collection)")
     sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("add", help="add images (files or archives) to the served collection")
+    a = sub.add_parser("add", help="add images (files or archives) to the collection")
     a.add_argument("paths", nargs="+")
     a.add_argument("--prefix", required=True, help="ids are this + each file's name")
     a.add_argument("--label", default=None)
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     # Reads go with the read key (or the admin key); only changes need the admin key.
     command = {"add": _add, "find": _find, "get": _get, "delete": _delete}[args.command]
-    with Client(args.url) as api:
+    with Client(args.url, collection=args.collection) as api:
         try:
             command(api, args)
         except ApiError as exc:

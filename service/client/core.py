@@ -32,6 +32,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 BATCH = 64  # images per request: the API's default MAX_IMAGES_PER_REQUEST
 CONNECT_S = 10.0  # a connection not made by then is tried again (see Retry)
 T = TypeVar("T")
+# The routes that serve one collection: sent under /collections/{name} by a client scoped to
+# a collection (service/routes/collections.py), to the default collection otherwise.
+SERVING_ROUTES = frozenset({"embed", "neighbours", "search", "classify", "items", "models"})
 # An image or an archive: a file's path, or its bytes.
 Upload = str | os.PathLike[str] | bytes
 FilePart = tuple[str, tuple[str, bytes, str]]
@@ -184,31 +187,40 @@ def exchange(call: Call, retry: Retry) -> Plan[httpx.Response]:
 
 @dataclass(frozen=True)
 class Core:
-    """Where the API is, the keys, the retry policy and the images sent per request."""
+    """Where the API is, the keys, the retry policy, the images sent per request and the
+    collection the serving routes go to (None: the API's default collection)."""
 
     url: str
     admin_key: str | None
     read_key: str | None
     retry: Retry
     batch: int
+    collection: str | None = None
 
     @classmethod
     def of(cls, url: str | None, admin_key: str | None, read_key: str | None,
-           retry: Retry | None, batch: int) -> Core:
-        """Unset values from the environment: $AND_API_URL (else DEFAULT_URL), $ADMIN_API_KEY
-        and $READ_API_KEY."""
+           retry: Retry | None, batch: int, collection: str | None = None) -> Core:
+        """Unset values from the environment: $AND_API_URL (else DEFAULT_URL), $ADMIN_API_KEY,
+        $READ_API_KEY and $AND_COLLECTION."""
         env = os.environ
         return cls(url or env.get("AND_API_URL") or DEFAULT_URL,
                    admin_key if admin_key is not None else env.get("ADMIN_API_KEY"),
                    read_key if read_key is not None else env.get("READ_API_KEY"),
-                   retry or Retry(), batch)
+                   retry or Retry(), batch, collection or env.get("AND_COLLECTION") or None)
+
+    def routed(self, url: str) -> str:
+        """A serving route's path under this client's collection; any other path as it is
+        (including the API's own links, which already name their collection)."""
+        if self.collection is None or url.split("?", 1)[0].split("/")[1] not in SERVING_ROUTES:
+            return url
+        return f"/collections/{quote(self.collection, safe='')}{url}"
 
     def request(self, call: Call) -> dict[str, Any]:
         """The keyword arguments of httpx's build_request for `call` (URL relative to the
         client's base URL)."""
         key = self.admin_key if call.admin else (self.read_key or self.admin_key)
         headers = call.headers | ({"Authorization": f"Bearer {key}"} if key else {})
-        return {"method": call.method, "url": call.path, "params": call.params,
+        return {"method": call.method, "url": self.routed(call.path), "params": call.params,
                 "json": call.json, "data": call.data, "files": call.files, "headers": headers}
 
     def send(self, call: Call) -> Plan[httpx.Response]:

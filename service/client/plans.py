@@ -25,6 +25,7 @@ from service.client.core import (
 )
 from service.client.results import (
     Classification,
+    Collections,
     Dataset,
     Embeddings,
     Health,
@@ -138,6 +139,11 @@ def wait_for_job(core: Core, job_id: str, timeout_s: float | None = None,
 
 
 # --- models ---------------------------------------------------------------------------------
+
+def collections(core: Core) -> Plan[Collections]:
+    """The collections this API serves, each with its current model (GET /collections)."""
+    return Collections.of((yield from core.json(Call("GET", "/collections", replayable=True))))
+
 
 def models(core: Core) -> Plan[Models]:
     """Published model versions, newest first, and which one is current."""

@@ -21,7 +21,8 @@ R = TypeVar("R", bound="Result")
 
 
 class Result:
-    """A response schema's values. NESTED: the fields that hold lists of other results."""
+    """A response schema's values. NESTED: the fields that hold other results (one, or a
+    list)."""
 
     NESTED: ClassVar[dict[str, type[Result]]] = {}
 
@@ -32,7 +33,11 @@ class Result:
             if f.name in data:
                 value = data[f.name]
                 kind = cls.NESTED.get(f.name)
-                values[f.name] = [kind.of(v) for v in value] if kind else value
+                if kind is not None and isinstance(value, list):
+                    value = [kind.of(v) for v in value]
+                elif kind is not None and isinstance(value, dict):
+                    value = kind.of(value)
+                values[f.name] = value
         return cls(**values)
 
 
@@ -171,6 +176,30 @@ class Models(Result):
     count: int
     current: str | None
     previous: str | None = None
+
+
+@dataclass(frozen=True)
+class Collection(Result):
+    """A collection: a dataset with its own current model, index, change log and keys."""
+
+    NESTED: ClassVar[dict[str, type[Result]]] = {"model": ModelSummary}
+    name: str
+    default: bool
+    current_version: str | None
+    previous_version: str | None
+    loaded: bool
+    item_count: int | None
+    model: ModelSummary | None
+    images_available: bool
+    images_problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Collections(Result):
+    NESTED: ClassVar[dict[str, type[Result]]] = {"data": Collection}
+    data: list[Collection]
+    count: int
+    default: str | None = None
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,15 @@ class Client:
     (default $ADMIN_API_KEY) for changes and the read key (default $READ_API_KEY, else the
     admin key) for reads. `retry`: when to send a request again (core.Retry); `timeout`:
     seconds to wait for an answer; `batch`: images per request (the API's
-    MAX_IMAGES_PER_REQUEST); `http`: an httpx.Client of your own (its base URL the API's)."""
+    MAX_IMAGES_PER_REQUEST); `http`: an httpx.Client of your own (its base URL the API's);
+    `collection` (default $AND_COLLECTION): the collection that embed, neighbours, search,
+    classify, the items and the models go to, else the API's default collection."""
 
     def __init__(self, url: str | None = None, *, admin_key: str | None = None,
                  read_key: str | None = None, retry: Retry | None = None,
                  timeout: float = 600.0, batch: int = BATCH,
-                 http: httpx.Client | None = None) -> None:
-        self._core = Core.of(url, admin_key, read_key, retry, batch)
+                 http: httpx.Client | None = None, collection: str | None = None) -> None:
+        self._core = Core.of(url, admin_key, read_key, retry, batch, collection)
         self._http = http or httpx.Client(base_url=self._core.url,
                                           timeout=httpx.Timeout(timeout, connect=CONNECT_S))
 
@@ -109,6 +111,7 @@ class Client:
     jobs = iterator(plans.jobs)
     cancel_job = blocking(plans.cancel_job)
     wait_for_job = blocking(plans.wait_for_job)
+    collections = blocking(plans.collections)
     models = blocking(plans.models)
     model = blocking(plans.model)
     promote = blocking(plans.promote)

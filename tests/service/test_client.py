@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from service import item_schemas, schemas
+from service import collection_schemas, item_schemas, schemas
 from service.client import (
     ApiError,
     AsyncClient,
@@ -89,7 +89,9 @@ MIRRORS = [(results.Health, schemas.Health), (results.Dataset, schemas.DatasetPu
            (results.Classification, schemas.ClassifyResponse),
            (results.ModelSummary, schemas.ModelSummary), (results.Models, schemas.ModelsPublic),
            (results.Item, schemas.Item), (results.ItemDetail, item_schemas.ItemPublic),
-           (results.ItemsChanged, item_schemas.ItemsChanged)]
+           (results.ItemsChanged, item_schemas.ItemsChanged),
+           (results.Collection, collection_schemas.CollectionPublic),
+           (results.Collections, collection_schemas.CollectionsPublic)]
 
 
 @pytest.mark.parametrize(("mine", "theirs"), MIRRORS, ids=lambda c: c.__name__)
@@ -249,6 +251,11 @@ def test_the_command_line_adds_finds_gets_and_deletes(api, shots):
                 "--prefix", "cli/s").stdout.splitlines()
     assert sorted(line.split()[1] for line in lines) == ["cli/s0.png", "cli/s1.png",
                                                          "cli/s2.png"]
+    # The same through the collection's own routes, by name.
+    scoped = cli("--collection", "cifar-slice", "find", str(shots[1]), "-k", "1").stdout.split()
+    assert scoped[1] == "cli/s1.png"
+    assert cli("--collection", "nowhere", "find", str(shots[1]), ok=False).stderr.startswith(
+        "error: 404")
     shown = json.loads(cli("get", "cli/s1.png").stdout)
     assert list(shown) == list(item_schemas.ItemPublic.model_fields) and shown["label"] == "shot"
     assert cli("delete", "cli/s0.png", "cli/s1.png", "cli/s2.png").stdout.startswith(

@@ -7,9 +7,12 @@ import base64
 import shutil
 import zipfile
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.client import ApiError, Client
+from service.client.core import Core
 from service.errors import PROBLEM
 from service.limits import Limits
 from tests.conftest import CIFAR_SLICE
@@ -122,3 +125,42 @@ def test_a_route_under_a_collection_takes_the_bodies_it_takes_at_the_root(tmp_pa
                         ("/embed", "multipart/form-data"), ("/search", "application/json")):
         assert limits.body_limit(f"/collections/slice{path}", media) == limits.body_limit(
             path, media) > limits.body_limit("/collections/slice", media)
+
+
+def test_the_python_client_addresses_one_collection(tmp_path, two_collections):
+    with _app(tmp_path, two_collections) as c:
+        # `http`: the in-process app; never closed here (the app's client is the test's).
+        listed = Client("http://testserver", http=c).collections()
+        assert listed.count == 2
+        by_name = {x.name: x for x in listed.data}
+        assert by_name["other"].current_version == OTHER and by_name["other"].loaded
+        assert by_name["other"].model is not None and by_name["other"].model.dataset == "other"
+        for name, version in (("cifar-slice", V1), ("other", OTHER)):
+            api = Client("http://testserver", admin_key=ADMIN, http=c, collection=name)
+            assert api.neighbours(ITEM, k=3).model_version == version
+            assert api.embed([RAW_CAT]).model_version == version
+            assert api.search([RAW_CAT], k=2).model_version == version
+            assert api.classify_items([ITEM]).model_version == version
+            assert api.models().current == version
+            assert api.item(ITEM).dataset == name
+            # Paging follows the API's own links, which already name the collection.
+            assert len(list(api.items(page_size=50))) == 120
+        # Unscoped, with two collections and no default: the API's 409, naming them.
+        with pytest.raises(ApiError) as refused:
+            Client("http://testserver", http=c).neighbours(ITEM)
+        assert refused.value.status == 409 and "other" in (refused.value.detail or "")
+
+
+def test_a_scoped_client_sends_serving_routes_under_its_collection(monkeypatch):
+    monkeypatch.delenv("AND_COLLECTION", raising=False)
+    plain = Core.of("http://api", None, None, None, 64)
+    assert plain.routed("/neighbours/a/b.jpg") == "/neighbours/a/b.jpg"
+    scoped = Core.of("http://api", None, None, None, 64, "my shoes")
+    assert scoped.routed("/neighbours/a/b.jpg") == "/collections/my%20shoes/neighbours/a/b.jpg"
+    for route in ("/embed", "/search", "/classify", "/items?cursor=x", "/models/v1/promote"):
+        assert scoped.routed(route) == "/collections/my%20shoes" + route
+    for route in ("/jobs", "/train", "/datasets", "/collections", "/healthz",
+                  "/collections/other/items?cursor=x"):
+        assert scoped.routed(route) == route
+    monkeypatch.setenv("AND_COLLECTION", "shoes")
+    assert Core.of(None, None, None, None, 64).routed("/embed") == "/collections/shoes/embed"
