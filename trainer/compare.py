@@ -27,6 +27,7 @@ import torch
 from trainer.bundle import Bundle
 from trainer.collection import Collection
 from trainer.config import TrainConfig
+from trainer.encoder_file import EmbeddingModel
 from trainer.images import InvalidImage
 from trainer.judge import Z, correct, paired_difference
 from trainer.label_free import DEFAULT_AUGMENTATION, GATE_MARGIN, MAX_SAMPLE, sample_rows
@@ -191,8 +192,8 @@ def _label_free(a: Bundle, b: Bundle, shared: Shared, collection: Collection,
     for name, bundle, rows in (("a", a, shared.rows_a), ("b", b, shared.rows_b)):
         sample = images[bundle.model.meta.image_size][torch.from_numpy(keep)]
         clean = np.asarray(bundle.vectors[rows[picked[keep]]])
-        scores[name] = sample_score(bundle.model.embed_uint8, sample, sample_views(sample),
-                                    clean).score
+        scores[name] = sample_score(as_trained(bundle).embed_uint8, sample,
+                                    sample_views(sample), clean).score
     return {"a": scores["a"], "b": scores["b"], "items": int(keep.sum()),
             "augmentation": DEFAULT_AUGMENTATION, "difference": scores["b"] - scores["a"],
             "margin": GATE_MARGIN}
@@ -246,3 +247,13 @@ def _neighbours(shared: Shared, scores: np.ndarray, found: np.ndarray, bundle: B
 def _label(bundle: Bundle, row: int) -> str | None:
     label = int(bundle.labels[row])
     return bundle.classes[label] if label >= 0 else None
+
+
+def as_trained(bundle: Bundle) -> EmbeddingModel:
+    """The bundle's encoder as its job measured it: the trained module at the precision the
+    served one runs. The served graph (trainer/inference_graph.py) differs from it in the last
+    digits, and a score compared here must be the one in the model's metrics."""
+    runtime = getattr(bundle.model, "runtime", None)
+    device = runtime.device.type if runtime is not None else "cpu"
+    precision = "bf16" if runtime is not None and runtime.bf16 else "fp32"
+    return EmbeddingModel.load(bundle.path / "encoder.pt", device, precision)

@@ -5,7 +5,6 @@ API process (in process, real bundles) with three collections and a budget that 
 import time
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -21,6 +20,7 @@ from service.memory_budget import (
 )
 from tests.service.conftest import V1, make_settings
 from trainer.bundle import Bundle, set_current, write_bundle
+from trainer.encoder_file import EmbeddingModel
 
 NAMES = ("a", "b", "c")
 ITEM = "train/cat/0000.jpg"
@@ -42,13 +42,20 @@ def test_the_least_recently_used_idle_collections_go_first():
     assert budget_bytes(0) is None and budget_bytes(3) == 3 * MB
 
 
-def test_a_loaded_bundle_is_measured_from_what_is_loaded(models_template):
-    class Wrapped:
-        model = torch.nn.Linear(3, 2)  # 6 weights + 2 biases, float32
+def test_a_loaded_bundle_is_measured_from_what_is_loaded(models_template, tmp_path):
+    class Session:  # an onnxruntime engine: what it holds is its graph's file
+        pass
 
-    assert encoder_bytes(Wrapped(), models_template) == 8 * 4
+    assert encoder_bytes(Session(), tmp_path) == 0  # no encoder.onnx in the folder
+    (tmp_path / "encoder.onnx").write_bytes(b"x" * 96)
+    assert encoder_bytes(Session(), tmp_path) == 96
     bundle = Bundle.load(models_template, V1, device="cpu")
-    params = sum(p.numel() * p.element_size() for p in bundle.model.model.parameters())
+    # The torch engine: its inference graph's weights, counted before it was frozen (a frozen
+    # TorchScript graph holds them as constants, not parameters).
+    trained = EmbeddingModel.load(models_template / V1 / "encoder.pt", "cpu", "fp32")
+    fp32 = sum(p.numel() * p.element_size() for p in trained.model.parameters())
+    params = encoder_bytes(bundle.model, models_template / V1)
+    assert params == bundle.model.nbytes and fp32 / 2.2 < params <= fp32  # bf16 or fp32
     index_file = (models_template / V1 / "index.faiss").stat().st_size
     assert bundle.vectors.nbytes == 120 * bundle.dim * 4
     assert bundle_bytes(bundle) >= bundle.vectors.nbytes + index_file + params
