@@ -44,6 +44,7 @@ from service.routes import (
 )
 from service.routes import collections as collection_routes
 from service.schemas import query_models
+from service.search_lane import SearchLane
 from service.settings import ServiceSettings, get_service_settings
 from service.site_guard import SiteGuard
 from service.uploads import sweep_stale_uploads
@@ -209,6 +210,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.batcher = batcher
     app.state.bulk_batcher = bulk_batcher
     app.state.decoder = decoder
+    app.state.search_lane = SearchLane()
     app.state.metrics = metrics
     app.state.enqueue = queue
     app.state.retrainer = retrainer

@@ -25,6 +25,7 @@ from service.registry import (
     UnknownVersion,
 )
 from service.schemas import QueryModels
+from service.search_lane import SearchLane
 from service.settings import ServiceSettings
 from state.jobs import JobStore
 
@@ -79,6 +80,10 @@ async def _decoder(request: Request) -> QueryDecoder:
     return request.app.state.decoder
 
 
+async def _search_lane(request: Request) -> SearchLane:
+    return request.app.state.search_lane
+
+
 async def _enqueue(request: Request) -> Callable[[str], None]:
     return request.app.state.enqueue
 
@@ -94,6 +99,7 @@ MetricsDep = Annotated[Metrics, Depends(_metrics)]
 LimitsDep = Annotated[Limits, Depends(_limits)]
 BodiesDep = Annotated[QueryModels, Depends(_bodies)]
 DecoderDep = Annotated[QueryDecoder, Depends(_decoder)]
+SearchLaneDep = Annotated[SearchLane, Depends(_search_lane)]
 EnqueueDep = Annotated[Callable[[str], None], Depends(_enqueue)]
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from live.filters import ANY, ItemFilter
 from service.auth import Reader
@@ -23,6 +22,7 @@ from service.deps import (
     DecoderDep,
     LimitsDep,
     RegistryDep,
+    SearchLaneDep,
     served_model,
     stamp,
 )
@@ -75,6 +75,7 @@ def classify_vectors(served: Served, queries: np.ndarray, k: int, sigma: float,
              "items that match vote. 409: the model has no labelled items (that match).")
 async def classify(request: Request, response: Response, limits: LimitsDep, bodies: BodiesDep,
                    registry: RegistryDep, batcher: BatcherDep, decoder: DecoderDep,
+                   lane: SearchLaneDep,
                    model_version: str | None = VERSION_QUERY) -> ClassifyResponse:
     kind = require_media(request, MULTIPART, JSON)
     served = await served_model(registry, model_version)
@@ -110,14 +111,12 @@ async def classify(request: Request, response: Response, limits: LimitsDep, bodi
                 raise not_found(f"no item {item!r} in model {served.version}")
             vectors.append(vector)
         queries = np.stack(vectors)
-        predictions = await run_in_threadpool(classify_vectors, served, queries, k, sigma, ids,
-                                              only)
+        predictions = await lane.run(classify_vectors, served, queries, k, sigma, ids, only)
         for p, item in zip(predictions, ids, strict=True):
             p.id = item
     else:
         queries = await embed_images(blobs or [], served, batcher, decoder)
-        predictions = await run_in_threadpool(classify_vectors, served, queries, k, sigma,
-                                              None, only)
+        predictions = await lane.run(classify_vectors, served, queries, k, sigma, None, only)
     stamp(response, served)
     return ClassifyResponse(model_version=served.version, k=k, sigma=sigma,
                             predictions=predictions)

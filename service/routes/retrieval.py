@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import numpy as np
 from fastapi import APIRouter, Path, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from live.filters import ANY, ItemFilter
@@ -24,6 +23,7 @@ from service.deps import (
     DecoderDep,
     LimitsDep,
     RegistryDep,
+    SearchLaneDep,
     served_model,
     stamp,
 )
@@ -117,6 +117,7 @@ def check_k(k: int, limit: int) -> None:
             description="With `labels` and/or `prefix`, only items that match are searched: k "
             "neighbours whenever k items match.")
 async def neighbours(response: Response, limits: LimitsDep, registry: RegistryDep,
+                     lane: SearchLaneDep,
                      item_id: str = Path(max_length=ID_MAX, pattern=ITEM_ID,
                                          description="An indexed item's id (its path in the "
                                          "dataset)."),
@@ -132,7 +133,7 @@ async def neighbours(response: Response, limits: LimitsDep, registry: RegistryDe
     vector = served.index.vector(item_id)
     if vector is None:
         raise not_found(f"no item {item_id!r} in model {served.version}")
-    found = await run_in_threadpool(neighbours_of, served, vector[None], k, [item_id], only)
+    found = await lane.run(neighbours_of, served, vector[None], k, [item_id], only)
     stamp(response, served)
     return NeighboursResponse(id=item_id, model_version=served.version, neighbours=found[0])
 
@@ -159,6 +160,7 @@ def query_vectors(vectors: list[list[float]], dim: int, version: str) -> np.ndar
              "query whenever k items match.")
 async def search(request: Request, response: Response, limits: LimitsDep, bodies: BodiesDep,
                  registry: RegistryDep, batcher: BatcherDep, decoder: DecoderDep,
+                 lane: SearchLaneDep,
                  model_version: str | None = VERSION_QUERY) -> SearchResponse:
     kind = require_media(request, MULTIPART, JSON)
     served = await served_model(registry, model_version)
@@ -176,7 +178,7 @@ async def search(request: Request, response: Response, limits: LimitsDep, bodies
         k, only = form_int(form, "k", limits.default_k), from_form(form)
         check_k(k, limits.k)
         queries = await embed_images(await form_images(form, limits), served, batcher, decoder)
-    found = await run_in_threadpool(neighbours_of, served, queries, k, None, only)
+    found = await lane.run(neighbours_of, served, queries, k, None, only)
     stamp(response, served)
     return SearchResponse(model_version=served.version,
                           results=[SearchResult(neighbours=n) for n in found])
