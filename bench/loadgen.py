@@ -6,6 +6,7 @@ server's (an httpx client spent more CPU per request than the service's HTTP lay
 from __future__ import annotations
 
 import asyncio
+import gc
 import resource
 import statistics
 import time
@@ -64,6 +65,10 @@ async def _run(host: str, port: int, clients: int, seconds: float,
 def load(host: str, port: int, clients: int, seconds: float,
          next_request: Callable[[], bytes]) -> dict:
     """Drive the server; report requests/s, latency percentiles and the generator's CPU."""
+    # This process imports torch: a full collection would pause it ~150 ms mid-load and
+    # count as the server's latency (service/gc_pauses.py).
+    gc.collect()
+    gc.freeze()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     latencies, errors, elapsed = asyncio.run(_run(host, port, clients, seconds, next_request))
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)

@@ -9,6 +9,7 @@ import sys
 import uvicorn
 
 from service.app import UnsafeSettings, create_app
+from service.gc_pauses import freeze_startup_objects
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     except UnsafeSettings as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # What the process has imported and built by now lives as long as it: out of the cycle
+    # collector's walks (service/gc_pauses.py).
+    frozen = freeze_startup_objects()
+    logging.getLogger(__name__).debug("%d objects exempt from garbage collection", frozen)
     # One process: the model, the batcher and the index live in it. Scale with replicas.
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 proxy_headers=True, timeout_graceful_shutdown=10)
