@@ -21,7 +21,7 @@ from trainer.checkpoint import save
 from trainer.device import Runtime, resolve
 from trainer.errors import BundleError
 from trainer.images import decode_square
-from trainer.inference_graph import for_inference
+from trainer.inference_graph import for_inference, weight_bytes
 
 FORMAT = 1
 
@@ -76,8 +76,7 @@ class EmbeddingModel:
             self.model, self.dtype, self.nbytes = graph.module, graph.dtype, graph.nbytes
         else:
             self.model = runtime.prepare(model).eval()
-            self.nbytes = sum(t.numel() * t.element_size()
-                              for t in (*self.model.parameters(), *self.model.buffers()))
+            self.nbytes = weight_bytes(self.model)
         self.meta = meta
         self.runtime = runtime
         self._mean = torch.tensor(meta.mean, device=runtime.device)

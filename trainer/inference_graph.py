@@ -40,7 +40,11 @@ class InferenceGraph:
     module: nn.Module
     dtype: torch.dtype  # what its input must be
     nbytes: int  # its weights in memory (a frozen graph holds them as constants, not parameters)
-    scripted: bool
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """The memory a module's parameters and buffers take."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 def for_inference(model: nn.Module, runtime: Runtime, image_size: int) -> InferenceGraph:
@@ -54,9 +58,9 @@ def for_inference(model: nn.Module, runtime: Runtime, image_size: int) -> Infere
         p.requires_grad_(False)
     dtype = torch.bfloat16 if runtime.bf16 else torch.float32
     module = runtime.prepare(module).to(dtype)
-    nbytes = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    nbytes = weight_bytes(module)
     if runtime.cuda:  # kernels are launched asynchronously there: the GIL is not the limit
-        return InferenceGraph(module, dtype, nbytes, scripted=False)
+        return InferenceGraph(module, dtype, nbytes)
     example = runtime.layout(torch.zeros(2, 3, image_size, image_size)).to(dtype)
     try:
         with warnings.catch_warnings(), torch.no_grad():
@@ -67,5 +71,5 @@ def for_inference(model: nn.Module, runtime: Runtime, image_size: int) -> Infere
     except Exception as exc:
         log.warning("serving %s as an eager graph: tracing failed: %s", type(model).__name__,
                     exc)
-        return InferenceGraph(module, dtype, nbytes, scripted=False)
-    return InferenceGraph(scripted, dtype, nbytes, scripted=True)
+        return InferenceGraph(module, dtype, nbytes)
+    return InferenceGraph(scripted, dtype, nbytes)
