@@ -2,8 +2,8 @@
 once to the inference precision and, on the CPU, the forward run as one TorchScript graph.
 
 - In eval mode a batch norm is a fixed affine map per channel, so it folds into the
-  convolution's weights and bias (torch.jit.freeze does it): one kernel per layer instead of
-  two. On CUDA, and where tracing fails, the eager graph keeps its batch norms.
+  convolution's weights and bias (`fold_batch_norms`, in fp32): one kernel per layer instead
+  of two.
 - Casting the weights to bf16 once, instead of letting autocast cast them at every forward,
   removes a copy per layer per call. With the folding, a CPU forward of the CIFAR ResNet-18 runs
   about 1.3x faster at the batch sizes the service sees.
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from trainer.device import Runtime
 
@@ -49,10 +50,10 @@ def weight_bytes(module: nn.Module) -> int:
 
 def for_inference(model: nn.Module, runtime: Runtime, image_size: int) -> InferenceGraph:
     """A copy of `model` ready to serve on `runtime`."""
-    # Folding happens in torch.jit.freeze, not with torch.fx: fx's tracer patches
-    # nn.Module.__call__ for the whole process while it runs, so a model loaded during a hot
-    # swap broke the forward passes other threads were running at that moment.
-    module = copy.deepcopy(model).eval()
+    # Folded here by module structure, in fp32 before the cast, not with torch.fx: fx's tracer
+    # patches nn.Module.__call__ for the whole process while it runs, so a model loaded during
+    # a hot swap broke the forward passes other threads were running at that moment.
+    module = fold_batch_norms(copy.deepcopy(model).eval())
     for p in module.parameters():
         p.requires_grad_(False)
     dtype = torch.bfloat16 if runtime.bf16 else torch.float32
@@ -72,3 +73,24 @@ def for_inference(model: nn.Module, runtime: Runtime, image_size: int) -> Infere
                     exc)
         return InferenceGraph(module, dtype, nbytes)
     return InferenceGraph(scripted, dtype, nbytes)
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Fold each eval-mode BatchNorm2d into the Conv2d that feeds it, in place: in a Sequential
+    the conv just before it, elsewhere the conv whose name it shares (conv1/bn1, as
+    torchvision's ResNets name them). The batch norm becomes an Identity."""
+    for parent in module.modules():
+        children = list(parent.named_children())
+        for i, (name, child) in enumerate(children):
+            if not isinstance(child, nn.BatchNorm2d):
+                continue
+            if isinstance(parent, nn.Sequential):
+                conv_name = children[i - 1][0] if i > 0 else None
+            else:
+                conv_name = name.replace("bn", "conv", 1) if name.startswith("bn") else None
+            conv = getattr(parent, conv_name, None) if conv_name is not None else None
+            if (conv_name is not None and isinstance(conv, nn.Conv2d)
+                    and conv.out_channels == child.num_features):
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, child))
+                setattr(parent, name, nn.Identity())
+    return module
