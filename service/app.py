@@ -217,13 +217,13 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.store_probe = CachedProbe(store.ping)
     app.state.broker_probe = CachedProbe(BrokerConnection(settings))
     errors.install(app, unavailable=store.transient_errors)
-    for module in (health, datasets, retrain, jobs, export):
+    for module in (health, datasets, retrain, jobs):
         app.include_router(module.router)
     app.include_router(collection_routes.router)
     app.include_router(collection_keys.router)
     # The serving routes: at the root for the default collection, and under each collection's
     # name; one route body for both (service/deps.py resolves the collection from the path).
-    for module in (models, compare, duplicates, retrieval, classify, items, images,
+    for module in (models, compare, export, duplicates, retrieval, classify, items, images,
                    embedding_map):
         app.include_router(module.router, responses=problems(409))
         app.include_router(module.router, prefix=collection_routes.PREFIX,

@@ -22,7 +22,7 @@ from service.auth import Reader
 from service.deps import SettingsDep
 from service.errors import conflict, insufficient_storage, problems
 from service.routes.images import CACHE_CONTROL, not_modified
-from service.routes.models import VERSION_PATH
+from service.routes.models import VERSION_PATH, owning_collection
 from service.settings import ServiceSettings
 from trainer import export
 from trainer.bundle import read_manifest
@@ -105,10 +105,18 @@ def _exported(folder: Path, version: str) -> dict[str, Any]:
     return found
 
 
-async def _export_of(settings: ServiceSettings, version: str) -> tuple[Path, dict[str, Any]]:
+def _known(request: Request, settings: ServiceSettings, version: str) -> None:
+    """404 for an unknown version, and under /collections/{name} for another collection's."""
+    read_manifest(settings.models_root, version)
+    scope = request.path_params.get("collection")
+    owning_collection(settings, scope, version, scope is not None)
+
+
+async def _export_of(request: Request, settings: ServiceSettings,
+                     version: str) -> tuple[Path, dict[str, Any]]:
     """The folder of a version's bundle, holding its export (made now if it has none), and
     the export's spec."""
-    read_manifest(settings.models_root, version)  # an unknown version: 404
+    _known(request, settings, version)
     folder = settings.models_root / version
     return folder, await run_in_threadpool(_exported, folder, version)
 
@@ -125,13 +133,13 @@ ONNX_RESPONSES: dict[int | str, dict[str, Any]] = {
             "(S = image_size) -> its L2-normalised embeddings [N, dim], as /embed returns")
 async def encoder_onnx(request: Request, settings: SettingsDep,
                        version: str = VERSION_PATH) -> Response:
-    read_manifest(settings.models_root, version)  # an unknown version: 404
+    _known(request, settings, version)
     tag = f'"onnx-{version}-{export.FORMAT}"'
     headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL, "Vary": "Authorization",
                "X-Model-Version": version}
     if not_modified(request, tag):
         return Response(status_code=304, headers=headers)
-    folder, _ = await _export_of(settings, version)
+    folder, _ = await _export_of(request, settings, version)
     return FileResponse(folder / export.ONNX_FILE, media_type=ONNX_MEDIA, headers=headers,
                         filename=f"{version}-{export.ONNX_FILE}")
 
@@ -140,6 +148,7 @@ async def encoder_onnx(request: Request, settings: SettingsDep,
             dependencies=[Reader], responses=problems(401, 403, 404, 409, 422, 507),
             summary="What the model's ONNX graph takes and gives (its input size, layout and "
             "preparation; the same text is in the graph's metadata)")
-async def encoder_onnx_spec(settings: SettingsDep, version: str = VERSION_PATH) -> OnnxSpec:
-    _, found = await _export_of(settings, version)
+async def encoder_onnx_spec(request: Request, settings: SettingsDep,
+                            version: str = VERSION_PATH) -> OnnxSpec:
+    _, found = await _export_of(request, settings, version)
     return OnnxSpec.model_validate(found)

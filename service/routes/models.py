@@ -88,7 +88,7 @@ def list_models(request: Request, settings: SettingsDep) -> ModelsPublic:
                         previous=previous_version(root, collection) if collection else None)
 
 
-def _owned(settings: ServiceSettings, collection: str | None, version: str,
+def owning_collection(settings: ServiceSettings, collection: str | None, version: str,
            scoped: bool) -> str:
     """The collection of `version` (404 when the path names another one)."""
     home = dataset_of(settings.models_root, version)
@@ -103,7 +103,7 @@ def get_model(request: Request, settings: SettingsDep,
               version: str = VERSION_PATH) -> dict[str, Any]:
     scope = request.path_params.get("collection")
     manifest = read_manifest(settings.models_root, version)
-    home = _owned(settings, scope, version, scope is not None)
+    home = owning_collection(settings, scope, version, scope is not None)
     return manifest | {"current": version == current_version(settings.models_root, home),
                        "previous": version == previous_version(settings.models_root, home)}
 
@@ -116,7 +116,7 @@ async def promote(request: Request, settings: SettingsDep, collections: Collecti
     scope = request.path_params.get("collection")
     manifest = read_manifest(settings.models_root, version)
     # A version is promoted in its own dataset's collection, whichever path named it.
-    home = _owned(settings, scope, version, scope is not None)
+    home = owning_collection(settings, scope, version, scope is not None)
 
     def swap() -> None:
         try:

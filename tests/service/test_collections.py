@@ -86,6 +86,20 @@ def test_a_promote_in_one_collection_leaves_the_other_alone(tmp_path, two_collec
         assert r.status_code == 409
 
 
+def test_a_collection_exports_its_own_models_only(tmp_path, two_collections):
+    with _app(tmp_path, two_collections) as c:
+        r = c.get(f"/collections/other/models/{OTHER}/encoder.onnx.json")
+        assert r.status_code == 200 and r.json()["model_version"] == OTHER
+        r = c.get(f"/collections/other/models/{OTHER}/encoder.onnx")
+        assert r.status_code == 200 and r.headers["x-model-version"] == OTHER
+        assert r.content == (tmp_path / "models" / OTHER / "encoder.onnx").read_bytes()
+        for path in (f"/collections/other/models/{V1}/encoder.onnx",
+                     f"/collections/other/models/{V1}/encoder.onnx.json"):
+            r = c.get(path)
+            assert r.status_code == 404 and r.headers["content-type"].startswith(PROBLEM)
+            assert "other" in r.json()["detail"]
+
+
 def test_the_default_collection_serves_the_root_routes(tmp_path, two_collections):
     with _app(tmp_path, two_collections, default_collection="other") as c:
         r = c.get(f"/neighbours/{ITEM}")
