@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from live import bitmaps
 from trainer.index import SearchIndex
 
 EXACT_ROWS = 4096
@@ -90,7 +91,7 @@ def search_rows(base: SearchIndex, vectors: np.ndarray, mask: np.ndarray, querie
         return np.zeros((q, 0), np.float32), np.zeros((q, 0), np.int64)
     if len(matched) <= EXACT_ROWS or len(matched) < MIN_SHARE * len(mask):
         return exact(vectors, matched, queries, kk)
-    bits = np.packbits(mask, bitorder="little")
+    bits = bitmaps.pack(mask)
     selector = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
     scores, rows = base.search(queries, kk, widened(base, breadth, len(matched) / len(mask)),
                                selector)
@@ -98,6 +99,24 @@ def search_rows(base: SearchIndex, vectors: np.ndarray, mask: np.ndarray, querie
     if len(short):
         scores[short], rows[short] = exact(vectors, matched, queries[short], kk)
     return scores, rows
+
+
+def complete(vectors: np.ndarray, bits: np.ndarray, queries: np.ndarray, scores: np.ndarray,
+             rows: np.ndarray, k: int) -> None:
+    """In place: the queries of an HNSW or IVF search through the bitmap `bits` that came back
+    with fewer hits than the rows it selects allow are searched exactly over those rows (with
+    most rows filtered out, as after many deletes or with few labelled items, the graph or the
+    probed lists run out of selected rows)."""
+    n = len(vectors)
+    found = (rows >= 0).sum(axis=1)
+    if not (found < min(k, n)).any():
+        return
+    matched = np.flatnonzero(bitmaps.unpack(bits, n))
+    kk = min(k, len(matched))
+    short = np.flatnonzero(found < kk)
+    if len(short):
+        scores[short], rows[short] = -np.inf, -1
+        scores[short, :kk], rows[short, :kk] = exact(vectors, matched, queries[short], kk)
 
 
 def exact(vectors: np.ndarray, matched: np.ndarray, queries: np.ndarray,

@@ -32,7 +32,8 @@ from typing import Any, cast
 import faiss
 import numpy as np
 
-from live.filters import ANY, ItemFilter, search_rows
+from live import bitmaps
+from live.filters import ANY, ItemFilter, complete, search_rows
 from live.growing import Growing
 from live.merge import merge
 from trainer import index as faiss_index
@@ -102,14 +103,6 @@ class _State:
         return int(self.base_labels[row] if row < n else self.delta_labels.data[row - n])
 
 
-def _bitmap(mask: np.ndarray) -> np.ndarray:
-    return np.packbits(mask.astype(bool), bitorder="little")
-
-
-def _clear_bit(bits: np.ndarray, row: int) -> None:
-    bits[row >> 3] &= np.uint8(0xFF ^ (1 << (row & 7)))
-
-
 class LiveIndex:
     """Search, add and delete over a published collection; see the module docstring."""
 
@@ -128,12 +121,23 @@ class LiveIndex:
                    labels: np.ndarray) -> _State:
         alive = np.ones(len(ids), dtype=bool)
         state = _State(base=base, base_vectors=vectors, base_ids=ids, base_labels=labels,
-                       alive_bits=_bitmap(alive), voter_bits=_bitmap(labels >= 0),
+                       alive_bits=bitmaps.pack(alive), voter_bits=bitmaps.pack(labels >= 0),
                        delta_vectors=Growing((vectors.shape[1],), np.float32))
         state.row_of = {item: row for row, item in enumerate(ids)}
         return state
 
     # --- reading --------------------------------------------------------------------------
+    @property
+    def grown_bytes(self) -> int:
+        """Memory held beyond the published bundle's vectors and index: the added rows (the
+        buffer's unwritten tail is not counted: untouched zeroed pages take no memory) and,
+        once rebuilt, the rebuilt base (the bundle's own arrays stay loaded)."""
+        s = self._state
+        grown = s.delta_vectors.count * self.dim * 4
+        if self.rebuilds:
+            grown += int(s.base_vectors.nbytes) + s.base.memory_bytes()
+        return grown
+
     @property
     def dim(self) -> int:
         return int(self._state.base_vectors.shape[1])
@@ -183,7 +187,7 @@ class LiveIndex:
         """Base and delta rows that are alive, labelled if `voters_only`, and match `only`."""
         m = s.delta_alive.count  # first: the rows below it are complete everywhere
         bits = s.voter_bits if voters_only else s.alive_bits
-        base = np.unpackbits(bits, bitorder="little", count=s.base_rows).astype(bool)
+        base = bitmaps.unpack(bits, s.base_rows)
         delta = s.delta_alive.data[:m].copy()
         labels = s.delta_labels.data[:m]
         if voters_only:
@@ -244,7 +248,11 @@ class LiveIndex:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         selector = s.voter_selector if voters_only else s.alive_selector
         filtered = voters_only or s.deleted > 0
-        return s.base.search(q, k, breadth, selector if filtered else None)
+        scores, rows = s.base.search(q, k, breadth, selector if filtered else None)
+        if filtered and s.base.kind != "flat":  # HNSW/IVF can come back short of k
+            complete(s.base_vectors, s.voter_bits if voters_only else s.alive_bits, q, scores,
+                     rows, k)
+        return scores, rows
 
     @staticmethod
     def _search_delta(s: _State, q: np.ndarray, k: int, voters_only: bool,
@@ -315,8 +323,8 @@ class LiveIndex:
                 continue
             gone.append(item)
             if row < s.base_rows:
-                _clear_bit(s.alive_bits, row)
-                _clear_bit(s.voter_bits, row)
+                bitmaps.clear(s.alive_bits, row)
+                bitmaps.clear(s.voter_bits, row)
                 s.deleted += 1
             else:
                 s.delta_alive.data[row - s.base_rows] = False

@@ -115,3 +115,24 @@ def test_rebuild_keeps_the_live_set_and_replays_writes_made_during_it():
     assert [h[0] for h in hits.ids] == ids[1400:]
     assert live.recall_at_10(300) >= 0.95
     assert not live.rebuild_due()
+
+
+@pytest.mark.parametrize("voters_only", [False, True])
+def test_an_index_mostly_deleted_still_answers_k_hits(voters_only):
+    """HNSW with most rows filtered out (tombstones below the rebuild threshold of a large
+    index, or few labelled items) loses its way in the graph and comes back short of k: the
+    rows it did not find are searched exactly."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"i{n}" for n in range(3000)]
+    labels = np.where(np.arange(3000) % 100 == 0, 0, -1) if voters_only else np.full(3000, -1)
+    live = LiveIndex(faiss_index.build(x, "hnsw"), x, ids, labels, ["c"])
+    if not voters_only:
+        live.delete([i for n, i in enumerate(ids) if n % 100])  # 30 items left alive
+    q = x[1:4]  # queries sitting on rows that are gone or unlabelled
+    hits = live.search(q, 20, voters_only=voters_only, breadth=16)
+    survivors = np.arange(0, 3000, 100)
+    truth = np.argsort(-(q @ x[survivors].T), axis=1)[:, :20]
+    for got, want in zip(hits.ids, truth, strict=True):
+        assert got == [ids[survivors[j]] for j in want]
