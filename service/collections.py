@@ -15,7 +15,8 @@ that names them. With none at all, the root routes answer as a service with noth
 Within a memory budget (SERVE_MEMORY_MB; service/memory_budget.py has the rule), start-up loads
 collections (the default first) only while they fit; the others load on their first request.
 A load that would take the total over the budget first unloads the least recently used
-collections that no request holds (`using`); an unloaded one is forgotten, its watch thread
+collections that no request holds (`using`), and so does a request after which the loaded
+total (grown by live adds) is over it; an unloaded one is forgotten, its watch thread
 stopped, and made again, loading, on its next request.
 """
 
@@ -147,6 +148,8 @@ class Collections:
             with self._lock:
                 self._in_flight[name] -= 1
                 self._last_used[name] = time.monotonic()
+            if self.budget is not None:
+                self._trim(name)
 
     # --- the memory budget -----------------------------------------------------------------
     def _predicted(self, name: str) -> int:
@@ -164,15 +167,32 @@ class Collections:
             return
         try:
             with self._budget_lock:
-                incoming = disk_bytes(self.models_root, version)
-                with self._lock:
-                    entries = [Loaded(n, r.loaded_bytes, self._last_used.get(n, 0.0),
-                                      self._in_flight.get(n, 0))
-                               for n, r in self._registries.items()]
-                for victim in to_unload(entries, incoming, self.budget, keep=name):
-                    self.unload(victim)
+                self._unload_for(name, disk_bytes(self.models_root, version))
         except Exception:  # never fail a load over the budget's bookkeeping
             log.exception("making room for collection %s failed", name)
+
+    def _trim(self, name: str) -> None:
+        """After a request to `name`: when what is loaded has grown past the budget (live
+        adds, a rebuilt index), unload the least recently used idle collections (never `name`;
+        a budget check in progress elsewhere is left to finish). Cheap: a sum of sizes."""
+        if sum(self.loaded_bytes().values()) <= (self.budget or 0):
+            return
+        if not self._budget_lock.acquire(blocking=False):
+            return
+        try:
+            self._unload_for(name, 0)
+        except Exception:  # never fail a request over the budget's bookkeeping
+            log.exception("keeping collections within the budget after %s failed", name)
+        finally:
+            self._budget_lock.release()
+
+    def _unload_for(self, name: str, incoming: int) -> None:
+        with self._lock:
+            entries = [Loaded(n, r.loaded_bytes, self._last_used.get(n, 0.0),
+                              self._in_flight.get(n, 0))
+                       for n, r in self._registries.items()]
+        for victim in to_unload(entries, incoming, self.budget, keep=name):
+            self.unload(victim)
 
     def unload(self, name: str) -> bool:
         """Forget collection `name`'s registry unless a request holds it; it loads again on

@@ -8,6 +8,10 @@ and its encoder's weights as loaded (torch: its inference graph's), or its ONNX 
 is predicted from its files on disk (the same three parts), so that room is made before the
 memory is taken; the collections already loaded count as measured.
 
+A collection grows after it loads: live adds, and a rebuild of its index, hold memory beyond
+the bundle (LiveIndex.grown_bytes), counted in its loaded size; the budget is checked again
+after each request, so growth unloads other collections as a load would.
+
 The rule: when a load would take the loaded total over the budget, the least recently used
 collections with no request in flight are unloaded, oldest first, until it fits (or none is
 left to unload: a collection larger than the whole budget still loads, alone). A collection in
@@ -88,9 +92,9 @@ def to_unload(loaded: Iterable[Loaded], incoming: int, budget: int | None,
     return chosen
 
 
-def budget_bytes(memory_mb: int) -> int | None:
+def budget_bytes(memory_mb: float) -> int | None:
     """SERVE_MEMORY_MB in bytes; 0 means no budget."""
-    return memory_mb * MB if memory_mb > 0 else None
+    return int(memory_mb * MB) if memory_mb > 0 else None
 
 
 def fits(sizes: Mapping[str, int], incoming: int, budget: int | None) -> bool:

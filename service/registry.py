@@ -53,7 +53,12 @@ class Served:
         self.bundle = bundle
         self.version = bundle.version
         self.live = LiveView(bundle, changes, dataset_root)
-        self.nbytes = bundle_bytes(bundle)  # as loaded (service/memory_budget.py)
+        self.bundle_bytes = bundle_bytes(bundle)  # as loaded (service/memory_budget.py)
+
+    @property
+    def nbytes(self) -> int:
+        """The bundle as loaded and what live adds and rebuilds have grown it by."""
+        return self.bundle_bytes + self.live.index.grown_bytes
 
     @property
     def index(self) -> LiveIndex:

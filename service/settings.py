@@ -112,18 +112,20 @@ class ServiceSettings(Settings):
     # Unlimited by default: a share of the machine's memory would be a guess (the API shares
     # the machine with training workers, and a container's limit is not the machine's), and a
     # budget below what one deployment's collections take would make it reload them forever.
-    serve_memory_mb: int = Field(
+    serve_memory_mb: float = Field(
         default=0, ge=0, description="Memory the loaded models of one API process may take "
         "(vectors, index and encoder of each collection's loaded versions); past it the least "
         "recently used collection with no request in flight is unloaded, and loads again on "
-        "its next request. At start only the collections that fit are loaded (the default "
-        "first). 0 = no budget: every collection is loaded at start.")
+        "its next request; checked before each load and after each request (live adds grow a "
+        "collection). Fractions of a MB are taken. At start only the collections that fit are "
+        "loaded (the default first). 0 = no budget: every collection is loaded at start.")
     device: str = Field(default="auto", description="Inference device: auto, cpu or cuda.")
     inference_engine: Literal["torch", "onnxruntime"] = Field(
         default="torch", description="What runs the encoder for /embed and the other routes "
         "that embed images: torch (on DEVICE), or onnxruntime (the model's ONNX export, made "
         "beside encoder.pt when a version is first loaded; on the CPU, in fp32, whatever "
-        "DEVICE says: faster than torch on CPUs without bf16, see docs/benchmarks.md).")
+        "DEVICE says: faster than torch on CPUs without bf16, slower on CPUs with it; see "
+        "docs/benchmarks.md).")
 
     @field_validator("admin_api_key", "read_api_key", "metrics_api_key", "default_collection",
                      mode="before")

@@ -60,6 +60,18 @@ class SearchIndex:
             return faiss.SearchParametersIVF(nprobe=breadth or self.params["nprobe"], **extra)
         return faiss.SearchParameters(**extra) if extra else None
 
+    def memory_bytes(self) -> int:
+        """What the index holds in memory, from its shape (serialising a large index to
+        measure it would copy it): the stored vectors, plus HNSW's links (2M at level 0,
+        about M more above) or IVF's ids and centroids."""
+        n, d = self.ntotal, self.dim
+        size = n * d * 4
+        if self.kind == "hnsw":
+            size += n * (3 * HNSW_M * 4 + 16)
+        elif self.kind == "ivf":
+            size += n * 8 + int(getattr(self.index, "nlist", 0)) * d * 4
+        return size
+
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "params": dict(self.params), "recall_at_10": self.recall_at_10,
                 "recall_queries": f"{RECALL_QUERIES} held-out items (leave-one-out)",

@@ -4,6 +4,7 @@ API process (in process, real bundles) with three collections and a budget that 
 
 import time
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -167,3 +168,41 @@ def test_without_a_budget_every_collection_loads_at_start(tmp_path, three_collec
     with TestClient(create_app(settings, enqueue=lambda j: None)) as c:
         assert _loaded(c) == {"a": True, "b": True, "c": True}
 
+
+
+def test_a_collection_grown_by_adds_past_the_budget_unloads_the_idle_ones(tmp_path,
+                                                                          three_collections):
+    with _app(tmp_path, three_collections) as c:
+        collections = c.app.state.collections
+        for name in ("b", "a"):  # b is the least recently used
+            assert c.get(f"/collections/{name}/neighbours/{ITEM}").status_code == 200
+        assert _loaded(c) == {"a": True, "b": True, "c": False}
+        served = collections.registry("a").current
+        assert served.nbytes == served.bundle_bytes  # nothing added yet
+        # Live adds to a, more than the budget has left: a holds them in its index.
+        room = collections.budget - sum(collections.loaded_bytes().values())
+        rows = room // (served.index.dim * 4) + 10
+        vectors = np.random.default_rng(0).standard_normal((rows, served.index.dim))
+        vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+        served.index.upsert([f"grown/{n}" for n in range(rows)], vectors, [None] * rows)
+        assert served.nbytes == served.bundle_bytes + rows * served.index.dim * 4
+        assert _loaded(c) == {"a": True, "b": True, "c": False}  # nothing checked yet
+        r = c.get(f"/collections/a/neighbours/{ITEM}")  # the next request to a checks
+        assert r.status_code == 200
+        assert _loaded(c) == {"a": True, "b": False, "c": False}
+        assert _unloads(c, "b") == 1
+        assert list(collections.loaded_bytes()) == ["a"]  # a itself is never unloaded for it
+
+
+def test_what_a_live_index_holds_beyond_its_bundle():
+    from live.index import LiveIndex
+    from trainer.index import build
+
+    base = np.eye(4, 8, dtype=np.float32)
+    index = LiveIndex(build(base, "flat"), base, ["a", "b", "c", "d"], np.full(4, -1), [])
+    assert index.grown_bytes == 0
+    index.upsert(["e", "f"], np.eye(2, 8, 4, dtype=np.float32), [None, None])
+    assert index.grown_bytes == 2 * 8 * 4
+    index.rebuild("flat")
+    # The rebuilt base: 6 vectors of 8 floats, and a flat index holding the same.
+    assert index.grown_bytes == 2 * 6 * 8 * 4
