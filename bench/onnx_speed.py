@@ -1,7 +1,8 @@
 """CPU inference speed of the encoder's ONNX export under onnxruntime against the torch forward
-the service runs (`EmbeddingModel.embed_uint8`: fp32 or bf16 as the machine allows,
-channels_last), per backbone and batch size, on one thread each, as each of the service's
-inference threads runs (service/batcher.py).
+the service runs (`EmbeddingModel.embed_uint8` on the inference graph: batch norm folded, bf16
+where the machine has it, channels_last, a frozen TorchScript graph on the CPU), per backbone
+and batch size, on one thread each, as each of the service's inference threads runs
+(service/batcher.py).
 
     python -m bench.onnx_speed [--backbones small_cnn resnet18_cifar] [--batches 1 16 64]
                                [--repeats 5] [--seconds 2] [--model DIR] [--out FILE]
@@ -46,7 +47,7 @@ def _images_per_s(run: Callable[[], Any], batch: int, seconds: float) -> float:
 
 
 def _models(folder: Path) -> tuple[EmbeddingModel, ort.InferenceSession]:
-    model = EmbeddingModel.load(folder / "encoder.pt", device="cpu")
+    model = EmbeddingModel.load(folder / "encoder.pt", device="cpu", serving=True)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
