@@ -3,6 +3,7 @@ servers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -10,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import httpx
@@ -81,6 +82,7 @@ class Process:
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self._terminated = False
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -97,21 +99,42 @@ class Process:
     def resume(self) -> None:
         os.killpg(self.proc.pid, signal.SIGCONT)
 
+    def terminate(self) -> None:
+        """The SIGTERM of `stop`, once, without waiting."""
+        if not self._terminated and self.alive():
+            self._terminated = True
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a paused one cannot stop
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 20) -> None:
+        """SIGTERM to the process itself, as `docker stop` sends it: its own shutdown stops
+        its children (a SIGTERM to a Celery pool child as well makes the worker wait
+        `worker_lost_wait`, 10 s, for a task that died under it); then SIGKILL to whatever of
+        its group is left."""
         if self.alive():
             try:
-                os.killpg(self.proc.pid, signal.SIGCONT)  # a paused one cannot stop
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.terminate()
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-            except ProcessLookupError:
+            except (subprocess.TimeoutExpired, ProcessLookupError):
                 pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
         self._log.close()
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def stop_all(processes: Iterable[Process], timeout: float = 20) -> None:
+    """Stop several processes at once: each has its SIGTERM before any is waited for."""
+    procs = list(processes)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    for proc in procs:
+        proc.stop(timeout)
 
 
 def start_worker(env: dict[str, str], log: Path) -> Process:

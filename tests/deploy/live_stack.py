@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import CIFAR_SLICE
-from tests.processes import Process, free_port, start_worker, wait_for
+from tests.processes import Process, free_port, start_worker, stop_all, wait_for
 
 KEY = "live-admin-key-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
@@ -81,9 +81,7 @@ class Stack:
                 proc.kill9()
 
     def stop(self) -> None:
-        self.worker.stop()
-        for proc, _ in self.apis:
-            proc.stop()
+        stop_all([self.worker, *(proc for proc, _ in self.apis)])
 
 
 def _answers(url: str) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from state.jobs import TERMINAL, Job, JobStore
 from state.settings import Settings
 from state.stores import open_store
-from tests.processes import Process, start_worker, wait_for
+from tests.processes import Process, start_worker, stop_all, wait_for
 
 SMALL = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 1, "batch_size": 128,
          "knn_k": 20, "num_workers": 0}
@@ -81,8 +81,7 @@ class Stack:
         return self.wait(job_id, lambda j: j.status in TERMINAL, timeout, "job to finish")
 
     def stop(self) -> None:
-        for w in self.workers:
-            w.stop()
+        stop_all(self.workers)
 
 
 def make_stack(tmp_path: Path, digits_dir: Path, broker_url: str | None) -> Stack:
