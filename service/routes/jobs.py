@@ -50,7 +50,11 @@ def submission_problems(dataset: str) -> Iterator[None]:
         raise ProblemError(422, "No Worker Can Run It", exc.message) from None
     except WeightsNotInPlace as exc:
         raise ProblemError(409, "Pretrained Weights Not In Place", str(exc)) from None
-    except (UnfitConfig, UnusableDataset) as exc:
+    except UnfitConfig as exc:
+        # Refused initial weights (a wrong file, another backbone's) are not the dataset's fault.
+        title = "Unusable Initial Weights" if exc.key == "init_from" else "Unusable Dataset"
+        raise ProblemError(409, title, str(exc)) from None
+    except UnusableDataset as exc:
         raise ProblemError(409, "Unusable Dataset", str(exc)) from None
     except NotQueued as exc:
         raise not_ready("the job queue is unreachable; the job was not started") from exc

@@ -287,3 +287,20 @@ def test_imagenet_weights_that_cannot_be_fetched_are_a_409_naming_the_file(
     weights.place()
     r = api.client.post("/train", json=body, headers=api.admin)
     assert r.status_code == 202, r.text
+
+
+def test_a_wrong_imagenet_weights_file_is_refused_as_unusable_weights(
+        small_upload_api, tmp_path, monkeypatch):
+    from tests.imagenet_weights import stand_in, wrong_file
+
+    api = small_upload_api
+    weights = stand_in(tmp_path / "w", monkeypatch, api.settings.data_root)
+    wrong_file(api.settings.data_root / ".pretrained" / weights.spec.file_name)
+    body = {"dataset": "ok", "config": {"backbone": "resnet18", "image_size": 32,
+                                        "init_from": "imagenet"}}
+    r = api.client.post("/train", json=body, headers=api.admin)
+    assert r.status_code == 409, r.text
+    problem = r.json()
+    assert problem["title"] == "Unusable Initial Weights"
+    assert "is not" in problem["detail"] and weights.spec.file_name in problem["detail"]
+    assert api.client.get("/jobs", headers=api.admin).json()["count"] == 0
