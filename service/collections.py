@@ -16,8 +16,9 @@ Within a memory budget (SERVE_MEMORY_MB; service/memory_budget.py has the rule),
 collections (the default first) only while they fit; the others load on their first request.
 A load that would take the total over the budget first unloads the least recently used
 collections that no request holds (`using`), and so does a request after which the loaded
-total (grown by live adds) is over it; an unloaded one is forgotten, its watch thread
-stopped, and made again, loading, on its next request.
+total (grown by live adds) is over it. Older versions kept beside the current ones (the one a
+swap replaced, pinned ones) are dropped before any whole collection; an unloaded one is
+forgotten, its watch thread stopped, and made again, loading, on its next request.
 """
 
 from __future__ import annotations
@@ -187,6 +188,15 @@ class Collections:
             self._budget_lock.release()
 
     def _unload_for(self, name: str, incoming: int) -> None:
+        """Make room for `incoming` bytes: first the older versions kept beside current ones
+        (a swap keeps the replaced version; pinned requests load others), least recently used
+        collection first, then whole idle collections."""
+        registries = self._registries
+        total = sum(r.loaded_bytes for r in registries.values()) + incoming
+        for n in sorted(registries, key=lambda n: self._last_used.get(n, 0.0)):
+            if self.budget is None or total <= self.budget:
+                break
+            total -= registries[n].drop_cached()
         with self._lock:
             entries = [Loaded(n, r.loaded_bytes, self._last_used.get(n, 0.0),
                               self._in_flight.get(n, 0))

@@ -31,6 +31,7 @@ from live.index import LiveIndex
 from service.batcher import BULK_NICE
 from service.catch_up import CatchUpLane, SerialThread
 from service.live_view import LiveView
+from service.load_throttle import LoadThrottle
 from service.memory_budget import bundle_bytes
 from service.orphans import OrphanSweeper
 from state.changes import ChangeLog
@@ -88,26 +89,6 @@ class TooManyLoads(RuntimeError):
         self.retry_in_s = retry_in_s
 
 
-class _LoadThrottle:
-    """A token bucket: `per_min` loads a minute, at most `burst` at once."""
-
-    def __init__(self, per_min: int, burst: int = LOAD_BURST) -> None:
-        self.rate = per_min / 60.0
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.at = time.monotonic()
-
-    def take(self) -> float:
-        """0 when a load may start now (and counts it), else seconds until one may."""
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return 0.0
-        return (1 - self.tokens) / self.rate
-
-
 class ModelRegistry:
     def __init__(self, models_root: Path, device: str = "auto", poll_s: float = 1.0,
                  on_swap: Callable[[str], None] | None = None, cache_size: int = 2,
@@ -139,7 +120,7 @@ class ModelRegistry:
         self._used: dict[str, float] = {}
         self._broken: dict[str, tuple[float, int]] = {}  # version -> (next try, failures)
         self._inflight: dict[tuple[str, bool], Future[Served]] = {}
-        self._throttle = _LoadThrottle(loads_per_min)
+        self._throttle = LoadThrottle(loads_per_min, LOAD_BURST)
         self._lock = threading.Lock()  # guards the bookkeeping above; never held while loading
         self._loader = SerialThread("model-load")
         self._lane = CatchUpLane(poll_s, BULK_NICE)
@@ -173,6 +154,14 @@ class ModelRegistry:
             self.current = None
             self._cached = {}
             self._used.clear()
+
+    def drop_cached(self) -> int:
+        """Forget the versions kept beside the current one (requests holding one keep it):
+        the memory budget's first resort. The bytes they held."""
+        with self._lock:
+            dropped, self._cached = self._cached, {}
+            self._used.clear()  # it times the kept versions only
+        return sum(s.nbytes for s in dropped.values())
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):

@@ -2,6 +2,7 @@
 service/collections.py): the rule on hand-made cases, a loaded bundle's measured size, and one
 API process (in process, real bundles) with three collections and a budget that fits two."""
 
+import shutil
 import time
 
 import numpy as np
@@ -206,3 +207,26 @@ def test_what_a_live_index_holds_beyond_its_bundle():
     index.rebuild("flat")
     # The rebuilt base: 6 vectors of 8 floats, and a flat index holding the same.
     assert index.grown_bytes == 2 * 6 * 8 * 4
+
+
+def test_older_versions_kept_beside_the_current_ones_go_before_a_whole_collection(
+        tmp_path, three_collections, trained_runs):
+    root = tmp_path / "models-kept"
+    shutil.copytree(three_collections, root)
+    older = "20260101-000009-a"  # a second version of collection a, never current
+    write_bundle(trained_runs[V1], root, dataset="a", version=older)
+    with _app(tmp_path, root) as c:
+        collections = c.app.state.collections
+        for name in ("b", "a"):  # b is the least recently used
+            assert c.get(f"/collections/{name}/neighbours/{ITEM}").status_code == 200
+        # A request pinning a's older version loads it beside a's current one: b goes.
+        r = c.get(f"/collections/a/neighbours/{ITEM}", params={"model_version": older})
+        assert r.status_code == 200 and r.headers["x-model-version"] == older
+        assert _loaded(c) == {"a": True, "b": False, "c": False}
+        assert older in collections.registry("a").loaded_versions
+        # c needs room: a's kept older version goes, not a itself (a is now the oldest).
+        assert c.get(f"/collections/c/neighbours/{ITEM}").status_code == 200
+        assert _loaded(c) == {"a": True, "b": False, "c": True}
+        assert collections.registry("a").loaded_versions == [
+            collections.registry("a").current.version]
+        assert _unloads(c, "a") == 0
