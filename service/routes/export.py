@@ -112,11 +112,9 @@ def _known(request: Request, settings: ServiceSettings, version: str) -> None:
     owning_collection(settings, scope, version, scope is not None)
 
 
-async def _export_of(request: Request, settings: ServiceSettings,
-                     version: str) -> tuple[Path, dict[str, Any]]:
-    """The folder of a version's bundle, holding its export (made now if it has none), and
-    the export's spec."""
-    _known(request, settings, version)
+async def _export_of(settings: ServiceSettings, version: str) -> tuple[Path, dict[str, Any]]:
+    """The folder of a known version's bundle (`_known`), holding its export (made now if it
+    has none), and the export's spec."""
     folder = settings.models_root / version
     return folder, await run_in_threadpool(_exported, folder, version)
 
@@ -139,7 +137,7 @@ async def encoder_onnx(request: Request, settings: SettingsDep,
                "X-Model-Version": version}
     if not_modified(request, tag):
         return Response(status_code=304, headers=headers)
-    folder, _ = await _export_of(request, settings, version)
+    folder, _ = await _export_of(settings, version)
     return FileResponse(folder / export.ONNX_FILE, media_type=ONNX_MEDIA, headers=headers,
                         filename=f"{version}-{export.ONNX_FILE}")
 
@@ -150,5 +148,6 @@ async def encoder_onnx(request: Request, settings: SettingsDep,
             "preparation; the same text is in the graph's metadata)")
 async def encoder_onnx_spec(request: Request, settings: SettingsDep,
                             version: str = VERSION_PATH) -> OnnxSpec:
-    _, found = await _export_of(request, settings, version)
+    _known(request, settings, version)
+    _, found = await _export_of(settings, version)
     return OnnxSpec.model_validate(found)

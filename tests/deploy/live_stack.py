@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests.conftest import CIFAR_SLICE
-from tests.processes import Process, free_port, start_worker, stop_all, wait_for
+from tests.processes import Process, start_api, start_worker, stop_all, wait_for
 
 KEY = "live-admin-key-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
@@ -62,12 +61,8 @@ class Stack:
 
     def start_api(self, **env: str) -> str:
         """Another API process on the stack's folders and store (`env`: settings of its own)."""
-        port = free_port()
-        proc = Process([sys.executable, "-m", "service", "--port", str(port)],
-                       self.env | env, self.root / f"api{len(self.apis)}.log")
-        url = f"http://127.0.0.1:{port}"
+        proc, url = start_api(self.env | env, self.root / f"api{len(self.apis)}.log")
         self.apis.append((proc, url))
-        wait_for(lambda: _answers(url), 120, "the API to answer")
         return url
 
     def stop_api(self, url: str) -> None:
@@ -82,13 +77,6 @@ class Stack:
 
     def stop(self) -> None:
         stop_all([self.worker, *(proc for proc, _ in self.apis)])
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def train(c: httpx.Client, dataset: str = "slice", **config) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from service.memory_budget import MB, disk_bytes
+from tests.collection_status import loaded, unloads
 from tests.deploy.live_stack import ADMIN, Stack, picture, train
 
 READ = "many-read-key-0123456789abcdef"
@@ -181,17 +182,6 @@ def guarded_api(live_stack) -> Iterator[str]:
         live_stack.stop_api(url)
 
 
-def _loaded(c: httpx.Client) -> dict[str, bool]:
-    return {d["name"]: d["loaded"] for d in c.get("/collections").json()["data"]}
-
-
-def _unloads(c: httpx.Client, name: str) -> float:
-    for line in c.get("/metrics").text.splitlines():
-        if line.startswith(f'and_collection_unloads_total{{collection="{name}"}}'):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def _same_hits(a: dict, b: dict, tol: float = 1e-5) -> None:
     """The same neighbours with the same scores, up to float rounding: the two processes
     summed the live collection's changes into their indexes in their own order, so near-ties
@@ -215,18 +205,18 @@ def test_a_small_memory_budget_unloads_and_reloads_collections(live_stack, guard
         ("shapes", f"/collections/shapes/neighbours/{SHAPE_ITEM}"))}
     c = httpx.Client(base_url=guarded_api, timeout=120,
                      headers={"Authorization": f"Bearer {READ}"})
-    assert _loaded(c) == {"slice": True, "shapes": False}  # only the default fitted at start
+    assert loaded(c) == {"slice": True, "shapes": False}  # only the default fitted at start
     # Each request to the unloaded one loads it and unloads the other: the same answers.
     for name, path, other in (
             ("shapes", f"/collections/shapes/neighbours/{SHAPE_ITEM}", "slice"),
             ("slice", f"/collections/slice/neighbours/{item}", "shapes"),
             ("shapes", f"/collections/shapes/neighbours/{SHAPE_ITEM}", "slice")):
-        unloads = _unloads(c, other)
+        before = unloads(c, other)
         r = c.get(path, params={"k": 10})
         assert r.status_code == 200, r.text
         _same_hits(r.json(), expected[name])
-        assert _loaded(c) == {name: True, other: False}
-        assert _unloads(c, other) == unloads + 1
+        assert loaded(c) == {name: True, other: False}
+        assert unloads(c, other) == before + 1
 
 
 def test_a_collection_key_opens_its_collection_only(live_stack, guarded_api):

@@ -20,6 +20,7 @@ from service.memory_budget import (
     encoder_bytes,
     to_unload,
 )
+from tests.collection_status import loaded, unloads
 from tests.service.conftest import V1, make_settings
 from trainer.bundle import Bundle, set_current, write_bundle
 from trainer.encoder_file import EmbeddingModel
@@ -102,22 +103,11 @@ def _app(tmp_path, root):
     return TestClient(app)
 
 
-def _loaded(c) -> dict[str, bool]:
-    return {d["name"]: d["loaded"] for d in c.get("/collections").json()["data"]}
-
-
-def _unloads(c, name: str) -> float:
-    for line in c.get("/metrics").text.splitlines():
-        if line.startswith(f'and_collection_unloads_total{{collection="{name}"}}'):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def test_the_least_recently_used_collection_is_unloaded_and_reloads(tmp_path,
                                                                     three_collections):
     with _app(tmp_path, three_collections) as c:
         # At start: only what fits, by name (no default).
-        assert _loaded(c) == {"a": True, "b": True, "c": False}
+        assert loaded(c) == {"a": True, "b": True, "c": False}
         first = {}
         for name in ("b", "a"):  # b is now the least recently used
             r = c.get(f"/collections/{name}/neighbours/{ITEM}", params={"k": 5})
@@ -125,8 +115,8 @@ def test_the_least_recently_used_collection_is_unloaded_and_reloads(tmp_path,
             first[name] = r.json()
         r = c.get(f"/collections/c/neighbours/{ITEM}", params={"k": 5})
         assert r.status_code == 200 and r.headers["x-model-version"].endswith("-c")
-        assert _loaded(c) == {"a": True, "b": False, "c": True}
-        assert _unloads(c, "b") == 1 and _unloads(c, "a") == 0
+        assert loaded(c) == {"a": True, "b": False, "c": True}
+        assert unloads(c, "b") == 1 and unloads(c, "a") == 0
         metrics = c.get("/metrics").text
         assert 'and_collection_loaded_bytes{collection="c"}' in metrics
         assert 'and_collection_loaded_bytes{collection="b"}' not in metrics
@@ -135,8 +125,8 @@ def test_the_least_recently_used_collection_is_unloaded_and_reloads(tmp_path,
         # b's next request reloads it (a, now least recently used, goes) and answers the same.
         r = c.get(f"/collections/b/neighbours/{ITEM}", params={"k": 5})
         assert r.status_code == 200 and r.json() == first["b"]
-        assert _loaded(c) == {"a": False, "b": True, "c": True}
-        assert _unloads(c, "a") == 1
+        assert loaded(c) == {"a": False, "b": True, "c": True}
+        assert unloads(c, "a") == 1
         collections = c.app.state.collections
         assert sum(collections.loaded_bytes().values()) <= collections.budget
 
@@ -152,22 +142,22 @@ def test_a_collection_in_use_is_not_unloaded_and_its_request_still_answers(
             assert not collections.unload("a")
             r = c.get(f"/collections/c/neighbours/{ITEM}")  # needs room: b goes, not a
             assert r.status_code == 200
-            assert _loaded(c) == {"a": True, "b": False, "c": True}
+            assert loaded(c) == {"a": True, "b": False, "c": True}
         before = served.index.search(served.bundle.vectors[:2], 3)
         assert collections.unload("a")  # idle now
-        assert _loaded(c)["a"] is False and registry.current is None
+        assert loaded(c)["a"] is False and registry.current is None
         # The request that held a's model goes on with it after the unload.
         after = served.index.search(served.bundle.vectors[:2], 3)
         assert after.ids == before.ids
         r = c.get(f"/collections/a/neighbours/{ITEM}")
-        assert r.status_code == 200 and _loaded(c)["a"] is True
+        assert r.status_code == 200 and loaded(c)["a"] is True
 
 
 def test_without_a_budget_every_collection_loads_at_start(tmp_path, three_collections):
     settings = make_settings(tmp_path, three_collections)
     assert settings.serve_memory_mb == 0
     with TestClient(create_app(settings, enqueue=lambda j: None)) as c:
-        assert _loaded(c) == {"a": True, "b": True, "c": True}
+        assert loaded(c) == {"a": True, "b": True, "c": True}
 
 
 
@@ -177,7 +167,7 @@ def test_a_collection_grown_by_adds_past_the_budget_unloads_the_idle_ones(tmp_pa
         collections = c.app.state.collections
         for name in ("b", "a"):  # b is the least recently used
             assert c.get(f"/collections/{name}/neighbours/{ITEM}").status_code == 200
-        assert _loaded(c) == {"a": True, "b": True, "c": False}
+        assert loaded(c) == {"a": True, "b": True, "c": False}
         served = collections.registry("a").current
         assert served.nbytes == served.bundle_bytes  # nothing added yet
         # Live adds to a, more than the budget has left: a holds them in its index.
@@ -187,11 +177,11 @@ def test_a_collection_grown_by_adds_past_the_budget_unloads_the_idle_ones(tmp_pa
         vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
         served.index.upsert([f"grown/{n}" for n in range(rows)], vectors, [None] * rows)
         assert served.nbytes == served.bundle_bytes + rows * served.index.dim * 4
-        assert _loaded(c) == {"a": True, "b": True, "c": False}  # nothing checked yet
+        assert loaded(c) == {"a": True, "b": True, "c": False}  # nothing checked yet
         r = c.get(f"/collections/a/neighbours/{ITEM}")  # the next request to a checks
         assert r.status_code == 200
-        assert _loaded(c) == {"a": True, "b": False, "c": False}
-        assert _unloads(c, "b") == 1
+        assert loaded(c) == {"a": True, "b": False, "c": False}
+        assert unloads(c, "b") == 1
         assert list(collections.loaded_bytes()) == ["a"]  # a itself is never unloaded for it
 
 
@@ -222,11 +212,11 @@ def test_older_versions_kept_beside_the_current_ones_go_before_a_whole_collectio
         # A request pinning a's older version loads it beside a's current one: b goes.
         r = c.get(f"/collections/a/neighbours/{ITEM}", params={"model_version": older})
         assert r.status_code == 200 and r.headers["x-model-version"] == older
-        assert _loaded(c) == {"a": True, "b": False, "c": False}
+        assert loaded(c) == {"a": True, "b": False, "c": False}
         assert older in collections.registry("a").loaded_versions
         # c needs room: a's kept older version goes, not a itself (a is now the oldest).
         assert c.get(f"/collections/c/neighbours/{ITEM}").status_code == 200
-        assert _loaded(c) == {"a": True, "b": False, "c": True}
+        assert loaded(c) == {"a": True, "b": False, "c": True}
         assert collections.registry("a").loaded_versions == [
             collections.registry("a").current.version]
-        assert _unloads(c, "a") == 0
+        assert unloads(c, "a") == 0
