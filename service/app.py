@@ -217,14 +217,20 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.store_probe = CachedProbe(store.ping)
     app.state.broker_probe = CachedProbe(BrokerConnection(settings))
     errors.install(app, unavailable=store.transient_errors)
-    for module in (health, datasets, retrain, jobs):
-        app.include_router(module.router)
-    app.include_router(collection_routes.router)
-    app.include_router(collection_keys.router)
-    # The serving routes: at the root for the default collection, and under each collection's
-    # name; one route body for both (service/deps.py resolves the collection from the path).
-    for module in (models, compare, export, duplicates, retrieval, classify, items, images,
-                   embedding_map):
+    # The routers, each with whether it serves per collection: then at the root for the default
+    # collection and under each collection's name, one route body for both (service/deps.py
+    # resolves the collection from the path). A request is matched against the routers in
+    # order, so the query routes (hundreds of requests a second) come first; no other route's
+    # path can match theirs.
+    routers = [(module, True) for module in (retrieval, classify)]
+    routers += [(module, False) for module in (health, datasets, retrain, jobs)]
+    routers += [(collection_routes, False), (collection_keys, False)]
+    routers += [(module, True) for module in (models, compare, export, duplicates, items,
+                                              images, embedding_map)]
+    for module, per_collection in routers:
+        if not per_collection:
+            app.include_router(module.router)
+            continue
         app.include_router(module.router, responses=problems(409))
         app.include_router(module.router, prefix=collection_routes.PREFIX,
                            dependencies=[Depends(collection_routes.collection_path)],

@@ -210,16 +210,16 @@ class EmbedBatcher:
             self.on_batch(images.shape[0])
         except Exception as exc:  # answered per request, never kills the thread
             log.exception("embedding batch failed")
-            for w in works:
-                w.loop.call_soon_threadsafe(_set_exception, w.future, exc)
+            _hand_back(works, [exc] * len(works))
             return
         finally:
             self._load.add(-sum(w.images.shape[0] for w in works))
-        start = 0
+        rows, start = [], 0
         for w in works:
             n = w.images.shape[0]
-            w.loop.call_soon_threadsafe(_set_result, w.future, vectors[start:start + n])
+            rows.append(vectors[start:start + n])
             start += n
+        _hand_back(works, rows)
 
 
 def lower_thread_priority(nice: int) -> None:
@@ -239,11 +239,22 @@ def cpu_workers(device: str) -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
 
-def _set_result(future: asyncio.Future, value: np.ndarray) -> None:
-    if not future.done():
-        future.set_result(value)
+def _hand_back(works: list[_Work], outcomes: list[np.ndarray] | list[Exception]) -> None:
+    """Each request's rows (or the batch's error), with one wake-up of each event loop per
+    batch: a wake-up per request costs the loop a self-pipe read and a callback each, and a
+    batch answers dozens of requests at once under load."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, object]]] = {}
+    for work, outcome in zip(works, outcomes, strict=True):
+        by_loop.setdefault(work.loop, []).append((work.future, outcome))
+    for loop, answers in by_loop.items():
+        loop.call_soon_threadsafe(_settle, answers)
 
 
-def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
+def _settle(answers: list[tuple[asyncio.Future, object]]) -> None:
+    for future, outcome in answers:
+        if future.done():  # its request was cancelled (the client went away)
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

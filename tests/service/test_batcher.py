@@ -167,3 +167,59 @@ def test_the_bulk_lane_runs_at_a_lower_priority_and_leaves_the_rest_of_the_proce
     assert query_model.nice == {before}
     assert all(name.startswith("bulk-") for name in bulk_model.threads)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+class _GatedRowSums(RowSums):
+    """RowSums that computes only once `go` is set, so a test can fill one batch first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
+        assert self.go.wait(60)
+        if (images == 255).any():
+            raise ValueError("a pixel of 255 fails the batch")
+        return super().embed_uint8(images)
+
+
+def test_a_batch_answers_its_requests_with_one_wake_up_and_a_gone_request_harms_none():
+    """One batch of 8 requests wakes the event loop once (not once per request); a request
+    cancelled while its batch computes leaves the others their rows; a failing batch hands
+    every request its error."""
+    model, sizes = _GatedRowSums(), []
+    # A batch waits (at most a minute) for the 8 requests: they arrive together, so it fills.
+    batcher = EmbedBatcher(max_batch=8, max_wait_s=60.0, on_batch=sizes.append, workers=1)
+    batcher.start()
+
+    async def one_batch(fill: int) -> tuple[list, int]:
+        loop = asyncio.get_running_loop()
+        wakeups = 0
+        plain = loop.call_soon_threadsafe
+
+        def counted(*args, **kwargs):
+            nonlocal wakeups
+            wakeups += 1
+            return plain(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        tasks = [asyncio.ensure_future(batcher.embed(
+            model, torch.full((1, 1, 2, 2), fill if i else 1, dtype=torch.uint8)))
+            for i in range(8)]
+        await asyncio.sleep(0.2)  # all 8 queued, and taken as one batch
+        tasks[3].cancel()
+        model.go.set()
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+        model.go.clear()
+        return answers, wakeups
+
+    try:
+        answers, wakeups = asyncio.run(one_batch(2))
+        failed, _ = asyncio.run(one_batch(255))
+    finally:
+        batcher.stop()
+    assert sizes == [8]  # the failing batch computed nothing
+    assert wakeups == 1
+    assert isinstance(answers[3], asyncio.CancelledError)
+    assert [float(a[0, 0]) for i, a in enumerate(answers) if i != 3] == [4.0] + [8.0] * 6
+    assert all(isinstance(a, ValueError) for i, a in enumerate(failed) if i != 3)
