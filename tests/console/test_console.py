@@ -24,7 +24,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import CIFAR_SLICE, V1, V2
 from tests.console.browser import Watch, launch, screenshot_dir
-from tests.processes import Process, start_api, start_worker, stop_all
+from tests.processes import Process, discard_all, start_api, start_worker
 from trainer.bundle import set_current, write_bundle
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     try:
         yield Stack(base, root, api, worker)
     finally:
-        stop_all([worker, api])
+        discard_all([worker, api])
 
 
 @pytest.fixture(scope="module")

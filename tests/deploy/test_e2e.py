@@ -19,7 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import REPO, Process, free_port, start_api, start_worker, stop_all, wait_for
+from tests.processes import (
+    REPO,
+    Process,
+    discard_all,
+    free_port,
+    start_api,
+    start_worker,
+    wait_for,
+)
 
 KEY = "e2e-admin-key-0123456789abcdef"
 
@@ -47,7 +55,7 @@ def stack(request, tmp_path):
     try:
         yield base, (api, worker)
     finally:
-        stop_all([worker, api])
+        discard_all([worker, api])
 
 
 def _zip_of(folder: Path, tmp: Path) -> Path:

@@ -10,7 +10,7 @@ import pytest
 from state.jobs import TERMINAL, Job, JobStore
 from state.settings import Settings
 from state.stores import open_store
-from tests.processes import Process, start_worker, stop_all, wait_for
+from tests.processes import Process, discard_all, start_worker, stop_all, wait_for
 
 SMALL = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 1, "batch_size": 128,
          "knn_k": 20, "num_workers": 0}
@@ -83,6 +83,9 @@ class Stack:
     def stop(self) -> None:
         stop_all(self.workers)
 
+    def discard(self) -> None:
+        discard_all(self.workers)
+
 
 def make_stack(tmp_path: Path, digits_dir: Path, broker_url: str | None) -> Stack:
     import shutil
@@ -111,14 +114,14 @@ def stack(request, tmp_path, digits_dir):
     url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
     s = make_stack(tmp_path, digits_dir, url)
     yield s
-    s.stop()
+    s.discard()
 
 
 @pytest.fixture()
 def redis_stack(tmp_path, digits_dir, redis_server):
     s = make_stack(tmp_path, digits_dir, redis_server.url)
     yield s
-    s.stop()
+    s.discard()
 
 
 @pytest.fixture()
