@@ -1,3 +1,6 @@
 from trainer.cli import main
+from trainer.process_end import skip_final_collection
 
-raise SystemExit(main())
+code = main()
+skip_final_collection()
+raise SystemExit(code)

@@ -20,6 +20,7 @@ from trainer.distributed import Distributed
 from trainer.engine import Trainer
 from trainer.errors import TrainingStopped
 from trainer.launcher import GROUP_TIMEOUT, backend_for, threads_per_process
+from trainer.process_end import skip_final_collection
 
 
 def main(argv: list[str]) -> int:
@@ -45,4 +46,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    skip_final_collection()
+    raise SystemExit(code)

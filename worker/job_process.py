@@ -15,6 +15,7 @@ import sys
 
 from state.settings import get_settings
 from state.stores import open_store
+from trainer.process_end import skip_final_collection
 from worker.heartbeat import shutdown_requested
 from worker.runner import run_job
 
@@ -36,4 +37,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    skip_final_collection()
+    raise SystemExit(code)
