@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# The shared data sets live beside the checkout (../shared/data).
+CIFAR_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"
 
 
 def machine() -> dict[str, Any]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from bench.common import machine, report
+from bench.common import CIFAR_ZIP, machine, report
 from bench.label_free_panel import BASE as PANEL_BASE
 from bench.label_free_panel import collection_dir
 from trainer.config import TrainConfig
@@ -199,8 +199,7 @@ def _write(results: dict[str, Any], out: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
-                                         / "cifar10-jpeg.zip"), help="CIFAR-10 for the GPU part")
+    p.add_argument("--data", default=str(CIFAR_ZIP), help="CIFAR-10 for the GPU part")
     p.add_argument("--steps", type=int, default=40, help="steps per epoch in the GPU part")
     p.add_argument("--epochs", type=int, default=3, help="epochs in the CPU part")
     p.add_argument("--out", default=None)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.common import report
+from bench.common import CIFAR_ZIP, report
 from trainer.config import TrainConfig
 from trainer.data import open_collection
 from trainer.encoder_file import EmbeddingModel
@@ -134,8 +134,7 @@ def choose(curve: list[dict], min_precision: float) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
-                                         / "cifar10-jpeg.zip"))
+    p.add_argument("--data", default=str(CIFAR_ZIP))
     p.add_argument("--train-items", type=int, default=5000)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--originals", type=int, default=1000)

@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.common import report
+from bench.common import CIFAR_ZIP, report
 from trainer.augment import normalise
 from trainer.config import TrainConfig
 from trainer.data import open_collection
@@ -40,8 +39,7 @@ def raw_pixels(collection, k: int, sigma: float) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
-                                         / "cifar10-jpeg.zip"))
+    p.add_argument("--data", default=str(CIFAR_ZIP))
     p.add_argument("--budgets", type=int, nargs="+", default=[25, 50])
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
                    metavar="KEY=VALUE")

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
-from bench.common import report
+from bench.common import CIFAR_ZIP, report
 from trainer.config import TrainConfig
 from trainer.data import open_collection
 from trainer.engine import Trainer
@@ -105,8 +104,7 @@ def reference_proxy(steps: int = 6, bank_rows: int = 50_000) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"
-                                         / "cifar10-jpeg.zip"))
+    p.add_argument("--data", default=str(CIFAR_ZIP))
     p.add_argument("--steps", type=int, default=30, help="batches per round")
     p.add_argument("--backbones", nargs="+",
                    default=["small_cnn", "resnet18_cifar", "resnet18"])
