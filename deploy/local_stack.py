@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                                          stderr=subprocess.STDOUT, start_new_session=True))
         print(f"started {name} (pid {children[-1].pid}); log: {logs / f'{name}.log'}")
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a shell starts a background command with SIGINT ignored, and Python then
+    # leaves it ignored, so a Ctrl-C (or kill -INT) would stop nothing.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         start("worker", "-m", "worker")
         start("api", "-m", "service", "--host", "127.0.0.1", "--port", str(args.port))

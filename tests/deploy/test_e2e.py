@@ -4,6 +4,7 @@ upload -> train -> progress -> published -> embed -> neighbours -> classify."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import os
 import queue
@@ -319,9 +320,12 @@ def test_ctrl_c_stops_every_process(tmp_path):
                 raise AssertionError(f"{what}: {''.join(output)}")
             output.append(line)
 
+    every: set[int] = set()
+    worker_pid = 0
     try:
         read_until(lambda: len(_pids("".join(output))) == 2, 120, "no process ids printed")
         worker_pid, api_pid = _pids("".join(output))
+        every = {worker_pid, api_pid}
         jobs = wait_for(lambda: job_processes(worker_pid), 300, "the job's training process")
         pool = _descendants(worker_pid) - set(jobs)
         assert pool, "no Celery pool child under the worker"
@@ -333,5 +337,9 @@ def test_ctrl_c_stops_every_process(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    left = sorted(p for p in every if not _gone(p))
+        left = sorted(p for p in every | _descendants(worker_pid or proc.pid) if not _gone(p))
+        # A stack left behind would train for an hour beside the rest of the suite.
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert not left, f"still running after Ctrl-C: {left}"
