@@ -108,7 +108,7 @@ def _digits(root: Path) -> None:
 
 def _patches(root: Path) -> None:
     from trainer.sample_data import write_photo_patches
-    # 128 training patches per class, as in the demo; the rest (272 per class) are queries.
+    # 128 training patches per class, as the earlier builds had; the other 272 are queries.
     write_photo_patches(root, per_class=400, test_share=0.68)
 
 
