@@ -107,3 +107,20 @@ def test_no_product_module_over_400_lines() -> None:
     long = {str(path.relative_to(REPO)): n for path in MODULES.values()
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_a_process_that_never_builds_a_resnet_never_imports_torchvision() -> None:
+    """Importing torchvision loads torch._dynamo: about 2 s at the start of every job, API
+    and command-line process. Only building a ResNet or reading ImageNet weights needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, trainer.engine, trainer.cli, service.app, worker.job_process\n"
+            "from trainer.backbones import Encoder\n"
+            "Encoder('small_cnn', 8)\n"
+            "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n"
+            "Encoder('resnet18_cifar', 8)\n"
+            "assert 'torchvision' in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr

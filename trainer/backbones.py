@@ -9,11 +9,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
+
+# torchvision is imported where a ResNet is built, not here: importing it costs about 2 s
+# (it loads torch._dynamo), which every process that only builds or loads a small CNN (a
+# job, the API, the command line) would pay at start.
 
 
 def resnet18_cifar(dim: int) -> nn.Module:
     """CIFAR ResNet-18: 3x3 stride-1 stem, no max-pool; 11.2 M parameters at dim 128."""
+    from torchvision.models import resnet18
+
     net = resnet18(weights=None, num_classes=dim)
     net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
@@ -22,6 +27,8 @@ def resnet18_cifar(dim: int) -> nn.Module:
 
 def resnet18_imagenet(dim: int) -> nn.Module:
     """ImageNet-style ResNet-18 (7x7 stride-2 stem and max-pool) for 224x224 inputs."""
+    from torchvision.models import resnet18
+
     return resnet18(weights=None, num_classes=dim)
 
 

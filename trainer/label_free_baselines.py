@@ -83,10 +83,12 @@ def baseline_scores(images: torch.Tensor, views: torch.Tensor, prepared: Prepare
 def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
                          embeddings: np.ndarray | None = None, *, init_seed: int = 0,
                          seed: int = 0, sample: int = MAX_SAMPLE,
-                         start_weights: Path | None = None) -> dict[str, Any]:
+                         start_weights: Path | None = None,
+                         every_part: bool = True) -> dict[str, Any]:
     """`label_free`, `pixel_label_free`, `untrained_label_free` (floats, higher is better)
     and their parts, on the same sample of at most `sample` items of `prepared`; with
-    `start_weights` (a pretrained start's file), `pretrained_label_free` too.
+    `start_weights` (a pretrained start's file), `pretrained_label_free` too. `every_part`:
+    the parts the score is not made of too (sample_score).
 
     `embeddings`: the model's embeddings of every item, when the caller has them (then the
     model embeds only the views); otherwise the sample is embedded here too.
@@ -95,11 +97,12 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
     images = images_of(prepared, rows, model.meta.image_size)
     views = sample_views(images, seed)
     scores = {"model": sample_score(model.embed_uint8, images, views,
-                                    embeddings[rows] if embeddings is not None else None),
+                                    embeddings[rows] if embeddings is not None else None,
+                                    every_part=every_part),
               **baseline_scores(images, views, prepared, model.meta, init_seed=init_seed,
                                 device=str(model.runtime.device),
                                 precision="bf16" if model.runtime.bf16 else "fp32",
-                                start_weights=start_weights)}
+                                every_part=every_part, start_weights=start_weights)}
     pretrained = {PRETRAINED_KEY: scores["pretrained"].score} if start_weights else {}
     return pretrained | {
         "label_free": scores["model"].score,
@@ -119,6 +122,8 @@ def run_figures(encoder: Path, prepared: Prepared, embeddings: np.ndarray, init_
     parts stay with `evaluate`). `precision`: the run's, which embedded `embeddings`, so the
     views are embedded as the items were (as `evaluate` does, from the run's config)."""
     model = EmbeddingModel.load(encoder, device=device, precision=precision)
+    # Only the scores are kept: the other parts (an SVD and a pass over all pairs of the
+    # sample, per encoder) are left to `evaluate`.
     figures = score_with_baselines(prepared, model, embeddings, init_seed=init_seed,
-                                   start_weights=start_weights)
+                                   start_weights=start_weights, every_part=False)
     return {key: figures[key] for key in (*LABEL_FREE_KEYS, PRETRAINED_KEY) if key in figures}

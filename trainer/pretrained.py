@@ -30,11 +30,13 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torchvision.models import ResNet18_Weights, WeightsEnum
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 from trainer.collection import Collection
 from trainer.errors import ConfigError
@@ -80,16 +82,32 @@ class PretrainedWeights:
         return found.group(1)
 
 
-# backbone -> the weights `init_from=imagenet` starts it from.
-WEIGHTS: dict[str, PretrainedWeights] = {
-    "resnet18": PretrainedWeights.of(ResNet18_Weights.IMAGENET1K_V1),
-}
+# backbone -> the torchvision weights entry `init_from=imagenet` starts it from.
+_ENTRIES = {"resnet18": ("ResNet18_Weights", "IMAGENET1K_V1")}
+
+
+class _Weights(dict[str, PretrainedWeights]):
+    """backbone -> its PretrainedWeights, read from torchvision when first asked for: importing
+    torchvision costs about 2 s, which a process that never starts from them need not pay."""
+
+    def __missing__(self, backbone: str) -> PretrainedWeights:
+        if backbone not in _ENTRIES:
+            raise KeyError(backbone)
+        from torchvision import models
+
+        enum_name, member = _ENTRIES[backbone]
+        spec = PretrainedWeights.of(getattr(getattr(models, enum_name), member))
+        self[backbone] = spec
+        return spec
+
+
+WEIGHTS = _Weights()
 
 
 def weights_for(backbone: str) -> PretrainedWeights:
-    if backbone not in WEIGHTS:
+    if backbone not in _ENTRIES and backbone not in WEIGHTS:
         raise ConfigError(KEY, f"init_from={IMAGENET} starts from torchvision's ImageNet "
-                          f"weights, which exist for backbone={', '.join(sorted(WEIGHTS))} "
+                          f"weights, which exist for backbone={', '.join(sorted(_ENTRIES))} "
                           f"(this run uses {backbone})")
     return WEIGHTS[backbone]
 
