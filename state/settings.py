@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trainer.embedding_map import MAX_POINTS
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
@@ -52,6 +54,11 @@ class Settings(BaseSettings):
         description="A queued job that no worker has taken this long after its message was "
         "sent is sent again (its message may have been lost); duplicates are harmless.")
     gpu_queue: str = Field(default="gpu", description="Queue of training jobs.")
+    map_points: int = Field(
+        default=MAX_POINTS, ge=0, le=1_000_000,
+        description="Most items a published model's 2-D map shows (a random sample of larger "
+        "collections); 0: no map. Its t-SNE is most of a publish: about 5 s for 2,000 points "
+        "and 3 minutes for 50,000 on 2 CPU cores.")
     worker_gpus: int | None = Field(
         default=None, ge=1, le=64,
         description="GPUs this worker owns: it takes jobs asking for up to that many (gpus=k "

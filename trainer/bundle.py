@@ -69,7 +69,8 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
                  extra: dict[str, Any] | None = None, exist_ok: bool = False,
                  check: Callable[[], None] | None = None,
                  embeddings: str | os.PathLike[str] | None = None,
-                 extra_json: dict[str, Any] | None = None) -> Path:
+                 extra_json: dict[str, Any] | None = None,
+                 map_points: int = embedding_map.MAX_POINTS) -> Path:
     """Build a bundle from a finished training run; returns its final path (not yet current).
 
     `exist_ok`: a valid bundle of this version already there (published by an earlier attempt
@@ -77,7 +78,8 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
     `check` is called between the steps (copy, index build, validation, rename); whatever it
     raises aborts the bundle, leaving nothing behind. `embeddings`: the items to index, when
     not the run's own embeddings.npz (e.g. with later changes applied); `extra_json`: more
-    files of the bundle, name -> JSON value.
+    files of the bundle, name -> JSON value; `map_points`: most items of its 2-D map (0: no
+    map).
     """
     run, root = Path(run_dir), Path(models_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
         atomic_write_json(tmp / "items.json", {"ids": ids, "labels": labels, "classes": classes})
         built = faiss_index.build(vectors, index_kind or config.get("index", "auto"))
         faiss_index.save(built, tmp / "index.faiss")
-        map_points = _write_map(tmp, vectors)
+        shown = _write_map(tmp, vectors, map_points)
         check()
         manifest = {
             "format": FORMAT,
@@ -125,7 +127,7 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
             "metrics": metrics,
             "training_time_s": metrics.get("training_time_s"),
             "config": config,
-            "map_points": map_points,
+            "map_points": shown,
             # Which pretrained weights the run started from (init_from=imagenet).
             **({"init_weights": metrics["init_weights"]} if metrics.get("init_weights") else {}),
             **(extra or {}),
@@ -156,10 +158,13 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
     return final
 
 
-def _write_map(bundle_dir: Path, vectors: np.ndarray) -> int | None:
-    """The 2-D map is for people to look at: a model whose map failed still serves."""
+def _write_map(bundle_dir: Path, vectors: np.ndarray, max_points: int) -> int | None:
+    """The 2-D map is for people to look at: a model whose map failed (or that was published
+    with maps off) still serves."""
+    if max_points <= 0:
+        return None
     try:
-        return embedding_map.write(bundle_dir, vectors)
+        return embedding_map.write(bundle_dir, vectors, max_points)
     except Exception:
         log.warning("could not compute the embedding map; publishing without one",
                     exc_info=True)

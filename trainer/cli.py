@@ -23,11 +23,20 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from trainer.embedding_map import MAX_POINTS
 from trainer.errors import TrainerError, TrainingStopped
 from trainer.files import atomic_write_json
 
 DATA_RECORD = "data.json"  # in a run folder: the dataset it was trained on (see _publish)
 log = logging.getLogger("trainer")
+
+
+def count(text: str) -> int:
+    """A number of things, 0 or more (argparse names it in its message: "invalid count")."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                    "one the run was trained on, as `train` recorded it)")
     b.add_argument("--index", default=None, choices=["auto", "flat", "ivf", "hnsw"])
     b.add_argument("--no-current", action="store_true", help="do not make it the current one")
+    b.add_argument("--map-points", type=count, default=MAX_POINTS, metavar="N",
+                   help="most items of its 2-D map, a random sample of larger collections "
+                   f"(default {MAX_POINTS:,}; 0: no map)")
 
     x = sub.add_parser("export", help="write the encoder as an ONNX graph (encoder.onnx: uint8 "
                        "RGB images [N, S, S, 3] -> unit vectors) and what it takes and gives "
@@ -249,7 +261,8 @@ def _publish(args: argparse.Namespace) -> int:
         print(f"error: {run} does not record the data it was trained on (a run of an older "
               "version): name its dataset with --dataset", file=sys.stderr)
         return 2
-    path = write_bundle(run, args.models, dataset=dataset, index_kind=args.index)
+    path = write_bundle(run, args.models, dataset=dataset, index_kind=args.index,
+                        map_points=args.map_points)
     if not args.no_current:
         set_current(args.models, path.name)
     print(f"published {path} into collection {dataset!r}"

@@ -65,7 +65,8 @@ def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
                             **(options.extra if options else {})},
                      exist_ok=True, check=between_phases,
                      embeddings=options.embeddings if options else None,
-                     extra_json=options.extra_json if options else None)
+                     extra_json=options.extra_json if options else None,
+                     map_points=settings.map_points)
         between_phases()
         committed = recorder.retrying(lambda: store.transition(
             job.id, {RUNNING}, RUNNING, owner=recorder.owner, when={"cancel_requested": False},

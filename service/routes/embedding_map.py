@@ -52,7 +52,8 @@ def _encoded(served: Served) -> bytes:
     found = embedding_map.load(bundle.path)
     if found is None:
         raise not_found(f"model {served.version} has no embedding map: it was published "
-                        "before maps were computed; train it again to get one")
+                        "with maps off (MAP_POINTS=0) or before maps were computed; train "
+                        "it again with maps on to get one")
     rows, coords = found
     keep = (rows >= 0) & (rows < len(bundle.ids))
     rows, coords = rows[keep], coords[:len(keep)][keep]

@@ -50,6 +50,22 @@ def test_train_evaluate_publish(cifar_zip, tmp_path):
     version = pointer.read_text().strip()
     manifest = json.loads((tmp_path / "models" / version / "manifest.json").read_text())
     assert manifest["dataset"] == cifar_zip.name and f"{cifar_zip.name!r}" in p.stdout
+    assert manifest["map_points"] == 120  # every item: fewer than the default 50,000
+
+    # A smaller map: a sample of the items; none at all with 0; a negative count is refused.
+    for points, shown in (("50", 50), ("0", None)):
+        p = _cli("publish", "--run", str(out), "--models", str(tmp_path / "models"),
+                 "--no-current", "--map-points", points)
+        assert p.returncode == 0, p.stderr
+        version = p.stdout.split()[1].rsplit("/", 1)[-1]
+        bundle = tmp_path / "models" / version
+        assert json.loads((bundle / "manifest.json").read_text())["map_points"] == shown
+        assert (bundle / "map.npy").exists() is (shown is not None)
+        if shown:
+            assert np.load(bundle / "map.npy").shape == (50, 2)
+    p = _cli("publish", "--run", str(out), "--models", str(tmp_path / "models"),
+             "--map-points", "-1")
+    assert p.returncode == 2 and "--map-points" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_bad_config_and_bad_data_exit_2_with_a_clear_message(cifar_zip, tmp_path):

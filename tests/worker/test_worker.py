@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from state.jobs import CANCELED, FAILED, QUEUED, RUNNING, SUCCEEDED
-from tests.worker.conftest import TINY, write_tiny_dataset
+from tests.worker.conftest import MAP_POINTS, TINY, write_tiny_dataset
 from trainer.bundle import current_version
 from trainer.errors import ConfigError, DatasetError
 
@@ -55,6 +55,8 @@ def test_job_runs_to_a_published_bundle_with_progress(stack):
                            "manifest.json").read_text())
     assert manifest["item_count"] == 1797 and manifest["job_id"] == job.id
     assert manifest["index"]["recall_at_10"] == 1.0 and "knn_top1" in manifest["metrics"]
+    # The worker's MAP_POINTS: a map of a sample of the items.
+    assert manifest["map_points"] == MAP_POINTS < 1797
     # The figures the job reports are those of the model it published, beside raw pixels on
     # the same split.
     assert done.progress["phase"] == "done"
