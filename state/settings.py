@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     map_points: int = Field(
         default=MAX_POINTS, ge=0, le=1_000_000,
         description="Most items a published model's 2-D map shows (a random sample of larger "
-        "collections); 0: no map. Its t-SNE is most of a publish: about 5 s for 2,000 points "
-        "and 3 minutes for 50,000 on 2 CPU cores.")
+        "collections); 0: no map. Its t-SNE is most of a publish: about 4 s for 2,000 points "
+        "and 4 minutes for 50,000 on 2 CPU cores.")
     worker_gpus: int | None = Field(
         default=None, ge=1, le=64,
         description="GPUs this worker owns: it takes jobs asking for up to that many (gpus=k "

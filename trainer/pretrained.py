@@ -105,11 +105,12 @@ WEIGHTS = _Weights()
 
 
 def weights_for(backbone: str) -> PretrainedWeights:
-    if backbone not in _ENTRIES and backbone not in WEIGHTS:
+    try:
+        return WEIGHTS[backbone]
+    except KeyError:
         raise ConfigError(KEY, f"init_from={IMAGENET} starts from torchvision's ImageNet "
                           f"weights, which exist for backbone={', '.join(sorted(_ENTRIES))} "
-                          f"(this run uses {backbone})")
-    return WEIGHTS[backbone]
+                          f"(this run uses {backbone})") from None
 
 
 def sha256(path: Path) -> str:
