@@ -57,6 +57,10 @@ CANDIDATES: dict[str, Callable[[dict[str, float]], float]] = {
     "cluster_stability": lambda p: p["cluster_stability"],
     "pseudo_label_knn": lambda p: p["pseudo_label_knn"],
     "local_mrr": lambda p: p["local_mrr"],
+    **{f"{centred}retrieval_{name}": (lambda key: lambda p: p[key])(
+        f"{centred}retrieval_{name}")
+       for centred in ("", "centred_")
+       for name in ("percentile", "log_rank", "recall_1pc", "recall_10pc")},
 }
 
 
@@ -109,8 +113,8 @@ def gate_precision(knn: list[float], score: list[float], margin: float,
     return (ok / total if total else 1.0), total
 
 
-def study(collection: str, k: int = DEFAULT_K) -> dict:
-    panel = panel_embeddings(collection)
+def study(collection: str, k: int = DEFAULT_K, panel_seed: int = 0) -> dict:
+    panel = panel_embeddings(collection, panel_seed=panel_seed)
     names = list(panel)
     knn = [panel[n]["knn_top1"] for n in names]
     parts: dict[str, dict] = {}
@@ -158,7 +162,7 @@ def study(collection: str, k: int = DEFAULT_K) -> dict:
         fn = CANDIDATES["score"]
         seed_gap = abs(fn(parts["instance-3"]["views"][f"{DEFAULT_AUGMENTATION}_0"])
                        - fn(parts["instance-3-seed1"]["views"][f"{DEFAULT_AUGMENTATION}_0"]))
-    c = open_collection(collection_dir(collection))
+    c = open_collection(collection_dir(collection, panel_seed))
     ceiling = reference_ceiling({n: panel[n]["clean"] for n in names}, c.labels, c.is_eval,
                                 len(c.classes), MIN_GAP)
     return {"knn_top1": dict(zip(names, knn, strict=True)), "candidates": candidates,
@@ -225,11 +229,14 @@ def main() -> None:
     p.add_argument("--collections", nargs="+", default=list(COLLECTIONS),
                    choices=list(COLLECTIONS))
     p.add_argument("--k", type=int, default=DEFAULT_K)
+    p.add_argument("--panel-seed", type=int, default=0,
+                   help="an independent replicate of the panel (bench/label_free_panel.py)")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     args = p.parse_args()
     torch.set_num_threads(1)
     results = {"min_gap": MIN_GAP, "k": args.k, "augmentation": DEFAULT_AUGMENTATION,
-               "collections": {c: study(c, args.k) for c in args.collections}}
+               "panel_seed": args.panel_seed,
+               "collections": {c: study(c, args.k, args.panel_seed) for c in args.collections}}
     # The gate's margin: three standard deviations of the difference of two scores, each
     # with the largest noise seen (view seeds or resamples) on any collection.
     default = [res["candidates"]["score"][DEFAULT_AUGMENTATION]

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 
 from trainer.knn import knn_scores
-from trainer.label_free import effective_rank, list_agreement, neighbour_lists, retrieval_ranks
+from trainer.label_free import (
+    effective_rank,
+    list_agreement,
+    log_rank_score,
+    neighbour_lists,
+    retrieval_ranks,
+)
 
 CLUSTERS = 10  # k-means clusters of the pseudo-label candidates
 KNN_K, KNN_SIGMA = 200, 0.1  # the labelled kNN's settings, reused by the pseudo-label kNN
@@ -94,6 +100,23 @@ def local_mrr(clean: torch.Tensor, views: torch.Tensor, k: int = 10) -> float:
     return float((1.0 / (ranks.double() + 1)).mean())
 
 
+def rank_family(ranks: torch.Tensor) -> dict[str, float]:
+    """Scores of the same retrieval that weigh the top of the list less than the mean
+    reciprocal rank does, so a few near-duplicates ranked above an item's own copy (overlapping
+    patches, burst photos) cost little: the mean percentile of the own copy (1 = always first,
+    0 = always last), the mean log-rank score on the same scale (the score since December 6),
+    and recall within the top 1 % and 10 % of the sample."""
+    n = len(ranks)
+    r = ranks.double()
+    top = {share: max(1, int(share * n)) for share in (0.01, 0.1)}
+    return {
+        "retrieval_percentile": float(1 - (r / max(1, n - 1)).mean()),
+        "retrieval_log_rank": log_rank_score(ranks, n),
+        "retrieval_recall_1pc": float((r < top[0.01]).double().mean()),
+        "retrieval_recall_10pc": float((r < top[0.1]).double().mean()),
+    }
+
+
 def candidate_parts(clean: np.ndarray, views: np.ndarray, k: int = 10) -> dict[str, float]:
     """The candidates' values for embeddings of the same items (row i of each)."""
     c = _unit(torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32)))
@@ -109,6 +132,9 @@ def candidate_parts(clean: np.ndarray, views: np.ndarray, k: int = 10) -> dict[s
         "cluster_stability": cluster_stability(c, v),
         "pseudo_label_knn": pseudo_label_knn(c, v),
         "local_mrr": local_mrr(c, v, k),
+        **rank_family(retrieval_ranks(c, v)),
+        **{f"centred_{key}": value
+           for key, value in rank_family(retrieval_ranks(cc, cv)).items()},
     }
 
 

@@ -3,12 +3,16 @@ labelled collections written as image folders, a panel of encoders per collectio
 quality, and every encoder's embeddings of the collection and of fixed augmented views of it,
 cached on disk so the score can be studied without training or embedding again.
 
-Everything lands under var/label_free/ (ignored by git); a rerun trains nothing it has.
+Everything lands under var/label_free/ (ignored by git); a rerun trains nothing it has. A
+panel seed other than 0 builds an independent replicate beside it (var/label_free/panel-seed-N/):
+other CIFAR-10 images, other photo patches, and every encoder initialised and trained with other
+seeds, so a score chosen on one build can be checked on a build that did not choose it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import io
 import json
@@ -33,6 +37,7 @@ from trainer.label_free import AUGMENTATIONS, augmented_views, untrained_model
 from trainer.loader import Prepared, prepare
 
 ROOT = REPO / "var" / "label_free"
+SEED_STRIDE = 100  # a panel seed shifts every member's training seed by this much
 # Views embedded by every encoder: the mild augmentation under three seeds (the noise of the
 # score), the training one under one.
 VIEWS = (("mild", 0), ("mild", 1), ("mild", 2), ("train", 0))
@@ -78,11 +83,15 @@ PANEL = (
 TEST_QUERIES = 1000
 
 
-def _cifar_slice(root: Path, grey: bool, offset: int, train: int = 1000,
+def root_of(panel_seed: int = 0) -> Path:
+    return ROOT if panel_seed == 0 else ROOT / f"panel-seed-{panel_seed}"
+
+
+def _cifar_slice(root: Path, grey: bool, offset: int, seed: int, train: int = 1000,
                  test: int = TEST_QUERIES) -> None:
     """`train` + `test` CIFAR-10 images drawn at random (the grey slice takes the next ones,
     so the two collections share no image)."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     with zipfile.ZipFile(CIFAR_ZIP) as z:
         names = sorted(n for n in z.namelist() if n.endswith(".jpg"))
         for split, count in (("train", train), ("test", test)):
@@ -101,36 +110,37 @@ def _cifar_slice(root: Path, grey: bool, offset: int, train: int = 1000,
                     (folder / Path(member).name).write_bytes(data)
 
 
-def _digits(root: Path) -> None:
+def _digits(root: Path, seed: int) -> None:
     from trainer.sample_data import write_digits
-    write_digits(root)
+    write_digits(root)  # the same 1,797 images whatever the seed: there are no others
 
 
-def _patches(root: Path) -> None:
+def _patches(root: Path, seed: int) -> None:
     from trainer.sample_data import write_photo_patches
     # 128 training patches per class, as the earlier builds had; the other 272 are queries.
-    write_photo_patches(root, per_class=400, test_share=0.68)
+    write_photo_patches(root, per_class=400, test_share=0.68, seed=seed)
 
 
-def _scattered(root: Path) -> None:
+def _scattered(root: Path, seed: int) -> None:
     from trainer.sample_data import write_scattered_digits
-    write_scattered_digits(root)
+    write_scattered_digits(root, seed=seed)
 
 
-COLLECTIONS: dict[str, Callable[[Path], None]] = {
-    "cifar10": lambda r: _cifar_slice(r, grey=False, offset=0),
-    "cifar10-grey": lambda r: _cifar_slice(r, grey=True, offset=1),
+# name -> writer(folder, panel seed)
+COLLECTIONS: dict[str, Callable[[Path, int], None]] = {
+    "cifar10": lambda r, s: _cifar_slice(r, grey=False, offset=0, seed=s),
+    "cifar10-grey": lambda r, s: _cifar_slice(r, grey=True, offset=1, seed=s),
     "digits": _digits,
     "photo-patches": _patches,
     "scattered-digits": _scattered,
 }
 
 
-def collection_dir(name: str) -> Path:
-    folder = ROOT / "data" / name
+def collection_dir(name: str, panel_seed: int = 0) -> Path:
+    folder = root_of(panel_seed) / "data" / name
     done = folder / ".complete"
     if not done.exists():
-        COLLECTIONS[name](folder)
+        COLLECTIONS[name](folder, panel_seed)
         done.write_text("")
     return folder
 
@@ -150,22 +160,27 @@ def _collapse(model: EmbeddingModel) -> EmbeddingModel:
     return model
 
 
+def member_config(member: Member, panel_seed: int = 0) -> TrainConfig:
+    config = TrainConfig.from_strings([*BASE, *member.overrides])
+    return dataclasses.replace(config, seed=config.seed + SEED_STRIDE * panel_seed)
+
+
 def encoder(collection: str, member: Member, prepared: Prepared,
-            log: Callable[[str], None]) -> Embed:
+            log: Callable[[str], None], panel_seed: int = 0) -> Embed:
     if member.kind == "pixels":
         return lambda images: pixel_vectors(images, prepared.mean, prepared.std)
-    config = TrainConfig.from_strings([*BASE, *member.overrides])
+    config = member_config(member, panel_seed)
     if member.kind == "untrained":
         return untrained_model(config.backbone, config.embedding_dim, config.input_size,
                                prepared.mean, prepared.std, seed=config.seed,
                                device="cpu", precision="fp32").embed_uint8
     source = member if member.kind == "trained" else next(
         m for m in PANEL if m.name == member.source)
-    config = TrainConfig.from_strings([*BASE, *source.overrides])
-    out = ROOT / "runs" / collection / source.name
+    config = member_config(source, panel_seed)
+    out = root_of(panel_seed) / "runs" / collection / source.name
     if not (out / "metrics.json").exists():
         log(f"  training {collection}/{source.name}")
-    Trainer(config, open_collection(collection_dir(collection)), out).run()
+    Trainer(config, open_collection(collection_dir(collection, panel_seed)), out).run()
     model = EmbeddingModel.load(out / "encoder.pt", "cpu", "fp32")
     return (_collapse(model) if member.kind == "collapsed" else model).embed_uint8
 
@@ -174,10 +189,12 @@ def _embed(forward: Embed, images: torch.Tensor, batch: int = 256) -> np.ndarray
     return np.concatenate([forward(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
-def panel_embeddings(collection: str, log: Callable[[str], None] = print) -> dict[str, dict]:
+def panel_embeddings(collection: str, log: Callable[[str], None] = print,
+                     panel_seed: int = 0) -> dict[str, dict]:
     """member name -> {"clean": N x D, "views": {(aug, seed): N x D}, "knn_top1": float},
     computed once and cached in an .npz per member."""
-    folder = collection_dir(collection)
+    folder = collection_dir(collection, panel_seed)
+    cached = root_of(panel_seed) / "embeddings" / collection
     coll = open_collection(folder)
     prepared = prepare(coll, 32, num_workers=0)
     assert prepared.images is not None
@@ -186,15 +203,15 @@ def panel_embeddings(collection: str, log: Callable[[str], None] = print) -> dic
     out: dict[str, dict] = {}
     c = prepared.collection
     for member in PANEL:
-        cache = ROOT / "embeddings" / collection / f"{member.name}.npz"
+        cache = cached / f"{member.name}.npz"
         with _locked(cache):
-            _compute(cache, collection, member, prepared, views, log)
+            _compute(cache, collection, member, prepared, views, log, panel_seed)
         blob = np.load(cache)
         out[member.name] = {
             "clean": blob["clean"], "knn_top1": float(blob["knn_top1"]),
             "views": {(aug, s): blob[f"{aug}_{s}"] for aug, s in VIEWS},
         }
-    (ROOT / "embeddings" / collection / "collection.json").write_text(json.dumps(
+    (cached / "collection.json").write_text(json.dumps(
         {"items": len(c), "classes": len(c.classes), "eval_items": int(c.is_eval.sum())}))
     return out
 
@@ -209,12 +226,13 @@ def _locked(cache: Path) -> Iterator[None]:
 
 
 def _compute(cache: Path, collection: str, member: Member, prepared: Prepared,
-             views: dict[tuple[str, int], torch.Tensor], log: Callable[[str], None]) -> None:
+             views: dict[tuple[str, int], torch.Tensor], log: Callable[[str], None],
+             panel_seed: int) -> None:
     c, images = prepared.collection, prepared.images
     assert images is not None
     if cache.exists():
         return
-    forward = encoder(collection, member, prepared, log)
+    forward = encoder(collection, member, prepared, log, panel_seed)
     arrays = {"clean": _embed(forward, images)}
     for (aug, s), v in views.items():
         arrays[f"{aug}_{s}"] = _embed(forward, v)

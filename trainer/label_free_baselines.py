@@ -19,6 +19,7 @@ from trainer.label_free import (
     AUGMENTATIONS,
     DEFAULT_AUGMENTATION,
     MAX_SAMPLE,
+    MEASURE,
     LabelFreeScore,
     augmented_views,
     label_free_score,
@@ -28,7 +29,8 @@ from trainer.label_free import (
 from trainer.loader import Prepared
 
 Forward = Callable[[torch.Tensor], np.ndarray]
-LABEL_FREE_KEYS = ("label_free", "pixel_label_free", "untrained_label_free", "label_free_items")
+LABEL_FREE_KEYS = ("label_free", "pixel_label_free", "untrained_label_free", "label_free_items",
+                   "label_free_measure")
 PRETRAINED_KEY = "pretrained_label_free"
 
 
@@ -110,6 +112,7 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
         "untrained_label_free": scores["untrained"].score,
         "label_free_parts": {name: s.parts for name, s in scores.items()},
         "label_free_items": len(rows),
+        "label_free_measure": MEASURE,
         "label_free_augmentation": DEFAULT_AUGMENTATION,
     }
 

@@ -7,7 +7,9 @@ model of a dataset must beat doing nothing). Both are measured on the same items
   noise (trainer/judge.py);
 - without labels: the label-free score (trainer/label_free.py) against raw pixels' on the same
   items and views, or against the score the current model got in its own run, with the margin
-  its measured noise sets (GATE_MARGIN).
+  its measured noise sets (GATE_MARGIN). A current model scored by an earlier measure of the
+  score cannot be compared with: the new model is judged against raw pixels, and the verdict
+  says so.
 
 `promote` on the job chooses what the verdict does: `gate` follows it, `always` and `never`
 record it and ignore it. The verdict is written into the bundle's manifest and the job record
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from trainer.bundle import current_version, read_manifest
 from trainer.errors import BundleError
 from trainer.evaluation import headline
 from trainer.judge import Verdict, correct, paired, unpaired, with_margin
-from trainer.label_free import GATE_MARGIN
+from trainer.label_free import GATE_MARGIN, measure_of
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +87,18 @@ def _label_free(metrics: dict[str, Any], models_root: Path,
         return with_margin(float(mine), float(metrics["pixel_label_free"]), GATE_MARGIN, n,
                            "raw pixels", "label_free")
     version = incumbent[0]
-    theirs = (read_manifest(models_root, version).get("metrics") or {}).get("label_free")
+    figures = read_manifest(models_root, version).get("metrics") or {}
+    theirs = figures.get("label_free")
     if theirs is None:
         return Verdict(True, "label_free", float(mine), None, f"version {version}", 0.0, n,
                        f"version {version} has no label-free score to compare with")
+    if measure_of(figures) != measure_of(metrics):
+        verdict = with_margin(float(mine), float(metrics["pixel_label_free"]), GATE_MARGIN, n,
+                              "raw pixels", "label_free")
+        return replace(verdict, reason=(
+            f"version {version}'s label-free score measures {measure_of(figures)}, this "
+            f"model's {measure_of(metrics)}: they do not compare, so it is judged against raw "
+            f"pixels. {verdict.reason}"))
     return with_margin(float(mine), float(theirs), GATE_MARGIN, n, f"version {version}",
                        "label_free")
 

@@ -6,6 +6,8 @@ import sys
 
 import numpy as np
 
+from trainer.label_free import MEASURE
+
 
 def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True,
@@ -41,6 +43,8 @@ def test_train_evaluate_publish(cifar_zip, tmp_path):
                for k in ("label_free", "pixel_label_free", "untrained_label_free"))
     assert {k: evaluated[k] for k in ("label_free", "pixel_label_free")} == {
         k: metrics[k] for k in ("label_free", "pixel_label_free")}
+    # What the score measures is kept with it: a score compares only with its own kind.
+    assert evaluated["label_free_measure"] == metrics["label_free_measure"] == MEASURE
 
     # Published from a folder named `run`, the model serves the collection of the data it was
     # trained on (named after the run folder, it would serve images that are not there).
@@ -146,3 +150,5 @@ def test_evaluate_without_labels_on_a_flat_folder(tmp_path):
     assert out["label_free"] == out["untrained_label_free"]
     assert out["label_free_parts"]["model"] == out["label_free_parts"]["untrained"]
     assert set(out["label_free_parts"]["pixels"]) >= {"retrieval_mrr", "effective_rank"}
+    assert out["label_free"] == out["label_free_parts"]["model"][MEASURE]
+    assert out["label_free_measure"] == MEASURE

@@ -9,10 +9,15 @@ import torch
 from trainer.backbones import Encoder
 from trainer.label_free import (
     AUGMENTATIONS,
+    MEASURE,
+    MEASURE_BEFORE,
     augmented_views,
+    combine,
     effective_rank,
     label_free_score,
     list_agreement,
+    log_rank_score,
+    measure_of,
     neighbour_lists,
     parts_of,
     retrieval_ranks,
@@ -45,6 +50,35 @@ def test_identical_embeddings_find_nothing():
     parts = parts_of(same.numpy(), same.numpy(), k=2)
     assert parts["retrieval_top1"] == 0.0
     assert parts["retrieval_mrr"] == pytest.approx(1 / 5)
+    assert parts["retrieval_log_rank"] == pytest.approx(0.0)  # last of 5, every time
+    assert combine(parts) == parts["retrieval_log_rank"]
+
+
+def test_the_log_rank_score_by_hand():
+    # Among n = 8 items, ranks 0, 1, 3 and 7: log(1 + r) / log(8) = 0, 1/3, 2/3 and 1.
+    ranks = torch.tensor([0, 1, 3, 7])
+    assert log_rank_score(ranks, 8) == pytest.approx(1 - (0 + 1 / 3 + 2 / 3 + 1) / 4)
+    assert log_rank_score(torch.zeros(8, dtype=torch.long), 8) == 1.0
+    assert log_rank_score(torch.zeros(1, dtype=torch.long), 1) == 1.0  # nothing to confuse
+
+
+def test_a_few_near_duplicates_cost_the_log_rank_little_and_the_reciprocal_rank_most():
+    """Every view finds 3 near-duplicates before its own copy, among 1,000 items: the
+    reciprocal rank loses three quarters, the log-rank score log(4) / log(1000), a fifth."""
+    clean = torch.eye(1000)
+    views = clean.clone()
+    for i in range(10):  # item i's view is nearer to 3 other items than to item i
+        views[i] = clean[i] * 0.1 + clean[[(i + 1) % 1000, (i + 2) % 1000, (i + 3) % 1000]].sum(0)
+    ranks = retrieval_ranks(clean, views / views.norm(dim=1, keepdim=True))[:10]
+    assert ranks.tolist() == [3] * 10
+    assert float((1.0 / (ranks.double() + 1)).mean()) == pytest.approx(1 / 4)
+    assert log_rank_score(ranks, 1000) == pytest.approx(1 - math.log(4) / math.log(1000))
+    assert log_rank_score(ranks, 1000) > 0.79
+
+
+def test_a_score_without_a_recorded_measure_is_of_the_measure_before():
+    assert measure_of({"label_free": 0.3}) == MEASURE_BEFORE == "retrieval_mrr"
+    assert measure_of({"label_free": 0.3, "label_free_measure": MEASURE}) == MEASURE
 
 
 def test_neighbour_lists_leave_the_item_itself_out():

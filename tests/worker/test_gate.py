@@ -16,6 +16,8 @@ import pytest
 
 from state.jobs import SUCCEEDED, Job
 from trainer.bundle import current_version, previous_version
+from trainer.current import set_current
+from trainer.label_free import MEASURE, MEASURE_BEFORE
 from worker.gate import judge
 
 UNTRAINED = {"lr": 1e-9}
@@ -102,18 +104,50 @@ def test_the_policy_decides_what_the_verdict_does(tmp_path, policy, promoted):
     assert gate["margin"] == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize(("score", "promoted"), [(0.5, True), (0.31, False)])
-def test_without_labels_the_label_free_score_must_beat_raw_pixels_by_its_margin(
-        tmp_path, score, promoted):
+def _unlabelled_run(tmp_path, score):
+    """A finished run of a collection without labels, scored `score` against raw pixels'
+    0.3 by the label-free measure of today."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({}))
     (run / "metrics.json").write_text(json.dumps({
         "label_free": score, "pixel_label_free": 0.3, "untrained_label_free": 0.2,
-        "label_free_items": 50}))
+        "label_free_items": 50, "label_free_measure": MEASURE}))
     np.savez(run / "embeddings.npz", vectors=np.eye(2, dtype=np.float32), ids=np.array(["a", "b"]),
              labels=np.array([-1, -1]), classes=np.array([], dtype=str),
              is_eval=np.array([False, False]))
-    gate = judge(Job(id="j", dataset="d", config={}), run, tmp_path / "models")
+    return run
+
+
+@pytest.mark.parametrize(("score", "promoted"), [(0.5, True), (0.32, False)])
+def test_without_labels_the_label_free_score_must_beat_raw_pixels_by_its_margin(
+        tmp_path, score, promoted):
+    gate = judge(Job(id="j", dataset="d", config={}), _unlabelled_run(tmp_path, score),
+                 tmp_path / "models")
     assert gate["measure"] == "label_free" and gate["incumbent_name"] == "raw pixels"
-    assert gate["margin"] == 0.02 and gate["items"] == 50 and gate["promoted"] is promoted
+    assert gate["margin"] == 0.025 and gate["items"] == 50 and gate["promoted"] is promoted
+
+
+@pytest.mark.parametrize("incumbent_measure", [None, MEASURE_BEFORE, MEASURE])
+def test_a_current_model_scored_by_another_measure_is_not_compared_with(
+        tmp_path, incumbent_measure):
+    """The current model's score (0.9) is of the reciprocal rank, recorded as such or from
+    before measures were recorded: beside a log-rank score of 0.5 it says nothing, and the new
+    model is judged against raw pixels (0.3) instead. Of the same measure, it keeps it out."""
+    models = tmp_path / "models"
+    (models / "v1").mkdir(parents=True)
+    figures = {"label_free": 0.9} | (
+        {"label_free_measure": incumbent_measure} if incumbent_measure else {})
+    (models / "v1" / "manifest.json").write_text(json.dumps({"dataset": "d",
+                                                             "metrics": figures}))
+    (models / "v1" / "items.json").write_text(json.dumps({"ids": ["a", "b"]}))
+    set_current(models, "v1")
+    gate = judge(Job(id="j", dataset="d", config={}), _unlabelled_run(tmp_path, 0.5), models)
+    if incumbent_measure == MEASURE:
+        assert gate["promoted"] is False and gate["incumbent_name"] == "version v1"
+        assert gate["incumbent"] == 0.9
+        return
+    assert gate["promoted"] is True and gate["incumbent_name"] == "raw pixels"
+    assert gate["incumbent"] == 0.3 and gate["candidate"] == 0.5
+    assert gate["reason"].startswith(
+        f"version v1's label-free score measures {MEASURE_BEFORE}, this model's {MEASURE}")
