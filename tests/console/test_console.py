@@ -26,6 +26,7 @@ from tests.conftest import CIFAR_SLICE, V1, V2
 from tests.console.browser import Watch, launch, screenshot_dir
 from tests.processes import Process, discard_all, start_api, start_worker
 from trainer.bundle import set_current, write_bundle
+from trainer.label_free import GATE_MARGIN
 
 pytestmark = pytest.mark.slow
 
@@ -387,7 +388,8 @@ def test_compare_two_versions_with_their_neighbours_side_by_side(stack: Stack, b
     expect(knn.locator(".value-b")).to_have_text(f"{100 * answer['b']['knn_top1']:.1f} %")
     expect(free.locator(".value-a")).to_have_text(f"{answer['a']['label_free']:.4f}")
     expect(free.locator(".value-b")).to_have_text(f"{answer['b']['label_free']:.4f}")
-    expect(free).to_contain_text("the noise margin 0.0200")
+    assert answer["label_free"]["margin"] == GATE_MARGIN
+    expect(free).to_contain_text(f"the noise margin {GATE_MARGIN:.4f}")
     expect(page.locator("#compare-overlap .big")).to_have_text(
         f"{100 * answer['overlap']['mean']:.1f} %")
     first = answer["changed_most"][0]
