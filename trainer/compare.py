@@ -30,7 +30,13 @@ from trainer.config import TrainConfig
 from trainer.encoder_file import EmbeddingModel
 from trainer.images import InvalidImage
 from trainer.judge import Z, correct, paired_difference
-from trainer.label_free import DEFAULT_AUGMENTATION, GATE_MARGIN, MAX_SAMPLE, sample_rows
+from trainer.label_free import (
+    DEFAULT_AUGMENTATION,
+    GATE_MARGIN,
+    MAX_SAMPLE,
+    MEASURE,
+    sample_rows,
+)
 from trainer.label_free_baselines import sample_score, sample_views
 from trainer.neighbour_overlap import changed_most, list_overlap, neighbour_lists, renumber
 
@@ -195,7 +201,8 @@ def _label_free(a: Bundle, b: Bundle, shared: Shared, collection: Collection,
         scores[name] = sample_score(as_trained(bundle).embed_uint8, sample,
                                     sample_views(sample), clean).score
     return {"a": scores["a"], "b": scores["b"], "items": int(keep.sum()),
-            "augmentation": DEFAULT_AUGMENTATION, "difference": scores["b"] - scores["a"],
+            "augmentation": DEFAULT_AUGMENTATION, "measure": MEASURE,
+            "difference": scores["b"] - scores["a"],
             "margin": GATE_MARGIN}
 
 

@@ -62,6 +62,9 @@ class KnnComparison(BaseModel):
 class LabelFreeComparison(BaseModel):
     items: int = Field(description="Items sampled; both models saw the same items and views.")
     augmentation: str
+    measure: str = Field(description="What the score measures: `retrieval_log_rank`, the mean "
+                         "of 1 - log(1 + r) / log(N) over the views, r the rank of a view's own "
+                         "image among the N sampled items.")
     difference: float = Field(description="b's score minus a's.")
     margin: float = Field(description="The smallest difference worth acting on (the score's "
                           "measured noise).")

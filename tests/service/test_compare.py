@@ -16,7 +16,7 @@ from service.errors import PROBLEM
 from tests.conftest import CIFAR_SLICE
 from tests.service.conftest import V1, V2
 from trainer.bundle import write_bundle
-from trainer.label_free import GATE_MARGIN
+from trainer.label_free import GATE_MARGIN, MEASURE
 
 
 def _dataset(api) -> None:
@@ -51,6 +51,7 @@ def test_two_versions_compared_on_the_same_items(api, trained_runs):
     # The label-free score on every item (fewer than the sample) with the runs' views.
     free = out["label_free"]
     assert (free["items"], free["augmentation"], free["margin"]) == (120, "mild", GATE_MARGIN)
+    assert free["measure"] == MEASURE == metrics[V1]["label_free_measure"]
     for side, version in (("a", V1), ("b", V2)):
         assert out[side]["label_free"] == pytest.approx(metrics[version]["label_free"],
                                                         abs=1e-6)
