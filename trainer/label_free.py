@@ -19,10 +19,10 @@ best, won. The log-rank was chosen on a fourth build of the panels and checked o
 sixth that did not choose it: over the three, it ordered the encoder pairs more than 2 kNN
 points apart as kNN does in 86.6 % of cases on average against 83.6 %, and 69.1 % against
 63.2 % on the worst collection (ahead on 9 of 12 collection-builds, behind on 2, both digits).
-Neither reaches 90 % everywhere.
-Its noise (sd <= 0.0053 over view seeds and resamples) sets GATE_MARGIN. The view is a milder fixed
-augmentation than training's (crop area >= 60 %, jitter 0.2, no grey): training's ordered a
-little better on average but with the same noise on scores three times smaller.
+Neither reaches 90 % everywhere. Its noise (sd <= 0.0053 over view seeds and resamples) sets
+GATE_MARGIN. The view is a milder fixed augmentation than training's (crop area >= 60 %, jitter
+0.2, no grey): training's ordered a little better on average but with the same noise on scores
+three times smaller.
 """
 
 from __future__ import annotations

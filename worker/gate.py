@@ -83,9 +83,12 @@ def _label_free(metrics: dict[str, Any], models_root: Path,
     if mine is None:
         return Verdict(True, "none", None, None, "raw pixels", 0.0, 0,
                        "no labels and no label-free score: the model is not compared")
+
+    def against(theirs: float, name: str) -> Verdict:
+        return with_margin(float(mine), theirs, GATE_MARGIN, n, name, "label_free")
+
     if incumbent is None:
-        return with_margin(float(mine), float(metrics["pixel_label_free"]), GATE_MARGIN, n,
-                           "raw pixels", "label_free")
+        return against(float(metrics["pixel_label_free"]), "raw pixels")
     version = incumbent[0]
     figures = read_manifest(models_root, version).get("metrics") or {}
     theirs = figures.get("label_free")
@@ -93,14 +96,12 @@ def _label_free(metrics: dict[str, Any], models_root: Path,
         return Verdict(True, "label_free", float(mine), None, f"version {version}", 0.0, n,
                        f"version {version} has no label-free score to compare with")
     if measure_of(figures) != measure_of(metrics):
-        verdict = with_margin(float(mine), float(metrics["pixel_label_free"]), GATE_MARGIN, n,
-                              "raw pixels", "label_free")
+        verdict = against(float(metrics["pixel_label_free"]), "raw pixels")
         return replace(verdict, reason=(
             f"version {version}'s label-free score measures {measure_of(figures)}, this "
             f"model's {measure_of(metrics)}: they do not compare, so it is judged against raw "
             f"pixels. {verdict.reason}"))
-    return with_margin(float(mine), float(theirs), GATE_MARGIN, n, f"version {version}",
-                       "label_free")
+    return against(float(theirs), f"version {version}")
 
 
 def _incumbent(models_root: Path, dataset: str) -> tuple[str, dict[str, int]] | None:
