@@ -1,6 +1,8 @@
 """FAISS index of a collection's embeddings: cosine similarity as inner product on unit vectors.
 
-Exact search (IndexFlatIP) up to `EXACT_MAX_ITEMS`; HNSW above it (or IVF when asked). For an
+Exact search (IndexFlatIP) up to `EXACT_MAX_ITEMS`; HNSW above it (or IVF when asked). A few
+queries at a time over a large flat index are answered in two stages, exactly all the same
+(trainer/exact_rerank.py). For an
 approximate index the search breadth (efSearch / nprobe) is tuned at build time to the smallest
 value reaching `TARGET_RECALL` recall@10 against exact search, and the measured recall is kept
 with the index. Row r of the index is item r of the bundle; search parameters are passed per
@@ -17,7 +19,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-# Batches of 20+ queries take the BLAS path (8-15k q/s at 50k items instead of ~2k).
+from trainer.exact_rerank import FEW_QUERIES, MIN_ITEMS, RerankedScan
+
+# Every unfiltered flat search takes FAISS's BLAS path (FAISS compares this threshold with
+# queries x dimension): at 50,000 items, 0.3-1 ms per query in batches of 8-64, against
+# 1.5-2.8 ms for its sequential scan. Fewer queries go through exact_rerank instead.
 faiss.cvar.distance_compute_blas_threshold = 20
 
 EXACT_MAX_ITEMS = 200_000
@@ -33,6 +39,11 @@ class SearchIndex:
     params: dict[str, int] = field(default_factory=dict)  # default search breadth
     recall_at_10: float | None = None
     build_s: float = 0.0
+    reranked: RerankedScan | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind == "flat" and self.ntotal >= MIN_ITEMS and self.reranked is None:
+            self.reranked = RerankedScan(self.index)
 
     @property
     def ntotal(self) -> int:
@@ -48,7 +59,10 @@ class SearchIndex:
         `selector`, which keeps only the rows it selects)."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, self.ntotal))
-        return self.index.search(q, k, params=self._params(breadth, selector))
+        params = self._params(breadth, selector)
+        if self.reranked is not None and len(q) < FEW_QUERIES:
+            return self.reranked.search(q, k, params)
+        return self.index.search(q, k, params=params)
 
     def _params(self, breadth: int | None,
                 selector: faiss.IDSelector | None = None) -> faiss.SearchParameters | None:
@@ -63,13 +77,15 @@ class SearchIndex:
     def memory_bytes(self) -> int:
         """What the index holds in memory, from its shape (serialising a large index to
         measure it would copy it): the stored vectors, plus HNSW's links (2M at level 0,
-        about M more above) or IVF's ids and centroids."""
+        about M more above), IVF's ids and centroids, or a large flat index's 8-bit codes."""
         n, d = self.ntotal, self.dim
         size = n * d * 4
         if self.kind == "hnsw":
             size += n * (3 * HNSW_M * 4 + 16)
         elif self.kind == "ivf":
             size += n * 8 + int(getattr(self.index, "nlist", 0)) * d * 4
+        if self.reranked is not None:
+            size += self.reranked.memory_bytes
         return size
 
     def describe(self) -> dict[str, Any]:
