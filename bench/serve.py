@@ -73,7 +73,8 @@ def make_bundle(models: Path, work: Path, version: str, n: int, index: str,
              labels=np.full(n, -1), classes=np.asarray([], dtype=str), is_eval=np.zeros(n, bool))
     t0 = time.time()
     # One collection for all: a version is served (pinned by model_version) in its own collection.
-    write_bundle(run, models, dataset=dataset, version=version, index_kind=index)
+    # No 2-D map: no route measured here reads it, and at 50,000 items it takes minutes.
+    write_bundle(run, models, dataset=dataset, version=version, index_kind=index, map_points=0)
     print(f"built {version} in {time.time() - t0:.0f}s", flush=True)
 
 

@@ -155,7 +155,7 @@ class JobPublic(BaseModel):
         description="Latest: phase, round, epoch, loss, lr, anchors, neighbourhood_quality, "
         "images_per_s, eta_s, knn_top1 and label_free (when measured; label_free beside "
         "pixel_label_free and untrained_label_free, and pretrained_label_free for a run from "
-        "init_from=imagenet, on label_free_items sampled items), "
+        "init_from=imagenet, on label_free_items sampled items, by label_free_measure), "
         "attempt and run_first_epoch (the "
         "epoch where this run of the job began: after its checkpoint when resumed), metrics "
         "(when done).")

@@ -18,6 +18,9 @@ between equal scores.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import faiss
 import numpy as np
 
@@ -26,6 +29,20 @@ MIN_ITEMS = 10_000  # below this a flat scan takes well under a millisecond
 EXTRA_CANDIDATES = 32  # beyond k: room for the neighbours that coding errors reorder
 SLACK = 1e-4  # float rounding of the two dot products (128 terms: ~1e-5), with room to spare
 _CODING_CHUNK = 65_536
+
+
+def _one_thread(search: Callable[..., tuple[np.ndarray, np.ndarray]], *args: Any,
+                **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`search` on one OpenMP thread. FAISS splits a scan of codes by query, so a second thread
+    has nothing to do for one query, yet it spins while it waits: the server burned two cores
+    per lone query. The thread count is the calling thread's own (OpenMP keeps one per thread),
+    and it is restored for whatever that thread runs next."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return search(*args, **kwargs)
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class RerankedScan:
@@ -62,7 +79,7 @@ class RerankedScan:
         n = len(self.vectors)
         k = max(1, min(k, n))
         wide = min(n, k + EXTRA_CANDIDATES)
-        approx, candidates = self.codes.search(queries, wide, params=params)
+        approx, candidates = _one_thread(self.codes.search, queries, wide, params=params)
         scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         unproven = []

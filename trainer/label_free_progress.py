@@ -22,7 +22,7 @@ import torch
 from trainer.baseline import images_of
 from trainer.device import Runtime
 from trainer.encoder_file import EncoderMeta
-from trainer.label_free import sample_rows
+from trainer.label_free import MEASURE, sample_rows
 from trainer.label_free_baselines import baseline_scores, sample_score, sample_views
 from trainer.loader import Prepared
 from trainer.outputs import encoder_forward, evaluating
@@ -51,6 +51,7 @@ class ProgressScore:
             "pixel_label_free": base["pixels"].score,
             "untrained_label_free": base["untrained"].score,
             "label_free_items": len(self.rows),
+            "label_free_measure": MEASURE,
         }
         if "pretrained" in base:
             self.baselines["pretrained_label_free"] = base["pretrained"].score

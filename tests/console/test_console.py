@@ -179,7 +179,7 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     expect(page.locator("#job-pixels")).not_to_have_text("–")
     # The label-free score was measured at the kNN epochs, beside its two baselines.
     expect(page.locator("#job-charts [data-chart=label-free]")).to_be_visible()
-    expect(page.locator("#job-label-free")).to_contain_text("(120 items)")
+    expect(page.locator("#job-label-free")).to_contain_text("(120 items, mean log-rank)")
     assert [f for s, _, f in seen if s == "running" and f != "–"], seen
     expect(page.locator("#job-gate")).to_contain_text("Made current (promote: always)")
     expect(page.locator("#job-gate")).to_contain_text("raw pixels")
@@ -365,12 +365,18 @@ def test_compare_two_versions_with_their_neighbours_side_by_side(stack: Stack, b
     """A second version of the same dataset, published with the bundle writer from another
     run (seed 1, one epoch), compared with the page's model from the models page."""
     other = "29990101-000000-other"  # the newest version: B by default
+    # Kept out by a label-free verdict (as on a collection without labels): a score, not a share.
+    gate = {"promoted": False, "policy": "gate", "promote": False, "measure": "label_free",
+            "candidate": 0.71234, "incumbent": 0.7, "incumbent_name": "raw pixels",
+            "margin": GATE_MARGIN, "items": 120, "reason": "within the margin"}
     write_bundle(trained_runs[V2], stack.root / "models", dataset="cifar", version=other,
-                 extra={"job_id": None})
+                 extra={"job_id": None, "gate": gate})
     watch = Watch()
     page = logged_in(browser, stack, watch)
     page.goto(f"{stack.base}/#/models")
     expect(page.locator(f"#models-table tr[data-version='{other}']")).to_be_visible()
+    expect(page.locator(f"#models-table tr[data-version='{other}'] td.gate")).to_have_text(
+        f"label-free score does not beat raw pixels: 0.7123 vs 0.7000 (margin {GATE_MARGIN:.4f})")
     expect(page.locator("#models-compare-a")).to_have_value(stack.model_version)
     expect(page.locator("#models-compare-b")).to_have_value(other)
     shoot(page, stack, "models-compare")

@@ -9,6 +9,7 @@ from trainer.config import TrainConfig
 from trainer.data import open_collection
 from trainer.engine import Trainer
 from trainer.errors import TrainerError, TrainingStopped
+from trainer.label_free import MEASURE
 
 TINY = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 2, "batch_size": 32,
         "knn_k": 20, "num_workers": 0, "seed": 3}
@@ -122,6 +123,7 @@ def test_the_label_free_score_is_in_the_progress_of_every_evaluation_epoch(digit
     assert [r["knn_top1"] is not None for r in records] == [False, False, True] * 2
     for r in records:
         assert r["label_free_items"] == 1797
+        assert r["label_free_measure"] == m["label_free_measure"] == MEASURE
         assert (r["pixel_label_free"], r["untrained_label_free"]) == pytest.approx(
             (m["pixel_label_free"], m["untrained_label_free"]))
     # The last epoch's model is the published one, measured on the same items and views.

@@ -141,3 +141,28 @@ def test_a_large_flat_index_answers_few_queries_in_two_stages_and_keeps_them_aft
                 assert_exact(x, x[i], scores[i], rows[i], 10)
     small = faiss_index.build(x[:MIN_ITEMS - 1], "flat")
     assert small.reranked is None
+
+
+class ThreadsSeen:
+    """The codes index, noting the OpenMP threads its searches were given."""
+
+    def __init__(self, codes: faiss.Index) -> None:
+        self.codes, self.threads = codes, []
+
+    def search(self, q: np.ndarray, k: int, params=None):
+        self.threads.append(faiss.omp_get_max_threads())
+        return self.codes.search(q, k, params=params)
+
+
+def test_the_codes_are_scanned_on_one_thread_and_the_callers_threads_are_restored():
+    x = clustered(2000, 16, 0.05)
+    scan = RerankedScan(flat_of(x))
+    scan.codes = ThreadsSeen(scan.codes)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(2)
+    try:
+        scan.search(x[:1], 10)
+        assert scan.codes.threads == [1]
+        assert faiss.omp_get_max_threads() == 2
+    finally:
+        faiss.omp_set_num_threads(before)

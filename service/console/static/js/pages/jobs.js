@@ -75,13 +75,24 @@ function stat(label, value, id) {
   return [h("dt", {}, label), h("dd", { id }, value)];
 }
 
+// What a label-free score measures (`label_free_measure`; a run that does not record it is
+// older than the mean log-rank and scored by the reciprocal rank: the two do not compare).
+const MEASURES = { retrieval_log_rank: "mean log-rank",
+  retrieval_mrr: "reciprocal rank, an earlier measure" };
+
+function measureName(figures) {
+  const measure = figures.label_free_measure || "retrieval_mrr";
+  return MEASURES[measure] || measure;
+}
+
 // The label-free score: the finished run's (metrics), else the last one measured during
 // training (`measured`: the latest epoch record that has it), each beside its baselines.
 function labelFree(m, measured) {
   const from = m.label_free !== undefined ? m : measured;
   if (!from) return "–";
   return [from.label_free, from.pixel_label_free, from.untrained_label_free]
-    .map((v) => fmtNumber(v, 4)).join(" / ") + ` (${fmtInt(from.label_free_items)} items)`;
+    .map((v) => fmtNumber(v, 4)).join(" / ") +
+    ` (${fmtInt(from.label_free_items)} items, ${measureName(from)})`;
 }
 
 function summary(job, measured) {

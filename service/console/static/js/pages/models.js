@@ -1,13 +1,17 @@
 // Models: every published version with its metrics and index; which one is current; promote;
 // two versions picked for the compare page.
 import { api } from "../api.js";
-import { clear, confirmDialog, fmtInt, fmtPercent, h, hideProblem, showProblem } from "../ui.js";
+import { clear, confirmDialog, fmtInt, fmtNumber, fmtPercent, h, hideProblem, showProblem }
+  from "../ui.js";
 
+// kNN top-1 is a share of the test split; a label-free score is a score, not a share.
 function gateText(m) {
   const g = m.gate;
   if (!g || g.candidate === null || g.candidate === undefined) return "–";
-  return `${g.promote ? "beats" : "does not beat"} ${g.incumbent_name}: ` +
-    `${fmtPercent(g.candidate)} vs ${fmtPercent(g.incumbent)} (margin ${fmtPercent(g.margin)})`;
+  const labelFree = g.measure === "label_free";
+  const fmt = labelFree ? (v) => fmtNumber(v, 4) : fmtPercent;
+  return `${labelFree ? "label-free score " : ""}${g.promote ? "beats" : "does not beat"} ` +
+    `${g.incumbent_name}: ${fmt(g.candidate)} vs ${fmt(g.incumbent)} (margin ${fmt(g.margin)})`;
 }
 
 function row(m, onPromote, previous) {
