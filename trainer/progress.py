@@ -38,6 +38,7 @@ class EpochRecord:
     untrained_label_free: float | None = None
     pretrained_label_free: float | None = None  # runs from init_from=imagenet
     label_free_items: int | None = None
+    label_free_measure: str | None = None  # trainer.label_free.MEASURE when it was measured
 
     @property
     def global_epoch(self) -> int:
