@@ -31,16 +31,16 @@ SLACK = 1e-4  # float rounding of the two dot products (128 terms: ~1e-5), with 
 _CODING_CHUNK = 65_536
 
 
-def _one_thread(search: Callable[..., tuple[np.ndarray, np.ndarray]], *args: Any,
-                **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """`search` on one OpenMP thread. FAISS splits a scan of codes by query, so a second thread
-    has nothing to do for one query, yet it spins while it waits: the server burned two cores
-    per lone query. The thread count is the calling thread's own (OpenMP keeps one per thread),
-    and it is restored for whatever that thread runs next."""
+def _thread_per_query(search: Callable[..., tuple[np.ndarray, np.ndarray]], queries: np.ndarray,
+                      *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """`search` on at most one OpenMP thread per query. FAISS splits a scan of codes by query,
+    so a second thread has nothing to do for a lone query, yet it spins while it waits: the
+    server burned two cores per lone query. The thread count is the calling thread's own
+    (OpenMP keeps one per thread), and it is restored for whatever that thread runs next."""
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
+    faiss.omp_set_num_threads(max(1, min(before, len(queries))))
     try:
-        return search(*args, **kwargs)
+        return search(queries, *args, **kwargs)
     finally:
         faiss.omp_set_num_threads(before)
 
@@ -79,7 +79,8 @@ class RerankedScan:
         n = len(self.vectors)
         k = max(1, min(k, n))
         wide = min(n, k + EXTRA_CANDIDATES)
-        approx, candidates = _one_thread(self.codes.search, queries, wide, params=params)
+        approx, candidates = _thread_per_query(self.codes.search, queries, wide,
+                                                  params=params)
         scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         unproven = []

@@ -154,7 +154,7 @@ class ThreadsSeen:
         return self.codes.search(q, k, params=params)
 
 
-def test_the_codes_are_scanned_on_one_thread_and_the_callers_threads_are_restored():
+def test_the_codes_are_scanned_on_one_thread_per_query_and_the_callers_threads_are_restored():
     x = clustered(2000, 16, 0.05)
     scan = RerankedScan(flat_of(x))
     scan.codes = ThreadsSeen(scan.codes)
@@ -162,7 +162,8 @@ def test_the_codes_are_scanned_on_one_thread_and_the_callers_threads_are_restore
     faiss.omp_set_num_threads(2)
     try:
         scan.search(x[:1], 10)
-        assert scan.codes.threads == [1]
+        scan.search(x[:4], 10)
+        assert scan.codes.threads == [1, 2]
         assert faiss.omp_get_max_threads() == 2
     finally:
         faiss.omp_set_num_threads(before)
