@@ -3,10 +3,12 @@
 1. /embed images/s at 1, 8 and 32 concurrent clients (one 32x32 PNG per request) against the
    raw batched forward throughput of the same model: their ratio is the figure (goal >= 0.8).
 2. /neighbours p50/p99 latency at 50,000 and 1,000,000 items, exact and HNSW, with the HNSW
-   index's recall@10 (embedding-like synthetic vectors: clustered, low-rank).
+   index's recall@10 (embedding-like synthetic vectors: clustered, low-rank), at one client
+   unless `--neighbour-clients` names more loads.
 
     python -m bench.serve [--sizes 50000 1000000] [--duration 10] [--engine onnxruntime]
-                          [--embed-only] [--profile]
+                          [--embed-only | --neighbours-only] [--neighbour-clients 1 32]
+                          [--profile]
 
 `--engine`: the API's INFERENCE_ENGINE, and what the raw forward is measured with.
 Each load reports the server's CPU per request; for `/embed` also the part beyond the model
@@ -156,6 +158,10 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--engine", default="torch", choices=ENGINES)
     p.add_argument("--embed-only", action="store_true", help="no /neighbours figures")
+    p.add_argument("--neighbours-only", action="store_true", help="no raw forward or /embed "
+                   "figures")
+    p.add_argument("--neighbour-clients", type=int, nargs="+", default=[1],
+                   help="concurrent clients of each /neighbours load")
     p.add_argument("--profile", action="store_true", help="flame graphs and the CPU split "
                    "(py-spy)")
     p.add_argument("--out", default=None)
@@ -172,14 +178,16 @@ def main() -> None:
                 make_bundle(models, work, version, n, index, args.backbone)
                 versions.append((n, index, version))
         set_current(models, versions[0][2])
-        batch = 64  # the batcher's largest batch (EMBED_MAX_BATCH)
-        results["raw_forward_images_per_s"] = round(
-            raw_forward(models, versions[0][2], batch, engine=args.engine), 1)
-        print(f"raw batched forward (batch {batch}): {results['raw_forward_images_per_s']} img/s",
-              flush=True)
-        # The raw forward keeps every core busy: its CPU per image is the model's cost.
-        model_ms = 1000 * cpu_count() / results["raw_forward_images_per_s"]
-        results["model_cpu_ms_per_image"] = round(model_ms, 3)
+        model_ms = 0.0
+        if not args.neighbours_only:
+            batch = 64  # the batcher's largest batch (EMBED_MAX_BATCH)
+            results["raw_forward_images_per_s"] = round(
+                raw_forward(models, versions[0][2], batch, engine=args.engine), 1)
+            print(f"raw batched forward (batch {batch}): "
+                  f"{results['raw_forward_images_per_s']} img/s", flush=True)
+            # The raw forward keeps every core busy: its CPU per image is the model's cost.
+            model_ms = 1000 * cpu_count() / results["raw_forward_images_per_s"]
+            results["model_cpu_ms_per_image"] = round(model_ms, 3)
         proc = start_api(models, tmp_path, args.port, args.engine)
         url = f"http://127.0.0.1:{args.port}"
         try:
@@ -188,7 +196,7 @@ def main() -> None:
             embed_request = request_bytes("POST", "/embed", host, body, ctype)
 
             results["embed"] = []
-            for clients in (1, 8, 32):
+            for clients in () if args.neighbours_only else (1, 8, 32):
                 load("127.0.0.1", args.port, clients, 2, lambda: embed_request)  # warm-up
                 cpu0 = process_cpu_s(proc.pid)
                 r = load("127.0.0.1", args.port, clients, args.duration, lambda: embed_request)
@@ -216,16 +224,17 @@ def main() -> None:
                 def neighbours(requests=requests, counter=counter) -> bytes:
                     return requests[next(counter) % len(requests)]
 
-                load("127.0.0.1", args.port, 1, 2, neighbours)
-                cpu0 = process_cpu_s(proc.pid)
-                r = load("127.0.0.1", args.port, 1, args.duration, neighbours)
-                cpu_per_request(r, process_cpu_s(proc.pid) - cpu0, args.duration)
-                r |= {"items": n, "index": index,
-                      "recall_at_10": manifest["index"]["recall_at_10"],
-                      "index_params": manifest["index"]["params"],
-                      "build_s": manifest["index"]["build_s"]}
-                print(f"/neighbours {r}", flush=True)
-                results["neighbours"].append(r)
+                for clients in args.neighbour_clients:
+                    load("127.0.0.1", args.port, clients, 2, neighbours)
+                    cpu0 = process_cpu_s(proc.pid)
+                    r = load("127.0.0.1", args.port, clients, args.duration, neighbours)
+                    cpu_per_request(r, process_cpu_s(proc.pid) - cpu0, args.duration)
+                    r |= {"items": n, "index": index,
+                          "recall_at_10": manifest["index"]["recall_at_10"],
+                          "index_params": manifest["index"]["params"],
+                          "build_s": manifest["index"]["build_s"]}
+                    print(f"/neighbours {r}", flush=True)
+                    results["neighbours"].append(r)
                 if args.profile and index == "flat" and "neighbours_split_ms" not in results:
                     results["neighbours_split_ms"] = profiled(
                         proc.pid, args.port, 1, args.duration, neighbours, "neighbours")
