@@ -79,8 +79,7 @@ class RerankedScan:
         n = len(self.vectors)
         k = max(1, min(k, n))
         wide = min(n, k + EXTRA_CANDIDATES)
-        approx, candidates = _thread_per_query(self.codes.search, queries, wide,
-                                                  params=params)
+        approx, candidates = _thread_per_query(self.codes.search, queries, wide, params=params)
         scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         unproven = []
