@@ -7,6 +7,7 @@ import pytest
 
 from live.index import LiveIndex
 from trainer import index as faiss_index
+from trainer.exact_rerank import MIN_ITEMS
 
 
 def _unit(angles_deg):
@@ -136,3 +137,33 @@ def test_an_index_mostly_deleted_still_answers_k_hits(voters_only):
     truth = np.argsort(-(q @ x[survivors].T), axis=1)[:, :20]
     for got, want in zip(hits.ids, truth, strict=True):
         assert got == [ids[survivors[j]] for j in want]
+
+
+def test_single_queries_over_a_large_exact_index_see_deletes_labels_and_adds_exactly():
+    """From trainer/exact_rerank.py's MIN_ITEMS items, lone queries take the two-stage exact
+    search: through the live index it must still hide deleted items, keep unlabelled ones out
+    of the votes and merge added ones, each query's answer the exact one."""
+    n = MIN_ITEMS
+    x = _clustered(n + 200, seed=3)
+    ids = [f"i{r}" for r in range(n + 200)]
+    labels = np.where(np.arange(n) % 4 == 0, -1, 0)
+    built = faiss_index.build(x[:n], "flat")
+    assert built.reranked is not None
+    live = LiveIndex(built, x[:n], ids[:n], labels, ["only"])
+    queries = np.random.default_rng(4).choice(n, 40, replace=False)
+    gone = {ids[r] for r in range(0, n, 3)}  # every third item, some queries' best ones
+    live.delete(sorted(gone))
+    live.upsert(ids[n:], x[n:], ["only"] * 200)
+    alive = np.array([i not in gone for i in ids])
+    row_of = {item: row for row, item in enumerate(ids)}
+    voter = alive & np.concatenate([labels >= 0, np.ones(200, bool)])
+    for voters_only, allowed in ((False, alive), (True, voter)):
+        for r in queries:
+            hits = live.search(x[r][None], 10, exclude=[ids[r]], voters_only=voters_only)
+            truth = x @ x[r]
+            truth[~allowed] = -np.inf
+            truth[r] = -np.inf
+            best = np.sort(truth)[::-1][:10]
+            found = [row_of[i] for i in hits.ids[0]]
+            assert len(found) == 10 and allowed[found].all() and r not in found
+            assert np.allclose(np.sort(truth[found])[::-1], best, atol=1e-5)

@@ -89,6 +89,33 @@ def test_a_selector_is_obeyed_also_when_it_lets_fewer_than_k_through():
         np.testing.assert_array_equal(scores[rows == -1], flat_scores[flat_rows == -1])
 
 
+def test_the_bound_is_what_finds_a_best_item_the_codes_tie_with_many_worse_ones():
+    """One dimension carries the scores. The best item (0.504) and 40 items just below it
+    (0.504 - 1e-5 ... - 4e-4) share one 8-bit code, whose value (0.502) is below all of them:
+    the codes see 41 equal scores and keep the first 33 found, not the best. Those 33 prove
+    nothing by their own scores (the last code, 0.502, is below every exact one); the coding
+    error bound says the best could still be outside, and the fallback finds it. Items at
+    -1 and 1 set the dimension's range; the one at 1 is not selectable."""
+    t = 0.504
+    values = np.concatenate([[-1.0, 1.0], t - 1e-5 * np.arange(1, 41), [t]])
+    x = np.stack([values, np.zeros_like(values)], axis=1).astype(np.float32)
+    scan = RerankedScan(flat_of(x))
+    codes = scan.codes.sa_encode(x)
+    assert (codes[2:, 0] == codes[-1, 0]).all()
+    assert scan.codes.sa_decode(codes)[-1, 0] < t - 1e-3
+    keep = np.arange(len(x)) != 1
+    bits = np.packbits(keep, bitorder="little")
+    params = faiss.SearchParameters(sel=faiss.IDSelectorBitmap(len(x), faiss.swig_ptr(bits)))
+    q = np.array([[1.0, 0.0]], dtype=np.float32)
+    _, coded = scan.codes.search(q, 1 + 32, params=params)
+    assert len(x) - 1 not in coded[0]  # the codes alone lose the best item
+    scores, rows = scan.search(q, 1, params)
+    assert rows[0, 0] == len(x) - 1 and scores[0, 0] == pytest.approx(t)
+    scan.error_bound = 0.0  # without the bound the candidates would have been trusted
+    _, rows = scan.search(q, 1, params)
+    assert rows[0, 0] != len(x) - 1
+
+
 class CountingFlat:
     """The flat index, counting the queries that fall back to it."""
 
