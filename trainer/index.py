@@ -2,11 +2,11 @@
 
 Exact search (IndexFlatIP) up to `EXACT_MAX_ITEMS`; HNSW above it (or IVF when asked). A few
 queries at a time over a large flat index are answered in two stages, exactly all the same
-(trainer/exact_rerank.py). For an
-approximate index the search breadth (efSearch / nprobe) is tuned at build time to the smallest
-value reaching `TARGET_RECALL` recall@10 against exact search, and the measured recall is kept
-with the index. Row r of the index is item r of the bundle; search parameters are passed per
-call, so a loaded index is never mutated and can be shared by threads.
+(trainer/exact_rerank.py). For an approximate index the search breadth (efSearch / nprobe) is
+tuned at build time to the smallest value reaching `TARGET_RECALL` recall@10 against exact
+search, and the measured recall is kept with the index. Row r of the index is item r of the
+bundle; search parameters are passed per call, so a loaded index is never mutated and can be
+shared by threads.
 """
 
 from __future__ import annotations
