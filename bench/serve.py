@@ -157,9 +157,10 @@ def main() -> None:
     p.add_argument("--backbone", default="resnet18_cifar")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--engine", default="torch", choices=ENGINES)
-    p.add_argument("--embed-only", action="store_true", help="no /neighbours figures")
-    p.add_argument("--neighbours-only", action="store_true", help="no raw forward or /embed "
-                   "figures")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--embed-only", action="store_true", help="no /neighbours figures")
+    only.add_argument("--neighbours-only", action="store_true", help="no raw forward or "
+                      "/embed figures")
     p.add_argument("--neighbour-clients", type=int, nargs="+", default=[1],
                    help="concurrent clients of each /neighbours load")
     p.add_argument("--profile", action="store_true", help="flame graphs and the CPU split "

@@ -90,7 +90,7 @@ class RerankedScan:
             # Fewer candidates than asked (or all n) means every selectable item was scanned.
             everything = len(found) < wide or wide == n
             outside = float(approx[i, -1]) + float(np.linalg.norm(q)) * self.error_bound + SLACK
-            if not everything and (len(best) < k or outside >= exact[best[-1]]):
+            if not everything and outside >= exact[best[-1]]:
                 unproven.append(i)
                 continue
             scores[i, :len(best)], rows[i, :len(best)] = exact[best], found[best]
