@@ -14,6 +14,7 @@ from pydantic.config import JsonDict
 
 from service.limits import DIM_MAX, FILTER_LABELS, ID_MAX, VERSION_MAX, Limits
 from state.jobs import Job
+from trainer.label_free import with_measure
 
 # Names and paths a request may give, as anchored patterns for the OpenAPI document and for
 # pydantic (whose `$` is the end of the text). Python code uses the compiled `fullmatch`
@@ -179,6 +180,10 @@ class JobPublic(BaseModel):
     def of(cls, job: Job) -> JobPublic:
         data = job.to_dict()
         data.pop("worker", None)
+        progress = with_measure(data["progress"])
+        if isinstance(progress.get("metrics"), dict):
+            progress = {**progress, "metrics": with_measure(progress["metrics"])}
+        data["progress"] = progress
         links = {"self": f"/jobs/{job.id}", "progress": f"/jobs/{job.id}/progress"}
         if job.model_version:
             links["model"] = f"/models/{job.model_version}"

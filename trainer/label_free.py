@@ -232,6 +232,14 @@ def measure_of(figures: dict[str, Any]) -> str:
     return str(figures.get("label_free_measure") or MEASURE_BEFORE)
 
 
+def with_measure(figures: dict[str, Any]) -> dict[str, Any]:
+    """`figures` with `label_free_measure` spelled out where a label-free score was recorded
+    without it, so that what reads them (the API's answers, the console) never guesses."""
+    if figures.get("label_free") is None or figures.get("label_free_measure"):
+        return figures
+    return {**figures, "label_free_measure": measure_of(figures)}
+
+
 def combine(parts: dict[str, float]) -> float:
     """The score from its parts: the mean log-rank score of the retrieval (MEASURE)."""
     return parts[MEASURE]

@@ -15,6 +15,7 @@ from service.limits import JSON_BASE
 from service.schemas import JOB_ID, JobProgress, JobPublic, JobsPublic, JobStatus, TrainRequest
 from service.settings import ServiceSettings
 from state.jobs import CANCELED, RUNNING, TERMINAL, Job
+from trainer.label_free import with_measure
 from worker.submit import (
     NoSuchDataset,
     NotQueued,
@@ -105,7 +106,7 @@ def get_job(store: StoreDep, job_id: str = JOB_PATH) -> JobPublic:
             responses=problems(401, 403, 404, 422), summary="Every epoch record of a job so far")
 def job_progress(store: StoreDep, job_id: str = JOB_PATH) -> JobProgress:
     store.require(job_id)
-    return JobProgress(id=job_id, epochs=store.history(job_id))
+    return JobProgress(id=job_id, epochs=[with_measure(r) for r in store.history(job_id)])
 
 
 @router.delete("/jobs/{job_id}", status_code=202, response_model=JobPublic,

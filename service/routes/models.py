@@ -39,6 +39,7 @@ from trainer.bundle import (
 )
 from trainer.current import UNNAMED, dataset_of
 from trainer.errors import BundleError
+from trainer.label_free import with_measure
 
 router = APIRouter(tags=["models"])
 log = logging.getLogger(__name__)
@@ -104,6 +105,9 @@ def get_model(request: Request, settings: SettingsDep,
     scope = request.path_params.get("collection")
     manifest = read_manifest(settings.models_root, version)
     home = owning_collection(settings, scope, version, scope is not None)
+    metrics = manifest.get("metrics")
+    if isinstance(metrics, dict):
+        manifest["metrics"] = with_measure(metrics)
     return manifest | {"current": version == current_version(settings.models_root, home),
                        "previous": version == previous_version(settings.models_root, home)}
 

@@ -1,14 +1,18 @@
 """Every endpoint's happy path, against real bundles, a real SQLite job store and real images."""
 
 import base64
+import json
 import shutil
+import uuid
 import zipfile
 
 import numpy as np
 import pytest
 
+from state.jobs import Job
 from tests.service.conftest import V1, V2
 from trainer.bundle import Bundle
+from trainer.label_free import MEASURE, MEASURE_BEFORE
 
 
 def _image(cifar_zip, name="cifar10/test/cat/0001.jpg") -> bytes:
@@ -77,6 +81,31 @@ def test_train_status_list_progress_and_cancel(api, cifar_zip):
     r = c.delete(f"/jobs/{job['id']}", headers=api.admin)
     assert r.status_code == 202 and r.json()["status"] == "canceled"
 
+
+
+def test_a_score_recorded_without_its_measure_is_answered_with_it(api):
+    """Runs published before the label-free measure was recorded scored the reciprocal rank:
+    every answer that carries such a score names that measure, so no reader needs the rule."""
+    older = {"label_free": 0.3, "pixel_label_free": 0.4, "label_free_items": 50}
+    now = older | {"label_free_measure": MEASURE}
+    api.settings.models_root.joinpath(V2, "manifest.json").write_text(json.dumps(
+        json.loads(api.settings.models_root.joinpath(V2, "manifest.json").read_text())
+        | {"metrics": older | {"knn_top1": 0.5}}))
+    store = api.client.app.state.store
+    for progress, epochs in [({**older, "metrics": older}, [older, {"loss": 1.0}]),
+                             ({**now, "metrics": now}, [now])]:
+        job = store.create(Job(id=uuid.uuid4().hex, dataset="slice", config={},
+                               progress=progress))
+        for record in epochs:
+            store.append_history(job.id, record)
+        got = api.client.get(f"/jobs/{job.id}").json()["progress"]
+        measure = progress["metrics"].get("label_free_measure", MEASURE_BEFORE)
+        assert got["label_free_measure"] == got["metrics"]["label_free_measure"] == measure
+        records = api.client.get(f"/jobs/{job.id}/progress").json()["epochs"]
+        assert [r.get("label_free_measure") for r in records] == (
+            [measure] * len(epochs) if measure == MEASURE else [MEASURE_BEFORE, None])
+    metrics = api.client.get(f"/models/{V2}").json()["metrics"]
+    assert metrics["label_free_measure"] == MEASURE_BEFORE and metrics["knn_top1"] == 0.5
 
 def test_embed_multipart_and_base64_agree(api, cifar_zip):
     c = api.client

@@ -24,6 +24,7 @@ from trainer.label_free import (
     sample_rows,
     uniformity,
     untrained_model,
+    with_measure,
 )
 
 SQUARE = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.float32)
@@ -79,6 +80,14 @@ def test_a_few_near_duplicates_cost_the_log_rank_little_and_the_reciprocal_rank_
 def test_a_score_without_a_recorded_measure_is_of_the_measure_before():
     assert measure_of({"label_free": 0.3}) == MEASURE_BEFORE == "retrieval_mrr"
     assert measure_of({"label_free": 0.3, "label_free_measure": MEASURE}) == MEASURE
+
+
+def test_with_measure_names_it_only_beside_a_score():
+    assert with_measure({"label_free": 0.3}) == {"label_free": 0.3,
+                                                 "label_free_measure": MEASURE_BEFORE}
+    recorded = {"label_free": 0.3, "label_free_measure": MEASURE}
+    assert with_measure(recorded) is recorded
+    assert with_measure({"loss": 1.0}) == {"loss": 1.0}  # an epoch without a score
 
 
 def test_neighbour_lists_leave_the_item_itself_out():

@@ -75,14 +75,14 @@ function stat(label, value, id) {
   return [h("dt", {}, label), h("dd", { id }, value)];
 }
 
-// What a label-free score measures (`label_free_measure`; a run that does not record it is
-// older than the mean log-rank and scored by the reciprocal rank: the two do not compare).
+// What a label-free score measures: the API names it in `label_free_measure` on every figure
+// set that has a score, older runs' included (trainer.label_free.with_measure).
 const MEASURES = { retrieval_log_rank: "mean log-rank",
   retrieval_mrr: "reciprocal rank, an earlier measure" };
 
 function measureName(figures) {
-  const measure = figures.label_free_measure || "retrieval_mrr";
-  return MEASURES[measure] || measure;
+  const measure = figures.label_free_measure;
+  return MEASURES[measure] || measure || "measure not recorded";
 }
 
 // The label-free score: the finished run's (metrics), else the last one measured during
