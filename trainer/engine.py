@@ -157,7 +157,9 @@ class Trainer:
         batches = split_batches(s.order, full_batch, min_last=2 * self.world)[:self.max_steps]
         # Each process reads and trains on its slice of every global batch.
         mine = [b[slice(*self._bounds(len(b)))] for b in batches]
-        loss_sum = torch.zeros((), device=dev)
+        # In float64, where a sum of fp32 losses is exact whatever the grouping: a run resumed
+        # mid-epoch (its sum flushed at the checkpoint) records the epoch loss of a whole run.
+        loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
         s.model.train()
         t_prev = time.perf_counter()
         for _, images in self.reader([self.train_rows[b] for b in mine[s.step:]]):
@@ -169,7 +171,7 @@ class Trainer:
             self.step.sync()
             out = self.step(x, index, s.hoods.positives, full=len(batch) == full_batch,
                             scale=self.world * (hi - lo) / len(batch))
-            loss_sum += out.loss * (hi - lo)
+            loss_sum += out.loss.double() * (hi - lo)
             self._update_bank(batch, index, out)
             self.step.sync()
             self._time_step(out, t_prev, len(batch))
