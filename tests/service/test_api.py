@@ -82,7 +82,6 @@ def test_train_status_list_progress_and_cancel(api, cifar_zip):
     assert r.status_code == 202 and r.json()["status"] == "canceled"
 
 
-
 def test_a_score_recorded_without_its_measure_is_answered_with_it(api):
     """Runs published before the label-free measure was recorded scored the reciprocal rank:
     every answer that carries such a score names that measure, so no reader needs the rule."""
@@ -106,6 +105,7 @@ def test_a_score_recorded_without_its_measure_is_answered_with_it(api):
             [measure] * len(epochs) if measure == MEASURE else [MEASURE_BEFORE, None])
     metrics = api.client.get(f"/models/{V2}").json()["metrics"]
     assert metrics["label_free_measure"] == MEASURE_BEFORE and metrics["knn_top1"] == 0.5
+
 
 def test_embed_multipart_and_base64_agree(api, cifar_zip):
     c = api.client
