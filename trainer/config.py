@@ -143,8 +143,9 @@ class TrainConfig:
         "auto (CUDA when present), cpu, cuda or cuda:N."),
         Says("auto, cpu, cuda or cuda:N")] = "auto"
     precision: Annotated[Literal["auto", "bf16", "fp32"], Field(description=
-        "auto (bf16 autocast where the hardware has it: CUDA, or a CPU with AMX/AVX512-BF16), "
-        "bf16 or fp32. The memory bank and the loss always run in fp32.")] = "auto"
+        "auto (bf16 autocast where it is faster: CUDA with bf16, a CPU with AMX, or an AMD "
+        "CPU with AVX512-BF16), bf16 or fp32. The memory bank and the loss always run in "
+        "fp32.")] = "auto"
     channels_last: Annotated[Bool, Field(description=
         "Use the channels_last memory format for conv nets.")] = True
     compile: Annotated[Switch, Field(description=

@@ -40,11 +40,49 @@ class Runtime:
 
 
 def cpu_has_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 matmuls run natively (about 3x fp32 on a ResNet-18)."""
+    """AMX or AVX512-BF16: the CPU has bf16 instructions."""
     try:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:  # pragma: no cover - older torch
         return False
+
+
+def cpu_has_amx() -> bool:
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor as Linux names it ("GenuineIntel", "AuthenticAMD"); "" elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def bf16_is_faster_on_cpu(has_bf16: bool, has_amx: bool, vendor: str) -> bool:
+    """Whether bf16 speeds a conv net up on this CPU (docs/benchmarks.md, machines A to E).
+
+    AMX computes bf16 in tiles: about 3x fp32 on a ResNet-18. Without AMX, AVX512-BF16 trained
+    2.4x faster than fp32 on an AMD CPU, and *slower* on an Intel one (AMX hidden by its
+    hypervisor: forward 0.78x, training step 0.70x). A rule of the CPU's identity, not a
+    timing: every process on a machine must choose the same precision, or two of them embed
+    the same images differently.
+    """
+    if has_amx:
+        return True
+    return has_bf16 and vendor != "GenuineIntel"
+
+
+def cpu_prefers_bf16() -> bool:
+    return bf16_is_faster_on_cpu(cpu_has_bf16(), cpu_has_amx(), cpu_vendor())
 
 
 def resolve(device: str = "auto", precision: str = "auto", channels_last: bool = True) -> Runtime:
@@ -55,7 +93,7 @@ def resolve(device: str = "auto", precision: str = "auto", channels_last: bool =
         raise RuntimeError("device 'cuda' was asked for but CUDA is not available")
     if precision == "auto":
         bf16 = (dev.type == "cuda" and torch.cuda.is_bf16_supported()) or (
-            dev.type == "cpu" and cpu_has_bf16()
+            dev.type == "cpu" and cpu_prefers_bf16()
         )
     else:
         bf16 = precision == "bf16"
