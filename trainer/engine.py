@@ -225,7 +225,8 @@ class Trainer:
         embeddings = self.embeddings if self.embeddings is not None else self._embed_all()
         metrics = write_outputs(self.out, self.state, self.prepared, embeddings,
                                 self.rt, self.world, len(self.train_rows), self.pixel_baseline,
-                                self.start_figures, self.start_weights)
+                                self.start_figures, self.start_weights,
+                                self.progress_score.measured if self.progress_score else None)
         self.on_status("done", {"metrics": metrics})
         return RunResult(self.out, metrics, self.state.history, self.replica_checks)
 

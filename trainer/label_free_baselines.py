@@ -7,6 +7,7 @@ from: those weights, with the head of its seed."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,18 @@ Forward = Callable[[torch.Tensor], np.ndarray]
 LABEL_FREE_KEYS = ("label_free", "pixel_label_free", "untrained_label_free", "label_free_items",
                    "label_free_measure")
 PRETRAINED_KEY = "pretrained_label_free"
+
+
+@dataclass(frozen=True)
+class MeasuredBaselines:
+    """Baselines' scores already measured on the sample `rows` with the views of `seed`: the
+    same network, seed and views score the same, so a run measures them once."""
+    rows: np.ndarray
+    seed: int
+    scores: dict[str, LabelFreeScore]
+
+    def on(self, rows: np.ndarray, seed: int) -> dict[str, LabelFreeScore] | None:
+        return self.scores if seed == self.seed and np.array_equal(rows, self.rows) else None
 
 
 def _embed(forward: Forward, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
@@ -85,26 +98,30 @@ def baseline_scores(images: torch.Tensor, views: torch.Tensor, prepared: Prepare
 def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
                          embeddings: np.ndarray | None = None, *, init_seed: int = 0,
                          seed: int = 0, sample: int = MAX_SAMPLE,
-                         start_weights: Path | None = None,
-                         every_part: bool = True) -> dict[str, Any]:
+                         start_weights: Path | None = None, every_part: bool = True,
+                         measured: MeasuredBaselines | None = None) -> dict[str, Any]:
     """`label_free`, `pixel_label_free`, `untrained_label_free` (floats, higher is better)
     and their parts, on the same sample of at most `sample` items of `prepared`; with
     `start_weights` (a pretrained start's file), `pretrained_label_free` too. `every_part`:
     the parts the score is not made of too (sample_score).
 
     `embeddings`: the model's embeddings of every item, when the caller has them (then the
-    model embeds only the views); otherwise the sample is embedded here too.
+    model embeds only the views); otherwise the sample is embedded here too. `measured`: the
+    baselines' scores the caller has, used when they are of this sample and views (with the
+    same parts: `every_part` as they were measured).
     """
     rows = sample_rows(len(prepared.collection), sample, seed)
     images = images_of(prepared, rows, model.meta.image_size)
     views = sample_views(images, seed)
+    known = measured.on(rows, seed) if measured is not None else None
     scores = {"model": sample_score(model.embed_uint8, images, views,
                                     embeddings[rows] if embeddings is not None else None,
                                     every_part=every_part),
-              **baseline_scores(images, views, prepared, model.meta, init_seed=init_seed,
-                                device=str(model.runtime.device),
-                                precision="bf16" if model.runtime.bf16 else "fp32",
-                                every_part=every_part, start_weights=start_weights)}
+              **(known if known is not None else baseline_scores(
+                  images, views, prepared, model.meta, init_seed=init_seed,
+                  device=str(model.runtime.device),
+                  precision="bf16" if model.runtime.bf16 else "fp32",
+                  every_part=every_part, start_weights=start_weights))}
     pretrained = {PRETRAINED_KEY: scores["pretrained"].score} if start_weights else {}
     return pretrained | {
         "label_free": scores["model"].score,
@@ -119,14 +136,18 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
 
 def run_figures(encoder: Path, prepared: Prepared, embeddings: np.ndarray, init_seed: int,
                 device: str = "auto", start_weights: Path | None = None,
-                precision: str = "auto") -> dict[str, Any]:
+                precision: str = "auto",
+                measured: MeasuredBaselines | None = None) -> dict[str, Any]:
     """The label-free figures of a finished run's encoder file (what its metrics.json keeps:
     the three scores, the pretrained start's with `start_weights`, and the sample's size; the
     parts stay with `evaluate`). `precision`: the run's, which embedded `embeddings`, so the
-    views are embedded as the items were (as `evaluate` does, from the run's config)."""
+    views are embedded as the items were (as `evaluate` does, from the run's config).
+    `measured`: the baselines the run scored while it trained, reused where the sample is the
+    same (a collection no larger than the progress sample)."""
     model = EmbeddingModel.load(encoder, device=device, precision=precision)
     # Only the scores are kept: the other parts (an SVD and a pass over all pairs of the
     # sample, per encoder) are left to `evaluate`.
     figures = score_with_baselines(prepared, model, embeddings, init_seed=init_seed,
-                                   start_weights=start_weights, every_part=False)
+                                   start_weights=start_weights, every_part=False,
+                                   measured=measured)
     return {key: figures[key] for key in (*LABEL_FREE_KEYS, PRETRAINED_KEY) if key in figures}

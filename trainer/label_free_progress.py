@@ -23,7 +23,12 @@ from trainer.baseline import images_of
 from trainer.device import Runtime
 from trainer.encoder_file import EncoderMeta
 from trainer.label_free import MEASURE, sample_rows
-from trainer.label_free_baselines import baseline_scores, sample_score, sample_views
+from trainer.label_free_baselines import (
+    MeasuredBaselines,
+    baseline_scores,
+    sample_score,
+    sample_views,
+)
 from trainer.loader import Prepared
 from trainer.outputs import encoder_forward, evaluating
 
@@ -55,6 +60,8 @@ class ProgressScore:
         }
         if "pretrained" in base:
             self.baselines["pretrained_label_free"] = base["pretrained"].score
+        # The finished run's figures reuse them where its sample is this one.
+        self.measured = MeasuredBaselines(self.rows, seed, base)
         self._kept = (images, views) if images.numel() <= KEEP_BYTES else None
 
     def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from trainer.backbones import Encoder
 from trainer.device import Runtime
 from trainer.encoder_file import EncoderMeta, save_encoder
 from trainer.evaluation import headline, knn_evaluation
-from trainer.label_free_baselines import run_figures
+from trainer.label_free_baselines import MeasuredBaselines, run_figures
 from trainer.loader import BatchReader, Prepared, embed_all
 from trainer.progress import EpochRecord, plot_curves
 from trainer.run_state import RunState
@@ -105,10 +105,12 @@ def epoch_record(state: RunState, lr: float, elapsed: float, knn: dict[str, Any]
 def write_outputs(out: Path, state: RunState, prepared: Prepared, embeddings: np.ndarray,
                   rt: Runtime, processes: int, n_train: int,
                   pixel_baseline: dict[str, Any] | None, start: dict[str, Any] | None = None,
-                  start_weights: Path | None = None) -> dict[str, Any]:
+                  start_weights: Path | None = None,
+                  measured: MeasuredBaselines | None = None) -> dict[str, Any]:
     """Encoder, embeddings, metrics (returned), skipped items and curves of a finished run.
     `start`: a pretrained start's figures and description (beside the baselines), and
-    `start_weights` its file, whose network is scored without labels too."""
+    `start_weights` its file, whose network is scored without labels too. `measured`: the
+    baselines' label-free scores the run already has (run_figures)."""
     cfg, coll, history = state.config, prepared.collection, state.history
     knn = knn_evaluation(embeddings, coll.labels, coll.is_eval, len(coll.classes),
                          cfg.knn_k, cfg.knn_sigma) or {}
@@ -124,7 +126,7 @@ def write_outputs(out: Path, state: RunState, prepared: Prepared, embeddings: np
     # Beside the labelled figures, or alone without labels: the label-free score of the model,
     # of raw pixels and of the untrained network, on the same items and views.
     label_free = run_figures(out / "encoder.pt", prepared, embeddings, cfg.seed, str(rt.device),
-                             start_weights, "bf16" if rt.bf16 else "fp32")
+                             start_weights, "bf16" if rt.bf16 else "fp32", measured)
     speeds = [r["images_per_s"] for r in history]
     metrics = {
         **knn,

@@ -159,3 +159,37 @@ def test_untrained_model_is_the_seeded_init_and_leaves_the_global_rng_alone():
         assert torch.equal(value.cpu(), expected[name])
     out = model.embed_uint8(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
     assert out.shape == (2, 8)
+
+
+def test_a_run_scores_its_baselines_once_where_the_sample_is_the_same(monkeypatch):
+    """The finished run's figures reuse the baselines its progress measured on the same sample
+    and views, and measure them again on any other sample."""
+    from tests.trainer.test_baseline_and_map import _prepared
+    from trainer import label_free_baselines as lfb
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    prepared = _prepared(images, [0, 1] * 6, [False] * 12)
+    model = untrained_model("small_cnn", 8, 32, torch.zeros(3), torch.ones(3), seed=1,
+                            device="cpu", precision="fp32")
+    rows = lfb.sample_rows(12, 12, 0)
+    sample = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    base = lfb.baseline_scores(sample, lfb.sample_views(sample), prepared, model.meta,
+                               device="cpu", precision="fp32", every_part=False)
+    measured = lfb.MeasuredBaselines(rows, 0, base)
+    calls = []
+    real = lfb.baseline_scores
+    monkeypatch.setattr(lfb, "baseline_scores", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    reused = lfb.score_with_baselines(prepared, model, every_part=False, measured=measured)
+    assert calls == []
+    assert reused["pixel_label_free"] == base["pixels"].score
+    assert reused["untrained_label_free"] == base["untrained"].score
+    measured_again = lfb.score_with_baselines(prepared, model, every_part=False)
+    assert calls == [1]
+    assert measured_again["pixel_label_free"] == pytest.approx(reused["pixel_label_free"])
+    assert measured_again["untrained_label_free"] == pytest.approx(
+        reused["untrained_label_free"], abs=1e-6)
+    lfb.score_with_baselines(prepared, model, sample=6, every_part=False, measured=measured)
+    lfb.score_with_baselines(prepared, model, seed=1, every_part=False, measured=measured)
+    assert calls == [1, 1, 1]
