@@ -149,8 +149,8 @@ def stop_all(processes: Iterable[Process], timeout: float = 20) -> None:
 def discard_all(processes: Iterable[Process]) -> None:
     """SIGKILL to each process's whole group at once: a fixture's teardown, after its test
     has checked what it checks. A graceful stop is what some tests check (the Ctrl-C and
-    shutdown tests call `stop`); as a teardown it only waits: an idle worker on the embedded
-    broker takes about 6 s to stop (Celery's 2-second drains, then the pool's threads)."""
+    shutdown tests call `stop`); as a teardown it only waits: an idle worker takes about 3 s
+    to stop (Celery's pool, its threads and its timer)."""
     procs = list(processes)
     for proc in procs:
         proc.kill_group()

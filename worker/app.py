@@ -14,6 +14,7 @@ from celery import Celery
 from state.jobs import JobStore
 from state.settings import Settings, get_settings
 from worker.capacity import queue_of_job
+from worker.embedded_broker import TRANSPORT
 
 TRAIN_TASK = "and.train"
 
@@ -47,6 +48,7 @@ def make_celery(settings: Settings) -> Celery:
             folder.mkdir(parents=True, exist_ok=True)
         conf |= {
             "broker_url": "filesystem://",
+            "broker_transport": TRANSPORT,  # stops without waiting out a poll cycle
             "broker_transport_options": {
                 "data_folder_in": str(queue), "data_folder_out": str(queue),
                 "processed_folder": str(processed), "control_folder": str(control),
