@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from queue import Empty
 from time import monotonic, sleep
-from typing import Any
+from typing import Any, cast
 
 from celery.worker import state
 from kombu.transport import filesystem
@@ -29,17 +29,20 @@ def stop_requested() -> bool:
 
 
 class Transport(filesystem.Transport):
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
-        """Deliver one message, polling every `polling_interval`; socket.timeout after
-        `timeout` without one (TimeoutError), or at once when the worker is stopping."""
+    def drain_events(self, connection: Any, timeout: float | None = None,
+                     **kwargs: Any) -> None:
+        """Deliver one message, polling every `polling_interval`. After `timeout` without
+        one, or at once when the worker is stopping: TimeoutError (socket.timeout, which
+        Celery's loop expects)."""
+        cycle = cast(Any, self.cycle)  # made with the transport
+        interval = self.polling_interval if self.polling_interval is not None else 0.1
         start = monotonic()
         while True:
             try:
-                self.cycle.get(self._deliver, timeout=timeout)
+                cycle.get(self._deliver, timeout=timeout)
                 return
             except Empty:
                 if stop_requested() or (timeout is not None
                                         and monotonic() - start >= timeout):
-                    raise TimeoutError() from None  # socket.timeout, which Celery expects
-                interval = self.polling_interval if self.polling_interval is not None else 0.1
+                    raise TimeoutError() from None
                 sleep(min(interval, timeout) if timeout else interval)
