@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 
@@ -39,19 +40,19 @@ class Runtime:
         return model
 
 
-def cpu_has_bf16() -> bool:
-    """AMX or AVX512-BF16: the CPU has bf16 instructions."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:  # pragma: no cover - older torch
-        return False
+def _cpu_capability(probe: str) -> bool:
+    """One of torch.cpu's instruction-set probes (private, absent from older torch)."""
+    found = getattr(torch.cpu, probe, None)
+    return bool(found()) if found is not None else False
 
 
 def cpu_has_amx() -> bool:
-    try:
-        return bool(torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # pragma: no cover - older torch
-        return False
+    return _cpu_capability("_is_amx_tile_supported")
+
+
+def cpu_has_bf16() -> bool:
+    """AMX or AVX512-BF16: the CPU has bf16 instructions."""
+    return cpu_has_amx() or _cpu_capability("_is_avx512_bf16_supported")
 
 
 def cpu_vendor() -> str:
@@ -81,7 +82,9 @@ def bf16_is_faster_on_cpu(has_bf16: bool, has_amx: bool, vendor: str) -> bool:
     return has_bf16 and vendor != "GenuineIntel"
 
 
+@functools.cache
 def cpu_prefers_bf16() -> bool:
+    """bf16_is_faster_on_cpu for this CPU (read once: every model load asks)."""
     return bf16_is_faster_on_cpu(cpu_has_bf16(), cpu_has_amx(), cpu_vendor())
 
 

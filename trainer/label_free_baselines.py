@@ -37,14 +37,19 @@ PRETRAINED_KEY = "pretrained_label_free"
 
 @dataclass(frozen=True)
 class MeasuredBaselines:
-    """Baselines' scores already measured on the sample `rows` with the views of `seed`: the
-    same network, seed and views score the same, so a run measures them once."""
+    """Baselines' scores already measured on the sample `rows` with the views of `seed` (and
+    their other parts if `every_part`): the same network, seed and views score the same, so a
+    run measures them once."""
     rows: np.ndarray
     seed: int
+    every_part: bool
     scores: dict[str, LabelFreeScore]
 
-    def on(self, rows: np.ndarray, seed: int) -> dict[str, LabelFreeScore] | None:
-        return self.scores if seed == self.seed and np.array_equal(rows, self.rows) else None
+    def on(self, rows: np.ndarray, seed: int,
+           every_part: bool) -> dict[str, LabelFreeScore] | None:
+        same = (seed == self.seed and every_part == self.every_part
+                and np.array_equal(rows, self.rows))
+        return self.scores if same else None
 
 
 def _embed(forward: Forward, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
@@ -107,13 +112,12 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
 
     `embeddings`: the model's embeddings of every item, when the caller has them (then the
     model embeds only the views); otherwise the sample is embedded here too. `measured`: the
-    baselines' scores the caller has, used when they are of this sample and views (with the
-    same parts: `every_part` as they were measured).
+    baselines' scores the caller has, used when they are of this sample, views and parts.
     """
     rows = sample_rows(len(prepared.collection), sample, seed)
     images = images_of(prepared, rows, model.meta.image_size)
     views = sample_views(images, seed)
-    known = measured.on(rows, seed) if measured is not None else None
+    known = measured.on(rows, seed, every_part) if measured is not None else None
     scores = {"model": sample_score(model.embed_uint8, images, views,
                                     embeddings[rows] if embeddings is not None else None,
                                     every_part=every_part),

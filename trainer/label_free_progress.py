@@ -61,7 +61,7 @@ class ProgressScore:
         if "pretrained" in base:
             self.baselines["pretrained_label_free"] = base["pretrained"].score
         # The finished run's figures reuse them where its sample is this one.
-        self.measured = MeasuredBaselines(self.rows, seed, base)
+        self.measured = MeasuredBaselines(self.rows, seed, False, base)
         self._kept = (images, views) if images.numel() <= KEEP_BYTES else None
 
     def _sample(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -176,7 +176,7 @@ def test_a_run_scores_its_baselines_once_where_the_sample_is_the_same(monkeypatc
     sample = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     base = lfb.baseline_scores(sample, lfb.sample_views(sample), prepared, model.meta,
                                device="cpu", precision="fp32", every_part=False)
-    measured = lfb.MeasuredBaselines(rows, 0, base)
+    measured = lfb.MeasuredBaselines(rows, 0, False, base)
     calls = []
     real = lfb.baseline_scores
     monkeypatch.setattr(lfb, "baseline_scores", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -14,11 +14,12 @@ from worker.embedded_broker import TRANSPORT, stop_requested
 
 @pytest.fixture()
 def connection(tmp_path):
-    folder = tmp_path / "queue"
+    folder, control = tmp_path / "queue", tmp_path / "control"
     folder.mkdir()
+    # Every folder inside tmp_path: kombu's default control folder is relative to the cwd.
     with Connection("filesystem://", transport=TRANSPORT, transport_options={
             "data_folder_in": str(folder), "data_folder_out": str(folder),
-            "polling_interval": 0.05}) as conn:
+            "control_folder": str(control), "polling_interval": 0.05}) as conn:
         yield conn
 
 
