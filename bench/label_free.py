@@ -203,7 +203,8 @@ def summary(results: dict) -> dict:
                      for c in colls]
             table[f"{cand}/{aug}"] = dict(zip(colls, agree, strict=True))
     held_out = {}
-    for out in colls:
+    # Leaving a collection out needs another to pick on.
+    for out in colls if len(colls) > 1 else []:
         best = max(table, key=lambda key: min(v for c, v in table[key].items() if c != out))
         held_out[out] = {"picked": best, "agreement": table[best][out]}
     return {"agreement": table, "leave_one_out": held_out}
@@ -217,10 +218,11 @@ def _print_summary(results: dict) -> None:
         print(f"{key:32s} " + " ".join(f"{100 * agree[c]:13.1f}" for c in colls)
               + f" {100 * min(agree.values()):5.1f}")
     for c, r in results["collections"].items():
-        ceiling, lo = r["reference_ceiling"], s["leave_one_out"][c]
+        ceiling, lo = r["reference_ceiling"], s["leave_one_out"].get(c)
+        picked = "" if lo is None else (
+            f"; picked without it: {lo['picked']}, {100 * lo['agreement']:.1f} %")
         print(f"{c}: a perfect score would agree on {100 * ceiling['expected_agreement']:.1f} "
-              f"% of {ceiling['pairs']} pairs; picked without it: {lo['picked']}, "
-              f"{100 * lo['agreement']:.1f} %")
+              f"% of {ceiling['pairs']} pairs{picked}")
 
 
 def main() -> None:
