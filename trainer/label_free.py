@@ -10,8 +10,10 @@ same items and the same views (trainer/label_free_baselines), so the three are c
 Chosen by measurement (bench/label_free.py, docs/benchmarks.md) among the parts computed here:
 retrieval (top-1, mean reciprocal rank, mean log-rank, after centring), agreement of the k-NN
 lists of a view and its original, effective rank (RankMe), alignment and uniformity, and
-further candidates measured by the benchmark alone (whitening, cluster stability, pseudo-label
-kNN, recall within a share of the sample, mean percentile). Retrieval ordered the panels best.
+further candidates measured by the benchmarks alone (whitening, cluster stability, pseudo-label
+kNN, recall within a share of the sample, mean percentile; LiDAR and the retrieval of an
+image's other half, which need more views: bench/label_free_views.py). Retrieval ordered the
+panels best.
 Until December 6 the score was the mean reciprocal rank (MEASURE_BEFORE), which only the first
 few places move: a handful of near-duplicates ranked above an item's own copy (overlapping
 patches, burst photos) cost it most of its value, and pixels, which tell near-duplicates apart
