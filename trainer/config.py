@@ -178,6 +178,12 @@ class TrainConfig:
     checkpoint_interval_s: Annotated[Float, Field(ge=1, le=86_400, description=
         "Also checkpoint mid-epoch at most this often (seconds), so a lost worker loses "
         "little.")] = 300.0
+    cpu_threads: Annotated[Int, Field(ge=0, le=1024, description=
+        "CPU threads of each training process's torch operations, at most one per core; 0: one "
+        "per core (shared out between the processes of a run). On a machine busy with other "
+        "work, fewer train faster (two threads on two busy cores wait on each other; "
+        "docs/benchmarks.md)."),
+        WHOLE] = 0
 
     # ------------------------------------------------------------------------------------
     @classmethod
@@ -257,7 +263,8 @@ class TrainConfig:
     # fast the run goes, never what it computes.
     RUNTIME_KEYS: typing.ClassVar[frozenset[str]] = frozenset(
         {"device", "num_workers", "cache_images", "cache_max_gb", "checkpoint_interval_s",
-         "on_corrupt", "eval_each_round", "knn_every_epochs", "index", "compile"}
+         "on_corrupt", "eval_each_round", "knn_every_epochs", "index", "compile",
+         "cpu_threads"}
     )
 
     def training_identity(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from trainer.bank import MemoryBank
 from trainer.collection import Collection
 from trainer.compile_choice import compiled_forward
 from trainer.config import TrainConfig
+from trainer.cpu_threads import cpu_threads
 from trainer.device import Runtime, resolve
 from trainer.discovery import discover, no_neighbourhoods
 from trainer.distributed import Distributed, discover_on_rank0, synchronise_batch_norm
@@ -107,10 +108,11 @@ class Trainer:
         done = finished_run(self.out, self.config)
         if done is not None:
             return RunResult(self.out, *done)
-        self._prepare()
-        self._build(started)
-        self._train()
-        return self._finish()
+        with cpu_threads(self.config.cpu_threads):
+            self._prepare()
+            self._build(started)
+            self._train()
+            return self._finish()
 
     def _train(self) -> None:
         cfg, s = self.config, self.state
