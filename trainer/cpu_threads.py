@@ -7,10 +7,11 @@ process and 5.5 on one (9.8 on two when the machine was idle; docs/benchmarks.md
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
+
+from trainer.device import cpu_count
 
 
 @contextlib.contextmanager
@@ -22,7 +23,7 @@ def cpu_threads(count: int) -> Iterator[None]:
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(min(count, len(os.sched_getaffinity(0))))
+    torch.set_num_threads(min(count, cpu_count()))
     try:
         yield
     finally:

@@ -1,8 +1,6 @@
 """A job's `cpu_threads`: torch's threads while it runs, put back after it (a worker process
 runs one job after another)."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -11,6 +9,7 @@ from PIL import Image
 from trainer.config import TrainConfig
 from trainer.cpu_threads import cpu_threads
 from trainer.data import open_collection
+from trainer.device import cpu_count
 from trainer.engine import Trainer
 from trainer.errors import ConfigError
 
@@ -22,7 +21,7 @@ def test_the_block_sets_the_threads_and_puts_them_back():
     assert torch.get_num_threads() == before
     with cpu_threads(0):  # the default: as torch started
         assert torch.get_num_threads() == before
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_count()
     with cpu_threads(cores + 5):  # never more threads than cores
         assert torch.get_num_threads() == cores
     with pytest.raises(RuntimeError), cpu_threads(1):
