@@ -60,6 +60,8 @@ case "$cmd" in
         need_system_package docker-compose docker-compose
         # The console tests drive Debian's chromium headless (Playwright uses it as it is).
         need_system_package chromium chromium
+        # The one-command test pastes the curl commands that `up` prints into a shell.
+        need_system_package curl curl
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     up)

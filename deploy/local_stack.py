@@ -3,8 +3,9 @@
 Starts the API and a worker as child processes, uploads a dataset through the API (patches of
 scikit-learn's two sample photos unless --data names a folder or archive), trains a model with
 POST /train, follows the job to its published bundle, and prints requests that work against it
-and the model's kNN accuracy beside that of raw pixels. Ctrl-C stops everything it
-started. Run through `bash deploy/local.sh up`, which also sets up the virtual environment.
+and the model's kNN accuracy beside that of raw pixels (without labels, its label-free score).
+Ctrl-C stops everything it started. Run through `bash deploy/local.sh up`, which also sets up
+the virtual environment.
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import unicodedata
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -151,7 +155,7 @@ def _archive_of(args: argparse.Namespace, workdir: Path) -> tuple[str, Path]:
         src = Path(args.data).expanduser().resolve()
         if not src.exists():
             raise RuntimeError(f"{src} does not exist")
-        name = args.name or src.name.split(".")[0]
+        name = args.name or dataset_name(src.name)
         if src.is_dir():
             return name, Path(shutil.make_archive(str(workdir / name), "zip", src))
         return name, src
@@ -162,6 +166,17 @@ def _archive_of(args: argparse.Namespace, workdir: Path) -> tuple[str, Path]:
           f"({', '.join(PHOTO_REGIONS)}), each at a random place and scale, flipped and re-lit")
     return args.name or DEMO_DATASET, Path(shutil.make_archive(str(workdir / DEMO_DATASET),
                                                                "zip", folder))
+
+
+def dataset_name(file_name: str) -> str:
+    """A dataset name the API accepts, from a folder's or an archive's name: "Mes photos
+    (été 2024).zip" -> "Mes-photos-ete-2024". The rule itself is the API's (service.schemas)."""
+    from service.schemas import is_dataset_name
+
+    stem = file_name.split(".")[0] or file_name
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_stem).strip("._-")[:64].rstrip("._-")
+    return name if is_dataset_name(name) else "dataset"
 
 
 def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> str:
@@ -244,23 +259,54 @@ def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
     nb = _request("GET", f"{base}/neighbours/{q}?k=3{'&' + pin if pin else ''}", key)
     print(f"neighbours of {some_id}: " + ", ".join(
         f"{n['id']} ({n['score']:.4f})" for n in nb["neighbours"]))
-    print(f"""
-Look at it: {base}/ (Explore, Embedding map)
-Try it (the admin key is in {Path(os.environ.get('AND_HOME', REPO / 'var')) / 'admin.key'}):
-  curl -s {base}/models/{version}
-  curl -s '{base}/neighbours/{some_id}?k=5{'&' + pin if pin else ''}'
-  curl -s -F files=@{image} {base}/embed{'?' + pin if pin else ''}
-  curl -s -F files=@{image} -F k=5 {base}/search{'?' + pin if pin else ''}
-  curl -s -H 'Content-Type: application/json' -d '{{"ids": ["{some_id}"]}}' {base}/classify{
-      '?' + pin if pin else ''}
-  curl -s {auth} {base}/jobs
-""")
+    # Printed for a shell: ids and paths may hold spaces, quotes or any other character.
+    query = "?" + pin if pin else ""
+    tried = [
+        f"curl -s {base}/models/{version}",
+        "curl -s " + shlex.quote(f"{base}/neighbours/{q}?k=5{'&' + pin if pin else ''}"),
+        f"curl -s -F {_file_field(image)} {base}/embed{query}",
+        f"curl -s -F {_file_field(image)} -F k=5 {base}/search{query}",
+    ]
+    if model.get("labelled_items"):
+        ids = shlex.quote(json.dumps({"ids": [some_id]}))
+        tried.append(f"curl -s -H 'Content-Type: application/json' -d {ids} "
+                     f"{base}/classify{query}")
+    tried.append(f"curl -s {auth} {base}/jobs")
+    print(f"\nLook at it: {base}/ (Explore, Embedding map)\nTry it (the admin key is in "
+          f"{Path(os.environ.get('AND_HOME', REPO / 'var')) / 'admin.key'}):")
+    for line in tried:
+        print("  " + line)
+    if not model.get("labelled_items"):
+        print("(no class folders: /classify needs labelled items to vote)")
+    print()
+    print(_figures_line(metrics))
+
+
+def _file_field(path: Path) -> str:
+    """curl's -F files=@PATH for a shell: curl itself reads ';' and ',' in PATH as its own
+    syntax unless the path is in double quotes."""
+    quoted = str(path).replace("\\", "\\\\").replace('"', '\\"')
+    return shlex.quote(f'files=@"{quoted}"')
+
+
+def _figures_line(metrics: dict[str, Any]) -> str:
+    """The model against raw pixels: kNN accuracy where the dataset has labels, else the
+    label-free score, which needs none."""
     top1 = metrics.get("knn_top1", metrics.get("loo_knn_top1"))
+    if top1 is None and metrics.get("label_free") is not None:
+        return (f"Label-free score (no labels; 1 = every augmented copy finds its own image "
+                f"first): model {metrics['label_free']:.3f}, raw pixels "
+                f"{_score(metrics.get('pixel_label_free'))}, the network untrained "
+                f"{_score(metrics.get('untrained_label_free'))}")
     pixels = metrics.get("pixel_knn_top1")
     over = ("the labelled test images" if metrics.get("knn_protocol") == "test"
             else "the labelled images, each left out in turn")
-    print(f"Weighted kNN top-1 on {over}: model {_share(top1)}, raw pixels {_share(pixels)} "
-          "(the same kNN on the downscaled images themselves)")
+    return (f"Weighted kNN top-1 on {over}: model {_share(top1)}, raw pixels {_share(pixels)} "
+            "(the same kNN on the downscaled images themselves)")
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _share(value: float | None) -> str:
