@@ -1,7 +1,7 @@
-"""`bash deploy/local.sh up --data FOLDER` on a folder without class folders, whose own name and
-whose file names hold spaces, a quote, a semicolon and non-ASCII letters: every request it
-prints works when pasted into a shell, and its last word is the label-free score, since there
-is no label to measure with."""
+"""`bash deploy/local.sh up --data FOLDER` on a folder without class folders, with spaces,
+brackets and accents in its name and spaces, a quote, a semicolon and non-ASCII letters in its
+files' names: every request it prints works when pasted into a shell, and its last word is the
+label-free score, since there is no label to measure with."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def _unlabelled_folder(root: Path) -> Path:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the printed requests are curl's")
 def test_printed_requests_work_on_an_unlabelled_folder(tmp_path):
-    data = _unlabelled_folder(tmp_path / "my photos")
+    data = _unlabelled_folder(tmp_path / "Mes photos (été)")
     env = {**os.environ, "AND_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
     for k in ("BROKER_URL", "DATA_ROOT", "MODELS_ROOT", "STATE_ROOT", "ADMIN_API_KEY"):
         env.pop(k, None)
@@ -69,7 +69,7 @@ def test_printed_requests_work_on_an_unlabelled_folder(tmp_path):
             assert line is not None and time.monotonic() < deadline, "".join(output)
             output.append(line)
         text = "".join(output)
-        assert "as dataset 'my-photos'" in text and "80 images, 0 classes" in text, text
+        assert "as dataset 'Mes-photos-ete'" in text and "80 images, 0 classes" in text, text
         assert f"neighbours of {AWKWARD}:" in text, text
         tried = next(i for i, line in enumerate(output) if line.startswith("Try it"))
         commands = [line.strip() for line in output[tried:] if line.startswith("  curl ")]
