@@ -32,14 +32,29 @@ def _add(api: Client, args: argparse.Namespace) -> None:
     paths = [Path(p) for p in args.paths]
     archives = [p for p in paths if p.suffix.lower() in ARCHIVES]
     images = [p for p in paths if p not in archives]
-    answers = [api.add_archive(a, prefix=args.prefix, label=args.label, upsert=args.upsert)
-               for a in archives]
-    for answer in answers:
-        _added(answer.ids, answer.dataset, answer.model_version, answer.seq)
-    if images:
-        for batch in api.add_batches(images, prefix=args.prefix, label=args.label,
-                                     upsert=args.upsert):
-            _added(batch.ids, batch.dataset, batch.model_version, batch.seq)
+    added = 0  # items, by the requests that succeeded so far
+    sent = 0  # of `images`, in those requests
+    try:
+        for archive in archives:
+            answer = api.add_archive(archive, prefix=args.prefix, label=args.label,
+                                     upsert=args.upsert)
+            added += len(answer.ids)
+            _added(answer.ids, answer.dataset, answer.model_version, answer.seq)
+        if images:
+            for batch in api.add_batches(images, prefix=args.prefix, label=args.label,
+                                         upsert=args.upsert):
+                added += len(batch.ids)
+                sent += len(batch.ids)
+                _added(batch.ids, batch.dataset, batch.model_version, batch.seq)
+    except ApiError as exc:
+        if not added:
+            raise
+        # Each request is all or nothing, but those before the refused one went through.
+        left = f"; {len(images) - sent} of the {len(images)} files were not" if images else ""
+        raise SystemExit(
+            f"error: {exc.status} {exc.detail or exc.title}\n{added} items were added by the "
+            f"requests before this one{left} (to send the rest again: --upsert, or only the "
+            "files not added)") from None
 
 
 def _added(ids: list[str], dataset: str, version: str, seq: int) -> None:

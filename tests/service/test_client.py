@@ -264,6 +264,30 @@ def test_the_command_line_adds_finds_gets_and_deletes(api, shots):
     assert missing.stderr.startswith("error: 404 no item 'cli/s1.png'"), missing.stderr
 
 
+def test_the_command_line_says_what_went_in_when_a_later_request_is_refused(api, tmp_path):
+    """71 files are two requests (64 + 7, the API's limit per request); the second holds an
+    unreadable file. The first request's 64 items stay added, and the command says so."""
+    env = {**os.environ, "AND_API_URL": api.url, "ADMIN_API_KEY": ADMIN, "PYTHONPATH": str(REPO)}
+    files = []
+    for n in range(71):
+        files.append(tmp_path / f"m{n:03d}.png")
+        files[-1].write_bytes(b"not an image" if n == 66 else picture(3000 + n))
+    r = subprocess.run([sys.executable, "-m", "service.client", "add", *map(str, files),
+                        "--prefix", "many/"], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.startswith("added 64 items to cifar-slice"), r.stdout
+    assert r.stderr.startswith("error: 422 item 'many/m066.png': not a readable image"), r.stderr
+    assert "64 items were added by the requests before this one; 7 of the 71 files were not" \
+        in r.stderr, r.stderr
+    with Client(api.url, admin_key=ADMIN) as client:
+        assert client.item("many/m063.png").id == "many/m063.png"
+        with pytest.raises(ApiError) as missing:
+            client.item("many/m064.png")
+        assert missing.value.status == 404
+        client.delete_items([f"many/m{n:03d}.png" for n in range(64)])
+
+
 # --- retries, against a scripted server ---------------------------------------------------------
 
 class Scripted(BaseHTTPRequestHandler):
