@@ -110,4 +110,6 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: {exc.status} {exc.detail or exc.title}") from None
         except httpx.TransportError as exc:
             raise SystemExit(f"error: cannot reach {api.url}: {exc}") from None
+        except OSError as exc:  # a file named on the command line: missing, a folder...
+            raise SystemExit(f"error: cannot read {exc.filename}: {exc.strerror}") from None
     return 0

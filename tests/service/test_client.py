@@ -262,6 +262,11 @@ def test_the_command_line_adds_finds_gets_and_deletes(api, shots):
         "deleted 3 items (log position ")
     missing = cli("get", "cli/s1.png", ok=False)
     assert missing.stderr.startswith("error: 404 no item 'cli/s1.png'"), missing.stderr
+    # A file that is not there, or a folder: a one-line error, no traceback.
+    for command in (("find", "no-such.png"), ("add", "no-such.png", "--prefix", "cli/"),
+                    ("add", str(shots[0].parent), "--prefix", "cli/")):
+        refused = cli(*command, ok=False).stderr
+        assert refused.startswith("error: cannot read ") and "Traceback" not in refused, refused
 
 
 def test_the_command_line_says_what_went_in_when_a_later_request_is_refused(api, tmp_path):
