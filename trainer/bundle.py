@@ -91,6 +91,11 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
             validate(final)
             return final
         raise BundleError(f"model version {version} already exists")
+    needed = ["encoder.pt", "config.json", "metrics.json"] + ([] if embeddings else
+                                                             ["embeddings.npz"])
+    missing = [name for name in needed if not (run / name).is_file()]
+    if missing:
+        raise BundleError(f"{run} is not a finished training run (no {', '.join(missing)})")
     tmp = root / f"{TMP_PREFIX}{version}-{secrets.token_hex(3)}"
     tmp.mkdir()
     try:

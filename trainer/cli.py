@@ -257,6 +257,9 @@ def _publish(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     dataset = args.dataset or _recorded_dataset(run)
+    if dataset is None and not (run / "encoder.pt").is_file():
+        print(f"error: {run} is not a finished training run (no encoder.pt)", file=sys.stderr)
+        return 2
     if dataset is None:
         print(f"error: {run} does not record the data it was trained on (a run of an older "
               "version): name its dataset with --dataset", file=sys.stderr)

@@ -77,6 +77,13 @@ def test_bad_config_and_bad_data_exit_2_with_a_clear_message(cifar_zip, tmp_path
     assert r.returncode == 2 and "'lr'" in r.stderr and "Traceback" not in r.stderr
     r = _cli("train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "does not exist" in r.stderr
+    # Publishing a folder that holds no finished run (with or without a dataset named).
+    for named in ((), ("--dataset", "x")):
+        r = _cli("publish", "--run", str(tmp_path / "nowhere"), "--models",
+                 str(tmp_path / "models"), *named)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"{tmp_path / 'nowhere'} is not a finished training run (no encoder.pt" \
+            in r.stderr, r.stderr
 
 
 def test_config_lists_every_key():
