@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from trainer.archives import member_path
+from trainer.archives import member_path, zip_member_name
 from trainer.images import is_image_name
 
 UPLOAD_PREFIX = ".upload-"
@@ -218,11 +218,12 @@ def _extract_zip(archive: Path, target: Path, limits: SizeLimits, max_entries: i
         for info in zf.infolist():
             # Unix modes (with the file type) travel in the upper half of external_attr.
             kind = stat.S_IFMT(info.external_attr >> 16) if info.create_system == 3 else 0
+            name = zip_member_name(info)
             if kind == stat.S_IFLNK:
-                raise UploadRejected(f"archive entry {info.filename!r} is a link")
+                raise UploadRejected(f"archive entry {name!r} is a link")
             if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-                raise UploadRejected(f"archive entry {info.filename!r} is not a file")
-            rel = _safe_relative(info.filename)
+                raise UploadRejected(f"archive entry {name!r} is not a file")
+            rel = _safe_relative(name)
             total += info.file_size  # every entry counts, image or not
             _too_big(total, limits)
             if info.is_dir() or not rel or not _wanted(rel, result):

@@ -44,14 +44,43 @@ def member_path(name: str) -> str | None:
     return "" if rel == "." else rel
 
 
+_UNICODE_PATH = 0x7075  # Info-ZIP's Unicode Path extra field
+
+
+def zip_member_name(info: zipfile.ZipInfo) -> str:
+    """A zip member's name as its author wrote it. Python reads a name without the UTF-8 flag
+    as cp437, but Linux's `zip` and macOS's Archive Utility write UTF-8 without setting it:
+    "ünï/a.png" would come out as "├╝n├»/a.png". So, without the flag: the name of an Info-ZIP
+    Unicode Path field that matches the stored name, else the stored bytes as UTF-8 where they
+    are valid UTF-8, else cp437 as the zip format says."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    raw = info.orig_filename.encode("cp437")
+    extra = info.extra
+    while len(extra) >= 4:
+        kind, size = int.from_bytes(extra[:2], "little"), int.from_bytes(extra[2:4], "little")
+        field, extra = extra[4:4 + size], extra[4 + size:]
+        if (kind == _UNICODE_PATH and len(field) > 5 and field[0] == 1
+                and int.from_bytes(field[1:5], "little") == zlib.crc32(raw)):
+            try:
+                return field[5:].decode("utf-8")
+            except UnicodeDecodeError:
+                break
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return info.filename
+
+
 def open_zip(path: Path) -> tuple[list[str], PathSource]:
     """(every safe member's path, sorted; the source reading them in place)."""
     try:
         with zipfile.ZipFile(path) as zf:
-            members = [i.filename for i in zf.infolist() if not i.is_dir()]
+            members = [(zip_member_name(i), i.filename) for i in zf.infolist()
+                       if not i.is_dir()]
     except (zipfile.BadZipFile, OSError) as exc:
         raise DatasetError(f"{path.name}: not a readable zip archive ({exc})") from exc
-    safe = {rel: m for m in members if (rel := member_path(m))}
+    safe = {rel: m for name, m in members if (rel := member_path(name))}
     return sorted(safe), ZipSource(str(path), safe)
 
 

@@ -20,6 +20,7 @@ from service.app import create_app
 from service.errors import PROBLEM
 from tests.conftest import CIFAR_SLICE
 from tests.service.conftest import ADMIN, make_settings
+from tests.zips import zip_with_raw_names
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 MB = 1024 * 1024
@@ -179,6 +180,19 @@ def test_backslashes_inside_the_dataset_are_folders(make_client):
         r = _upload(client, "win", _zip({f"c{i % 2}\\{i}.jpg": IMG for i in range(12)}))
         assert r.status_code == 201, r.text
     assert (settings.data_root / "win" / "c0" / "0.jpg").is_file()
+
+
+def test_utf8_names_from_archivers_that_do_not_flag_them_keep_their_letters(make_client):
+    """Linux's `zip` and macOS's Archive Utility store UTF-8 names without the zip format's
+    UTF-8 flag; read as the format's default code page they would become other letters."""
+    client, settings = make_client()
+    entries = [(f"chats-été/{i}.jpg".encode() if i % 2 else f"hünde/ñ{i}.jpg".encode(), IMG)
+               for i in range(12)]
+    with client:
+        r = _upload(client, "accents", zip_with_raw_names(entries))
+        assert r.status_code == 201, r.text
+        assert r.json()["classes"] == ["chats-été", "hünde"], r.json()
+    assert (settings.data_root / "accents" / "hünde" / "ñ0.jpg").is_file()
 
 
 # --- disk, leftovers, names ----------------------------------------------------------------------
