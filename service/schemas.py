@@ -274,6 +274,8 @@ class ItemsPublic(BaseModel):
     model_version: str
     data: list[Item]
     count: int
+    # Labels to filter by: the bundle's classes, then those that items added since brought.
+    classes: list[str]
 
 
 class ModelsPublic(BaseModel):

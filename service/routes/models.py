@@ -180,13 +180,15 @@ async def list_items(response: Response, registry: RegistryDep,
                      ) -> ItemsPublic:
     served = await served_model(registry, version)
 
-    def page() -> tuple[list[Item], int]:
+    def page() -> tuple[list[Item], int, list[str]]:
         index = served.index
-        classes = index.classes
         only = ItemFilter(None if label is None else (label,), prefix)
         items, count = index.items(offset, limit, only)
-        return [Item(id=i, label=classes[lab] if lab >= 0 else None) for i, lab in items], count
+        # Copied after the page: a change since can only extend the list, never reorder it.
+        classes = list(index.classes)
+        return ([Item(id=i, label=classes[lab] if lab >= 0 else None) for i, lab in items],
+                count, classes)
 
-    data, count = await run_in_threadpool(page)
+    data, count, classes = await run_in_threadpool(page)
     stamp(response, served)
-    return ItemsPublic(model_version=served.version, data=data, count=count)
+    return ItemsPublic(model_version=served.version, data=data, count=count, classes=classes)

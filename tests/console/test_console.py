@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import httpx
 import pytest
@@ -290,6 +290,40 @@ def test_bad_input_shows_the_problem_and_the_page_keeps_working(stack: Stack,
     expect(page.locator("#models-table")).to_be_visible()
     settle(page)
     watch.check(allowed={404, 422})
+
+
+def test_a_label_added_with_an_item_is_offered_as_a_filter(stack: Stack,
+                                                           browser: Browser) -> None:
+    """A label the bundle never had, brought by an item added to the live collection, is in
+    Explore's label list (also when the address names it) and filters the grid to that item."""
+    item_id, label = "added/ship-copy.jpg", "new label é"
+    with zipfile.ZipFile(CIFAR_SLICE) as z:
+        image = z.read("cifar10/test/ship/0001.jpg")
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    r = httpx.post(f"{stack.base}/items", headers=admin, timeout=60,
+                   data={"ids": item_id, "label": label},
+                   files={"files": ("ship.jpg", image, "image/jpeg")})
+    assert r.status_code == 201, r.text
+    try:
+        watch = Watch()
+        page = logged_in(browser, stack, watch)
+        page.goto(f"{stack.base}/#/explore")
+        wait_images(page, "#explore-grid img", 48)
+        expect(page.locator(f"#explore-label option[value='{label}']")).to_have_count(1)
+        page.select_option("#explore-label", label)
+        page.click("#explore-controls button[type=submit]")
+        expect(page.locator("#explore-grid li")).to_have_count(1)
+        expect(page.locator("#explore-grid li")).to_have_attribute("data-id", item_id)
+        wait_images(page, "#explore-grid img", 1)
+        # The same filter from the address alone, as a shared link gives it.
+        page.goto(f"{stack.base}/#/models")
+        page.goto(f"{stack.base}/#/explore?label={quote(label)}")
+        expect(page.locator("#explore-grid li")).to_have_count(1)
+        expect(page.locator("#explore-label")).to_have_value(label)
+        settle(page)
+        watch.check()
+    finally:
+        httpx.delete(f"{stack.base}/items/{item_id}", headers=admin, timeout=60)
 
 
 def test_phone_width_keyboard_and_alt_texts(stack: Stack, browser: Browser) -> None:

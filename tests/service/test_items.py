@@ -63,6 +63,10 @@ def test_add_in_every_form_then_find_get_and_delete(client):
     listed = client.get(f"/models/{V1}/items", params={"prefix": "zip/"}).json()
     assert [i["id"] for i in listed["data"]] == ["zip/one.png", "zip/sub/two.png"]
     assert client.get(f"/models/{V1}/items", params={"label": "brand-new"}).json()["count"] == 1
+    # The labels to filter by: the bundle's classes, then the new ones in order of arrival.
+    classes = client.get(f"/models/{V1}/items", params={"limit": 1}).json()["classes"]
+    bundled = client.get(f"/models/{V1}").json()["classes"]
+    assert classes == [*bundled, "brand-new"] and "truck" in bundled, classes
     assert client.get(f"/models/{V1}/images/zip/sub/two.png").content == _png((250, 250, 250))
     # A new class votes.
     r = client.post("/classify", files=[("files", ("q.png", _png((0, 200, 0)), "image/png"))],

@@ -127,8 +127,19 @@ export async function render(main, route) {
 
   async function loadModel() {
     manifest = await api(`/models/${encodeURIComponent(state.model)}`);
-    const classes = manifest.classes || [];
     labelOf = new Map();
+    const classes = manifest.classes || [];
+    // A label from the address may be one added since the bundle: kept until the first page.
+    setLabels(!state.label || classes.includes(state.label) ? classes : [...classes, state.label]);
+  }
+
+  // The labels to filter by: the bundle's, then those of items added since (each page of
+  // items lists them all).
+  let shownLabels = "";
+  function setLabels(classes) {
+    const key = JSON.stringify(classes);
+    if (key === shownLabels) return;
+    shownLabels = key;
     clear(labelSelect, h("option", { value: "" }, "All labels"),
       classes.map((c) => h("option", { value: c, selected: c === state.label }, c)));
     labelSelect.disabled = !classes.length;
@@ -147,6 +158,7 @@ export async function render(main, route) {
       const items = await api(`/models/${encodeURIComponent(state.model)}/items?${query}`);
       if (stopped || mine !== pageRequest) return;
       hideProblem(gridProblem);
+      setLabels(items.classes || []);
       const pages = Math.max(1, Math.ceil(items.count / PAGE_SIZE));
       if (state.page >= pages && items.count) {
         state.page = pages - 1;
