@@ -8,8 +8,10 @@ model of a dataset must beat doing nothing). Both are measured on the same items
 - without labels: the label-free score (trainer/label_free.py) against raw pixels' on the same
   items and views, or against the score the current model got in its own run, with the margin
   its measured noise sets (GATE_MARGIN). A current model scored by an earlier measure of the
-  score cannot be compared with: the new model is judged against raw pixels, and the verdict
-  says so.
+  score, or not scored at all, cannot be compared with: the new model is judged against raw
+  pixels, and the verdict says so;
+- with labels that give nothing to compare on (only items the current version never held
+  carry them, or no labelled query against raw pixels): as without labels, never a free pass.
 
 `promote` on the job chooses what the verdict does: `gate` follows it, `always` and `never`
 record it and ignore it. The verdict is written into the bundle's manifest and the job record
@@ -62,27 +64,40 @@ def _verdict(job: Job, run_dir: Path, models_root: Path) -> Verdict:
     if incumbent is None:
         top1, _ = headline(metrics)
         pixels = metrics.get("pixel_knn_top1")
-        if top1 is None or pixels is None:
-            return Verdict(True, "knn_top1", top1, pixels, "raw pixels", 0.0, 0,
-                           "no raw-pixel figure to compare with")
-        return unpaired(float(top1), float(pixels), int(metrics.get("knn_queries") or 0),
-                        "raw pixels")
+        queries = int(metrics.get("knn_queries") or 0)
+        if top1 is None or pixels is None or queries == 0:
+            return _label_free(metrics, models_root, None,
+                               "no labelled query to compare with raw pixels")
+        return unpaired(float(top1), float(pixels), queries, "raw pixels")
     version, theirs = incumbent
     rows = np.array([i for i, item in enumerate(ids) if item in theirs], dtype=np.int64)
     their_rows = np.array([theirs[ids[i]] for i in rows], dtype=np.int64)
     their_vectors = np.load(models_root / version / "embeddings.npy", mmap_mode="r")
     mine = correct(vectors[rows], labels[rows], is_eval[rows], n_classes, k, sigma)
+    if not len(mine):
+        # E.g. the labels came with items added since version's training: it never saw them.
+        return _label_free(metrics, models_root, incumbent,
+                           f"no labelled item in common with version {version}")
     current = correct(np.asarray(their_vectors[their_rows]), labels[rows], is_eval[rows],
                       n_classes, k, sigma)
     return paired(mine, current, f"version {version}")
 
 
 def _label_free(metrics: dict[str, Any], models_root: Path,
-                incumbent: tuple[str, dict[str, int]] | None) -> Verdict:
+                incumbent: tuple[str, dict[str, int]] | None, why: str = "") -> Verdict:
+    """The label-free comparison; `why`: the reason the labelled one could not be made."""
+    verdict = _label_free_verdict(metrics, models_root, incumbent)
+    if why:
+        return replace(verdict, reason=f"{why}: judged without labels. {verdict.reason}")
+    return verdict
+
+
+def _label_free_verdict(metrics: dict[str, Any], models_root: Path,
+                        incumbent: tuple[str, dict[str, int]] | None) -> Verdict:
     mine, n = metrics.get("label_free"), int(metrics.get("label_free_items") or 0)
     if mine is None:
         return Verdict(True, "none", None, None, "raw pixels", 0.0, 0,
-                       "no labels and no label-free score: the model is not compared")
+                       "no label-free score either: the model is not compared")
 
     def against(theirs: float, name: str) -> Verdict:
         return with_margin(float(mine), theirs, GATE_MARGIN, n, name, "label_free")
@@ -93,8 +108,10 @@ def _label_free(metrics: dict[str, Any], models_root: Path,
     figures = read_manifest(models_root, version).get("metrics") or {}
     theirs = figures.get("label_free")
     if theirs is None:
-        return Verdict(True, "label_free", float(mine), None, f"version {version}", 0.0, n,
-                       f"version {version} has no label-free score to compare with")
+        verdict = against(float(metrics["pixel_label_free"]), "raw pixels")
+        return replace(verdict, reason=(
+            f"version {version} has no label-free score, so this model is judged against raw "
+            f"pixels. {verdict.reason}"))
     if measure_of(figures) != measure_of(metrics):
         verdict = against(float(metrics["pixel_label_free"]), "raw pixels")
         return replace(verdict, reason=(

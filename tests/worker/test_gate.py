@@ -151,3 +151,67 @@ def test_a_current_model_scored_by_another_measure_is_not_compared_with(
     assert gate["incumbent"] == 0.3 and gate["candidate"] == 0.5
     assert gate["reason"].startswith(
         f"version v1's label-free score measures {MEASURE_BEFORE}, this model's {MEASURE}")
+
+
+def _current(models, figures, ids=("a", "b")):
+    """A current version v1 of dataset d holding `ids`, with `figures` as its metrics."""
+    (models / "v1").mkdir(parents=True)
+    (models / "v1" / "manifest.json").write_text(json.dumps({"dataset": "d",
+                                                             "metrics": figures}))
+    (models / "v1" / "items.json").write_text(json.dumps({"ids": list(ids)}))
+    np.save(models / "v1" / "embeddings.npy", np.eye(2, dtype=np.float32)[:len(ids)])
+    set_current(models, "v1")
+
+
+def _run_labelled_on_new_items(tmp_path, score):
+    """A run whose only labelled items ("c", "d", two classes, left out in turn) were added
+    to the collection after the current version was trained: it holds "a" and "b" only."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"knn_k": 1, "knn_sigma": 0.1}))
+    (run / "metrics.json").write_text(json.dumps({
+        "loo_knn_top1": 1.0, "loo_knn_top5": 1.0, "knn_protocol": "leave-one-out",
+        "knn_queries": 2, "pixel_knn_top1": 0.5, "label_free": score,
+        "pixel_label_free": 0.3, "untrained_label_free": 0.2, "label_free_items": 4,
+        "label_free_measure": MEASURE}))
+    np.savez(run / "embeddings.npz", vectors=np.eye(4, dtype=np.float32),
+             ids=np.array(["a", "b", "c", "d"]), labels=np.array([-1, -1, 0, 1]),
+             classes=np.array(["x", "y"]), is_eval=np.zeros(4, bool))
+    return run
+
+
+@pytest.mark.parametrize(("score", "promoted"), [(0.35, False), (0.5, True)])
+def test_labels_the_current_model_never_saw_do_not_wave_a_model_through(
+        tmp_path, score, promoted):
+    """Labels that only items added since the current version carry leave no labelled item in
+    common to compare on: the label-free score decides (the current version's 0.4, margin
+    0.025), where the gate used to promote whatever the new model was."""
+    models = tmp_path / "models"
+    _current(models, {"label_free": 0.4, "label_free_measure": MEASURE})
+    gate = judge(Job(id="j", dataset="d", config={}),
+                 _run_labelled_on_new_items(tmp_path, score), models)
+    assert gate["measure"] == "label_free" and gate["incumbent_name"] == "version v1"
+    assert gate["incumbent"] == 0.4 and gate["candidate"] == score
+    assert gate["promoted"] is promoted
+    assert gate["reason"].startswith("no labelled item in common with version v1: judged "
+                                     "without labels. label_free "), gate["reason"]
+
+
+def test_a_first_model_without_a_labelled_query_is_judged_against_pixels_without_labels(
+        tmp_path):
+    run = _run_labelled_on_new_items(tmp_path, 0.31)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics | {"knn_queries": 0}))
+    gate = judge(Job(id="j", dataset="d", config={}), run, tmp_path / "models")
+    assert gate["measure"] == "label_free" and gate["incumbent_name"] == "raw pixels"
+    assert gate["promoted"] is False  # 0.31 against 0.3: within the margin
+    assert gate["reason"].startswith("no labelled query to compare with raw pixels")
+
+
+def test_a_current_model_without_a_label_free_score_leaves_raw_pixels_to_beat(tmp_path):
+    models = tmp_path / "models"
+    _current(models, {"knn_top1": 0.9})
+    gate = judge(Job(id="j", dataset="d", config={}), _unlabelled_run(tmp_path, 0.31), models)
+    assert gate["incumbent_name"] == "raw pixels" and gate["promoted"] is False
+    assert gate["reason"].startswith("version v1 has no label-free score, so this model is "
+                                     "judged against raw pixels")
