@@ -6,10 +6,11 @@ model of a dataset must beat doing nothing). Both are measured on the same items
   top-1, paired per query against a model, with the standard error of the difference as the
   noise (trainer/judge.py);
 - without labels: the label-free score (trainer/label_free.py) against raw pixels' on the same
-  items and views, or against the score the current model got in its own run, with the margin
-  its measured noise sets (GATE_MARGIN). A current model scored by an earlier measure of the
-  score, or not scored at all, cannot be compared with: the new model is judged against raw
-  pixels, and the verdict says so;
+  items and views, or against the current model's, measured again on this run's sample and
+  views (`rescore`: its own run scored other items once the collection changed), with the
+  margin its measured noise sets (GATE_MARGIN). Where it cannot be measured again, its own
+  figure stands in; one of an earlier measure of the score, or none, cannot be compared with:
+  the new model is judged against raw pixels, and the verdict says so;
 - with labels that give nothing to compare on (only items the current version never held
   carry them, or no labelled query against raw pixels): as without labels, never a free pass.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,22 +35,27 @@ from trainer.bundle import current_version, read_manifest
 from trainer.errors import BundleError
 from trainer.evaluation import headline
 from trainer.judge import Verdict, correct, paired, unpaired, with_margin
-from trainer.label_free import GATE_MARGIN, measure_of
+from trainer.label_free import GATE_MARGIN, MEASURE, measure_of
+from trainer.label_free_reference import ReferenceScore
 
 log = logging.getLogger(__name__)
+Rescore = Callable[[str], ReferenceScore | None]
 
 
-def judge(job: Job, run_dir: Path, models_root: Path) -> dict[str, Any]:
+def judge(job: Job, run_dir: Path, models_root: Path,
+          rescore: Rescore | None = None) -> dict[str, Any]:
     """The verdict on the run's model, as the record that the manifest and the job keep:
     the verdict's figures, `policy` (the job's promote) and `promoted` (what will happen).
-    Measured on the items of the run's own snapshot that the current version also holds."""
-    verdict = _verdict(job, run_dir, models_root)
+    Measured on the items of the run's own snapshot that the current version also holds.
+    `rescore(version)`: that version's label-free score on the run's own sample and views
+    (trainer/label_free_reference.py), or None where it cannot be measured."""
+    verdict = _verdict(job, run_dir, models_root, rescore)
     promoted = job.promote == PROMOTE_ALWAYS or (job.promote == PROMOTE_GATE and
                                                 verdict.promote)
     return verdict.to_dict() | {"policy": job.promote, "promoted": promoted}
 
 
-def _verdict(job: Job, run_dir: Path, models_root: Path) -> Verdict:
+def _verdict(job: Job, run_dir: Path, models_root: Path, rescore: Rescore | None) -> Verdict:
     config = json.loads((run_dir / "config.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     k, sigma = int(config.get("knn_k", 200)), float(config.get("knn_sigma", 0.1))
@@ -60,13 +67,13 @@ def _verdict(job: Job, run_dir: Path, models_root: Path) -> Verdict:
         n_classes = len(saved["classes"])
     incumbent = _incumbent(models_root, job.dataset)
     if not (labels >= 0).any() or n_classes < 2:
-        return _label_free(metrics, models_root, incumbent)
+        return _label_free(metrics, models_root, incumbent, rescore)
     if incumbent is None:
         top1, _ = headline(metrics)
         pixels = metrics.get("pixel_knn_top1")
         queries = int(metrics.get("knn_queries") or 0)
         if top1 is None or pixels is None or queries == 0:
-            return _label_free(metrics, models_root, None,
+            return _label_free(metrics, models_root, None, rescore,
                                "no labelled query to compare with raw pixels")
         return unpaired(float(top1), float(pixels), queries, "raw pixels")
     version, theirs = incumbent
@@ -76,7 +83,7 @@ def _verdict(job: Job, run_dir: Path, models_root: Path) -> Verdict:
     mine = correct(vectors[rows], labels[rows], is_eval[rows], n_classes, k, sigma)
     if not len(mine):
         # E.g. the labels came with items added since version's training: it never saw them.
-        return _label_free(metrics, models_root, incumbent,
+        return _label_free(metrics, models_root, incumbent, rescore,
                            f"no labelled item in common with version {version}")
     current = correct(np.asarray(their_vectors[their_rows]), labels[rows], is_eval[rows],
                       n_classes, k, sigma)
@@ -84,16 +91,18 @@ def _verdict(job: Job, run_dir: Path, models_root: Path) -> Verdict:
 
 
 def _label_free(metrics: dict[str, Any], models_root: Path,
-                incumbent: tuple[str, dict[str, int]] | None, why: str = "") -> Verdict:
+                incumbent: tuple[str, dict[str, int]] | None, rescore: Rescore | None,
+                why: str = "") -> Verdict:
     """The label-free comparison; `why`: the reason the labelled one could not be made."""
-    verdict = _label_free_verdict(metrics, models_root, incumbent)
+    verdict = _label_free_verdict(metrics, models_root, incumbent, rescore)
     if why:
         return replace(verdict, reason=f"{why}: judged without labels. {verdict.reason}")
     return verdict
 
 
 def _label_free_verdict(metrics: dict[str, Any], models_root: Path,
-                        incumbent: tuple[str, dict[str, int]] | None) -> Verdict:
+                        incumbent: tuple[str, dict[str, int]] | None,
+                        rescore: Rescore | None) -> Verdict:
     mine, n = metrics.get("label_free"), int(metrics.get("label_free_items") or 0)
     if mine is None:
         return Verdict(True, "none", None, None, "raw pixels", 0.0, 0,
@@ -105,6 +114,12 @@ def _label_free_verdict(metrics: dict[str, Any], models_root: Path,
     if incumbent is None:
         return against(float(metrics["pixel_label_free"]), "raw pixels")
     version = incumbent[0]
+    same_items = rescore(version) if rescore is not None and measure_of(metrics) == MEASURE \
+        else None
+    if same_items is not None and same_items.items == n:
+        # Both on this run's sample and views: what the current model scored in its own run
+        # was on its own items, another sample once the collection changed.
+        return against(same_items.score, f"version {version}")
     figures = read_manifest(models_root, version).get("metrics") or {}
     theirs = figures.get("label_free")
     if theirs is None:

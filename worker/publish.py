@@ -29,7 +29,7 @@ from state.jobs import RUNNING, Job
 from state.settings import Settings
 from trainer.bundle import read_manifest, set_current, withdraw, write_bundle
 from trainer.errors import BundleError, TrainingStopped
-from worker.gate import judge
+from worker.gate import Rescore, judge
 from worker.heartbeat import CANCEL_REASON
 from worker.lease import LeaseLost
 from worker.recorder import JobRecorder
@@ -46,11 +46,12 @@ def bundle_version(job: Job) -> str:
 def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
             between_phases: Callable[[], None],
             prepare: Callable[[], PublishOptions] | None = None,
-            compact: Callable[[], object] | None = None) -> str:
+            compact: Callable[[], object] | None = None,
+            rescore: Rescore | None = None) -> str:
     """Publish the finished run of `job`; returns its version. `prepare()` gives what the
     bundle records of the live collection's changes (live/publish.py), `compact()` compacts
-    its change log once the bundle is committed. Raises TrainingStopped (canceled) or
-    LeaseLost."""
+    its change log once the bundle is committed, `rescore` is the gate's (worker/gate.py).
+    Raises TrainingStopped (canceled) or LeaseLost."""
     version = bundle_version(job)
     store = recorder.store
     try:
@@ -59,7 +60,7 @@ def publish(job: Job, run_dir: Path, settings: Settings, recorder: JobRecorder,
         options = prepare() if prepare is not None and not written else None
         # An earlier attempt's bundle keeps the verdict it was published with.
         gate = (read_manifest(settings.models_root, version).get("gate") if written else
-                None) or judge(job, run_dir, settings.models_root)
+                None) or judge(job, run_dir, settings.models_root, rescore)
         write_bundle(run_dir, settings.models_root, dataset=job.dataset, version=version,
                      extra={"job_id": job.id, "gate": gate,
                             **(options.extra if options else {})},

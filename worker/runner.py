@@ -91,9 +91,11 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
     from live.publish import PublishOptions, publish_options
     from state.stores import open_changes
     from trainer import warm_start
+    from trainer.bundle import read_manifest
     from trainer.config import TrainConfig
     from trainer.data import open_collection
     from trainer.errors import RankFailed, TrainerError, TrainingStopped
+    from trainer.label_free_reference import ReferenceScore, score_on_run_sample
     from trainer.launcher import run_training
     from worker.live import compact_after_publish, take_snapshot
     from worker.publish import publish
@@ -176,9 +178,17 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
                 run_dir, changes, job.dataset, root, snapshot.seq, upto, embed,
                 init_from=config.init_from or None, base_added=snapshot.added))
 
+        def rescore(version: str) -> ReferenceScore | None:
+            """The current version's label-free score on this run's items and views, at the
+            precision its own run measured in (the gate's same-items comparison)."""
+            figures = read_manifest(settings.models_root, version).get("metrics") or {}
+            return score_on_run_sample(settings.models_root / version / "encoder.pt", run_dir,
+                                       collection, config.device,
+                                       str(figures.get("precision") or config.precision))
+
         version = publish(job, run_dir, settings, recorder, between_phases, with_changes,
                           lambda: compact_after_publish(settings, recorder.store, changes, job,
-                                                        snapshot))
+                                                        snapshot), rescore)
         recorder.finish(SUCCEEDED, model_version=version, finished_at=time.time(),
                         progress={**progress, "phase": "done", "metrics": result.metrics})
         return SUCCEEDED

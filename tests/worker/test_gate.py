@@ -18,6 +18,7 @@ from state.jobs import SUCCEEDED, Job
 from trainer.bundle import current_version, previous_version
 from trainer.current import set_current
 from trainer.label_free import MEASURE, MEASURE_BEFORE
+from trainer.label_free_reference import ReferenceScore
 from worker.gate import judge
 
 UNTRAINED = {"lr": 1e-9}
@@ -153,6 +154,43 @@ def test_a_current_model_scored_by_another_measure_is_not_compared_with(
         f"version v1's label-free score measures {MEASURE_BEFORE}, this model's {MEASURE}")
 
 
+@pytest.mark.timeout(900)  # two short jobs
+def test_on_a_grown_unlabelled_collection_the_current_model_is_scored_on_the_new_items(
+        redis_stack, digits_dir):
+    """No labels: the first model is current by choice; 60 items are added; the next job's
+    model is weighed against the current one scored again on the new run's 360 items and
+    views, not against the figure it got on its own 300."""
+    import shutil
+
+    stack = redis_stack
+    flat = stack.settings.data_root / "flat"
+    flat.mkdir()
+    pictures = sorted(digits_dir.glob("train/*/*.png"))
+    for n, picture in enumerate(pictures[:300]):
+        shutil.copy(picture, flat / f"{n:04d}.png")
+    stack.start_worker()
+    first, _ = _gate(stack, stack.submit("flat", promote="always"))
+    models = stack.settings.models_root
+    stored = json.loads((models / first.model_version / "manifest.json").read_text())[
+        "metrics"]
+    assert stored["label_free_items"] == 300 and current_version(models, "flat") == \
+        first.model_version
+    with stack.api() as api:
+        files = [("files", (f"{n:04d}.png", picture.read_bytes(), "image/png"))
+                 for n, picture in enumerate(pictures[300:360])]
+        r = api.post("/collections/flat/items", files=files[:30], data={"prefix": "added/"})
+        assert r.status_code == 201, r.text
+        r = api.post("/collections/flat/items", files=files[30:], data={"prefix": "added/"})
+        assert r.status_code == 201, r.text
+    second, gate = _gate(stack, stack.submit("flat", promote="gate"))
+    assert gate["measure"] == "label_free" and gate["items"] == 360
+    assert gate["incumbent_name"] == f"version {first.model_version}"
+    assert gate["incumbent"] != stored["label_free"]  # measured again, on other items
+    assert "on 360 items" in gate["reason"]
+    expected = second.model_version if gate["promoted"] else first.model_version
+    assert current_version(models, "flat") == expected
+
+
 def _current(models, figures, ids=("a", "b")):
     """A current version v1 of dataset d holding `ids`, with `figures` as its metrics."""
     (models / "v1").mkdir(parents=True)
@@ -215,3 +253,34 @@ def test_a_current_model_without_a_label_free_score_leaves_raw_pixels_to_beat(tm
     assert gate["incumbent_name"] == "raw pixels" and gate["promoted"] is False
     assert gate["reason"].startswith("version v1 has no label-free score, so this model is "
                                      "judged against raw pixels")
+
+
+@pytest.mark.parametrize(("rescored", "promoted"), [(0.45, True), (0.48, False), (None, False)])
+def test_the_current_model_is_scored_again_on_the_new_runs_items(tmp_path, rescored, promoted):
+    """The current version scored 0.6 on its own run's items, before the collection changed;
+    the new run (0.5 on its 50 items) is weighed against what that version scores on these
+    items and views (0.45 or 0.48), and against its own old figure only where it cannot be
+    scored again."""
+    models = tmp_path / "models"
+    _current(models, {"label_free": 0.6, "label_free_measure": MEASURE,
+                      "label_free_items": 40})
+    asked = []
+
+    def rescore(version):
+        asked.append(version)
+        return None if rescored is None else ReferenceScore(rescored, 50)
+
+    gate = judge(Job(id="j", dataset="d", config={}), _unlabelled_run(tmp_path, 0.5), models,
+                 rescore)
+    assert asked == ["v1"] and gate["incumbent_name"] == "version v1"
+    assert gate["incumbent"] == (0.6 if rescored is None else rescored)
+    assert gate["promoted"] is promoted and gate["items"] == 50
+
+
+def test_a_current_model_of_an_earlier_measure_is_scored_again_rather_than_skipped(tmp_path):
+    models = tmp_path / "models"
+    _current(models, {"label_free": 0.9, "label_free_measure": MEASURE_BEFORE})
+    gate = judge(Job(id="j", dataset="d", config={}), _unlabelled_run(tmp_path, 0.5), models,
+                 lambda version: ReferenceScore(0.49, 50))
+    assert gate["incumbent_name"] == "version v1" and gate["incumbent"] == 0.49
+    assert gate["promoted"] is False  # 0.5 against 0.49: within the margin
