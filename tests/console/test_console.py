@@ -176,6 +176,12 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     partial = [p for s, p, _ in seen if s == "running" and 0 < p < EPOCHS]
     assert partial, f"the chart was never seen part way through the run: {seen}"
     expect(page.locator("#job-charts .chart canvas")).to_have_count(5)
+    # Each plot fits its box: none drawn for a wider one and cut off (two columns here).
+    fits = page.evaluate("""() => [...document.querySelectorAll('#job-charts .chart')].map(
+        (box) => [box.dataset.chart, box.querySelector('canvas').getBoundingClientRect().width,
+                  box.clientWidth])""")
+    assert all(0 < plot <= box for _, plot, box in fits), fits
+    assert len({round(box) for _, _, box in fits}) == 1, fits  # the grid's equal columns
     expect(page.locator("#job-pixels")).not_to_have_text("–")
     # The label-free score was measured at the kNN epochs, beside its two baselines.
     expect(page.locator("#job-charts [data-chart=label-free]")).to_be_visible()

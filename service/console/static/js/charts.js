@@ -69,10 +69,13 @@ export function drawCharts(container, records, state) {
   }
   container.replaceChildren();
   const next = { records, charts: [], destroy: null };
-  for (const panel of PANELS) {
-    const box = h("figure", { class: "chart", dataset: { chart: panel.key } },
-      h("figcaption", {}, panel.title));
-    container.append(box);
+  // Every box first, then the plots: the grid's columns are known only once all its boxes
+  // are in it (alone, the first box would span the whole row, and its plot with it).
+  const boxes = PANELS.map((panel) => h("figure", { class: "chart", dataset: { chart: panel.key } },
+    h("figcaption", {}, panel.title)));
+  container.append(...boxes);
+  PANELS.forEach((panel, i) => {
+    const box = boxes[i];
     const opts = {
       width: width(box),
       height: 180,
@@ -82,7 +85,8 @@ export function drawCharts(container, records, state) {
         y: panel.log ? { distr: 3 } : panel.percent || panel.unit ? { range: [0, 1] } : {},
       },
       axes: [
-        { label: "epoch", size: 36 },
+        // Epochs are whole: no tick between two of them.
+        { label: "epoch", size: 36, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000] },
         {
           size: 56,
           // Log scale: label and grid the powers of ten only.
@@ -106,7 +110,7 @@ export function drawCharts(container, records, state) {
     };
     const plot = new globalThis.uPlot(opts, columns(records, panel), box);
     next.charts.push({ panel, plot, box });
-  }
+  });
   const resize = () => {
     for (const c of next.charts) c.plot.setSize({ width: width(c.box), height: 180 });
   };
