@@ -114,8 +114,7 @@ def _label_free_verdict(metrics: dict[str, Any], models_root: Path,
     if incumbent is None:
         return against(float(metrics["pixel_label_free"]), "raw pixels")
     version = incumbent[0]
-    same_items = rescore(version) if rescore is not None and measure_of(metrics) == MEASURE \
-        else None
+    same_items = _rescored(rescore, version) if measure_of(metrics) == MEASURE else None
     if same_items is not None and same_items.items == n:
         # Both on this run's sample and views: what the current model scored in its own run
         # was on its own items, another sample once the collection changed.
@@ -134,6 +133,19 @@ def _label_free_verdict(metrics: dict[str, Any], models_root: Path,
             f"model's {measure_of(metrics)}: they do not compare, so it is judged against raw "
             f"pixels. {verdict.reason}"))
     return against(float(theirs), f"version {version}")
+
+
+def _rescored(rescore: Rescore | None, version: str) -> ReferenceScore | None:
+    """The current version scored on the run's items; None where that fails, whatever the
+    reason (its encoder file damaged, say): the job's model is published either way."""
+    if rescore is None:
+        return None
+    try:
+        return rescore(version)
+    except Exception:
+        log.exception("version %s could not be scored on the new run's items: its own "
+                      "figure stands in", version)
+        return None
 
 
 def _incumbent(models_root: Path, dataset: str) -> tuple[str, dict[str, int]] | None:

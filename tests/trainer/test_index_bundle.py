@@ -88,10 +88,18 @@ def test_invalid_bundles_never_become_current(finished_run, tmp_path):
         validate(broken)
     with pytest.raises(BundleError):
         set_current(models, "no-such-version")
-    # A build that fails leaves no partial folder behind.
+    # A build that fails part way (its embeddings unreadable) leaves no partial folder behind;
+    # a run missing one of its files is refused before anything is written, naming it.
+    saved = (finished_run / "embeddings.npz").read_bytes()
+    (finished_run / "embeddings.npz").write_bytes(b"not an npz file")
+    try:
+        with pytest.raises(ValueError):
+            write_bundle(finished_run, models, dataset="d", version="v-fail")
+    finally:
+        (finished_run / "embeddings.npz").write_bytes(saved)
     (finished_run / "embeddings.npz").rename(finished_run / "hidden.npz")
     try:
-        with pytest.raises(FileNotFoundError):
+        with pytest.raises(BundleError, match=r"not a finished training run \(no embeddings"):
             write_bundle(finished_run, models, dataset="d", version="v-fail")
     finally:
         (finished_run / "hidden.npz").rename(finished_run / "embeddings.npz")

@@ -284,3 +284,15 @@ def test_a_current_model_of_an_earlier_measure_is_scored_again_rather_than_skipp
                  lambda version: ReferenceScore(0.49, 50))
     assert gate["incumbent_name"] == "version v1" and gate["incumbent"] == 0.49
     assert gate["promoted"] is False  # 0.5 against 0.49: within the margin
+
+
+def test_a_current_model_that_cannot_be_scored_again_leaves_its_own_figure(tmp_path):
+    models = tmp_path / "models"
+    _current(models, {"label_free": 0.45, "label_free_measure": MEASURE})
+
+    def broken(version):
+        raise OSError("encoder.pt: damaged")
+
+    gate = judge(Job(id="j", dataset="d", config={}), _unlabelled_run(tmp_path, 0.5), models,
+                 broken)
+    assert gate["incumbent"] == 0.45 and gate["promoted"] is True
