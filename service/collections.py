@@ -7,7 +7,8 @@ Its registry is made on first use and loads off the event loop, as every load do
 items in one collection leaves the others alone.
 
 The rule (`resolve`): a route under `/collections/{collection}` serves that collection (404
-when it has no current version); a route at the root serves the default one:
+when nothing of its dataset is published; with candidates only, its models are listed and a
+pinned version serves); a route at the root serves the default one:
 DEFAULT_COLLECTION when set, else the only collection; with several and no default, a 409
 that names them. With none at all, the root routes answer as a service with nothing published
 (503), through a registry that follows no collection.
@@ -35,7 +36,7 @@ from service.errors import ProblemError, not_found
 from service.memory_budget import Loaded, disk_bytes, fits, to_unload
 from service.registry import ModelRegistry, Served
 from trainer.bundle import current_version
-from trainer.current import collections, migrate
+from trainer.current import collections, migrate, register_published
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class Collections:
         self._lock = threading.Lock()
         self._names: list[str] = []
         self._scanned = float("-inf")
+        self._published: list[str] = []
+        self._published_scanned = float("-inf")
         self._started = False
         self.empty = make(NO_COLLECTION)
 
@@ -68,6 +71,7 @@ class Collections:
         """Migrate a single-CURRENT models folder, then load the collections' current
         versions that fit the budget, the default first (blocking: start-up only)."""
         migrate(self.models_root)
+        register_published(self.models_root)
         self._started = True
         names = self.names(fresh=True)
         default = self.default_name()
@@ -93,8 +97,18 @@ class Collections:
             self._names, self._scanned = collections(self.models_root), now
         return self._names
 
+    def published(self, fresh: bool = False) -> list[str]:
+        """Every collection with a published version, current or not (trainer.current's
+        register), rescanned at most every `rescan_s` unless `fresh`."""
+        now = time.monotonic()
+        if fresh or now - self._published_scanned >= self.rescan_s:
+            self._published = collections(self.models_root, published=True)
+            self._published_scanned = now
+        return self._published
+
     def exists(self, name: str) -> bool:
-        return name in self._registries or name in self.names() or name in self.names(True)
+        return (name in self._registries or name in self.published()
+                or name in self.published(True))
 
     def resolve(self, name: str | None) -> str | None:
         """The collection a request serves: `name` (from its path), else the default; None

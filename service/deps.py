@@ -108,6 +108,12 @@ async def served_model(registry: ModelRegistry, version: str | None) -> Served:
     try:
         return await registry.get(version)
     except NoModel:
+        if registry.collection:  # a collection exists once a version is published
+            raise not_ready(
+                f"collection {registry.collection!r} has no current model: its versions are "
+                "candidates the promotion gate kept out (GET /models lists them with the "
+                "verdicts); promote one (POST /models/{version}/promote) or name one with "
+                "model_version") from None
         raise not_ready("no model has been published yet; train one with POST /train") from None
     except UnknownVersion:
         raise not_found(f"no model version {version!r}") from None

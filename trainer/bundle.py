@@ -41,7 +41,7 @@ import torch
 from trainer import embedding_map
 from trainer import index as faiss_index
 from trainer.current import current_version as current_version
-from trainer.current import dataset_of
+from trainer.current import dataset_of, register
 from trainer.current import previous_version as previous_version
 from trainer.current import rollback as rollback
 from trainer.current import safe_name as _safe_name
@@ -89,6 +89,7 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
     if final.exists():
         if exist_ok:
             validate(final)
+            register(root, dataset)
             return final
         raise BundleError(f"model version {version} already exists")
     needed = ["encoder.pt", "config.json", "metrics.json"] + ([] if embeddings else
@@ -155,11 +156,13 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
                                   f"{exc}") from exc
             validate(final)  # the same job's bundle, published first by another process
             shutil.rmtree(tmp, ignore_errors=True)
+            register(root, dataset)
             return final
         fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    register(root, dataset)  # its collection exists from now on, current model or not
     return final
 
 

@@ -138,14 +138,41 @@ def _migrated(models_root: str | os.PathLike[str]) -> Path:
     return root
 
 
-def collections(models_root: str | os.PathLike[str]) -> list[str]:
-    """The collections that have (or had) a current version, by name."""
+def collections(models_root: str | os.PathLike[str], published: bool = False) -> list[str]:
+    """The collections that have (or had) a current version, by name; `published`: also
+    those whose every version is a candidate (register)."""
     folder = _migrated(models_root) / COLLECTIONS
     try:
         return sorted(p.name for p in folder.iterdir()
-                      if p.is_dir() and safe_name(p.name) and (p / CURRENT).exists())
+                      if p.is_dir() and safe_name(p.name) and (published or
+                                                               (p / CURRENT).exists()))
     except FileNotFoundError:
         return []
+
+
+def register(models_root: str | os.PathLike[str], collection: str) -> None:
+    """A collection exists once a version of its dataset is published, current or not (a
+    first model the promotion gate kept out is still there to look at and promote): its
+    folder, which holds its pointers once it has any."""
+    folder = _folder(_migrated(models_root), collection)
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        fsync_dir(folder.parent)
+
+
+def register_published(models_root: str | os.PathLike[str]) -> None:
+    """Register the collection of every published version: those published before
+    publication registered them (a scan of the manifests, once at start-up)."""
+    root = _migrated(models_root)
+    try:
+        folders = [p for p in root.iterdir() if (p / "manifest.json").is_file()]
+    except FileNotFoundError:
+        return
+    for folder in folders:
+        try:
+            register(root, dataset_of(root, folder.name))
+        except (BundleError, OSError) as exc:
+            log.warning("version %s: its collection is not registered (%s)", folder.name, exc)
 
 
 def _only(root: Path) -> str | None:

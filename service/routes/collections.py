@@ -70,7 +70,7 @@ def describe(settings: ServiceSettings, collections: Collections, name: str,
 async def list_collections(settings: SettingsDep,
                            collections: CollectionsDep) -> CollectionsPublic:
     def build() -> CollectionsPublic:
-        names = collections.names(fresh=True)
+        names = collections.published(fresh=True)
         default = collections.default_name()
         data = [describe(settings, collections, name, default) for name in names]
         return CollectionsPublic(data=data, count=len(data), default=default)

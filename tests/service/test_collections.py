@@ -17,7 +17,11 @@ from service.errors import PROBLEM
 from service.limits import Limits
 from tests.conftest import CIFAR_SLICE
 from tests.service.conftest import ADMIN, OTHER, V1, V2, make_settings
+from trainer.bundle import write_bundle
+from trainer.current import collections
 from trainer.files import atomic_write_text
+
+FRESH = "20260104-000000-fresh"
 
 ITEM = "train/cat/0000.jpg"
 with zipfile.ZipFile(CIFAR_SLICE) as _z:
@@ -67,6 +71,36 @@ def test_each_collection_serves_its_own_model(tmp_path, two_collections):
         assert c.get("/collections/nowhere").status_code == 404
         assert c.get("/collections/nowhere/models").status_code == 404
         assert c.get("/readyz").status_code == 200
+
+
+def test_a_dataset_whose_only_model_is_a_candidate_is_a_collection(tmp_path, models_template,
+                                                                   trained_runs):
+    """Its first model kept out by the gate, dataset "fresh" still has a collection: listed
+    with no current model, its versions listed, a pinned version served, an unpinned request
+    told why, and a promotion through it. The root routes keep serving the one collection
+    that has a current model. Published before publication registered collections, its
+    collection is registered when the API starts."""
+    models = tmp_path / "mine"
+    shutil.copytree(models_template, models)
+    write_bundle(trained_runs[V2], models, dataset="fresh", version=FRESH)
+    assert collections(models, published=True) == ["cifar-slice", "fresh"]
+    assert collections(models) == ["cifar-slice"]
+    shutil.rmtree(models / "collections" / "fresh")  # as an older version left it
+    with _app(tmp_path, models, models_root=models) as c:
+        listed = {d["name"]: d for d in c.get("/collections").json()["data"]}
+        assert listed["fresh"]["current_version"] is None and listed["fresh"]["model"] is None
+        assert listed["cifar-slice"]["current_version"] == V1
+        assert [m["version"] for m in c.get("/collections/fresh/models").json()["data"]] == [
+            FRESH]
+        r = c.get(f"/collections/fresh/neighbours/{ITEM}")
+        assert r.status_code == 503 and "'fresh' has no current model" in r.json()["detail"]
+        r = c.get(f"/collections/fresh/neighbours/{ITEM}", params={"model_version": FRESH})
+        assert r.status_code == 200 and r.headers["x-model-version"] == FRESH
+        assert c.get(f"/neighbours/{ITEM}").headers["x-model-version"] == V1
+        r = c.post(f"/collections/fresh/models/{FRESH}/promote", headers=ADMIN_HEADERS)
+        assert r.status_code == 200, r.text
+        r = c.get(f"/collections/fresh/neighbours/{ITEM}")
+        assert r.status_code == 200 and r.headers["x-model-version"] == FRESH
 
 
 def test_a_promote_in_one_collection_leaves_the_other_alone(tmp_path, two_collections):
