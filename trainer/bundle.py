@@ -41,7 +41,7 @@ import torch
 from trainer import embedding_map
 from trainer import index as faiss_index
 from trainer.current import current_version as current_version
-from trainer.current import dataset_of, register
+from trainer.current import dataset_of, register, unregister
 from trainer.current import previous_version as previous_version
 from trainer.current import rollback as rollback
 from trainer.current import safe_name as _safe_name
@@ -185,12 +185,15 @@ def withdraw(models_root: str | os.PathLike[str], version: str) -> None:
     root = Path(models_root)
     if not _safe_name(version) or not (root / version).is_dir():
         return
-    if current_version(root, dataset_of(root, version)) == version:
+    dataset = dataset_of(root, version)
+    if current_version(root, dataset) == version:
         raise BundleError(f"model version {version} is current; it cannot be withdrawn")
     gone = root / f"{TMP_PREFIX}{version}-withdrawn-{secrets.token_hex(3)}"
     os.rename(root / version, gone)
     fsync_dir(root)
     shutil.rmtree(gone, ignore_errors=True)
+    if not any(dataset_of(root, v) == dataset for v in list_versions(root)):
+        unregister(root, dataset)  # its only version: the collection goes with it
 
 
 def validate(path: str | os.PathLike[str]) -> dict[str, Any]:

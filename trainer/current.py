@@ -160,6 +160,17 @@ def register(models_root: str | os.PathLike[str], collection: str) -> None:
         fsync_dir(folder.parent)
 
 
+def unregister(models_root: str | os.PathLike[str], collection: str) -> None:
+    """Undo `register` for a collection that never had a current version (its only version
+    withdrawn); one with pointers stays."""
+    folder = _folder(_migrated(models_root), collection)
+    try:
+        folder.rmdir()  # only when empty: a CURRENT or PREVIOUS keeps it
+    except OSError:
+        return
+    fsync_dir(folder.parent)
+
+
 def register_published(models_root: str | os.PathLike[str]) -> None:
     """Register the collection of every published version: those published before
     publication registered them (a scan of the manifests, once at start-up)."""

@@ -92,7 +92,9 @@ def test_a_version_published_meanwhile_by_another_process_of_the_job_is_kept(fin
     path = write_bundle(finished_run, models, dataset="d", version="v1", extra={"by": "us"},
                         exist_ok=True, check=other_process_finishes_first)
     assert validate(path)["by"] == "other" and list_versions(models) == ["v1"]
-    assert sorted(p.name for p in models.iterdir()) == ["v1"]  # our copy is gone
+    # Our copy is gone; beside the version, only the collections' folder (registered).
+    assert sorted(p.name for p in models.iterdir()) == ["collections", "v1"]
+    assert [p.name for p in (models / "collections").iterdir()] == ["d"]
     # Without exist_ok a version is never published twice.
     with pytest.raises(BundleError, match="already exists"):
         write_bundle(finished_run, models, dataset="d", version="v1")
@@ -100,7 +102,7 @@ def test_a_version_published_meanwhile_by_another_process_of_the_job_is_kept(fin
     with pytest.raises(KeyboardInterrupt):
         write_bundle(finished_run, models, dataset="d", version="v2",
                      check=lambda: (_ for _ in ()).throw(KeyboardInterrupt))
-    assert sorted(p.name for p in models.iterdir()) == ["v1"]
+    assert sorted(p.name for p in models.iterdir()) == ["collections", "v1"]
 
 
 def test_withdrawn_and_leftover_bundles(finished_run, tmp_path):
@@ -112,6 +114,12 @@ def test_withdrawn_and_leftover_bundles(finished_run, tmp_path):
         withdraw(models, "v1")
     withdraw(models, "v2")
     assert list_versions(models) == ["v1"] and not (models / "v2").exists()
+    # A collection's only version withdrawn (a first model canceled while it was published):
+    # the collection goes too; one that keeps a version stays.
+    write_bundle(finished_run, models, dataset="e", version="e1")
+    assert (models / "collections" / "e").is_dir()
+    withdraw(models, "e1")
+    assert not (models / "collections" / "e").exists() and (models / "collections" / "d").is_dir()
     # What crashes left: a half-written bundle and a temporary CURRENT, an hour old or not.
     old_dir, young_dir = models / ".tmp-v3-aaaaaa", models / ".tmp-v4-bbbbbb"
     old_file = models / ".CURRENT.x1y2z3.tmp"
