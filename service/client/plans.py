@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from service.client.core import (
@@ -22,6 +23,7 @@ from service.client.core import (
     part,
     path,
     uploads,
+    zip_of_folder,
 )
 from service.client.results import (
     Classification,
@@ -78,7 +80,10 @@ def dataset(core: Core, name: str) -> Plan[Dataset]:
 
 
 def upload_dataset(core: Core, name: str, archive: Upload) -> Plan[Dataset]:
-    """Upload an archive of images (zip or tar; a path or its bytes) as dataset `name`."""
+    """Upload images as dataset `name`: an archive (zip or tar; a path or its bytes), or a
+    folder, sent as a zip of its files (its class folders, if any, become classes)."""
+    if not isinstance(archive, bytes) and Path(archive).is_dir():
+        archive = zip_of_folder(Path(archive))
     call = Call("POST", "/datasets", data={"name": name},
                 files=[part("file", archive, f"{name}.zip")], admin=True)
     return Dataset.of((yield from core.json(call)))

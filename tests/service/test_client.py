@@ -119,6 +119,14 @@ def test_the_blocking_client_covers_the_api(api, shots, tmp_path):
         uploaded = c.upload_dataset("uploaded", CIFAR_SLICE)
         assert (uploaded.name, uploaded.items, uploaded.labelled) == ("uploaded", 120, True)
         assert c.register_dataset("again", "uploaded").classes == uploaded.classes
+        # A folder is sent as a zip of its files; its class folders are the classes.
+        folder = tmp_path / "my shots"
+        for n, shot in enumerate(shots):
+            (folder / f"clé {n % 2}").mkdir(parents=True, exist_ok=True)
+            (folder / f"clé {n % 2}" / shot.name).write_bytes(shot.read_bytes())
+        (folder / "clé 0" / "link.png").symlink_to(shots[0])  # a link: left out
+        from_folder = c.upload_dataset("from-folder", folder)
+        assert (from_folder.items, from_folder.classes) == (5, ["clé 0", "clé 1"])
 
         models = c.models()
         assert (models.current, [m.version for m in models.data]) == (V1, [V2, V1])
