@@ -59,10 +59,8 @@ class Collections:
         self._in_flight: dict[str, int] = {}
         self._budget_lock = threading.Lock()  # one load makes room at a time
         self._lock = threading.Lock()
-        self._names: list[str] = []
-        self._scanned = float("-inf")
-        self._published: list[str] = []
-        self._published_scanned = float("-inf")
+        # Scanned names (with candidate-only collections or not) and when they were scanned.
+        self._scans: dict[bool, tuple[list[str], float]] = {}
         self._started = False
         self.empty = make(NO_COLLECTION)
 
@@ -92,19 +90,20 @@ class Collections:
     # --- which collections there are -------------------------------------------------------
     def names(self, fresh: bool = False) -> list[str]:
         """The collections with a current version (rescanned at most every `rescan_s`)."""
-        now = time.monotonic()
-        if fresh or now - self._scanned >= self.rescan_s:
-            self._names, self._scanned = collections(self.models_root), now
-        return self._names
+        return self._scan(False, fresh)
 
     def published(self, fresh: bool = False) -> list[str]:
         """Every collection with a published version, current or not (trainer.current's
         register), rescanned at most every `rescan_s` unless `fresh`."""
+        return self._scan(True, fresh)
+
+    def _scan(self, published: bool, fresh: bool) -> list[str]:
+        names, scanned = self._scans.get(published, ([], float("-inf")))
         now = time.monotonic()
-        if fresh or now - self._published_scanned >= self.rescan_s:
-            self._published = collections(self.models_root, published=True)
-            self._published_scanned = now
-        return self._published
+        if fresh or now - scanned >= self.rescan_s:
+            names = collections(self.models_root, published=published)
+            self._scans[published] = (names, now)
+        return names
 
     def exists(self, name: str) -> bool:
         return (name in self._registries or name in self.published()

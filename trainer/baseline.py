@@ -8,13 +8,16 @@ training items) is the one `knn_evaluation` picks for the model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from trainer.collection import Collection
 from trainer.evaluation import headline, knn_evaluation
+from trainer.images import InvalidImage
 from trainer.loader import Prepared
 
 SIDE = 16  # 16x16x3 = 768 numbers per image: small enough for 200k items in ~600 MB
@@ -70,8 +73,19 @@ def images_of(prepared: Prepared, rows: np.ndarray, side: int) -> torch.Tensor:
     dataset was too large to cache."""
     if prepared.images is not None:
         return prepared.images.index_select(0, torch.from_numpy(rows))
-    coll = prepared.collection
-    out = torch.empty(len(rows), 3, side, side, dtype=torch.uint8)
+    return decode_rows(prepared.collection, rows, side)
+
+
+def decode_rows(collection: Collection, rows: Sequence[int] | np.ndarray, side: int,
+                keep: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 N x 3 x side x side of the collection's `rows`. With `keep`, an unreadable image
+    clears its place there (its pixels stay zero); without, its error is raised."""
+    out = torch.zeros(len(rows), 3, side, side, dtype=torch.uint8)
     for i, row in enumerate(rows):
-        out[i] = torch.from_numpy(coll.load(int(row), side)).permute(2, 0, 1)
+        try:
+            out[i] = torch.from_numpy(collection.load(int(row), side)).permute(2, 0, 1)
+        except (InvalidImage, OSError):
+            if keep is None:
+                raise
+            keep[i] = False
     return out

@@ -92,11 +92,7 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
             register(root, dataset)
             return final
         raise BundleError(f"model version {version} already exists")
-    needed = ["encoder.pt", "config.json", "metrics.json"] + ([] if embeddings else
-                                                             ["embeddings.npz"])
-    missing = [name for name in needed if not (run / name).is_file()]
-    if missing:
-        raise BundleError(f"{run} is not a finished training run (no {', '.join(missing)})")
+    require_finished_run(run, embeddings_given=embeddings is not None)
     tmp = root / f"{TMP_PREFIX}{version}-{secrets.token_hex(3)}"
     tmp.mkdir()
     try:
@@ -156,14 +152,22 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
                                   f"{exc}") from exc
             validate(final)  # the same job's bundle, published first by another process
             shutil.rmtree(tmp, ignore_errors=True)
-            register(root, dataset)
-            return final
         fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     register(root, dataset)  # its collection exists from now on, current model or not
     return final
+
+
+def require_finished_run(run: Path, embeddings_given: bool = False) -> None:
+    """Raise BundleError naming the files a bundle needs that `run` lacks (its embeddings.npz
+    too unless the items to index are `embeddings_given`)."""
+    needed = ["encoder.pt", "config.json", "metrics.json"]
+    needed += [] if embeddings_given else ["embeddings.npz"]
+    missing = [name for name in needed if not (run / name).is_file()]
+    if missing:
+        raise BundleError(f"{run} is not a finished training run (no {', '.join(missing)})")
 
 
 def _write_map(bundle_dir: Path, vectors: np.ndarray, max_points: int) -> int | None:

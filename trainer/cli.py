@@ -253,13 +253,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from trainer.bundle import set_current, write_bundle
+    from trainer.bundle import require_finished_run, set_current, write_bundle
 
     run = Path(args.run)
+    require_finished_run(run)
     dataset = args.dataset or _recorded_dataset(run)
-    if dataset is None and not (run / "encoder.pt").is_file():
-        print(f"error: {run} is not a finished training run (no encoder.pt)", file=sys.stderr)
-        return 2
     if dataset is None:
         print(f"error: {run} does not record the data it was trained on (a run of an older "
               "version): name its dataset with --dataset", file=sys.stderr)

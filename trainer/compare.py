@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.baseline import decode_rows
 from trainer.bundle import Bundle
 from trainer.collection import Collection
 from trainer.config import TrainConfig
 from trainer.encoder_file import EmbeddingModel
-from trainer.images import InvalidImage
 from trainer.judge import Z, correct, paired_difference
 from trainer.label_free import (
     DEFAULT_AUGMENTATION,
@@ -189,8 +189,8 @@ def _label_free(a: Bundle, b: Bundle, shared: Shared, collection: Collection,
     images: dict[int, torch.Tensor] = {}
     keep = np.ones(len(picked), dtype=bool)
     for size in {a.model.meta.image_size, b.model.meta.image_size}:
-        images[size] = _images(collection, [on_disk[shared.ids[j]] for j in picked], size,
-                               keep)
+        images[size] = decode_rows(collection, [on_disk[shared.ids[j]] for j in picked], size,
+                                   keep)
     if keep.sum() < 2:
         notes.append("no label-free score: fewer than 2 readable images in common")
         return None
@@ -204,18 +204,6 @@ def _label_free(a: Bundle, b: Bundle, shared: Shared, collection: Collection,
             "augmentation": DEFAULT_AUGMENTATION, "measure": MEASURE,
             "difference": scores["b"] - scores["a"],
             "margin": GATE_MARGIN}
-
-
-def _images(collection: Collection, rows: list[int], size: int,
-            keep: np.ndarray) -> torch.Tensor:
-    """uint8 N x 3 x size x size; an unreadable image clears its place in `keep`."""
-    out = torch.zeros(len(rows), 3, size, size, dtype=torch.uint8)
-    for i, row in enumerate(rows):
-        try:
-            out[i] = torch.from_numpy(collection.load(row, size)).permute(2, 0, 1)
-        except (InvalidImage, OSError):
-            keep[i] = False
-    return out
 
 
 # --- neighbour lists ----------------------------------------------------------------------

@@ -10,27 +10,19 @@ sample, with the same views.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from trainer.baseline import decode_rows
 from trainer.collection import Collection
 from trainer.encoder_file import EmbeddingModel
-from trainer.images import InvalidImage
-from trainer.label_free import MAX_SAMPLE, sample_rows
+from trainer.label_free import MAX_SAMPLE, LabelFreeScore, sample_rows
 from trainer.label_free_baselines import sample_score, sample_views
 
 
-@dataclass(frozen=True)
-class ReferenceScore:
-    score: float
-    items: int
-
-
 def score_on_run_sample(encoder: Path, run_dir: Path, collection: Collection,
-                        device: str = "auto", precision: str = "auto") -> ReferenceScore | None:
+                        device: str = "auto", precision: str = "auto") -> LabelFreeScore | None:
     """The score of the encoder file `encoder` on the sample of the run in `run_dir` (its
     embeddings.npz names its items, in the order its sample was drawn from) and on that
     sample's views, reading the images from `collection`, which must hold them. None when an
@@ -43,12 +35,9 @@ def score_on_run_sample(encoder: Path, run_dir: Path, collection: Collection,
     if len(rows) < 2 or any(ids[r] not in at for r in rows):
         return None
     model = EmbeddingModel.load(encoder, device=device, precision=precision)
-    size = model.meta.image_size
-    images = torch.empty(len(rows), 3, size, size, dtype=torch.uint8)
-    try:
-        for i, row in enumerate(rows):
-            images[i] = torch.from_numpy(collection.load(at[ids[row]], size)).permute(2, 0, 1)
-    except (InvalidImage, OSError):
+    keep = np.ones(len(rows), dtype=bool)
+    images = decode_rows(collection, [at[ids[row]] for row in rows], model.meta.image_size,
+                         keep)
+    if not keep.all():
         return None
-    found = sample_score(model.embed_uint8, images, sample_views(images), every_part=False)
-    return ReferenceScore(found.score, len(rows))
+    return sample_score(model.embed_uint8, images, sample_views(images), every_part=False)

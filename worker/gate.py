@@ -35,11 +35,10 @@ from trainer.bundle import current_version, read_manifest
 from trainer.errors import BundleError
 from trainer.evaluation import headline
 from trainer.judge import Verdict, correct, paired, unpaired, with_margin
-from trainer.label_free import GATE_MARGIN, MEASURE, measure_of
-from trainer.label_free_reference import ReferenceScore
+from trainer.label_free import GATE_MARGIN, MEASURE, LabelFreeScore, measure_of
 
 log = logging.getLogger(__name__)
-Rescore = Callable[[str], ReferenceScore | None]
+Rescore = Callable[[str], LabelFreeScore | None]
 
 
 def judge(job: Job, run_dir: Path, models_root: Path,
@@ -121,21 +120,16 @@ def _label_free_verdict(metrics: dict[str, Any], models_root: Path,
         return against(same_items.score, f"version {version}")
     figures = read_manifest(models_root, version).get("metrics") or {}
     theirs = figures.get("label_free")
-    if theirs is None:
-        verdict = against(float(metrics["pixel_label_free"]), "raw pixels")
-        return replace(verdict, reason=(
-            f"version {version} has no label-free score, so this model is judged against raw "
-            f"pixels. {verdict.reason}"))
-    if measure_of(figures) != measure_of(metrics):
-        verdict = against(float(metrics["pixel_label_free"]), "raw pixels")
-        return replace(verdict, reason=(
-            f"version {version}'s label-free score measures {measure_of(figures)}, this "
-            f"model's {measure_of(metrics)}: they do not compare, so it is judged against raw "
-            f"pixels. {verdict.reason}"))
-    return against(float(theirs), f"version {version}")
+    if theirs is not None and measure_of(figures) == measure_of(metrics):
+        return against(float(theirs), f"version {version}")
+    unusable = (f"version {version} has no label-free score, so this model" if theirs is None
+                else f"version {version}'s label-free score measures {measure_of(figures)}, "
+                f"this model's {measure_of(metrics)}: they do not compare, so it")
+    verdict = against(float(metrics["pixel_label_free"]), "raw pixels")
+    return replace(verdict, reason=f"{unusable} is judged against raw pixels. {verdict.reason}")
 
 
-def _rescored(rescore: Rescore | None, version: str) -> ReferenceScore | None:
+def _rescored(rescore: Rescore | None, version: str) -> LabelFreeScore | None:
     """The current version scored on the run's items; None where that fails, whatever the
     reason (its encoder file damaged, say): the job's model is published either way."""
     if rescore is None:

@@ -95,7 +95,8 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
     from trainer.config import TrainConfig
     from trainer.data import open_collection
     from trainer.errors import RankFailed, TrainerError, TrainingStopped
-    from trainer.label_free_reference import ReferenceScore, score_on_run_sample
+    from trainer.label_free import LabelFreeScore
+    from trainer.label_free_reference import score_on_run_sample
     from trainer.launcher import run_training
     from worker.live import compact_after_publish, take_snapshot
     from worker.publish import publish
@@ -178,7 +179,7 @@ def _train_and_publish(job: Job, settings: Settings, heartbeat: Heartbeat,
                 run_dir, changes, job.dataset, root, snapshot.seq, upto, embed,
                 init_from=config.init_from or None, base_added=snapshot.added))
 
-        def rescore(version: str) -> ReferenceScore | None:
+        def rescore(version: str) -> LabelFreeScore | None:
             """The current version's label-free score on this run's items and views, at the
             precision its own run measured in (the gate's same-items comparison)."""
             figures = read_manifest(settings.models_root, version).get("metrics") or {}

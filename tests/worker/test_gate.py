@@ -17,8 +17,7 @@ import pytest
 from state.jobs import SUCCEEDED, Job
 from trainer.bundle import current_version, previous_version
 from trainer.current import set_current
-from trainer.label_free import MEASURE, MEASURE_BEFORE
-from trainer.label_free_reference import ReferenceScore
+from trainer.label_free import MEASURE, MEASURE_BEFORE, LabelFreeScore
 from worker.gate import judge
 
 UNTRAINED = {"lr": 1e-9}
@@ -268,7 +267,7 @@ def test_the_current_model_is_scored_again_on_the_new_runs_items(tmp_path, resco
 
     def rescore(version):
         asked.append(version)
-        return None if rescored is None else ReferenceScore(rescored, 50)
+        return None if rescored is None else LabelFreeScore(rescored, items=50)
 
     gate = judge(Job(id="j", dataset="d", config={}), _unlabelled_run(tmp_path, 0.5), models,
                  rescore)
@@ -281,7 +280,7 @@ def test_a_current_model_of_an_earlier_measure_is_scored_again_rather_than_skipp
     models = tmp_path / "models"
     _current(models, {"label_free": 0.9, "label_free_measure": MEASURE_BEFORE})
     gate = judge(Job(id="j", dataset="d", config={}), _unlabelled_run(tmp_path, 0.5), models,
-                 lambda version: ReferenceScore(0.49, 50))
+                 lambda version: LabelFreeScore(0.49, items=50))
     assert gate["incumbent_name"] == "version v1" and gate["incumbent"] == 0.49
     assert gate["promoted"] is False  # 0.5 against 0.49: within the margin
 
