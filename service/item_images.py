@@ -30,9 +30,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from trainer.collection import Collection
 from trainer.data import open_collection
 from trainer.errors import DatasetError
-from trainer.images import InvalidImage, open_image
+from trainer.images import InvalidImage, is_clutter, open_image
 
-_JUNK = (".", "__MACOSX")
 THUMB_FORMAT = ("WEBP", "image/webp") if features.check("webp") else ("JPEG", "image/jpeg")
 
 
@@ -169,7 +168,7 @@ def _id_base(root: Path, item_id: str, depth: int = 8) -> Path | None:
         if (folder / item_id).exists():
             return folder
         subfolders = [p for p in folder.iterdir()
-                      if p.is_dir() and not p.name.startswith(_JUNK)]
+                      if p.is_dir() and not is_clutter(p.name)]
         if len(subfolders) != 1:
             return None
         folder = subfolders[0]

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from trainer.archives import member_path, zip_member_name
-from trainer.images import is_image_name
+from trainer.images import is_clutter, is_image_name
 
 UPLOAD_PREFIX = ".upload-"
 STALE_UPLOAD_S = 3600
@@ -86,8 +86,7 @@ def _safe_relative(name: str) -> str:
 
 def _wanted(rel: str, result: Extracted) -> bool:
     """Images are kept; other files and system clutter (__MACOSX, dot files) are reported."""
-    if any(part.startswith((".", "__MACOSX")) for part in rel.split("/")) or not (
-            is_image_name(rel)):
+    if is_clutter(rel) or not is_image_name(rel):
         result.ignored.append(rel)
         return False
     return True

@@ -19,10 +19,8 @@ import numpy as np
 from trainer.archives import open_tar, open_zip
 from trainer.collection import EVAL_SPLITS, SPLITS, TRAIN_SPLIT, Collection
 from trainer.errors import DatasetError
-from trainer.images import is_image_name
+from trainer.images import is_clutter, is_image_name
 from trainer.sources import ArraySource, FolderSource, PathSource
-
-_JUNK_PREFIXES = (".", "__MACOSX")
 
 
 def open_collection(path: str | os.PathLike[str], name: str | None = None,
@@ -111,7 +109,7 @@ def _open_npz(path: Path, name: str) -> Collection:
 
 
 def _from_paths(name: str, paths: list[str], source: PathSource) -> Collection:
-    paths = [p for p in paths if not any(part.startswith(_JUNK_PREFIXES) for part in p.split("/"))]
+    paths = [p for p in paths if not is_clutter(p)]
     images = [p for p in paths if is_image_name(p)]
     ignored = [p for p in paths if not is_image_name(p)]
     if not images:

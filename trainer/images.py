@@ -45,6 +45,16 @@ class ImageTooLarge(InvalidImage):
                          f"the limit is {limit / 1e6:.1f} MP")
 
 
+# System clutter an archive or a copied folder brings along (macOS's __MACOSX/ and ._ files,
+# .DS_Store, hidden folders): never an item, wherever it lies in a path.
+CLUTTER_PREFIXES = (".", "__MACOSX")
+
+
+def is_clutter(rel_path: str) -> bool:
+    """True when any part of a relative, /-separated path is system clutter."""
+    return any(part.startswith(CLUTTER_PREFIXES) for part in rel_path.split("/"))
+
+
 def is_image_name(name: str) -> bool:
     dot = name.rfind(".")
     return dot >= 0 and name[dot:].lower() in IMAGE_EXTENSIONS
