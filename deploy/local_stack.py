@@ -253,6 +253,9 @@ def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
         pin = f"model_version={urllib.parse.quote(version)}"
     if gate:
         print(f"promotion gate ({gate.get('policy')}): {gate.get('reason')}")
+        hint = kept_out_hint(gate)
+        if hint:
+            print(hint)
     some_id = _first_item(base, key, version)
     image = Path(data_root) / model["dataset"] / some_id
     q = urllib.parse.quote(some_id)
@@ -280,6 +283,18 @@ def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
         print("(no class folders: /classify needs labelled items to vote)")
     print()
     print(_figures_line(metrics))
+
+
+def kept_out_hint(gate: dict[str, Any]) -> str | None:
+    """What to try when the gate kept the first model out because raw pixels did better: the
+    usual causes are few images and a short schedule, and a pretrained start often helps on
+    photos."""
+    if gate.get("promote", True) or gate.get("incumbent_name") != "raw pixels":
+        return None
+    return ("The model did not beat raw pixels by the gate's margin here. More images, a longer "
+            "schedule (--set epochs_per_round=60) or a start from ImageNet's weights "
+            "(--set backbone=resnet18 init_from=imagenet: a larger network at 224 pixels, "
+            "much slower on a CPU; README, \"Pretrained start\") may change that.")
 
 
 def _file_field(path: Path) -> str:

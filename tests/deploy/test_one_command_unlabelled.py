@@ -71,6 +71,12 @@ def test_printed_requests_work_on_an_unlabelled_folder(tmp_path):
         text = "".join(output)
         assert "as dataset 'Mes-photos-ete'" in text and "80 images, 0 classes" in text, text
         assert f"neighbours of {AWKWARD}:" in text, text
+        gate = next(line for line in output if line.startswith("promotion gate (gate): "))
+        # One epoch on 80 tiny pictures: raw pixels keep them apart better, and the run says
+        # what to try next.
+        assert "label_free" in gate and "for raw pixels" in gate, gate
+        kept_out = "is published as a candidate, not current" in text
+        assert kept_out == ("did not beat raw pixels by the gate's margin here" in text), text
         tried = next(i for i, line in enumerate(output) if line.startswith("Try it"))
         commands = [line.strip() for line in output[tried:] if line.startswith("  curl ")]
         # The model, its neighbours, embed, search and the job list; no /classify without labels.
