@@ -194,6 +194,8 @@ def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> str:
             summary = _request("POST", f"{base}/datasets", key, body, ctype)
             print(f"  {summary['items']} images, {len(summary['classes'])} classes, "
                   f"splits {summary['splits']}")
+            if summary.get("layout_note"):
+                print(f"  note: {summary['layout_note']}")
     from trainer.sample_data import DEMO_CONFIG
 
     config = dict(DEMO_CONFIG)

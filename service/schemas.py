@@ -122,6 +122,9 @@ class DatasetPublic(BaseModel):
     splits: dict[str, int]
     ignored_files: int = Field(description="Files that are not images, left out.")
     ignored: list[str] = Field(default_factory=list, description="Up to 100 of them.")
+    layout_note: str | None = Field(
+        default=None, description="Why a dataset with folders reads as unlabelled, where some "
+        "of its images lie outside any folder; null otherwise.")
 
 
 class DatasetsPublic(BaseModel):

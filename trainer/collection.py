@@ -35,6 +35,9 @@ class Collection:
     source: Source
     ignored: list[str] = field(default_factory=list)  # non-image files, for the report
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, why) corrupt images
+    # Why images in folders carry no label, where some do not sit in a folder: said, since a
+    # layout of class folders plus a few loose files would otherwise lose its labels silently.
+    layout_note: str | None = None
     # Row of `source` behind each item: the identity until corrupt items are dropped.
     source_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
@@ -96,6 +99,7 @@ class Collection:
             "splits": splits,
             "ignored_files": len(self.ignored),
             "skipped": [{"id": i, "reason": r} for i, r in self.skipped],
+            "layout_note": self.layout_note,
         }
 
     def check_trainable(self) -> None:

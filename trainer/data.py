@@ -138,6 +138,7 @@ def _from_paths(name: str, paths: list[str], source: PathSource) -> Collection:
                 for q, sp in zip(inner, splits, strict=True)]
     classes = sorted({c for c in class_of if c is not None})
     index = {c: i for i, c in enumerate(classes)}
+    note = _unlabelled_folders(rel, inner, splits, labelled_splits, has_splits)
     collection = Collection(
         name=name,
         ids=rel,
@@ -146,6 +147,7 @@ def _from_paths(name: str, paths: list[str], source: PathSource) -> Collection:
         is_eval=np.asarray([s in EVAL_SPLITS for s in splits], dtype=bool),
         source=source.rooted(prefix, rel),
         ignored=ignored,
+        layout_note=note,
     )
     if not (~collection.is_eval).any():
         raise DatasetError(
@@ -154,6 +156,24 @@ def _from_paths(name: str, paths: list[str], source: PathSource) -> Collection:
         )
     _refuse_single_class(collection)
     return collection
+
+
+def _unlabelled_folders(rel: list[str], inner: list[list[str]], splits: list[str],
+                        labelled_splits: set[str], has_splits: bool) -> str | None:
+    """The layout note for splits read as unlabelled although some of their images sit in
+    folders: which images are loose, so a user can move them into class folders."""
+    rows = [(r, q) for r, q, sp in zip(rel, inner, splits, strict=True)
+            if sp not in labelled_splits]
+    loose = [r for r, q in rows if len(q) == 1]
+    folders = sorted({q[0] for _, q in rows if len(q) > 1})
+    if not loose or not folders:
+        return None
+    named = ", ".join(repr(f) for f in folders[:3]) + (", ..." if len(folders) > 3 else "")
+    where = ("" if not has_splits else "the split(s) " + ", ".join(
+        sorted({sp for sp in splits if sp not in labelled_splits})) + " ")
+    return (f"{where}read as unlabelled: {len(loose)} image(s) lie outside any folder (e.g. "
+            f"{loose[0]!r}) beside the folders {named}; class folders give labels only when "
+            "every image of a split sits in one")
 
 
 def _refuse_single_class(collection: Collection) -> None:

@@ -59,6 +59,7 @@ class Dataset(Result):
     splits: dict[str, int]
     ignored_files: int
     ignored: list[str] = field(default_factory=list)
+    layout_note: str | None = None
 
 
 @dataclass(frozen=True)

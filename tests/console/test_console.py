@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, quote
 
 import httpx
 import pytest
+from PIL import Image
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.conftest import CIFAR_SLICE, V1, V2
@@ -141,6 +142,19 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     enter_key(page, ADMIN_KEY)
     expect(page.locator("#upload-done")).to_contain_text("120 images, 4 classes")
     expect(page.locator("#dataset-list tr[data-name=cifar]")).to_contain_text("96")
+
+    # A folder of class folders with one loose image reads as unlabelled: the page says why.
+    mixed = stack.root / "data" / "shelf"
+    for i, kind in enumerate(["a/1.png", "a/2.png", "b/1.png", "loose.png"]):
+        (mixed / kind).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(mixed / kind)
+    page.fill("#register-name", "shelf")
+    page.click("#register-form button[type=submit]")
+    expect(page.locator("#register-done")).to_contain_text(
+        "Registered shelf: 4 images, unlabelled. Note: read as unlabelled: 1 image(s) lie "
+        "outside any folder (e.g. 'loose.png')")
+    expect(page.locator("#dataset-list tr[data-name=shelf]")).to_contain_text(
+        "unlabelled (images outside class folders)")
     shoot(page, stack, "datasets")
 
     # Train from the form: a bad value is shown at its field, then a good config starts.

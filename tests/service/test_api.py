@@ -57,6 +57,12 @@ def test_upload_register_and_list_datasets(api, cifar_zip, cifar_dir):
     shutil.copy(next(cat.iterdir()), cat / "added.jpg")
     assert c.get("/datasets/mine").json()["items"] == 97
     assert c.get("/datasets/slice").json()["ignored_files"] == 0  # the upload's own summary
+    assert body["layout_note"] is None and c.get("/datasets/mine").json()["labelled"]
+    # One image dropped beside the class folders: the folder reads as unlabelled, and says why.
+    shutil.copy(cat / "added.jpg", folder / "imgs" / "loose.jpg")
+    mine = c.get("/datasets/mine").json()
+    assert not mine["labelled"] and mine["classes"] == [], mine
+    assert "1 image(s) lie outside any folder (e.g. 'loose.jpg')" in mine["layout_note"]
 
 
 def test_train_status_list_progress_and_cancel(api, cifar_zip):

@@ -63,6 +63,17 @@ def test_class_folders_without_splits_and_flat_folders(tmp_path):
         "sub/deeper/img.png": _png(), "notes.txt": b"hello", ".DS_Store": b"x"})
     f = open_collection(flat)
     assert not f.has_labels and len(f) == 5 and f.ignored == ["notes.txt"]
+    assert c.layout_note is None and f.layout_note == (
+        "read as unlabelled: 4 image(s) lie outside any folder (e.g. 'img0.png') beside the "
+        "folders 'sub'; class folders give labels only when every image of a split sits in one")
+    # Splits: the train split's loose image leaves the test split's classes alone.
+    split = _write(tmp_path / "c", {f"{s}/{c}/{i}.png": _png() for s in ("train", "test")
+                                    for c in "xy" for i in range(3)} | {"train/odd.png": _png()})
+    s = open_collection(split)
+    assert s.classes == ["x", "y"] and (s.labels[s.is_eval] >= 0).all()
+    assert (s.labels[~s.is_eval] == -1).all() and (s.layout_note or "").startswith(
+        "the split(s) train read as unlabelled: 1 image(s) lie outside any folder (e.g. "
+        "'train/odd.png')")
 
 
 def test_npz_arrays(tmp_path):

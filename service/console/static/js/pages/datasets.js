@@ -4,8 +4,17 @@ import { clear, fmtInt, h, hideProblem, showProblem } from "../ui.js";
 
 const NAME_PATTERN = "[A-Za-z0-9][A-Za-z0-9._\\-]{0,63}";
 
+// What a new dataset holds, said once the upload or registration succeeded; a layout that
+// lost its labels to a few loose files says so (layout_note).
+function madeText(verb, made) {
+  return `${verb} ${made.name}: ${fmtInt(made.items)} images` +
+    (made.labelled ? `, ${made.classes.length} classes` : ", unlabelled") +
+    (made.ignored_files ? `, ${made.ignored_files} other files ignored` : "") + "." +
+    (made.layout_note ? ` Note: ${made.layout_note}.` : "");
+}
+
 function classesText(d) {
-  if (!d.labelled) return "unlabelled";
+  if (!d.labelled) return d.layout_note ? "unlabelled (images outside class folders)" : "unlabelled";
   const shown = d.classes.slice(0, 6).join(", ");
   return `${d.classes.length} (${shown}${d.classes.length > 6 ? ", …" : ""})`;
 }
@@ -27,7 +36,7 @@ function table(datasets) {
       h("td", { class: "num" }, fmtInt(d.items)),
       h("td", { class: "num" }, fmtInt(d.train_items)),
       h("td", { class: "num" }, fmtInt(d.eval_items)),
-      h("td", {}, classesText(d)),
+      h("td", d.layout_note ? { title: d.layout_note } : {}, classesText(d)),
       h("td", {}, Object.entries(d.splits).map(([s, n]) => `${s} ${fmtInt(n)}`).join(", ")),
       h("td", {}, h("a", { href: `#/train?dataset=${encodeURIComponent(d.name)}` },
         `Train on ${d.name}`), " · ",
@@ -82,9 +91,7 @@ export async function render(main) {
       try {
         const made = await upload("/datasets", form, (share) => { bar.value = share; });
         bar.value = 1;
-        uploadDone.textContent = `Dataset ${made.name}: ${fmtInt(made.items)} images` +
-          (made.labelled ? `, ${made.classes.length} classes` : ", unlabelled") +
-          (made.ignored_files ? `, ${made.ignored_files} other files ignored` : "") + ".";
+        uploadDone.textContent = madeText("Dataset", made);
         uploadForm.reset();
         await refresh();
       } catch (error) {
@@ -110,7 +117,7 @@ export async function render(main) {
   const regPath = h("input", { id: "register-path", autocomplete: "off",
     placeholder: "imports/shelf", "aria-describedby": "register-path-help" });
   const regProblem = h("div", { id: "register-problem" });
-  const regDone = h("p", { class: "ok", role: "status" });
+  const regDone = h("p", { id: "register-done", class: "ok", role: "status" });
   const registerForm = h("form", { id: "register-form", class: "card", novalidate: true,
     onsubmit: async (event) => {
       event.preventDefault();
@@ -120,7 +127,7 @@ export async function render(main) {
       if (regPath.value.trim()) body.path = regPath.value.trim();
       try {
         const made = await api("/datasets", { method: "POST", body });
-        regDone.textContent = `Registered ${made.name}: ${fmtInt(made.items)} images.`;
+        regDone.textContent = madeText("Registered", made);
         registerForm.reset();
         await refresh();
       } catch (error) {
