@@ -237,15 +237,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(score_with_baselines(prepared, model, init_seed=config.seed),
                          indent=2))
         return 0
-    reader = BatchReader(prepared, size, config.num_workers, pin_memory=model.runtime.cuda)
     coll = prepared.collection
+    if not coll.has_labels:  # said before the embedding pass, not after it
+        return _no_labels(coll.layout_note)
+    reader = BatchReader(prepared, size, config.num_workers, pin_memory=model.runtime.cuda)
     vectors = embed_all(reader, len(coll), model.meta.dim, model.embed_uint8)
     metrics = knn_evaluation(vectors, coll.labels, coll.is_eval, len(coll.classes),
                              config.knn_k, config.knn_sigma)
     if metrics is None:
-        print("error: the dataset has no labels to evaluate against (--no-labels gives the "
-              "label-free scores)", file=sys.stderr)
-        return 2
+        return _no_labels(coll.layout_note)
     metrics.update(baseline.measure(prepared, config.knn_k, config.knn_sigma) or {})
     metrics.update(score_with_baselines(prepared, model, vectors, init_seed=config.seed))
     print(json.dumps(metrics, indent=2))
@@ -318,6 +318,12 @@ def _sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _no_labels(layout_note: str | None) -> int:
+    print("error: the dataset has no labels to evaluate against (--no-labels gives the "
+          "label-free scores)" + (f"; {layout_note}" if layout_note else ""), file=sys.stderr)
+    return 2
+
+
 def _describe(summary: dict[str, Any]) -> str:
     parts = [f"{summary['items']} images", f"{summary['train_items']} for training"]
     if summary["eval_items"]:
@@ -325,4 +331,5 @@ def _describe(summary: dict[str, Any]) -> str:
     parts.append(f"{len(summary['classes'])} classes" if summary["labelled"] else "unlabelled")
     if summary["ignored_files"]:
         parts.append(f"{summary['ignored_files']} non-image files ignored")
-    return ", ".join(parts)
+    note = summary.get("layout_note")
+    return ", ".join(parts) + (f"\n  note: {note}" if note else "")

@@ -1,6 +1,7 @@
 """The command line as a user runs it: a real subprocess."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -145,6 +146,14 @@ def test_evaluate_without_labels_on_a_flat_folder(tmp_path):
 
     r = _cli("evaluate", "--model", str(model), "--data", str(data), "--set", "num_workers=0")
     assert r.returncode == 2 and "--no-labels" in r.stderr
+    # Class folders with a loose image beside them: no labels either, and the reason is given.
+    (data / "kind-a").mkdir()
+    shutil.move(data / "000.png", data / "kind-a" / "000.png")
+    r = _cli("evaluate", "--model", str(model), "--data", str(data), "--set", "num_workers=0")
+    assert r.returncode == 2 and "lie outside any folder" in r.stderr, r.stderr
+    r = _cli("train", "--data", str(data), "--out", str(tmp_path / "run"), "--set", "rounds=1",
+             "epochs_per_round=1", "backbone=small_cnn", "num_workers=0", "device=cpu")
+    assert r.returncode == 0 and "note: read as unlabelled: 39 image(s)" in r.stdout, r.stdout
 
     r = _cli("evaluate", "--model", str(model), "--data", str(data), "--no-labels",
              "--set", "num_workers=0", "device=cpu")
