@@ -7,7 +7,10 @@ on more items of the same collection finds its images further down and scores lo
 measured on a collection of 1,000 items does not compare with one measured after it has grown
 to 2,000. This is why the promotion gate measures the current model again on the new run's
 items (trainer/label_free_reference.py). Prints the mean and spread of the run's model and of
-raw pixels over `--repeats` random samples of each size (the whole collection last).
+raw pixels over `--repeats` random samples of each size (the whole collection last), and of
+their difference beside the gate's margin for it on each sample (trainer/judge.label_free_margin:
+the fixed margin, or 2 standard errors of the item-by-item differences where more), so the
+margin can be checked against the spread of the difference from one sample to the next.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bench.common import report
 from trainer.baseline import pixel_vectors
 from trainer.data import open_collection
 from trainer.encoder_file import EmbeddingModel
+from trainer.judge import label_free_margin
 from trainer.label_free_baselines import sample_score, sample_views
 
 
@@ -41,13 +45,18 @@ def measure(run: Path, data: Path, sizes: list[int], repeats: int) -> dict:
     out = {}
     for n in [s for s in sizes if s < len(collection)] + [len(collection)]:
         scores: dict[str, list[float]] = {name: [] for name in encoders}
+        scores |= {"difference": [], "margin": []}
         for _ in range(repeats if n < len(collection) else 1):
             rows = torch.from_numpy(np.sort(rng.choice(len(collection), n, replace=False)))
             sample = images[rows]
             views = sample_views(sample)
-            for name, forward in encoders.items():
-                scores[name].append(sample_score(forward, sample, views,
-                                                 every_part=False).score)
+            measured = {name: sample_score(forward, sample, views, every_part=False)
+                        for name, forward in encoders.items()}
+            for name, score in measured.items():
+                scores[name].append(score.score)
+            scores["difference"].append(measured["model"].score - measured["pixels"].score)
+            scores["margin"].append(label_free_margin(measured["model"].per_item,
+                                                      measured["pixels"].per_item))
         out[str(n)] = {name: {"mean": float(np.mean(v)), "sd": float(np.std(v))}
                        for name, v in scores.items()}
     return out

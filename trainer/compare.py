@@ -9,8 +9,8 @@ comparable only on the same items.
   (the split from the dataset on disk), or, without one, every labelled item the others in
   turn. At most KNN_QUERIES queries and KNN_KEYS voters (KNN_LOO_ITEMS leave-one-out).
 - The label-free score (trainer/label_free.py) of both, on one sample of at most MAX_SAMPLE
-  items the dataset on disk still holds, with the same views, beside the margin the score's
-  noise sets.
+  items the dataset on disk still holds, with the same views, beside the gate's margin for
+  them (trainer/judge.label_free_margin).
 - The overlap of the two models' top-k neighbour lists (their bundles' indexes, among the
   items both hold) over a sample of at most OVERLAP_SAMPLE items, and the items whose lists
   changed most, with both lists.
@@ -29,10 +29,9 @@ from trainer.bundle import Bundle
 from trainer.collection import Collection
 from trainer.config import TrainConfig
 from trainer.encoder_file import EmbeddingModel
-from trainer.judge import Z, correct, paired_difference
+from trainer.judge import Z, correct, label_free_margin, paired_difference
 from trainer.label_free import (
     DEFAULT_AUGMENTATION,
-    GATE_MARGIN,
     MAX_SAMPLE,
     MEASURE,
     sample_rows,
@@ -199,11 +198,11 @@ def _label_free(a: Bundle, b: Bundle, shared: Shared, collection: Collection,
         sample = images[bundle.model.meta.image_size][torch.from_numpy(keep)]
         clean = np.asarray(bundle.vectors[rows[picked[keep]]])
         scores[name] = sample_score(as_trained(bundle).embed_uint8, sample,
-                                    sample_views(sample), clean).score
-    return {"a": scores["a"], "b": scores["b"], "items": int(keep.sum()),
+                                    sample_views(sample), clean)
+    return {"a": scores["a"].score, "b": scores["b"].score, "items": int(keep.sum()),
             "augmentation": DEFAULT_AUGMENTATION, "measure": MEASURE,
-            "difference": scores["b"] - scores["a"],
-            "margin": GATE_MARGIN}
+            "difference": scores["b"].score - scores["a"].score,
+            "margin": label_free_margin(scores["b"].per_item, scores["a"].per_item)}
 
 
 # --- neighbour lists ----------------------------------------------------------------------

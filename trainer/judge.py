@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from trainer.knn import knn_scores
+from trainer.label_free import GATE_MARGIN
 
 Z = 2.0  # standard errors a gain must exceed (about 97.7 % one-sided)
 
@@ -90,6 +91,17 @@ def unpaired(candidate: float, incumbent: float, n: int, incumbent_name: str,
                        "no evaluation items: nothing to compare")
     se = math.sqrt((candidate * (1 - candidate) + incumbent * (1 - incumbent)) / n)
     return _decide(candidate, incumbent, z * se, n, incumbent_name, measure)
+
+
+def label_free_margin(mine: np.ndarray | None, theirs: np.ndarray | None) -> float:
+    """The smallest label-free score difference that counts between two encoders scored on the
+    same sample and views: the score's spread measured over view seeds and resamples
+    (GATE_MARGIN), or `Z` standard errors of the per-item differences (their terms, `mine` and
+    `theirs`, where known) when more, as on a sample of a few hundred items or fewer."""
+    if mine is None or theirs is None or len(mine) != len(theirs):
+        return GATE_MARGIN
+    _, se = paired_difference(np.asarray(mine, np.float64), np.asarray(theirs, np.float64))
+    return max(GATE_MARGIN, Z * se)
 
 
 def with_margin(candidate: float, incumbent: float, margin: float, n: int,

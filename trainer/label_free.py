@@ -75,6 +75,9 @@ class LabelFreeScore:
     score: float
     parts: dict[str, float] = field(default_factory=dict)
     items: int = 0
+    # Each sampled item's own term of the score, in sample order: two encoders scored on the
+    # same sample and views compare item by item (trainer/judge.label_free_margin).
+    per_item: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, float | int]:
         return {"score": self.score, **self.parts, "items": self.items}
@@ -194,18 +197,24 @@ def _mrr(ranks: torch.Tensor) -> float:
     return float((1.0 / (ranks.double() + 1)).mean())
 
 
-def log_rank_score(ranks: torch.Tensor, n: int) -> float:
-    """1 - mean log(1 + rank) / log(n) of 0-based ranks among n items: 1 when every rank is 0,
-    0 when every rank is n - 1."""
+def log_rank_terms(ranks: torch.Tensor, n: int) -> torch.Tensor:
+    """1 - log(1 + rank) / log(n) per 0-based rank among n items: 1 for rank 0, 0 for n - 1."""
     if n < 2:
-        return 1.0
-    return float(1.0 - (torch.log1p(ranks.double()) / math.log(n)).mean())
+        return torch.ones(len(ranks), dtype=torch.float64)
+    return 1.0 - torch.log1p(ranks.double()) / math.log(n)
 
 
-def parts_of(clean: np.ndarray, views: np.ndarray, k: int = DEFAULT_K) -> dict[str, float]:
-    """Every measured part, for embeddings of the same items (row i of each)."""
+def log_rank_score(ranks: torch.Tensor, n: int) -> float:
+    """The mean of log_rank_terms: 1 when every rank is 0, 0 when every rank is n - 1."""
+    return float(log_rank_terms(ranks, n).mean()) if len(ranks) else 1.0
+
+
+def parts_of(clean: np.ndarray, views: np.ndarray, k: int = DEFAULT_K,
+             ranks: torch.Tensor | None = None) -> dict[str, float]:
+    """Every measured part, for embeddings of the same items (row i of each); `ranks`: their
+    retrieval_ranks, when the caller has them."""
     c, v = _unit(clean), _unit(views)
-    ranks = retrieval_ranks(c, v).double()
+    ranks = (retrieval_ranks(c, v) if ranks is None else ranks).double()
     # The same retrieval once the collection's mean is removed: a direction every embedding
     # shares (large in untrained ReLU networks) no longer hides how the items differ.
     mean = c.mean(0, keepdim=True)
@@ -247,10 +256,12 @@ def combine(parts: dict[str, float]) -> float:
     return parts[MEASURE]
 
 
-def score_parts(clean: np.ndarray, views: np.ndarray) -> dict[str, float]:
+def score_parts(clean: np.ndarray, views: np.ndarray,
+                ranks: torch.Tensor | None = None) -> dict[str, float]:
     """Only the parts the score is made of (combine): what measuring it during training
     needs, without the others' cost (an SVD, all pairs)."""
-    return {MEASURE: log_rank_score(retrieval_ranks(_unit(clean), _unit(views)), len(clean))}
+    ranks = retrieval_ranks(_unit(clean), _unit(views)) if ranks is None else ranks
+    return {MEASURE: log_rank_score(ranks, len(clean))}
 
 
 def label_free_score(embeddings: np.ndarray,
@@ -266,9 +277,12 @@ def label_free_score(embeddings: np.ndarray,
     if views.shape != (len(rows), embeddings.shape[1]):
         raise ValueError(f"embed_views returned {views.shape}, expected "
                          f"{(len(rows), embeddings.shape[1])}")
-    parts = (parts_of(embeddings[rows], views, k) if every_part
-             else score_parts(embeddings[rows], views))
-    return LabelFreeScore(score=combine(parts), parts=parts, items=len(rows))
+    clean = embeddings[rows]
+    ranks = retrieval_ranks(_unit(clean), _unit(views))
+    parts = (parts_of(clean, views, k, ranks) if every_part
+             else score_parts(clean, views, ranks))
+    return LabelFreeScore(score=combine(parts), parts=parts, items=len(rows),
+                          per_item=log_rank_terms(ranks, len(rows)).numpy())
 
 
 def view_embedder(images: Callable[[np.ndarray], torch.Tensor],

@@ -33,6 +33,9 @@ Forward = Callable[[torch.Tensor], np.ndarray]
 LABEL_FREE_KEYS = ("label_free", "pixel_label_free", "untrained_label_free", "label_free_items",
                    "label_free_measure")
 PRETRAINED_KEY = "pretrained_label_free"
+# A finished run's per-item terms of the model's and raw pixels' scores (LabelFreeScore.per_item,
+# arrays `model` and `pixels`): what the gate's paired noise is measured from.
+LABEL_FREE_TERMS = "label_free_terms.npz"
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
                          embeddings: np.ndarray | None = None, *, init_seed: int = 0,
                          seed: int = 0, sample: int = MAX_SAMPLE,
                          start_weights: Path | None = None, every_part: bool = True,
-                         measured: MeasuredBaselines | None = None) -> dict[str, Any]:
+                         measured: MeasuredBaselines | None = None,
+                         terms_to: Path | None = None) -> dict[str, Any]:
     """`label_free`, `pixel_label_free`, `untrained_label_free` (floats, higher is better)
     and their parts, on the same sample of at most `sample` items of `prepared`; with
     `start_weights` (a pretrained start's file), `pretrained_label_free` too. `every_part`:
@@ -113,6 +117,7 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
     `embeddings`: the model's embeddings of every item, when the caller has them (then the
     model embeds only the views); otherwise the sample is embedded here too. `measured`: the
     baselines' scores the caller has, used when they are of this sample, views and parts.
+    `terms_to`: a file to keep the model's and raw pixels' per-item terms in (LABEL_FREE_TERMS).
     """
     rows = sample_rows(len(prepared.collection), sample, seed)
     images = images_of(prepared, rows, model.meta.image_size)
@@ -126,6 +131,9 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
                   device=str(model.runtime.device),
                   precision="bf16" if model.runtime.bf16 else "fp32",
                   every_part=every_part, start_weights=start_weights))}
+    model_terms, pixel_terms = scores["model"].per_item, scores["pixels"].per_item
+    if terms_to is not None and model_terms is not None and pixel_terms is not None:
+        np.savez(terms_to, model=model_terms, pixels=pixel_terms)
     pretrained = {PRETRAINED_KEY: scores["pretrained"].score} if start_weights else {}
     return pretrained | {
         "label_free": scores["model"].score,
@@ -141,17 +149,19 @@ def score_with_baselines(prepared: Prepared, model: EmbeddingModel,
 def run_figures(encoder: Path, prepared: Prepared, embeddings: np.ndarray, init_seed: int,
                 device: str = "auto", start_weights: Path | None = None,
                 precision: str = "auto",
-                measured: MeasuredBaselines | None = None) -> dict[str, Any]:
+                measured: MeasuredBaselines | None = None,
+                terms_to: Path | None = None) -> dict[str, Any]:
     """The label-free figures of a finished run's encoder file (what its metrics.json keeps:
     the three scores, the pretrained start's with `start_weights`, and the sample's size; the
     parts stay with `evaluate`). `precision`: the run's, which embedded `embeddings`, so the
     views are embedded as the items were (as `evaluate` does, from the run's config).
     `measured`: the baselines the run scored while it trained, reused where the sample is the
-    same (a collection no larger than the progress sample)."""
+    same (a collection no larger than the progress sample). `terms_to`: as in
+    score_with_baselines."""
     model = EmbeddingModel.load(encoder, device=device, precision=precision)
     # Only the scores are kept: the other parts (an SVD and a pass over all pairs of the
     # sample, per encoder) are left to `evaluate`.
     figures = score_with_baselines(prepared, model, embeddings, init_seed=init_seed,
                                    start_weights=start_weights, every_part=False,
-                                   measured=measured)
+                                   measured=measured, terms_to=terms_to)
     return {key: figures[key] for key in (*LABEL_FREE_KEYS, PRETRAINED_KEY) if key in figures}

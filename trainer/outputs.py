@@ -19,7 +19,7 @@ from trainer.backbones import Encoder
 from trainer.device import Runtime
 from trainer.encoder_file import EncoderMeta, save_encoder
 from trainer.evaluation import headline, knn_evaluation
-from trainer.label_free_baselines import MeasuredBaselines, run_figures
+from trainer.label_free_baselines import LABEL_FREE_TERMS, MeasuredBaselines, run_figures
 from trainer.loader import BatchReader, Prepared, embed_all
 from trainer.progress import EpochRecord, plot_curves
 from trainer.run_state import RunState
@@ -126,7 +126,8 @@ def write_outputs(out: Path, state: RunState, prepared: Prepared, embeddings: np
     # Beside the labelled figures, or alone without labels: the label-free score of the model,
     # of raw pixels and of the untrained network, on the same items and views.
     label_free = run_figures(out / "encoder.pt", prepared, embeddings, cfg.seed, str(rt.device),
-                             start_weights, "bf16" if rt.bf16 else "fp32", measured)
+                             start_weights, "bf16" if rt.bf16 else "fp32", measured,
+                             terms_to=out / LABEL_FREE_TERMS)
     speeds = [r["images_per_s"] for r in history]
     metrics = {
         **knn,

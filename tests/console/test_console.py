@@ -448,8 +448,9 @@ def test_compare_two_versions_with_their_neighbours_side_by_side(stack: Stack, b
     expect(knn.locator(".value-b")).to_have_text(f"{100 * answer['b']['knn_top1']:.1f} %")
     expect(free.locator(".value-a")).to_have_text(f"{answer['a']['label_free']:.4f}")
     expect(free.locator(".value-b")).to_have_text(f"{answer['b']['label_free']:.4f}")
-    assert answer["label_free"]["margin"] == GATE_MARGIN
-    expect(free).to_contain_text(f"the noise margin {GATE_MARGIN:.4f}")
+    # 120 items: the noise of their item-by-item differences, at least the fixed margin.
+    assert answer["label_free"]["margin"] >= GATE_MARGIN
+    expect(free).to_contain_text(f"the noise margin {answer['label_free']['margin']:.4f}")
     expect(page.locator("#compare-overlap .big")).to_have_text(
         f"{100 * answer['overlap']['mean']:.1f} %")
     first = answer["changed_most"][0]

@@ -50,7 +50,10 @@ def test_two_versions_compared_on_the_same_items(api, trained_runs):
 
     # The label-free score on every item (fewer than the sample) with the runs' views.
     free = out["label_free"]
-    assert (free["items"], free["augmentation"], free["margin"]) == (120, "mild", GATE_MARGIN)
+    assert (free["items"], free["augmentation"]) == (120, "mild")
+    # On 120 items the item-by-item differences are noisier than the score's spread measured
+    # on thousands (GATE_MARGIN): the margin is theirs (trainer/judge.label_free_margin).
+    assert GATE_MARGIN < free["margin"] < 0.2, free
     assert free["measure"] == MEASURE == metrics[V1]["label_free_measure"]
     for side, version in (("a", V1), ("b", V2)):
         assert out[side]["label_free"] == pytest.approx(metrics[version]["label_free"],

@@ -10,6 +10,7 @@ from trainer.data import open_collection
 from trainer.engine import Trainer
 from trainer.errors import TrainerError, TrainingStopped
 from trainer.label_free import MEASURE
+from trainer.label_free_baselines import LABEL_FREE_TERMS
 
 TINY = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 2, "batch_size": 32,
         "knn_k": 20, "num_workers": 0, "seed": 3}
@@ -128,6 +129,12 @@ def test_the_label_free_score_is_in_the_progress_of_every_evaluation_epoch(digit
             (m["pixel_label_free"], m["untrained_label_free"]))
     # The last epoch's model is the published one, measured on the same items and views.
     assert records[-1]["label_free"] == pytest.approx(m["label_free"], abs=1e-6)
+    # Each item's term of the model's and raw pixels' scores is kept for the gate's noise.
+    out = digits_runs[0]
+    with np.load(out / LABEL_FREE_TERMS) as terms:
+        assert terms["model"].shape == terms["pixels"].shape == (1797,)
+        assert (terms["model"].mean(), terms["pixels"].mean()) == pytest.approx(
+            (m["label_free"], m["pixel_label_free"]), abs=1e-9)
     # A run whose epochs take no step keeps the untrained network: it scores as that one.
     assert untrained_records[-1]["label_free"] == pytest.approx(
         untrained_records[-1]["untrained_label_free"], abs=1e-6)

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from trainer.judge import correct, paired, unpaired
+from trainer.judge import correct, label_free_margin, paired, unpaired
 
 
 def test_a_paired_gain_must_exceed_two_standard_errors_of_the_per_query_differences():
@@ -47,3 +48,19 @@ def test_correct_marks_each_query_by_the_weighted_vote():
     # Without an evaluation split every labelled item is a query, its own entry left out.
     loo = correct(vectors[:4], labels[:4], np.zeros(4, bool), 2, k=1, sigma=0.1)
     assert loo.tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_a_label_free_margin_is_the_measured_spread_or_the_paired_noise_when_larger():
+    from trainer.label_free import GATE_MARGIN, log_rank_terms
+
+    # Ranks among 4 items: terms 1 - log(1 + r) / log(4), r = 0 and 3 give 1 and 0.
+    terms = log_rank_terms(torch.tensor([0, 3, 0, 3]), 4).numpy()
+    assert terms.tolist() == pytest.approx([1.0, 0.0, 1.0, 0.0])
+    # Differences +0.5, -0.5, +0.5, -0.5 against all-0.5: sd sqrt(4 x 0.25 / 3) = 1 / sqrt(3),
+    # se sd / sqrt(4), margin 2 se = 1 / sqrt(3).
+    half = np.full(4, 0.5)
+    assert label_free_margin(terms, half) == pytest.approx(1 / math.sqrt(3))
+    # Differences of 0.01 everywhere: no spread, so the measured one stands.
+    assert label_free_margin(half + 0.01, half) == GATE_MARGIN
+    # Without terms (a run that kept none), or of other samples: the measured spread.
+    assert label_free_margin(None, half) == label_free_margin(terms, half[:3]) == GATE_MARGIN

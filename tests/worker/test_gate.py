@@ -10,6 +10,7 @@ untrained network, a better model than the trained one, which makes the decision
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ import pytest
 from state.jobs import SUCCEEDED, Job
 from trainer.bundle import current_version, previous_version
 from trainer.current import set_current
+from trainer.judge import label_free_margin
 from trainer.label_free import MEASURE, MEASURE_BEFORE, LabelFreeScore
+from trainer.label_free_baselines import LABEL_FREE_TERMS
 from worker.gate import judge
 
 UNTRAINED = {"lr": 1e-9}
@@ -126,6 +129,31 @@ def test_without_labels_the_label_free_score_must_beat_raw_pixels_by_its_margin(
                  tmp_path / "models")
     assert gate["measure"] == "label_free" and gate["incumbent_name"] == "raw pixels"
     assert gate["margin"] == 0.025 and gate["items"] == 50 and gate["promoted"] is promoted
+
+
+def test_on_few_items_the_margin_is_the_noise_of_the_per_item_differences(tmp_path):
+    """50 items whose terms differ wildly from raw pixels' (+1.0 or -0.6 each: a gain of 0.2
+    on average, sd 0.808): two standard errors, 0.229, are more than the fixed 0.025, and the
+    gain of 0.2 is not more than that."""
+    run = _unlabelled_run(tmp_path, 0.5)
+    mine = np.array([1.0, 0.0] * 25)
+    pixels = np.array([0.0, 0.6] * 25)
+    np.savez(run / LABEL_FREE_TERMS, model=mine, pixels=pixels)
+    gate = judge(Job(id="j", dataset="d", config={}), run, tmp_path / "models")
+    assert gate["margin"] == pytest.approx(label_free_margin(mine, pixels))
+    assert gate["margin"] == pytest.approx(2 * 0.8 * math.sqrt(50 / 49) / math.sqrt(50))
+    assert gate["promoted"] is False and "not more than the margin" in gate["reason"]
+    # Against the current model scored again on these items: its own terms pair with these.
+    models = tmp_path / "models"
+    _current(models, {"label_free": 0.6, "label_free_measure": MEASURE})
+    theirs = LabelFreeScore(0.3, items=50, per_item=pixels)
+    gate = judge(Job(id="j", dataset="d", config={}), run, models, lambda version: theirs)
+    assert gate["incumbent_name"] == "version v1" and gate["promoted"] is False
+    assert gate["margin"] == pytest.approx(label_free_margin(mine, theirs.per_item))
+    # The same gain with steady differences: the fixed margin, and the model is promoted.
+    np.savez(run / LABEL_FREE_TERMS, model=np.full(50, 0.5), pixels=np.full(50, 0.3))
+    gate = judge(Job(id="j", dataset="d", config={}), run, tmp_path / "none")
+    assert gate["margin"] == 0.025 and gate["promoted"] is True
 
 
 @pytest.mark.parametrize("incumbent_measure", [None, MEASURE_BEFORE, MEASURE])
