@@ -49,7 +49,8 @@ MAX_SAMPLE = 10_000  # items whose views are embedded: the one extra pass
 MEASURE = "retrieval_log_rank"
 MEASURE_BEFORE = "retrieval_mrr"  # what a score without a recorded measure is
 # Smallest score difference worth acting on: 3 sd of the difference of two scores, the sd
-# (0.0053) being the largest seen over view seeds and resamples (docs/benchmarks.md).
+# (0.0053) being the largest seen over view seeds and resamples of 1,000 to 3,200 items
+# (docs/benchmarks.md); on smaller samples their own noise is larger (judge.label_free_margin).
 GATE_MARGIN = 0.025
 DEFAULT_K = 10  # neighbours compared between a view and its original
 
