@@ -29,6 +29,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATASET = "photo-patches"
+FEW_ITEMS = 1_000  # below this, more images is the first thing to try
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +256,7 @@ def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
         pin = f"model_version={urllib.parse.quote(version)}"
     if gate:
         print(f"promotion gate ({gate.get('policy')}): {gate.get('reason')}")
-        hint = kept_out_hint(gate)
+        hint = kept_out_hint(gate, model["item_count"])
         if hint:
             print(hint)
     some_id = _first_item(base, key, version)
@@ -287,13 +288,14 @@ def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
     print(_figures_line(metrics))
 
 
-def kept_out_hint(gate: dict[str, Any]) -> str | None:
+def kept_out_hint(gate: dict[str, Any], items: int) -> str | None:
     """What to try when the gate kept the first model out because raw pixels did better: the
-    usual causes are few images and a short schedule, and a pretrained start often helps on
-    photos."""
+    usual causes are few images (of `items`) and a short schedule, and a pretrained start often
+    helps on photos."""
     if gate.get("promote", True) or gate.get("incumbent_name") != "raw pixels":
         return None
-    return ("The model did not beat raw pixels by the gate's margin here. More images, a longer "
+    more = "More images, a" if items < FEW_ITEMS else "A"
+    return (f"The model did not beat raw pixels by the gate's margin here. {more} longer "
             "schedule (--set epochs_per_round=60) or a start from ImageNet's weights "
             "(--set backbone=resnet18 init_from=imagenet: a larger network at 224 pixels, "
             "much slower on a CPU; README, \"Pretrained start\") may change that.")

@@ -11,11 +11,14 @@ def _gate(promote: bool, incumbent: str) -> dict[str, object]:
 
 
 def test_a_hint_only_when_raw_pixels_kept_the_first_model_out() -> None:
-    hint = kept_out_hint(_gate(False, "raw pixels"))
+    hint = kept_out_hint(_gate(False, "raw pixels"), 80)
     assert hint is not None and "init_from=imagenet" in hint and "More images" in hint
-    assert kept_out_hint(_gate(True, "raw pixels")) is None  # it beat them
+    # On 20,000 items, more of them is not the advice.
+    hint = kept_out_hint(_gate(False, "raw pixels"), 20_000)
+    assert hint is not None and "More images" not in hint and "A longer schedule" in hint
+    assert kept_out_hint(_gate(True, "raw pixels"), 80) is None  # it beat them
     # Kept out by the current model: raw pixels were beaten long ago, the advice is not this.
-    assert kept_out_hint(_gate(False, "version 20261206-101010-abcdef01")) is None
+    assert kept_out_hint(_gate(False, "version 20261206-101010-abcdef01"), 80) is None
 
 
 def test_dataset_names_from_folder_names() -> None:
