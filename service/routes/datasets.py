@@ -110,7 +110,13 @@ def _summary(settings: ServiceSettings, name: str) -> dict[str, Any]:
     cached = _read_meta(settings, name)
     # A registered folder can change under the service: summarise it again when it did.
     if cached is not None and cached.get("stamp") == _fingerprint(settings.data_root / name):
-        return cached["summary"]
+        summary: dict[str, Any] = cached["summary"]
+        if "layout_note" not in summary:  # cached before datasets said it: scanned once more
+            # (only the note: an upload's own report of the files it left out stays).
+            summary["layout_note"] = open_collection(settings.data_root / name,
+                                                     name=name).layout_note
+            _write_meta(settings, name, summary, cached["stamp"])
+        return summary
     return _summarise(settings, name)  # a DatasetError is answered as 409 problem+json
 
 

@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from service.routes.datasets import META
 from state.jobs import Job
 from tests.service.conftest import V1, V2
 from trainer.bundle import Bundle
@@ -63,6 +64,13 @@ def test_upload_register_and_list_datasets(api, cifar_zip, cifar_dir):
     mine = c.get("/datasets/mine").json()
     assert not mine["labelled"] and mine["classes"] == [], mine
     assert "1 image(s) lie outside any folder (e.g. 'loose.jpg')" in mine["layout_note"]
+    # A summary cached before datasets carried the note gets it on the next read.
+    meta = api.settings.data_root / META / "mine.json"
+    cached = json.loads(meta.read_text())
+    del cached["summary"]["layout_note"]
+    meta.write_text(json.dumps(cached))
+    assert c.get("/datasets/mine").json()["layout_note"] == mine["layout_note"]
+    assert json.loads(meta.read_text())["summary"]["layout_note"] == mine["layout_note"]
 
 
 def test_train_status_list_progress_and_cancel(api, cifar_zip):
