@@ -66,6 +66,8 @@ def test_class_folders_without_splits_and_flat_folders(tmp_path):
     assert c.layout_note is None and f.layout_note == (
         "read as unlabelled: 4 image(s) lie outside any folder (e.g. 'img0.png') beside the "
         "folders 'sub'; class folders give labels only when every image of a split sits in one")
+    plain = _write(tmp_path / "d", {f"img{i}.png": _png() for i in range(3)})
+    assert open_collection(plain).layout_note is None  # no folder: nothing was lost
     # Splits: the train split's loose image leaves the test split's classes alone.
     split = _write(tmp_path / "c", {f"{s}/{c}/{i}.png": _png() for s in ("train", "test")
                                     for c in "xy" for i in range(3)} | {"train/odd.png": _png()})
