@@ -2,6 +2,7 @@
 
     python -m service.client add photos/*.jpg --prefix added/2026-11-27/ [--label cat]
     python -m service.client add shots.zip --prefix added/2026-11-27/      # an archive
+    python -m service.client add shots/ --prefix added/2026-11-27/         # a folder, as one
     python -m service.client find query.jpg [-k 5]                         # search by image
     python -m service.client find query.jpg --label cat --label dog --prefix added/  # filtered
     python -m service.client get added/2026-11-27/0001.jpg
@@ -30,7 +31,9 @@ ARCHIVES = (".zip", ".tar", ".gz", ".tgz")
 
 def _add(api: Client, args: argparse.Namespace) -> None:
     paths = [Path(p) for p in args.paths]
-    archives = [p for p in paths if p.suffix.lower() in ARCHIVES]
+    # A folder goes as one archive of its files (ids: prefix + the path below it), all or
+    # nothing, as an archive does.
+    archives = [p for p in paths if p.suffix.lower() in ARCHIVES or p.is_dir()]
     images = [p for p in paths if p not in archives]
     added = 0  # items, by the requests that succeeded so far
     sent = 0  # of `images`, in those requests
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the collection to use (default $AND_COLLECTION, else the API's "
                    "default collection)")
     sub = p.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("add", help="add images (files or archives) to the collection")
+    a = sub.add_parser("add", help="add images (files, archives or folders) to the collection")
     a.add_argument("paths", nargs="+")
     a.add_argument("--prefix", required=True, help="ids are this + each file's name")
     a.add_argument("--label", default=None)

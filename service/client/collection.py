@@ -18,6 +18,7 @@ from service.client.core import (
     Plan,
     Stream,
     Upload,
+    archived,
     batches,
     params,
     part,
@@ -84,11 +85,12 @@ def _add(core: Core, images: Upload | Sequence[Upload], prefix: str | None,
 
 def add_archive(core: Core, archive: Upload, *, prefix: str = "", label: str | None = None,
                 upsert: bool = False, model_version: str | None = None) -> Plan[ItemsChanged]:
-    """Add the images of an archive (zip or tar; a path or its bytes) in one request, all or
-    nothing; their ids are `prefix` + each entry's path."""
+    """Add the images of an archive (zip or tar; a path or its bytes), or of a folder (sent as
+    a zip of its files), in one request, all or nothing; their ids are `prefix` + each entry's
+    path (in a folder: the path below it)."""
     fields = {"prefix": prefix} | ({"label": label} if label is not None else {})
     call = _change("POST", "/items", params(upsert=upsert or None, model_version=model_version),
-                   data=fields, files=[part("archive", archive, "items.zip")])
+                   data=fields, files=[part("archive", archived(archive), "items.zip")])
     return ItemsChanged.of((yield from core.json(call)))
 
 

@@ -257,6 +257,14 @@ def part(field_name: str, upload: Upload, name: str = "upload") -> FilePart:
     return field_name, (file.name, file.read_bytes(), kind)
 
 
+def archived(upload: Upload) -> Upload:
+    """An archive as given (a path or its bytes), or a folder as a zip of its files (their
+    paths in it relative to the folder)."""
+    if not isinstance(upload, bytes) and Path(upload).is_dir():
+        return zip_of_folder(Path(upload))
+    return upload
+
+
 def zip_of_folder(folder: Path) -> bytes:
     """A zip, in memory, of every regular file under `folder`, by its path relative to it
     (links are left out: an upload holds what the folder holds, nothing they point to)."""

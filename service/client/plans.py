@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 from service.client.core import (
@@ -18,12 +17,12 @@ from service.client.core import (
     Sleep,
     Stream,
     Upload,
+    archived,
     batches,
     params,
     part,
     path,
     uploads,
-    zip_of_folder,
 )
 from service.client.results import (
     Classification,
@@ -82,10 +81,8 @@ def dataset(core: Core, name: str) -> Plan[Dataset]:
 def upload_dataset(core: Core, name: str, archive: Upload) -> Plan[Dataset]:
     """Upload images as dataset `name`: an archive (zip or tar; a path or its bytes), or a
     folder, sent as a zip of its files (its class folders, if any, become classes)."""
-    if not isinstance(archive, bytes) and Path(archive).is_dir():
-        archive = zip_of_folder(Path(archive))
     call = Call("POST", "/datasets", data={"name": name},
-                files=[part("file", archive, f"{name}.zip")], admin=True)
+                files=[part("file", archived(archive), f"{name}.zip")], admin=True)
     return Dataset.of((yield from core.json(call)))
 
 

@@ -270,11 +270,22 @@ def test_the_command_line_adds_finds_gets_and_deletes(api, shots):
         "deleted 3 items (log position ")
     missing = cli("get", "cli/s1.png", ok=False)
     assert missing.stderr.startswith("error: 404 no item 'cli/s1.png'"), missing.stderr
-    # A file that is not there, or a folder: a one-line error, no traceback.
+    # A file that is not there, or a folder given to find: a one-line error, no traceback.
     for command in (("find", "no-such.png"), ("add", "no-such.png", "--prefix", "cli/"),
-                    ("add", str(shots[0].parent), "--prefix", "cli/")):
+                    ("find", str(shots[0].parent))):
         refused = cli(*command, ok=False).stderr
         assert refused.startswith("error: cannot read ") and "Traceback" not in refused, refused
+    # A folder to add is one archive of its files: ids are the prefix + the path below it.
+    folder = shots[0].parent.parent / "a folder"
+    (folder / "sub dir").mkdir(parents=True)
+    for n, shot in enumerate(shots[:3]):
+        (folder / ("sub dir" if n else "") / shot.name).write_bytes(shot.read_bytes())
+    (folder / ".DS_Store").write_bytes(b"clutter")
+    out = cli("add", str(folder), "--prefix", "dir/").stdout
+    assert out.startswith("added 3 items to cifar-slice"), out
+    assert json.loads(cli("get", "dir/sub dir/s1.png").stdout)["id"] == "dir/sub dir/s1.png"
+    assert json.loads(cli("get", "dir/s0.png").stdout)["id"] == "dir/s0.png"
+    cli("delete", "dir/s0.png", "dir/sub dir/s1.png", "dir/sub dir/s2.png")
 
 
 def test_the_command_line_says_what_went_in_when_a_later_request_is_refused(api, tmp_path):
