@@ -6,8 +6,9 @@ comparable only on the same items.
 
 - Weighted kNN top-1 (labelled collections), paired per query as the promotion gate pairs
   them (trainer/judge.py): the labelled evaluation split queries the labelled training items
-  (the split from the dataset on disk), or, without one, every labelled item the others in
-  turn. At most KNN_QUERIES queries and KNN_KEYS voters (KNN_LOO_ITEMS leave-one-out).
+  (the split from the dataset on disk), or, where only one of the two carries labels,
+  leave-one-out over its labelled items (trainer/evaluation.knn_protocol). At most KNN_QUERIES
+  queries and KNN_KEYS voters (KNN_LOO_ITEMS leave-one-out).
 - The label-free score (trainer/label_free.py) of both, on one sample of at most MAX_SAMPLE
   items the dataset on disk still holds, with the same views, beside the gate's margin for
   them (trainer/judge.label_free_margin).
@@ -29,6 +30,7 @@ from trainer.bundle import Bundle
 from trainer.collection import Collection
 from trainer.config import TrainConfig
 from trainer.encoder_file import EmbeddingModel
+from trainer.evaluation import knn_protocol
 from trainer.judge import Z, correct, label_free_margin, paired_difference
 from trainer.label_free import (
     DEFAULT_AUGMENTATION,
@@ -125,16 +127,13 @@ def _knn(a: Bundle, b: Bundle, shared: Shared, collection: Collection | None,
     if collection is not None:
         split = dict(zip(collection.ids, collection.is_eval.tolist(), strict=True))
         is_eval = np.array([split.get(item, False) for item in shared.ids], dtype=bool)
-    labelled = labels >= 0
     rng = np.random.default_rng(0)
-    queries = np.flatnonzero(labelled & is_eval)
-    if len(queries):
-        protocol = "test"
-        picked = np.concatenate([_pick(queries, KNN_QUERIES, rng),
-                                 _pick(np.flatnonzero(labelled & ~is_eval), KNN_KEYS, rng)])
+    protocol = knn_protocol(labels, is_eval)
+    if protocol.leave_one_out:
+        picked = _pick(protocol.queries, KNN_LOO_ITEMS, rng)
     else:
-        protocol = "leave-one-out"
-        picked = _pick(np.flatnonzero(labelled), KNN_LOO_ITEMS, rng)
+        picked = np.concatenate([_pick(protocol.queries, KNN_QUERIES, rng),
+                                 _pick(protocol.keys, KNN_KEYS, rng)])
     k, sigma = _knn_settings(a, b)
     right = {name: correct(np.asarray(bundle.vectors[rows[picked]]), labels[picked],
                            is_eval[picked], len(a.classes), k, sigma)
@@ -144,7 +143,7 @@ def _knn(a: Bundle, b: Bundle, shared: Shared, collection: Collection | None,
         return None
     difference, se = paired_difference(right["b"], right["a"])
     return {"a": float(right["a"].mean()), "b": float(right["b"].mean()),
-            "protocol": protocol, "queries": len(right["a"]), "k": k, "sigma": sigma,
+            "protocol": protocol.name, "queries": len(right["a"]), "k": k, "sigma": sigma,
             "difference": difference, "standard_error": se, "margin": Z * se}
 
 

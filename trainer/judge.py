@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainer.evaluation import knn_protocol
 from trainer.knn import knn_scores
 from trainer.label_free import GATE_MARGIN
 
@@ -44,18 +45,11 @@ class Verdict:
 def correct(vectors: np.ndarray, labels: np.ndarray, is_eval: np.ndarray, n_classes: int,
             k: int, sigma: float) -> np.ndarray:
     """Per query, in row order: 1.0 where the weighted kNN predicts its label, else 0.0. The
-    queries are the labelled evaluation rows voted on by the labelled training rows or, without
-    an evaluation split, every labelled row voted on by the others (the protocols of
-    trainer/evaluation.py)."""
-    labelled = labels >= 0
-    queries = np.flatnonzero(labelled & is_eval)
-    own = None
-    if len(queries):
-        keys = np.flatnonzero(labelled & ~is_eval)
-    else:
-        keys = queries = np.flatnonzero(labelled)
-        own = torch.arange(len(keys))
-    if len(keys) < (2 if own is not None else 1):
+    queries and voters are those of trainer/evaluation.knn_protocol."""
+    protocol = knn_protocol(labels, is_eval)
+    queries, keys = protocol.queries, protocol.keys
+    own = torch.arange(len(keys)) if protocol.leave_one_out else None
+    if len(keys) < (2 if protocol.leave_one_out else 1):
         return np.zeros(0)
     emb = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     lab = torch.from_numpy(labels.astype(np.int64))

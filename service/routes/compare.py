@@ -50,7 +50,8 @@ class ComparedModel(BaseModel):
 class KnnComparison(BaseModel):
     protocol: Literal["test", "leave-one-out"] = Field(
         description="`test`: the labelled evaluation split queries the labelled training items; "
-        "`leave-one-out`: every labelled item, the others voting.")
+        "`leave-one-out`: where only one of them carries labels, each of its labelled items, "
+        "the others voting.")
     queries: int
     k: int
     sigma: float

@@ -168,3 +168,23 @@ def test_evaluate_without_labels_on_a_flat_folder(tmp_path):
     assert set(out["label_free_parts"]["pixels"]) >= {"retrieval_mrr", "effective_rank"}
     assert out["label_free"] == out["label_free_parts"]["model"][MEASURE]
     assert out["label_free_measure"] == MEASURE
+
+
+def test_labels_only_in_the_test_split_are_measured_leave_one_out(tmp_path):
+    """train/ holds unlabelled images, test/ two class folders: the test items' labels are
+    the only ones, so each of them is voted on by the others (for the model and for raw
+    pixels alike)."""
+    (tmp_path / "data").mkdir()
+    data = _flat_folder(tmp_path / "data" / "train")
+    for n, picture in enumerate(sorted(data.iterdir())[:8]):
+        kind = tmp_path / "data" / "test" / ("dark" if n % 2 else "light")
+        kind.mkdir(parents=True, exist_ok=True)
+        shutil.move(picture, kind / picture.name)
+    r = _cli("train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+             "--quiet", "--set", "rounds=1", "epochs_per_round=1", "backbone=small_cnn",
+             "num_workers=0", "device=cpu", "knn_k=3")
+    assert r.returncode == 0, r.stderr
+    assert "32 for training, 8 for evaluation, 2 classes" in r.stdout, r.stdout
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["knn_protocol"] == metrics["pixel_knn_protocol"] == "leave-one-out"
+    assert metrics["knn_queries"] == 8 and 0.0 <= metrics["loo_knn_top1"] <= 1.0

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from trainer.evaluation import knn_evaluation, knn_protocol
 from trainer.judge import correct, label_free_margin, paired, unpaired
 
 
@@ -48,6 +49,27 @@ def test_correct_marks_each_query_by_the_weighted_vote():
     # Without an evaluation split every labelled item is a query, its own entry left out.
     loo = correct(vectors[:4], labels[:4], np.zeros(4, bool), 2, k=1, sigma=0.1)
     assert loo.tolist() == [1.0, 1.0, 1.0, 1.0]
+    # Labels only in the evaluation split (its training items unlabelled): its labelled items
+    # vote on each other, each left out. The first and third are each other's nearest (cosine
+    # 0.8) with other labels: both wrong; the second's nearest other is the third (-0.352
+    # against -0.84), labelled as it is.
+    only_eval = np.array([-1, -1, -1, -1, 0, 1, 1])
+    assert correct(vectors, only_eval, is_eval, 2, k=1, sigma=0.1).tolist() == [0.0, 1.0, 0.0]
+    figures = knn_evaluation(vectors, only_eval, is_eval, 2, k=1, sigma=0.1)
+    assert figures is not None and figures["knn_protocol"] == "leave-one-out"
+    assert figures["knn_queries"] == 3 and figures["loo_knn_top1"] == pytest.approx(1 / 3)
+
+
+def test_the_protocol_the_labels_allow():
+    is_eval = np.array([False, False, True, True])
+    test = knn_protocol(np.array([0, 1, 0, 1]), is_eval)
+    assert (test.name, test.queries.tolist(), test.keys.tolist()) == ("test", [2, 3], [0, 1])
+    train_only = knn_protocol(np.array([0, 1, -1, -1]), is_eval)
+    assert (train_only.name, train_only.queries.tolist()) == ("leave-one-out", [0, 1])
+    eval_only = knn_protocol(np.array([-1, -1, 0, 1]), is_eval)
+    assert (eval_only.name, eval_only.keys.tolist()) == ("leave-one-out", [2, 3])
+    none = knn_protocol(np.full(4, -1), is_eval)
+    assert len(none.queries) == len(none.keys) == 0
 
 
 def test_a_label_free_margin_is_the_measured_spread_or_the_paired_noise_when_larger():
