@@ -12,9 +12,19 @@ import numpy as np
 from trainer.errors import DatasetError
 
 TRAIN_SPLIT = "train"
-EVAL_SPLITS = frozenset({"test", "val", "valid", "validation"})
-SPLITS = EVAL_SPLITS | {TRAIN_SPLIT}
+TRAIN_SPLITS = frozenset({TRAIN_SPLIT, "training"})
+EVAL_SPLITS = frozenset({"test", "testing", "val", "valid", "validation"})
 MIN_TRAIN_IMAGES = 10
+
+
+def split_of(folder: str) -> str | None:
+    """The split a top folder names, in any case ("Train/", "TEST/", "Validation/"): "train"
+    for a training split, an evaluation split's own name in lower case, None for any other
+    folder (a class, say)."""
+    name = folder.lower()
+    if name in TRAIN_SPLITS:
+        return TRAIN_SPLIT
+    return name if name in EVAL_SPLITS else None
 
 
 class Source(Protocol):
@@ -86,7 +96,7 @@ class Collection:
         splits: dict[str, int] = {}
         for item_id, ev in zip(self.ids, self.is_eval, strict=True):
             top = item_id.split("/", 1)[0]
-            key = top if top in SPLITS else ("eval" if ev else TRAIN_SPLIT)
+            key = split_of(top) or ("eval" if ev else TRAIN_SPLIT)
             splits[key] = splits.get(key, 0) + 1
         counts = np.bincount(self.labels[self.labels >= 0], minlength=len(self.classes))
         return {

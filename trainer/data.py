@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.archives import open_tar, open_zip
-from trainer.collection import EVAL_SPLITS, SPLITS, TRAIN_SPLIT, Collection
+from trainer.collection import EVAL_SPLITS, TRAIN_SPLIT, Collection, split_of
 from trainer.errors import DatasetError
 from trainer.images import is_clutter, is_image_name
 from trainer.sources import ArraySource, FolderSource, PathSource
@@ -126,8 +126,8 @@ def _from_paths(name: str, paths: list[str], source: PathSource) -> Collection:
     rel = ["/".join(p) for p in parts]
 
     tops = {p[0] for p in parts if len(p) > 1}
-    has_splits = all(len(p) > 1 for p in parts) and tops <= SPLITS
-    splits = [p[0] if has_splits else TRAIN_SPLIT for p in parts]
+    has_splits = all(len(p) > 1 for p in parts) and all(split_of(t) for t in tops)
+    splits = [(split_of(p[0]) or TRAIN_SPLIT) if has_splits else TRAIN_SPLIT for p in parts]
     inner = [p[1:] if has_splits else p for p in parts]
     # Labelled when, within every split, every image sits in a class folder.
     labelled_splits = {

@@ -37,6 +37,21 @@ def test_split_and_class_layout_with_stable_ids(cifar_dir):
     assert c.summary()["splits"] == {"train": 96, "test": 24}
 
 
+@pytest.mark.parametrize(("train", "test"), [("Train", "Test"), ("TRAIN", "VAL"),
+                                              ("training", "testing"), ("Training", "Valid")])
+def test_split_folders_in_any_case_and_their_long_names(tmp_path, train, test):
+    """"Train/Test" as Windows and macOS users write them, "training/testing" as some data
+    sets ship: splits, never two classes named after them (the test images trained on)."""
+    root = _write(tmp_path / "d", {f"{split}/{kind}/{i}.png": _png()
+                                   for split in (train, test) for kind in ("Cat", "Dog")
+                                   for i in range(3)})
+    c = open_collection(root)
+    assert c.classes == ["Cat", "Dog"] and int(c.is_eval.sum()) == 6
+    assert all(c.is_eval[i] == item.startswith(test) for i, item in enumerate(c.ids))
+    assert f"{test}/Cat/0.png" in c.ids  # ids keep the folders' own names
+    assert c.summary()["splits"] == {"train": 6, test.lower(): 6}
+
+
 def test_zip_with_one_top_folder_reads_as_that_folder(cifar_zip, cifar_dir):
     z = open_collection(cifar_zip)
     d = open_collection(cifar_dir)
