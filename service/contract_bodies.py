@@ -25,6 +25,7 @@ from service.schemas import (
     TrainRequest,
 )
 from trainer.config import TrainConfig
+from trainer.images import ACCEPTED
 
 IMAGE_TYPES = ", ".join(f"image/{f.lower()}" for f in QUERY_FORMATS)
 ARCHIVE_TYPES = ("application/zip, application/x-tar, application/gzip, "
@@ -54,7 +55,7 @@ def _body(json_schema: dict[str, Any] | None, form: dict[str, Any] | None,
 def _files(limits: Limits) -> dict[str, Any]:
     return {"type": "array", "minItems": 1, "maxItems": limits.images,
             "items": {"type": "string", "format": "binary"},
-            "description": f"Image files (JPEG, PNG, WebP, BMP, GIF or TIFF), each at most "
+            "description": f"Image files ({ACCEPTED}), each at most "
             f"{limits.image_bytes} bytes."}
 
 

@@ -19,10 +19,17 @@ import torch
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from trainer.images import ImageTooLarge, InvalidImage, open_image, square
+from trainer.images import (
+    ACCEPTED,
+    NAMED_FORMATS,
+    ImageTooLarge,
+    InvalidImage,
+    open_image,
+    square,
+)
 
-# The formats the README lists for queries (Pillow names).
-QUERY_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# The formats the README lists for queries (Pillow names): those of datasets but PPM.
+QUERY_FORMATS = tuple(NAMED_FORMATS)
 # A request whose files add up to at most this many bytes has its headers read inline...
 INLINE_BYTES = 16 * 1024
 # ...and is decoded inline when its images add up to at most this many pixels (64 CIFAR-size
@@ -75,8 +82,7 @@ class QueryDecoder:
                     f"({exc.width * exc.height / 1e6:.1f} MP); the limit is MAX_QUERY_PIXELS = "
                     f"{self.max_pixels:,} pixels") from None
             except InvalidImage as exc:
-                raise InvalidImage(f"image {i}: {exc} (accepted: JPEG, PNG, WebP, BMP, GIF, "
-                                   "TIFF)") from None
+                raise InvalidImage(f"image {i}: {exc} (accepted: {ACCEPTED})") from None
         return images
 
     @staticmethod

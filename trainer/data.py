@@ -19,7 +19,7 @@ import numpy as np
 from trainer.archives import open_tar, open_zip
 from trainer.collection import EVAL_SPLITS, TRAIN_SPLIT, Collection, split_of
 from trainer.errors import DatasetError
-from trainer.images import is_clutter, is_image_name
+from trainer.images import ACCEPTED, is_clutter, is_image_name
 from trainer.sources import ArraySource, FolderSource, PathSource
 
 
@@ -114,7 +114,7 @@ def _from_paths(name: str, paths: list[str], source: PathSource) -> Collection:
     ignored = [p for p in paths if not is_image_name(p)]
     if not images:
         raise DatasetError(
-            f"dataset {name!r} holds no images (JPEG, PNG, WebP, BMP, GIF or TIFF)"
+            f"dataset {name!r} holds no images ({ACCEPTED})"
             + (f"; found {len(ignored)} other files" if ignored else "")
         )
     # Unwrap single top folders: "cifar10/train/cat/x.jpg" is read as "train/cat/x.jpg".

@@ -10,16 +10,25 @@ import re
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from trainer.errors import TrainerError
 
+# AVIF where this Pillow decodes it (its wheels carry libavif from 11.3 on; a build without
+# it does not).
+AVIF = features.check("avif")
+# The formats users are told are accepted, by Pillow's name, as the messages spell them.
+NAMED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF",
+                 "TIFF": "TIFF"} | ({"AVIF": "AVIF"} if AVIF else {})
+ACCEPTED = ", ".join(list(NAMED_FORMATS.values())[:-1]) + " or " + list(NAMED_FORMATS.values())[-1]
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
+     ".pgm"} | ({".avif"} if AVIF else set())
 )
-# Pillow decoders an image may be read with: the formats of IMAGE_EXTENSIONS. Pillow would
-# otherwise try every decoder it has (PCX, EPS, ICO, ...) on any bytes it is given.
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+# Pillow decoders an image may be read with: the formats of IMAGE_EXTENSIONS (PPM: also .pgm,
+# for datasets). Pillow would otherwise try every decoder it has (PCX, EPS, ICO, ...) on any
+# bytes it is given.
+IMAGE_FORMATS = (*NAMED_FORMATS, "PPM")
 # Dataset images: far above any photo, so only a decompression bomb is refused (the loader then
 # skips it or refuses the dataset, naming the file, as `on_corrupt` says). Checked from the
 # header, before any pixel is decoded. Queries have their own, smaller limit (the service's

@@ -54,6 +54,7 @@ from service.uploads import (
     remove_tree,
 )
 from state.changes import Change
+from trainer.images import ACCEPTED
 
 router = APIRouter(tags=["items"])
 
@@ -230,8 +231,7 @@ def _archive_items(upload: UploadFile, prefix: str, label: str | None,
                          min(settings.max_archive_entries, settings.max_items_per_request),
                          disk)
         if report.images == 0:
-            raise invalid_archive("the archive holds no images (JPEG, PNG, WebP, BMP, GIF or "
-                                  "TIFF)")
+            raise invalid_archive(f"the archive holds no images ({ACCEPTED})")
         if report.images > settings.max_items_per_request:
             raise too_large(f"the archive holds {report.images} images; the limit is "
                             f"MAX_ITEMS_PER_REQUEST = {settings.max_items_per_request}")

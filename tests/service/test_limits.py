@@ -23,6 +23,7 @@ from tests.conftest import CIFAR_SLICE
 from tests.processes import wait_for
 from tests.service.api_process import ApiProcess
 from tests.service.conftest import ADMIN, make_settings
+from trainer.images import ACCEPTED, AVIF
 
 HUGE = "1" * 5000  # past Python's 4,300-digit limit for int(str)
 JSON_TYPE = "application/json"
@@ -191,8 +192,8 @@ def test_only_the_formats_the_readme_lists_are_decoded(app_client):
     _, client = app_client()
     with client:
         r = client.post("/embed", files=[("files", ("a.pcx", pcx.getvalue(), "image/x-pcx"))])
-        assert "accepted: JPEG, PNG" in _problem(r, 422)["detail"]
-        for fmt in ("PNG", "GIF", "BMP", "TIFF", "WEBP"):
+        assert f"accepted: {ACCEPTED}" in _problem(r, 422)["detail"]
+        for fmt in ("PNG", "GIF", "BMP", "TIFF", "WEBP", *(("AVIF",) if AVIF else ())):
             buf = io.BytesIO()
             Image.new("RGB", (40, 30), (10, 200, 10)).save(buf, fmt)
             r = client.post("/embed", files=[("files", (f"a.{fmt}", buf.getvalue(),

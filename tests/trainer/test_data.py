@@ -9,7 +9,7 @@ from PIL import Image
 
 from trainer.data import open_collection
 from trainer.errors import DatasetError
-from trainer.images import InvalidImage, decode_square
+from trainer.images import AVIF, InvalidImage, decode_square
 from trainer.loader import prepare
 
 
@@ -111,12 +111,24 @@ def test_any_mode_and_size_becomes_a_square_rgb(mode):
     assert out.shape == (24, 24, 3) and out.dtype == np.uint8
 
 
-def test_webp_and_jpeg(tmp_path):
-    for fmt in ("WEBP", "JPEG"):
+def test_webp_jpeg_and_avif(tmp_path):
+    for fmt in ("WEBP", "JPEG", *(("AVIF",) if AVIF else ())):
         buf = io.BytesIO()
         Image.new("RGB", (300, 200), (10, 200, 30)).save(buf, format=fmt)
         out = decode_square(buf.getvalue(), 32)
         assert out.shape == (32, 32, 3) and abs(int(out[16, 16, 1]) - 200) < 10
+
+
+def test_jfif_and_avif_files_are_dataset_images(tmp_path):
+    """Windows saves JPEGs as .jfif; AVIF where this Pillow decodes it (its wheels do)."""
+    files = {f"a{i}.jfif": _png() for i in range(2)}  # the bytes decide the decoder
+    if AVIF:
+        buf = io.BytesIO()
+        Image.new("RGB", (20, 12), (10, 200, 30)).save(buf, format="AVIF")
+        files |= {"b.avif": buf.getvalue()}
+    c = open_collection(_write(tmp_path / "d", files))
+    assert sorted(c.ids) == sorted(files) and not c.ignored
+    assert c.load(c.ids.index(sorted(files)[-1]), 8).shape == (8, 8, 3)
 
 
 def test_the_exif_orientation_is_applied():
