@@ -65,7 +65,8 @@ case "$cmd" in
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     up)
-        setup cpu
+        # EXTRAS: more of the project's extras, e.g. EXTRAS=heif for iPhone photos (HEIC).
+        setup "cpu${EXTRAS:+,$EXTRAS}"
         exec "$VENV/bin/python" deploy/local_stack.py "$@"
         ;;
     *)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from trainer.archives import member_path, zip_member_name
-from trainer.images import ACCEPTED, is_clutter, is_image_name
+from trainer.images import is_clutter, is_image_name, no_images
 
 UPLOAD_PREFIX = ".upload-"
 STALE_UPLOAD_S = 3600
@@ -276,7 +276,7 @@ def _extract_tar(archive: Path, target: Path, limits: SizeLimits, max_entries: i
 
 def check_images(result: Extracted) -> None:
     if result.images == 0:
-        raise UploadRejected(f"the archive holds no images ({ACCEPTED})")
+        raise UploadRejected(no_images("the archive", result.ignored))
 
 
 def remove_tree(path: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from trainer.archives import open_tar, open_zip
 from trainer.collection import EVAL_SPLITS, TRAIN_SPLIT, Collection, split_of
 from trainer.errors import DatasetError
-from trainer.images import ACCEPTED, is_clutter, is_image_name
+from trainer.images import is_clutter, is_image_name, no_images
 from trainer.sources import ArraySource, FolderSource, PathSource
 
 
@@ -113,10 +113,7 @@ def _from_paths(name: str, paths: list[str], source: PathSource) -> Collection:
     images = [p for p in paths if is_image_name(p)]
     ignored = [p for p in paths if not is_image_name(p)]
     if not images:
-        raise DatasetError(
-            f"dataset {name!r} holds no images ({ACCEPTED})"
-            + (f"; found {len(ignored)} other files" if ignored else "")
-        )
+        raise DatasetError(no_images(f"dataset {name!r}", ignored))
     # Unwrap single top folders: "cifar10/train/cat/x.jpg" is read as "train/cat/x.jpg".
     prefix = ""
     parts = [p.split("/") for p in images]

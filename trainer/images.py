@@ -17,13 +17,21 @@ from trainer.errors import TrainerError
 # AVIF where this Pillow decodes it (its wheels carry libavif from 11.3 on; a build without
 # it does not).
 AVIF = features.check("avif")
+try:  # HEIC/HEIF (iPhone photos) with the optional `heif` extra: pillow-heif adds a decoder
+    from pillow_heif import register_heif_opener
+except ImportError:
+    HEIF = False
+else:
+    register_heif_opener()
+    HEIF = True
 # The formats users are told are accepted, by Pillow's name, as the messages spell them.
-NAMED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF",
-                 "TIFF": "TIFF"} | ({"AVIF": "AVIF"} if AVIF else {})
+NAMED_FORMATS = ({"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF",
+                  "TIFF": "TIFF"} | ({"AVIF": "AVIF"} if AVIF else {})
+                 | ({"HEIF": "HEIC"} if HEIF else {}))
 ACCEPTED = ", ".join(list(NAMED_FORMATS.values())[:-1]) + " or " + list(NAMED_FORMATS.values())[-1]
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
-     ".pgm"} | ({".avif"} if AVIF else set())
+     ".pgm"} | ({".avif"} if AVIF else set()) | ({".heic", ".heif"} if HEIF else set())
 )
 # Pillow decoders an image may be read with: the formats of IMAGE_EXTENSIONS (PPM: also .pgm,
 # for datasets). Pillow would otherwise try every decoder it has (PCX, EPS, ICO, ...) on any
@@ -62,6 +70,16 @@ CLUTTER_PREFIXES = (".", "__MACOSX")
 def is_clutter(rel_path: str) -> bool:
     """True when any part of a relative, /-separated path is system clutter."""
     return any(part.startswith(CLUTTER_PREFIXES) for part in rel_path.split("/"))
+
+
+def no_images(where: str, left_out: list[str]) -> str:
+    """The message for `where` (e.g. "the archive") holding no image: the accepted formats, and
+    how many of the files left out are HEIC photos, which need the optional `heif` extra."""
+    heic = sum(name.lower().endswith((".heic", ".heif")) for name in left_out)
+    return (f"{where} holds no images ({ACCEPTED})"
+            + (f"; {len(left_out)} other files" if left_out else "")
+            + (f", {heic} of them HEIC photos: install the `heif` extra (pip install "
+               "'and-retrieval[heif]', pillow-heif) to read them" if heic and not HEIF else ""))
 
 
 def is_image_name(name: str) -> bool:

@@ -54,7 +54,7 @@ from service.uploads import (
     remove_tree,
 )
 from state.changes import Change
-from trainer.images import ACCEPTED
+from trainer.images import no_images
 
 router = APIRouter(tags=["items"])
 
@@ -231,7 +231,7 @@ def _archive_items(upload: UploadFile, prefix: str, label: str | None,
                          min(settings.max_archive_entries, settings.max_items_per_request),
                          disk)
         if report.images == 0:
-            raise invalid_archive(f"the archive holds no images ({ACCEPTED})")
+            raise invalid_archive(no_images("the archive", report.ignored))
         if report.images > settings.max_items_per_request:
             raise too_large(f"the archive holds {report.images} images; the limit is "
                             f"MAX_ITEMS_PER_REQUEST = {settings.max_items_per_request}")

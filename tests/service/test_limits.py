@@ -23,7 +23,7 @@ from tests.conftest import CIFAR_SLICE
 from tests.processes import wait_for
 from tests.service.api_process import ApiProcess
 from tests.service.conftest import ADMIN, make_settings
-from trainer.images import ACCEPTED, AVIF
+from trainer.images import ACCEPTED, AVIF, HEIF
 
 HUGE = "1" * 5000  # past Python's 4,300-digit limit for int(str)
 JSON_TYPE = "application/json"
@@ -193,7 +193,8 @@ def test_only_the_formats_the_readme_lists_are_decoded(app_client):
     with client:
         r = client.post("/embed", files=[("files", ("a.pcx", pcx.getvalue(), "image/x-pcx"))])
         assert f"accepted: {ACCEPTED}" in _problem(r, 422)["detail"]
-        for fmt in ("PNG", "GIF", "BMP", "TIFF", "WEBP", *(("AVIF",) if AVIF else ())):
+        for fmt in ("PNG", "GIF", "BMP", "TIFF", "WEBP", *(("AVIF",) if AVIF else ()),
+                    *(("HEIF",) if HEIF else ())):
             buf = io.BytesIO()
             Image.new("RGB", (40, 30), (10, 200, 10)).save(buf, fmt)
             r = client.post("/embed", files=[("files", (f"a.{fmt}", buf.getvalue(),

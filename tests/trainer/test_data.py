@@ -9,7 +9,7 @@ from PIL import Image
 
 from trainer.data import open_collection
 from trainer.errors import DatasetError
-from trainer.images import AVIF, InvalidImage, decode_square
+from trainer.images import AVIF, HEIF, InvalidImage, decode_square
 from trainer.loader import prepare
 
 
@@ -129,6 +129,27 @@ def test_jfif_and_avif_files_are_dataset_images(tmp_path):
     c = open_collection(_write(tmp_path / "d", files))
     assert sorted(c.ids) == sorted(files) and not c.ignored
     assert c.load(c.ids.index(sorted(files)[-1]), 8).shape == (8, 8, 3)
+
+
+@pytest.mark.skipif(not HEIF, reason="the optional `heif` extra (pillow-heif) is not installed")
+def test_heic_photos_with_the_heif_extra(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="HEIF")
+    c = open_collection(_write(tmp_path / "d", {"IMG_0001.HEIC": buf.getvalue(),
+                                                "IMG_0002.heic": buf.getvalue()}))
+    assert c.ids == ["IMG_0001.HEIC", "IMG_0002.heic"] and not c.ignored
+    assert abs(int(c.load(0, 8)[4, 4, 1]) - 200) < 10
+
+
+def test_without_the_heif_extra_heic_photos_are_named_as_the_reason(monkeypatch, tmp_path):
+    import trainer.images
+
+    monkeypatch.setattr(trainer.images, "HEIF", False)
+    message = trainer.images.no_images("the archive", ["a.HEIC", "b.heif", "notes.txt"])
+    assert message.startswith("the archive holds no images (JPEG, PNG")
+    assert message.endswith("; 3 other files, 2 of them HEIC photos: install the `heif` extra "
+                            "(pip install 'and-retrieval[heif]', pillow-heif) to read them")
+    assert "HEIC photos" not in trainer.images.no_images("x", ["notes.txt"])
 
 
 def test_the_exif_orientation_is_applied():
