@@ -34,6 +34,11 @@ class Protocol:
     def leave_one_out(self) -> bool:
         return self.name == LEAVE_ONE_OUT
 
+    @property
+    def can_vote(self) -> bool:
+        """Enough voters for a figure: one, or two when each query's own vote is left out."""
+        return len(self.keys) >= (2 if self.leave_one_out else 1)
+
 
 def knn_protocol(labels: np.ndarray, is_eval: np.ndarray) -> Protocol:
     """The protocol the labels allow (the module's docstring): the one rule for every kNN
@@ -51,7 +56,7 @@ def knn_evaluation(embeddings: np.ndarray, labels: np.ndarray, is_eval: np.ndarr
                    n_classes: int, k: int = 200, sigma: float = 0.1) -> dict[str, Any] | None:
     protocol = knn_protocol(labels, is_eval)
     keys, queries = protocol.keys, protocol.queries
-    if n_classes < 2 or len(keys) < (2 if protocol.leave_one_out else 1):
+    if n_classes < 2 or not protocol.can_vote:
         return None
     emb = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
     lab = torch.from_numpy(labels)

@@ -28,10 +28,12 @@ else:
 NAMED_FORMATS = ({"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF",
                   "TIFF": "TIFF"} | ({"AVIF": "AVIF"} if AVIF else {})
                  | ({"HEIF": "HEIC"} if HEIF else {}))
-ACCEPTED = ", ".join(list(NAMED_FORMATS.values())[:-1]) + " or " + list(NAMED_FORMATS.values())[-1]
+*_FIRST_NAMES, _LAST_NAME = NAMED_FORMATS.values()
+ACCEPTED = f"{', '.join(_FIRST_NAMES)} or {_LAST_NAME}"
+HEIF_EXTENSIONS = (".heic", ".heif")
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm",
-     ".pgm"} | ({".avif"} if AVIF else set()) | ({".heic", ".heif"} if HEIF else set())
+     ".pgm"} | ({".avif"} if AVIF else set()) | (set(HEIF_EXTENSIONS) if HEIF else set())
 )
 # Pillow decoders an image may be read with: the formats of IMAGE_EXTENSIONS (PPM: also .pgm,
 # for datasets). Pillow would otherwise try every decoder it has (PCX, EPS, ICO, ...) on any
@@ -75,7 +77,7 @@ def is_clutter(rel_path: str) -> bool:
 def no_images(where: str, left_out: list[str]) -> str:
     """The message for `where` (e.g. "the archive") holding no image: the accepted formats, and
     how many of the files left out are HEIC photos, which need the optional `heif` extra."""
-    heic = sum(name.lower().endswith((".heic", ".heif")) for name in left_out)
+    heic = sum(name.lower().endswith(HEIF_EXTENSIONS) for name in left_out)
     return (f"{where} holds no images ({ACCEPTED})"
             + (f"; {len(left_out)} other files" if left_out else "")
             + (f", {heic} of them HEIC photos: install the `heif` extra (pip install "

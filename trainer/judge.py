@@ -49,7 +49,7 @@ def correct(vectors: np.ndarray, labels: np.ndarray, is_eval: np.ndarray, n_clas
     protocol = knn_protocol(labels, is_eval)
     queries, keys = protocol.queries, protocol.keys
     own = torch.arange(len(keys)) if protocol.leave_one_out else None
-    if len(keys) < (2 if protocol.leave_one_out else 1):
+    if not protocol.can_vote:
         return np.zeros(0)
     emb = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     lab = torch.from_numpy(labels.astype(np.int64))

@@ -257,12 +257,11 @@ def combine(parts: dict[str, float]) -> float:
     return parts[MEASURE]
 
 
-def score_parts(clean: np.ndarray, views: np.ndarray,
-                ranks: torch.Tensor | None = None) -> dict[str, float]:
-    """Only the parts the score is made of (combine): what measuring it during training
-    needs, without the others' cost (an SVD, all pairs)."""
-    ranks = retrieval_ranks(_unit(clean), _unit(views)) if ranks is None else ranks
-    return {MEASURE: log_rank_score(ranks, len(clean))}
+def score_parts(ranks: torch.Tensor, n: int) -> dict[str, float]:
+    """Only the parts the score is made of (combine), from the sample's retrieval_ranks among
+    its n items: what measuring it during training needs, without the others' cost (an SVD,
+    all pairs)."""
+    return {MEASURE: log_rank_score(ranks, n)}
 
 
 def label_free_score(embeddings: np.ndarray,
@@ -281,7 +280,7 @@ def label_free_score(embeddings: np.ndarray,
     clean = embeddings[rows]
     ranks = retrieval_ranks(_unit(clean), _unit(views))
     parts = (parts_of(clean, views, k, ranks) if every_part
-             else score_parts(clean, views, ranks))
+             else score_parts(ranks, len(rows)))
     return LabelFreeScore(score=combine(parts), parts=parts, items=len(rows),
                           per_item=log_rank_terms(ranks, len(rows)).numpy())
 
