@@ -30,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from trainer.collection import Collection
 from trainer.data import open_collection
 from trainer.errors import DatasetError
-from trainer.images import InvalidImage, is_clutter, open_image
+from trainer.images import InvalidImage, is_clutter, open_image, to_rgb
 
 THUMB_FORMAT = ("WEBP", "image/webp") if features.check("webp") else ("JPEG", "image/jpeg")
 
@@ -190,11 +190,7 @@ def thumbnail(data: bytes, size: int) -> bytes:
     image = open_image(data, max_pixels=THUMB_MAX_PIXELS)  # the header only
     try:
         image.draft("RGB", (size, size))  # JPEG decodes at a reduced scale directly
-        image = ImageOps.exif_transpose(image)
-        if image.mode not in ("RGB", "L"):
-            rgba = image.convert("RGBA")
-            image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-        image = image.convert("RGB")
+        image = to_rgb(ImageOps.exif_transpose(image))
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
             Image.DecompressionBombError) as exc:

@@ -114,7 +114,7 @@ def square(image: Image.Image, size: int) -> np.ndarray:
         image.draft("RGB", (size, size))
         # In place: without an orientation tag (most images) nothing is copied.
         ImageOps.exif_transpose(image, in_place=True)
-        image = _to_rgb(image)
+        image = to_rgb(image)
         image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
         return np.asarray(image, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
@@ -133,7 +133,10 @@ def _reason(exc: BaseException) -> str:
         type(exc).__name__)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode as RGB, one rule for everything that shows or embeds an image: 16-bit and
+    float greyscale rescaled (Pillow would clip them to white or black), transparency over
+    white."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         # 16-bit and float greyscale: rescale to 8 bits instead of clipping.
         arr = np.asarray(image, dtype=np.float32)

@@ -10,14 +10,16 @@ import os
 import shutil
 import zipfile
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from service.console import STATIC
-from service.item_images import THUMB_DECODES, THUMB_SIZES, safe_id
+from service.item_images import THUMB_DECODES, THUMB_SIZES, safe_id, thumbnail
 from tests.conftest import CIFAR_SLICE
 from tests.service.conftest import V1
 from trainer.embedding_map import MAP_FILE, ROWS_FILE
+from trainer.images import decode_square
 
 ITEM = "test/cat/0000.jpg"
 
@@ -82,6 +84,29 @@ def test_image_is_the_file_and_thumbnails_are_cached_with_etags(served):
         "parameters"] if p["name"] == "size"]
     schema = doc["components"]["schemas"][size["schema"]["$ref"].rsplit("/", 1)[-1]]
     assert schema["enum"] == list(THUMB_SIZES)
+
+
+@pytest.mark.parametrize("kind", ["16-bit", "float", "transparent"])
+def test_thumbnails_show_deep_and_transparent_images_as_the_model_sees_them(kind):
+    """A 16-bit PNG, a float TIFF with values in [0, 1] and a transparent PNG: Pillow's own
+    conversion showed the first all white and the second all black, while the model embeds
+    them rescaled. The thumbnail follows the model's rule (trainer.images.to_rgb)."""
+    ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (64, 1))
+    out = io.BytesIO()
+    if kind == "16-bit":
+        Image.fromarray((ramp * 65535).astype(np.uint16)).save(out, "PNG")
+    elif kind == "float":
+        Image.fromarray(ramp, mode="F").save(out, "TIFF")
+    else:
+        rgba = np.zeros((64, 64, 4), np.uint8)
+        rgba[..., 0], rgba[..., 3] = 200, (ramp * 255).astype(np.uint8)
+        Image.fromarray(rgba).save(out, "PNG")
+    data = out.getvalue()
+    shown = np.asarray(Image.open(io.BytesIO(thumbnail(data, 64))).convert("RGB"), float)
+    seen = decode_square(data, 64).astype(float)
+    assert 60 < shown.mean() < 200  # neither blank white nor blank black
+    assert abs(shown.mean() - seen.mean()) < 3
+    assert shown[:, :8].mean() < shown[:, -8:].mean() - 50 or kind == "transparent"
 
 
 def test_thumbnails_refuse_large_images(served):
