@@ -254,6 +254,9 @@ def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
               f"{model['item_count']} items indexed. Promote it by hand with\n  curl -s -X POST "
               f"{auth} {base}/models/{version}/promote\n(the requests below pin it)")
         pin = f"model_version={urllib.parse.quote(version)}"
+    left_out = skipped_note(metrics)
+    if left_out:
+        print(left_out)
     if gate:
         print(f"promotion gate ({gate.get('policy')}): {gate.get('reason')}")
         hint = kept_out_hint(gate, model["item_count"])
@@ -286,6 +289,18 @@ def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
         print("(no class folders: /classify needs labelled items to vote)")
     print()
     print(_figures_line(metrics))
+
+
+def skipped_note(metrics: dict[str, Any], shown: int = 3) -> str | None:
+    """The files the run could not read (the count and the first few, with why): without it a
+    user sees only fewer items indexed than images uploaded."""
+    count, skipped = metrics.get("skipped_items") or 0, metrics.get("skipped") or []
+    if not count:
+        return None
+    named = "; ".join(f"{s['id']} ({s['reason']})" for s in skipped[:shown])
+    more = f"; and {count - min(shown, len(skipped))} more" if count > shown else ""
+    return (f"{count} file(s) could not be read as images and were left out: {named}{more} "
+            "(all of them: GET /models/<version>, metrics.skipped; skipped.json in the bundle)")
 
 
 def kept_out_hint(gate: dict[str, Any], items: int) -> str | None:

@@ -9,6 +9,7 @@
         items.json         {"ids": [...], "labels": [class index or -1], "classes": [...]}
         map.npy, map_rows.npy   2-D map of (a sample of) the items (trainer/embedding_map.py)
         metrics.json, progress.jsonl, curves.png   from the training run
+        skipped.json       the images the run could not read, and why (when there were any)
         encoder.onnx, encoder.onnx.json   the encoder as ONNX, added when first asked for
                                           (trainer/export.py; derived from encoder.pt alone)
     models/collections/<dataset>/CURRENT   the version each dataset's collection serves
@@ -54,7 +55,8 @@ from trainer.leftovers import TMP_PREFIX
 
 log = logging.getLogger(__name__)
 FORMAT = 1
-RUN_FILES = ("encoder.pt", "config.json", "metrics.json", "progress.jsonl", "curves.png")
+RUN_FILES = ("encoder.pt", "config.json", "metrics.json", "progress.jsonl", "curves.png",
+             "skipped.json")
 
 
 def new_version(tag: str = "") -> str:

@@ -24,6 +24,10 @@ from trainer.loader import BatchReader, Prepared, embed_all
 from trainer.progress import EpochRecord, plot_curves
 from trainer.run_state import RunState
 
+# Unreadable images named in metrics.json (and so in the job, the bundle's manifest and
+# GET /models/{v}); every one of them is in skipped.json beside it.
+SKIPPED_SHOWN = 20
+
 
 @dataclass
 class RunResult:
@@ -141,6 +145,7 @@ def write_outputs(out: Path, state: RunState, prepared: Prepared, embeddings: np
         "final_loss": history[-1]["loss"] if history else None,
         "items": len(coll), "train_items": n_train,
         "eval_items": int(coll.is_eval.sum()), "skipped_items": len(coll.skipped),
+        "skipped": [{"id": i, "reason": r} for i, r in coll.skipped[:SKIPPED_SHOWN]],
         "classes": len(coll.classes),
         "training_time_s": state.training_time,
         "images_per_s": float(np.median(speeds)) if speeds else None,

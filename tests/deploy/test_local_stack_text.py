@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.local_stack import dataset_name, kept_out_hint
+from deploy.local_stack import dataset_name, kept_out_hint, skipped_note
 
 
 def _gate(promote: bool, incumbent: str) -> dict[str, object]:
@@ -24,3 +24,17 @@ def test_a_hint_only_when_raw_pixels_kept_the_first_model_out() -> None:
 def test_dataset_names_from_folder_names() -> None:
     assert dataset_name("Mes photos (été)") == "Mes-photos-ete"
     assert dataset_name("2024 trip.zip".removesuffix(".zip")) == "2024-trip"
+
+
+def test_unreadable_files_are_named_with_their_reason() -> None:
+    assert skipped_note({"skipped_items": 0, "skipped": []}) is None
+    assert skipped_note({}) is None  # a run from before the list was kept
+    one = skipped_note({"skipped_items": 1, "skipped": [
+        {"id": "a b/empty.jpg", "reason": "not a readable image (cannot identify image file)"}]})
+    assert one is not None and one.startswith("1 file(s) could not be read")
+    assert "a b/empty.jpg (not a readable image (cannot identify image file))" in one
+    assert "more" not in one
+    many = [{"id": f"{i}.png", "reason": "truncated"} for i in range(20)]
+    note = skipped_note({"skipped_items": 45, "skipped": many})
+    assert note is not None and "0.png (truncated); 1.png (truncated); 2.png (truncated)" in note
+    assert "3.png" not in note and "and 42 more" in note

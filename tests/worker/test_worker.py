@@ -149,7 +149,16 @@ def test_failing_job_ends_failed_and_the_next_one_runs(redis_stack):
     good = redis_stack.submit()
     failed = redis_stack.finished(bad.id)
     assert failed.status == FAILED and "train/3/broken.png" in failed.error
-    assert redis_stack.finished(good.id).status == SUCCEEDED
+    done = redis_stack.finished(good.id)
+    assert done.status == SUCCEEDED
+    # The default (skip) leaves the file out and says which, in the job and in the bundle.
+    skipped = [{"id": "train/3/broken.png", "reason": "not a readable image (cannot identify "
+                "image file)"}]
+    assert done.progress["metrics"]["skipped"] == skipped
+    bundle = redis_stack.settings.models_root / done.model_version
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["metrics"]["skipped_items"] == 1 and manifest["metrics"]["skipped"] == skipped
+    assert json.loads((bundle / "skipped.json").read_text()) == skipped
 
 
 def test_invalid_jobs_are_refused_before_they_are_queued(redis_stack):

@@ -117,6 +117,17 @@ function summary(job, measured) {
     stat("Created", fmtTime(job.created_at)));
 }
 
+// The files the run could not read: how many, and the first few with why.
+function skippedLine(job) {
+  const m = (job.progress || {}).metrics || {};
+  if (!m.skipped_items) return null;
+  const named = (m.skipped || []).slice(0, 3).map((s) => `${s.id} (${s.reason})`);
+  const more = m.skipped_items - named.length;
+  return h("p", { id: "job-skipped", class: "muted" },
+    `${fmtInt(m.skipped_items)} file(s) could not be read as images and were left out: `,
+    named.join("; "), more > 0 ? `; and ${fmtInt(more)} more` : "", ".");
+}
+
 // The promotion gate's verdict: why the model is, or is not, current.
 function gateLine(job) {
   const g = job.gate || {};
@@ -175,6 +186,7 @@ async function renderJob(main, id) {
       job.error ? h("p", { class: "problem", role: "alert" }, `Error: ${job.error}`) : null,
       job.note ? h("p", { class: "muted" }, job.note) : null,
       gateLine(job),
+      skippedLine(job),
       !TERMINAL.has(job.status) && !job.cancel_requested ? cancel : null,
       job.cancel_requested && !TERMINAL.has(job.status)
         ? h("p", { class: "muted" }, "Cancel requested: stopping after the current batch.")
