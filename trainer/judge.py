@@ -108,7 +108,10 @@ def _decide(candidate: float, incumbent: float, margin: float, n: int, incumbent
             measure: str) -> Verdict:
     gain = candidate - incumbent
     win = gain > margin
+    if gain >= 0:
+        verdict = f"a gain of {gain:.4f}, {'more' if win else 'not more'} than the margin"
+    else:  # "a loss ..., not more than the margin" would read as if a small loss were fine
+        verdict = f"a loss of {-gain:.4f}, where it needed a gain of more than the margin"
     reason = (f"{measure} {candidate:.4f} vs {incumbent:.4f} for {incumbent_name} on {n} items: "
-              f"{'a gain' if gain >= 0 else 'a loss'} of {abs(gain):.4f}, "
-              f"{'more' if win else 'not more'} than the margin {margin:.4f}")
+              f"{verdict} {margin:.4f}")
     return Verdict(win, measure, candidate, incumbent, incumbent_name, margin, n, reason)

@@ -21,6 +21,10 @@ def test_a_paired_gain_must_exceed_two_standard_errors_of_the_per_query_differen
     # Right on every query where the other was wrong on every one: no spread, a gain of 1.
     v = paired(np.ones(4), np.zeros(4), "version a")
     assert v.margin == 0.0 and v.promote is True
+    # A loss is not "not more than the margin" (as if a small one were fine): it says so.
+    v = paired(np.array([0.0, 1, 1, 0]), np.array([1.0, 1, 1, 0]), "version a")
+    assert v.promote is False and v.reason.endswith(
+        "a loss of 0.2500, where it needed a gain of more than the margin 0.5000")
 
 
 def test_identical_answers_are_no_gain():

@@ -46,7 +46,8 @@ def test_the_gate_keeps_out_worse_models_and_lets_better_ones_in(redis_stack):
     assert gate["promoted"] is False and gate["policy"] == "gate"
     assert gate["incumbent_name"] == "raw pixels" and gate["measure"] == "knn_top1"
     assert gate["candidate"] < gate["incumbent"] and gate["items"] == 363
-    assert "not more than the margin" in gate["reason"]
+    assert "a loss of" in gate["reason"]
+    assert "where it needed a gain of more than the margin" in gate["reason"]
     assert current_version(models) is None
 
     # A person may still make it current (what `always` does is checked below).
