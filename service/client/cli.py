@@ -71,7 +71,7 @@ def _find(api: Client, args: argparse.Namespace) -> None:
 
 
 def _get(api: Client, args: argparse.Namespace) -> None:
-    print(json.dumps(dataclasses.asdict(api.item(args.id)), indent=2))
+    print(json.dumps(dataclasses.asdict(api.item(args.id)), indent=2, ensure_ascii=False))
 
 
 def _delete(api: Client, args: argparse.Namespace) -> None:

@@ -281,11 +281,14 @@ def test_the_command_line_adds_finds_gets_and_deletes(api, shots):
     for n, shot in enumerate(shots[:3]):
         (folder / ("sub dir" if n else "") / shot.name).write_bytes(shot.read_bytes())
     (folder / ".DS_Store").write_bytes(b"clutter")
+    (folder / "été 日本.png").write_bytes(shots[0].read_bytes())
     out = cli("add", str(folder), "--prefix", "dir/").stdout
-    assert out.startswith("added 3 items to cifar-slice"), out
+    assert out.startswith("added 4 items to cifar-slice"), out
     assert json.loads(cli("get", "dir/sub dir/s1.png").stdout)["id"] == "dir/sub dir/s1.png"
     assert json.loads(cli("get", "dir/s0.png").stdout)["id"] == "dir/s0.png"
-    cli("delete", "dir/s0.png", "dir/sub dir/s1.png", "dir/sub dir/s2.png")
+    # Shown as written, not as \u escapes.
+    assert '"id": "dir/été 日本.png"' in cli("get", "dir/été 日本.png").stdout
+    cli("delete", "dir/s0.png", "dir/sub dir/s1.png", "dir/sub dir/s2.png", "dir/été 日本.png")
 
 
 def test_the_command_line_says_what_went_in_when_a_later_request_is_refused(api, tmp_path):
