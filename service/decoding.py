@@ -1,8 +1,9 @@
 """Query images: header first, then pixels.
 
 Every image's header is read before anything is decoded: its format must be one the README
-lists and its size at most MAX_QUERY_PIXELS, so a small file that declares a huge image (a
-decompression bomb) is refused before it allocates. Where the work happens follows from sizes:
+lists and the pixels it decodes to at most MAX_QUERY_PIXELS (a JPEG decodes at down to 1/8 of
+its size), so a small file that declares a huge image (a decompression bomb) is refused before
+it allocates. Where the work happens follows from sizes:
 a request of small files has its headers read inline, and is decoded inline when it holds few
 pixels (a hop to the thread pool costs more than decoding a thumbnail); anything bigger runs in
 the thread pool, at most DECODE_CONCURRENCY decodes at once per process. Waiting for a slot
@@ -52,11 +53,11 @@ class QueryDecoder:
     async def decode(self, blobs: list[bytes], size: int) -> torch.Tensor:
         """Encoded images -> N x 3 x size x size uint8, as training preprocessed them."""
         if sum(len(b) for b in blobs) <= INLINE_BYTES:
-            images = self._open_all(blobs)
+            images = self._open_all(blobs, size)
             if sum(im.width * im.height for im in images) <= INLINE_PIXELS:
                 return self._finish(images, size)
             return await self._in_thread(lambda: self._finish(images, size))
-        return await self._in_thread(lambda: self._finish(self._open_all(blobs), size))
+        return await self._in_thread(lambda: self._finish(self._open_all(blobs, size), size))
 
     async def _in_thread(self, work: Callable[[], torch.Tensor]) -> torch.Tensor:
         if self._slots is None:
@@ -70,17 +71,18 @@ class QueryDecoder:
             finally:
                 self.running -= 1
 
-    def _open_all(self, blobs: list[bytes]) -> list[Image.Image]:
+    def _open_all(self, blobs: list[bytes], size: int) -> list[Image.Image]:
         images = []
         for i, blob in enumerate(blobs):
             try:
                 images.append(open_image(blob, formats=QUERY_FORMATS,
-                                         max_pixels=self.max_pixels))
+                                         max_pixels=self.max_pixels, decode_size=size))
             except ImageTooLarge as exc:
                 raise InvalidImage(
                     f"image {i} is {exc.width}x{exc.height} pixels "
                     f"({exc.width * exc.height / 1e6:.1f} MP); the limit is MAX_QUERY_PIXELS = "
-                    f"{self.max_pixels:,} pixels") from None
+                    f"{self.max_pixels:,} pixels decoded (a JPEG decodes at down to 1/8 of "
+                    "its size)") from None
             except InvalidImage as exc:
                 raise InvalidImage(f"image {i}: {exc} (accepted: {ACCEPTED})") from None
         return images

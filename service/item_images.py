@@ -187,9 +187,9 @@ def etag(*parts: object) -> str:
 
 def thumbnail(data: bytes, size: int) -> bytes:
     """The image scaled to fit in size x size (never enlarged), as THUMB_FORMAT."""
-    image = open_image(data, max_pixels=THUMB_MAX_PIXELS)  # the header only
+    # The header only; a JPEG is set to decode at a reduced scale, and the limit holds for that.
+    image = open_image(data, max_pixels=THUMB_MAX_PIXELS, decode_size=size)
     try:
-        image.draft("RGB", (size, size))  # JPEG decodes at a reduced scale directly
         image = to_rgb(ImageOps.exif_transpose(image))
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,

@@ -62,9 +62,10 @@ class ServiceSettings(Settings):
         default=2, ge=1, le=64, description="POST /items archives handled at once by one API "
         "process; past it 503 with Retry-After.")
     max_query_pixels: int = Field(
-        default=16_000_000, ge=1024, description="Largest query image (width x height), read "
-        "from its header before anything is decoded: a 12-megapixel photo passes, a "
-        "decompression bomb does not.")
+        default=16_000_000, ge=1024, description="Most pixels a query image may decode to, "
+        "read from its header before anything is decoded: a JPEG decodes at down to 1/8 of its "
+        "size (a 50-megapixel photo to 0.8 MP), a PNG, TIFF, WebP or HEIC whole (a 12-megapixel "
+        "one passes); a decompression bomb does not.")
     decode_concurrency: int = Field(
         default=0, ge=0, le=256, description="Query images decoded at once in one API process "
         "(each may take ~20 bytes per pixel); 0 = one per CPU core. Small images decode "

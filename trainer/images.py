@@ -90,16 +90,24 @@ def is_image_name(name: str) -> bool:
 
 
 def open_image(data: bytes, *, formats: tuple[str, ...] = IMAGE_FORMATS,
-               max_pixels: int = MAX_PIXELS) -> Image.Image:
+               max_pixels: int = MAX_PIXELS, decode_size: int | None = None) -> Image.Image:
     """Read an image's header only (nothing is decoded yet): its format must be one of
-    `formats` and its size at most `max_pixels`."""
+    `formats` and the pixels it will decode to at most `max_pixels`.
+
+    With `decode_size` (the side it will be reduced to), a JPEG is set to decode at the
+    smallest of 1/1, 1/2, 1/4 or 1/8 of its size that still covers it (`Image.draft`), and the
+    limit holds for those pixels: a 50-megapixel phone photo decodes to 0.8 MP for a model or a
+    thumbnail, so it passes a limit meant to stop a PNG or TIFF of that size."""
     try:
         image = Image.open(io.BytesIO(data), formats=formats)
+        width, height = image.size
+        if decode_size:
+            image.draft("RGB", (decode_size, decode_size))  # a JPEG only; the size it decodes to
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
             Image.DecompressionBombError) as exc:
         raise InvalidImage(f"not a readable image ({_reason(exc)})") from exc
     if image.width * image.height > max_pixels:
-        raise ImageTooLarge(image.width, image.height, max_pixels)
+        raise ImageTooLarge(width, height, max_pixels)
     return image
 
 
@@ -110,7 +118,8 @@ def square(image: Image.Image, size: int) -> np.ndarray:
     `size` and the centre is cropped, so any aspect ratio and any size is accepted.
     """
     try:
-        # JPEG can decode at 1/2, 1/4, 1/8 scale directly: big photos decode much faster.
+        # JPEG can decode at 1/2, 1/4, 1/8 scale directly: big photos decode much faster (a
+        # no-op when open_image was given the size: it set this already).
         image.draft("RGB", (size, size))
         # In place: without an orientation tag (most images) nothing is copied.
         ImageOps.exif_transpose(image, in_place=True)
@@ -124,7 +133,7 @@ def square(image: Image.Image, size: int) -> np.ndarray:
 
 def decode_square(data: bytes, size: int) -> np.ndarray:
     """Decode image bytes to a `size`x`size`x3 uint8 array (see `square`)."""
-    return square(open_image(data), size)
+    return square(open_image(data, decode_size=size), size)
 
 
 def _reason(exc: BaseException) -> str:

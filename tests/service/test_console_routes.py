@@ -110,7 +110,8 @@ def test_thumbnails_show_deep_and_transparent_images_as_the_model_sees_them(kind
 
 
 def test_thumbnails_refuse_large_images(served):
-    """A 30 MP PNG (a few kB on disk) is refused from its header, before it is decoded."""
+    """A 30 MP PNG (a few kB on disk) is refused from its header, before it is decoded; a 30 MP
+    JPEG photo is not."""
     c = served.client
     path = served.settings.data_root / "cifar-slice" / "cifar10" / ITEM
     big = io.BytesIO()
@@ -118,6 +119,13 @@ def test_thumbnails_refuse_large_images(served):
     path.write_bytes(big.getvalue())
     r = c.get(f"/models/{V1}/thumbnails/{ITEM}")
     assert r.status_code == 422 and "MP" in r.json()["detail"], r.text
+    # A JPEG of that size decodes at 1/8 of it for a thumbnail: a photo, not a bomb.
+    photo = io.BytesIO()
+    Image.new("RGB", (6000, 5000), (30, 90, 200)).save(photo, "JPEG")
+    path.write_bytes(photo.getvalue())
+    r = c.get(f"/models/{V1}/thumbnails/{ITEM}", params={"size": 128})
+    assert r.status_code == 200, r.text
+    assert Image.open(io.BytesIO(r.content)).size == (128, 107)
 
 
 def test_thumbnails_decode_a_few_at_once(served, monkeypatch):

@@ -186,6 +186,26 @@ def test_a_decompression_bomb_is_refused_from_its_header(app_client):
         assert r.status_code == 200, r.text
 
 
+def test_a_phone_photo_as_a_jpeg_is_decoded_at_a_reduced_scale_and_accepted(app_client):
+    """50 MP (8160 x 6120, a phone's full-resolution mode): a JPEG decodes at 1/8 of its
+    size for the model (0.8 MP), so MAX_QUERY_PIXELS (16 MP) holds for those pixels and the
+    photo is accepted; the same pixels as a PNG would decode whole and are refused."""
+    photo = io.BytesIO()
+    Image.open(io.BytesIO(_jpeg())).resize((8160, 6120)).save(photo, "JPEG", quality=85)
+    _, client = app_client()
+    with client:
+        r = client.post("/embed", files=[("files", ("p.jpg", photo.getvalue(), "image/jpeg"))])
+        assert r.status_code == 200, r.text
+        # A header that declares more than Pillow's own bomb limit is still refused.
+        huge = bytearray(photo.getvalue())
+        sof = huge.index(b"\xff\xc0")  # baseline frame: length(2) precision(1) height width
+        huge[sof + 5:sof + 9] = (40000).to_bytes(2, "big") + (40000).to_bytes(2, "big")
+        r = client.post("/embed", files=[("files", ("h.jpg", bytes(huge), "image/jpeg"))])
+        assert "not a readable image" in _problem(r, 422)["detail"]
+        r = client.post("/embed", files=[("files", ("p.png", _png(8160, 6120), "image/png"))])
+        assert "MAX_QUERY_PIXELS" in _problem(r, 422)["detail"]
+
+
 def test_only_the_formats_the_readme_lists_are_decoded(app_client):
     pcx = io.BytesIO()
     Image.new("RGB", (32, 32), (200, 10, 10)).save(pcx, "PCX")
