@@ -111,6 +111,21 @@ def test_any_mode_and_size_becomes_a_square_rgb(mode):
     assert out.shape == (24, 24, 3) and out.dtype == np.uint8
 
 
+@pytest.mark.parametrize(("bits", "peak"), [(16, 65535), (16, 40000), (12, 4095), (10, 1023),
+                                           (8, 200)])
+def test_deep_greyscale_is_scaled_by_the_bits_it_uses(bits, peak):
+    """A 16-bit PNG of 12-bit data (a microscope's or a scanner's) fills the 8 bits it is
+    reduced to, as a 16-bit one does; one whose brightest pixel is 40,000 of 65,535 stays
+    that grey, not stretched to white."""
+    ramp = np.tile(np.linspace(0, peak, 64), (64, 1)).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    out = decode_square(buf.getvalue(), 64)[..., 0].astype(int)
+    top = 2 ** max(bits, 8) - 1
+    assert abs(out[:, -1].max() - round(peak / top * 255)) <= 1, out[:, -1]
+    assert out[:, 0].max() == 0 and len(np.unique(out)) > min(50, peak // 4)
+
+
 def test_webp_jpeg_and_avif(tmp_path):
     for fmt in ("WEBP", "JPEG", *(("AVIF",) if AVIF else ())):
         buf = io.BytesIO()
