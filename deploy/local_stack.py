@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"API ready at {base} (console: {base}/, docs: {base}/docs); jobs run on the "
               f"embedded queue, data and models live in {home}")
         if not args.no_train:
-            version = _demo(base, key, args, home)
-            _print_examples(base, key, version, env["DATA_ROOT"])
+            dataset, version = _demo(base, key, args, home)
+            _print_examples(base, key, dataset, version, env["DATA_ROOT"])
         if args.exit_when_done:
             return 0
         print("\nPress Ctrl-C to stop the API and the worker.")
@@ -180,7 +180,8 @@ def dataset_name(file_name: str) -> str:
     return name if is_dataset_name(name) else "dataset"
 
 
-def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> str:
+def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> tuple[str, str]:
+    """Upload (unless there already) and train; returns the dataset and its new version."""
     with tempfile.TemporaryDirectory() as tmp:
         name, archive = _archive_of(args, Path(tmp))
         existing = {d["name"] for d in _request("GET", f"{base}/datasets", key)["data"]}
@@ -223,7 +224,7 @@ def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> str:
         time.sleep(1)
     if job["status"] != "succeeded":
         raise RuntimeError(f"the job ended {job['status']}: {job['error']}")
-    return job["model_version"]
+    return name, job["model_version"]
 
 
 def _progress_line(status: str, p: dict[str, Any]) -> str:
@@ -239,20 +240,24 @@ def _progress_line(status: str, p: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
-    model = _request("GET", f"{base}/models/{version}", key)
+def _print_examples(base: str, key: str, dataset: str, version: str, data_root: str) -> None:
+    # The dataset's own collection, not the API's default one: with an earlier run's
+    # collection beside it, the routes at the root serve that one, or answer 409.
+    api = f"{base}/collections/{urllib.parse.quote(dataset, safe='')}"
+    model = _request("GET", f"{api}/models/{version}", key)
     metrics = model.get("metrics", {})
     gate = model.get("gate") or {}
     auth = f"-H 'Authorization: Bearer {key}'"
+    some_id = _first_item(api, key, version)
     if model["current"]:
         print(f"\nmodel {version} is published and current: {model['item_count']} items "
               "indexed")
-        _wait_serving(base, key, version)
+        _wait_serving(api, key, version, some_id)
         pin = ""
     else:
         print(f"\nmodel {version} is published as a candidate, not current: "
               f"{model['item_count']} items indexed. Promote it by hand with\n  curl -s -X POST "
-              f"{auth} {base}/models/{version}/promote\n(the requests below pin it)")
+              f"{auth} {api}/models/{version}/promote\n(the requests below pin it)")
         pin = f"model_version={urllib.parse.quote(version)}"
     left_out = skipped_note(metrics)
     if left_out:
@@ -262,27 +267,27 @@ def _print_examples(base: str, key: str, version: str, data_root: str) -> None:
         hint = kept_out_hint(gate, model["item_count"])
         if hint:
             print(hint)
-    some_id = _first_item(base, key, version)
     image = Path(data_root) / model["dataset"] / some_id
     q = urllib.parse.quote(some_id)
-    nb = _request("GET", f"{base}/neighbours/{q}?k=3{'&' + pin if pin else ''}", key)
+    nb = _request("GET", f"{api}/neighbours/{q}?k=3{'&' + pin if pin else ''}", key)
     print(f"neighbours of {some_id}: " + ", ".join(
         f"{n['id']} ({n['score']:.4f})" for n in nb["neighbours"]))
     # Printed for a shell: ids and paths may hold spaces, quotes or any other character.
     query = "?" + pin if pin else ""
     tried = [
-        f"curl -s {base}/models/{version}",
-        "curl -s " + shlex.quote(f"{base}/neighbours/{q}?k=5{'&' + pin if pin else ''}"),
-        f"curl -s -F {_file_field(image)} {base}/embed{query}",
-        f"curl -s -F {_file_field(image)} -F k=5 {base}/search{query}",
+        "curl -s " + shlex.quote(f"{api}/models/{version}"),
+        "curl -s " + shlex.quote(f"{api}/neighbours/{q}?k=5{'&' + pin if pin else ''}"),
+        f"curl -s -F {_file_field(image)} " + shlex.quote(f"{api}/embed{query}"),
+        f"curl -s -F {_file_field(image)} -F k=5 " + shlex.quote(f"{api}/search{query}"),
     ]
     if model.get("labelled_items"):
         ids = shlex.quote(json.dumps({"ids": [some_id]}))
         tried.append(f"curl -s -H 'Content-Type: application/json' -d {ids} "
-                     f"{base}/classify{query}")
+                     + shlex.quote(f"{api}/classify{query}"))
     tried.append(f"curl -s {auth} {base}/jobs")
-    print(f"\nLook at it: {base}/ (Explore, Embedding map)\nTry it (the admin key is in "
-          f"{Path(os.environ.get('AND_HOME', REPO / 'var')) / 'admin.key'}):")
+    look = f"{base}/#/explore?collection={urllib.parse.quote(dataset, safe='')}"
+    print(f"\nLook at it: {look} (Explore; Map for the embedding map)\nTry it (the admin key "
+          f"is in {Path(os.environ.get('AND_HOME', REPO / 'var')) / 'admin.key'}):")
     for line in tried:
         print("  " + line)
     if not model.get("labelled_items"):
@@ -347,17 +352,19 @@ def _share(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} %"
 
 
-def _first_item(base: str, key: str, version: str) -> str:
-    return _request("GET", f"{base}/models/{version}/items?limit=1", key)["data"][0]["id"]
+def _first_item(api: str, key: str, version: str) -> str:
+    return _request("GET", f"{api}/models/{version}/items?limit=1", key)["data"][0]["id"]
 
 
-def _wait_serving(base: str, key: str, version: str) -> None:
-    """The API swaps to a new model within a second or so of its publication (readiness
-    names the version to a caller with a key when READ_API_KEY is set)."""
+def _wait_serving(api: str, key: str, version: str, item: str) -> None:
+    """The API swaps to a new model within a second or so of its publication, and loads a
+    collection on its first request: wait until a query of `api` (a collection's routes)
+    answers with `version`."""
+    url = f"{api}/neighbours/{urllib.parse.quote(item)}?k=1"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if _request("GET", f"{base}/readyz", key)["checks"].get("model") == version:
+            if _request("GET", url, key).get("model_version") == version:
                 return
         except (OSError, RuntimeError):
             pass

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +44,16 @@ def _unlabelled_folder(root: Path) -> Path:
     return root
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="the printed requests are curl's")
-def test_printed_requests_work_on_an_unlabelled_folder(tmp_path):
-    data = _unlabelled_folder(tmp_path / "Mes photos (été)")
+@contextmanager
+def _up(tmp_path: Path, data: Path, *extra: str) -> Iterator[list[str]]:
+    """`deploy/local_stack.py --data DATA` in the home under `tmp_path`, until it says it is up;
+    yields its output and stops it after."""
     env = {**os.environ, "AND_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
     for k in ("BROKER_URL", "DATA_ROOT", "MODELS_ROOT", "STATE_ROOT", "ADMIN_API_KEY"):
         env.pop(k, None)
     proc = subprocess.Popen([sys.executable, "deploy/local_stack.py", "--port", str(free_port()),
-                             "--data", str(data), "--set", "rounds=1", "epochs_per_round=1"],
+                             "--data", str(data), "--set", "rounds=1", "epochs_per_round=1",
+                             *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str | None] = queue.Queue()
@@ -68,6 +72,29 @@ def test_printed_requests_work_on_an_unlabelled_folder(tmp_path):
             line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             assert line is not None and time.monotonic() < deadline, "".join(output)
             output.append(line)
+        yield output
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the printed requests are curl's")
+def test_printed_requests_work_on_an_unlabelled_folder(tmp_path):
+    """The second run in the same home, beside the first run's collection with its current
+    model: the requests it prints name its own collection (at the root they would serve the
+    other one, or answer 409 between two)."""
+    first = tmp_path / "first"
+    first.mkdir()
+    for i in range(12):
+        Image.new("RGB", (16, 16), (20 * i, 100, 200 - 10 * i)).save(first / f"{i}.png")
+    with _up(tmp_path, first, "--promote", "always") as output:
+        assert "is published and current" in "".join(output)
+    data = _unlabelled_folder(tmp_path / "Mes photos (été)")
+    with _up(tmp_path, data) as output:
         text = "".join(output)
         assert "as dataset 'Mes-photos-ete'" in text and "80 images, 0 classes" in text, text
         assert f"neighbours of {AWKWARD}:" in text, text
@@ -77,6 +104,7 @@ def test_printed_requests_work_on_an_unlabelled_folder(tmp_path):
         assert "label_free" in gate and "for raw pixels" in gate, gate
         kept_out = "is published as a candidate, not current" in text
         assert kept_out == ("did not beat raw pixels by the gate's margin here" in text), text
+        assert "/#/explore?collection=Mes-photos-ete " in text, text
         tried = next(i for i, line in enumerate(output) if line.startswith("Try it"))
         commands = [line.strip() for line in output[tried:] if line.startswith("  curl ")]
         # The model, its neighbours, embed, search and the job list; no /classify without labels.
@@ -91,13 +119,8 @@ def test_printed_requests_work_on_an_unlabelled_folder(tmp_path):
                 command, answer)
             if "/neighbours/" in command:
                 assert answer["id"] == AWKWARD and answer["neighbours"], answer
+            if "/search" in command:  # the folder's own image, found among its own items
+                assert answer["results"][0]["neighbours"][0]["id"] == AWKWARD, answer
         last = [line for line in output if line.strip()][-2]
         assert re.fullmatch(r"Label-free score \(no labels; .*\): model \d\.\d{3}, raw pixels "
                             r"\d\.\d{3}, the network untrained \d\.\d{3}\n", last), last
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
