@@ -55,7 +55,7 @@ def _add(api: Client, args: argparse.Namespace) -> None:
         # Each request is all or nothing, but those before the refused one went through.
         left = f"; {len(images) - sent} of the {len(images)} files were not" if images else ""
         raise SystemExit(
-            f"error: {exc.status} {exc.detail or exc.title}\n{added} items were added by the "
+            f"error: {error_text(exc)}\n{added} items were added by the "
             f"requests before this one{left} (to send the rest again: --upsert, or only the "
             "files not added)") from None
 
@@ -77,6 +77,15 @@ def _get(api: Client, args: argparse.Namespace) -> None:
 def _delete(api: Client, args: argparse.Namespace) -> None:
     answer = api.delete_items(args.ids)
     print(f"deleted {len(answer.ids)} items (log position {answer.seq})")
+
+
+def error_text(exc: ApiError) -> str:
+    """The API's problem, in this command's terms where it names an API route to use."""
+    names = [e["collection"] for e in exc.errors or [] if "collection" in e]
+    if exc.status == 409 and names:  # several collections and no default one
+        return (f"409 this service has several collections ({', '.join(names)}): choose one "
+                "with --collection NAME or $AND_COLLECTION")
+    return f"{exc.status} {exc.detail or exc.title}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             command(api, args)
         except ApiError as exc:
-            raise SystemExit(f"error: {exc.status} {exc.detail or exc.title}") from None
+            raise SystemExit(f"error: {error_text(exc)}") from None
         except httpx.TransportError as exc:
             raise SystemExit(f"error: cannot reach {api.url}: {exc}") from None
         except OSError as exc:  # a file named on the command line: missing, a folder...

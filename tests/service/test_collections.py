@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.client import ApiError, Client
+from service.client.cli import error_text
 from service.client.core import Core
 from service.errors import PROBLEM
 from service.limits import Limits
@@ -197,6 +198,10 @@ def test_the_python_client_addresses_one_collection(tmp_path, two_collections):
         with pytest.raises(ApiError) as refused:
             Client("http://testserver", http=c).neighbours(ITEM)
         assert refused.value.status == 409 and "other" in (refused.value.detail or "")
+        # The command line says how to choose, in its own terms (not "use /collections/...").
+        assert error_text(refused.value) == (
+            "409 this service has several collections (cifar-slice, other): choose one with "
+            "--collection NAME or $AND_COLLECTION")
 
 
 def test_a_scoped_client_sends_serving_routes_under_its_collection(monkeypatch):
