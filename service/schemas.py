@@ -256,10 +256,16 @@ class ModelSummary(BaseModel):
     dim: int | None
     item_count: int | None
     index_type: str | None
-    knn_top1: float | None
+    knn_top1: float | None = Field(description="Weighted kNN top-1, as knn_protocol says.")
     job_id: str | None
+    knn_protocol: str | None = Field(default=None, description="'test' (the test split against "
+                                     "the training items) or 'leave-one-out'.")
     pixel_knn_top1: float | None = Field(
         default=None, description="The same weighted kNN on raw pixels (the baseline).")
+    label_free: float | None = Field(
+        default=None, description="The label-free score (no labels needed; higher is better).")
+    pixel_label_free: float | None = Field(
+        default=None, description="The same label-free score of raw pixels on the same items.")
     recall_at_10: float | None = Field(default=None,
                                        description="Index recall@10 against exact search.")
     gate: dict[str, Any] | None = Field(

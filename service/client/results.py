@@ -165,7 +165,10 @@ class ModelSummary(Result):
     index_type: str | None
     knn_top1: float | None
     job_id: str | None
+    knn_protocol: str | None = None
     pixel_knn_top1: float | None = None
+    label_free: float | None = None
+    pixel_label_free: float | None = None
     recall_at_10: float | None = None
     gate: dict[str, Any] | None = None
 

@@ -39,6 +39,7 @@ from trainer.bundle import (
 )
 from trainer.current import UNNAMED, dataset_of
 from trainer.errors import BundleError
+from trainer.evaluation import headline
 from trainer.label_free import with_measure
 
 router = APIRouter(tags=["models"])
@@ -56,8 +57,10 @@ def _summary(manifest: dict[str, Any], current: str | None) -> ModelSummary:
         backbone=manifest.get("backbone"), dim=manifest.get("dim"),
         item_count=manifest.get("item_count"),
         index_type=(manifest.get("index") or {}).get("type"),
-        knn_top1=metrics.get("knn_top1"), job_id=manifest.get("job_id"),
+        knn_top1=headline(metrics)[0], knn_protocol=metrics.get("knn_protocol"),
+        job_id=manifest.get("job_id"),
         pixel_knn_top1=metrics.get("pixel_knn_top1"),
+        label_free=metrics.get("label_free"), pixel_label_free=metrics.get("pixel_label_free"),
         recall_at_10=(manifest.get("index") or {}).get("recall_at_10"),
         gate=manifest.get("gate"),
     )

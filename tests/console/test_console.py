@@ -517,6 +517,10 @@ def test_collections_landing_page_and_switcher(stack: Stack, browser: Browser,
         expect(card).to_contain_text(c["current_version"])
         expect(card.locator("[data-figure=knn]")).to_have_text(
             f"{100 * c['model']['knn_top1']:.1f} %")
+        model = c["model"]
+        assert model["label_free"] is not None, model
+        expect(card.locator("[data-figure=label-free]")).to_have_text(
+            f"{model['label_free']:.3f} / {model['pixel_label_free']:.3f}")
     shoot(page, stack, "collections")
 
     page.click("#collections-list > li[data-name='cifar-copy'] button")

@@ -246,6 +246,26 @@ def test_model_list_reports_the_pixel_baseline_and_recall(api):
     assert manifest["map_points"] == 120
 
 
+def test_model_list_gives_leave_one_out_and_label_free_figures(api):
+    """A dataset with class folders and no test split is measured leave-one-out: its kNN figure
+    is the model's headline as much as a test split's, beside raw pixels' (the list showed
+    raw pixels' figure and none for the model); the label-free scores come with it."""
+    path = api.settings.models_root / "20260102-000000-second" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    metrics = {k: v for k, v in manifest["metrics"].items() if not k.startswith("knn_top")}
+    manifest["metrics"] = metrics | {"loo_knn_top1": 0.5, "loo_knn_top5": 0.9,
+                                     "knn_protocol": "leave-one-out", "pixel_knn_top1": 0.25,
+                                     "label_free": 0.4, "pixel_label_free": 0.6}
+    path.write_text(json.dumps(manifest))
+    models = api.client.get("/models").json()["data"]
+    mine = next(m for m in models if m["version"] == "20260102-000000-second")
+    assert (mine["knn_top1"], mine["knn_protocol"], mine["pixel_knn_top1"]) == (
+        0.5, "leave-one-out", 0.25)
+    assert (mine["label_free"], mine["pixel_label_free"]) == (0.4, 0.6)
+    test_split = next(m for m in models if m["version"] == V1)
+    assert test_split["knn_protocol"] == "test" and test_split["knn_top1"] is not None
+
+
 def test_images_and_map_need_the_read_key_when_one_is_set(tmp_path, models_template):
     from fastapi.testclient import TestClient
 

@@ -51,6 +51,12 @@ export function fmtNumber(value, digits = 4) {
   return Number(value).toFixed(digits);
 }
 
+// A model's label-free score beside raw pixels' on the same items ("0.511 / 0.809").
+export function fmtLabelFree(m) {
+  if (!m || m.label_free === null || m.label_free === undefined) return "–";
+  return `${fmtNumber(m.label_free, 3)} / ${fmtNumber(m.pixel_label_free, 3)}`;
+}
+
 export function fmtPercent(value, digits = 1) {
   if (value === null || value === undefined) return "–";
   return `${(100 * value).toFixed(digits)} %`;

@@ -2,7 +2,7 @@
 // page. Opening one makes it the collection every other page shows.
 import { choose, loadCollections } from "../collections.js";
 import { collection } from "../api.js";
-import { clear, fmtInt, fmtPercent, h } from "../ui.js";
+import { clear, fmtInt, fmtLabelFree, fmtPercent, h } from "../ui.js";
 
 function card(c) {
   const m = c.model;
@@ -21,6 +21,8 @@ function card(c) {
       h("dt", {}, "kNN top-1"), h("dd", { class: "num", dataset: { figure: "knn" } },
         m ? fmtPercent(m.knn_top1) : "–"),
       h("dt", {}, "Raw pixels"), h("dd", { class: "num" }, m ? fmtPercent(m.pixel_knn_top1) : "–"),
+      h("dt", {}, "Label-free: model / pixels"),
+      h("dd", { class: "num", dataset: { figure: "label-free" } }, fmtLabelFree(m)),
       h("dt", {}, "Backbone"), h("dd", {}, (m && m.backbone) || "–")),
     c.images_problem ? h("p", { class: "problem", role: "status" }, c.images_problem) : null,
     h("p", {}, h("button", { type: "button", class: "small", onclick: open },

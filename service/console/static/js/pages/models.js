@@ -1,7 +1,8 @@
 // Models: every published version with its metrics and index; which one is current; promote;
 // two versions picked for the compare page.
 import { api } from "../api.js";
-import { clear, confirmDialog, fmtInt, fmtNumber, fmtPercent, h, hideProblem, showProblem }
+import { clear, confirmDialog, fmtInt, fmtLabelFree, fmtNumber, fmtPercent, h, hideProblem,
+  showProblem }
   from "../ui.js";
 
 // kNN top-1 is a share of the test split; a label-free score is a score, not a share.
@@ -29,6 +30,7 @@ function row(m, onPromote, previous) {
     h("td", { class: "num" }, m.recall_at_10 === null ? "–" : m.recall_at_10.toFixed(3)),
     h("td", { class: "num" }, fmtPercent(m.knn_top1)),
     h("td", { class: "num" }, fmtPercent(m.pixel_knn_top1)),
+    h("td", { class: "num label-free" }, fmtLabelFree(m)),
     h("td", { class: "gate", title: (m.gate && m.gate.reason) || "" }, gateText(m)),
     h("td", {}, m.created ? m.created.replace("T", " ").replace("+00:00", " UTC") : "–"),
     h("td", { class: "row-actions" },
@@ -80,13 +82,16 @@ export async function render(main) {
         h("th", { scope: "col", class: "num" }, "Recall@10"),
         h("th", { scope: "col", class: "num" }, "kNN top-1"),
         h("th", { scope: "col", class: "num" }, "Raw pixels"),
+        h("th", { scope: "col", class: "num" }, "Label-free: model / pixels"),
         h("th", { scope: "col" }, "Promotion gate"),
         h("th", { scope: "col" }, "Created"), h("th", { scope: "col" }, ""))),
       h("tbody", {}, models.data.map((m) => row(m, promote, models.previous))))),
     models.previous ? h("p", {}, h("button", { type: "button", id: "models-rollback",
       onclick: rollback }, `Roll back to ${models.previous}`)) : null,
     h("p", { class: "muted small" }, "kNN top-1: weighted kNN on the labelled test split ",
-      "(or leave-one-out); raw pixels: the same kNN on downscaled, standardised pixels."));
+      "(or leave-one-out); raw pixels: the same kNN on downscaled, standardised pixels. ",
+      "Label-free: how often an augmented copy of an image finds its own image (mean ",
+      "log-rank, needs no label), for the model and for raw pixels on the same items."));
   };
 
   const rollback = async () => {
