@@ -67,7 +67,7 @@ case "$cmd" in
     up)
         # EXTRAS: more of the project's extras, e.g. EXTRAS=heif for iPhone photos (HEIC).
         setup "cpu${EXTRAS:+,$EXTRAS}"
-        exec "$VENV/bin/python" deploy/local_stack.py "$@"
+        exec "$VENV/bin/python" -m deploy.local_stack "$@"
         ;;
     *)
         echo "usage: bash deploy/local.sh {up|test|lint|setup}" >&2

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -22,14 +21,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import unicodedata
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from deploy.local_stack_text import (
+    changed_note,
+    dataset_name,
+    figures_line,
+    file_field,
+    kept_out_hint,
+    progress_line,
+    skipped_note,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATASET = "photo-patches"
-FEW_ITEMS = 1_000  # below this, more images is the first thing to try
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,44 +157,40 @@ def _wait_healthy(base: str, children: list[subprocess.Popen]) -> None:
     raise RuntimeError("the API did not answer within 120 s")
 
 
-def _archive_of(args: argparse.Namespace, workdir: Path) -> tuple[str, Path]:
-    """(dataset name, archive to upload)."""
-    if args.data:
-        src = Path(args.data).expanduser().resolve()
-        if not src.exists():
-            raise RuntimeError(f"{src} does not exist")
-        name = args.name or dataset_name(src.name)
-        if src.is_dir():
-            return name, Path(shutil.make_archive(str(workdir / name), "zip", src))
-        return name, src
+def _source(args: argparse.Namespace) -> tuple[str, Path | None]:
+    """(dataset name, the folder or archive given; None for the demo)."""
+    if not args.data:
+        return args.name or DEMO_DATASET, None
+    src = Path(args.data).expanduser().resolve()
+    if not src.exists():
+        raise RuntimeError(f"{src} does not exist")
+    return args.name or dataset_name(src.name), src
+
+
+def _archive_of(src: Path | None, name: str, workdir: Path) -> Path:
+    """The archive to upload: `src` itself, a zip of it, or of the demo's patches."""
+    if src is not None:
+        return Path(shutil.make_archive(str(workdir / name), "zip", src)) if src.is_dir() else src
     from trainer.sample_data import PHOTO_REGIONS, write_photo_patches
 
     folder = write_photo_patches(workdir / DEMO_DATASET)
     print(f"demo data: patches of scikit-learn's two sample photos, one class per region "
           f"({', '.join(PHOTO_REGIONS)}), each at a random place and scale, flipped and re-lit")
-    return args.name or DEMO_DATASET, Path(shutil.make_archive(str(workdir / DEMO_DATASET),
-                                                               "zip", folder))
-
-
-def dataset_name(file_name: str) -> str:
-    """A dataset name the API accepts, from a folder's or an archive's name: "Mes photos
-    (été 2024).zip" -> "Mes-photos-ete-2024". The rule itself is the API's (service.schemas)."""
-    from service.schemas import is_dataset_name
-
-    stem = file_name.split(".")[0] or file_name
-    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_stem).strip("._-")[:64].rstrip("._-")
-    return name if is_dataset_name(name) else "dataset"
+    return Path(shutil.make_archive(str(workdir / DEMO_DATASET), "zip", folder))
 
 
 def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> tuple[str, str]:
     """Upload (unless there already) and train; returns the dataset and its new version."""
+    name, src = _source(args)
+    existing = {d["name"]: d for d in _request("GET", f"{base}/datasets", key)["data"]}
     with tempfile.TemporaryDirectory() as tmp:
-        name, archive = _archive_of(args, Path(tmp))
-        existing = {d["name"] for d in _request("GET", f"{base}/datasets", key)["data"]}
-        if name in existing:
+        if name in existing:  # checked first: zipping a large folder again would take minutes
             print(f"dataset {name!r} is already uploaded; training on it")
+            note = changed_note(src, existing[name]["items"]) if src else None
+            if note:
+                print(note)
         else:
+            archive = _archive_of(src, name, Path(tmp))
             print(f"uploading {archive.name} as dataset {name!r}...")
             from service.http_calls import FilePart, multipart
 
@@ -215,7 +218,7 @@ def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> tuple[st
     while True:
         job = _request("GET", f"{base}/jobs/{job['id']}", key)
         p = job["progress"]
-        line = _progress_line(job["status"], p)
+        line = progress_line(job["status"], p)
         if line != last:
             print("  " + line)
             last = line
@@ -225,19 +228,6 @@ def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> tuple[st
     if job["status"] != "succeeded":
         raise RuntimeError(f"the job ended {job['status']}: {job['error']}")
     return name, job["model_version"]
-
-
-def _progress_line(status: str, p: dict[str, Any]) -> str:
-    if status != "running" or "epoch" not in p:
-        return f"{status} ({p.get('phase', 'waiting')})"
-    parts = [f"round {p['round']}/{p['rounds'] - 1}", f"epoch {p['epoch']}/{p['epochs']}",
-             f"loss {p['loss']:.3f}", f"{p['images_per_s']:.0f} img/s",
-             f"eta {p['eta_s']:.0f}s"]
-    if p.get("neighbourhood_quality") is not None:
-        parts.append(f"neighbourhood quality {p['neighbourhood_quality']:.2f}")
-    if p.get("knn_top1") is not None:
-        parts.append(f"kNN top-1 {p['knn_top1']:.3f}")
-    return ", ".join(parts)
 
 
 def _print_examples(base: str, key: str, dataset: str, version: str, data_root: str) -> None:
@@ -277,8 +267,8 @@ def _print_examples(base: str, key: str, dataset: str, version: str, data_root: 
     tried = [
         "curl -s " + shlex.quote(f"{api}/models/{version}"),
         "curl -s " + shlex.quote(f"{api}/neighbours/{q}?k=5{'&' + pin if pin else ''}"),
-        f"curl -s -F {_file_field(image)} " + shlex.quote(f"{api}/embed{query}"),
-        f"curl -s -F {_file_field(image)} -F k=5 " + shlex.quote(f"{api}/search{query}"),
+        f"curl -s -F {file_field(image)} " + shlex.quote(f"{api}/embed{query}"),
+        f"curl -s -F {file_field(image)} -F k=5 " + shlex.quote(f"{api}/search{query}"),
     ]
     if model.get("labelled_items"):
         ids = shlex.quote(json.dumps({"ids": [some_id]}))
@@ -293,63 +283,7 @@ def _print_examples(base: str, key: str, dataset: str, version: str, data_root: 
     if not model.get("labelled_items"):
         print("(no class folders: /classify needs labelled items to vote)")
     print()
-    print(_figures_line(metrics))
-
-
-def skipped_note(metrics: dict[str, Any], shown: int = 3) -> str | None:
-    """The files the run could not read (the count and the first few, with why): without it a
-    user sees only fewer items indexed than images uploaded."""
-    count, skipped = metrics.get("skipped_items") or 0, metrics.get("skipped") or []
-    if not count:
-        return None
-    named = "; ".join(f"{s['id']} ({s['reason']})" for s in skipped[:shown])
-    more = f"; and {count - min(shown, len(skipped))} more" if count > shown else ""
-    return (f"{count} file(s) could not be read as images and were left out: {named}{more} "
-            "(all of them: GET /models/<version>, metrics.skipped; skipped.json in the bundle)")
-
-
-def kept_out_hint(gate: dict[str, Any], items: int) -> str | None:
-    """What to try when the gate kept the first model out because raw pixels did better: the
-    usual causes are few images (of `items`) and a short schedule, and a pretrained start often
-    helps on photos."""
-    if gate.get("promote", True) or gate.get("incumbent_name") != "raw pixels":
-        return None
-    more = "More images, a" if items < FEW_ITEMS else "A"
-    return (f"The model did not beat raw pixels by the gate's margin here. {more} longer "
-            "schedule (--set epochs_per_round=60) or a start from ImageNet's weights "
-            "(--set backbone=resnet18 init_from=imagenet: a larger network at 224 pixels, "
-            "much slower on a CPU; README, \"Pretrained start\") may change that.")
-
-
-def _file_field(path: Path) -> str:
-    """curl's -F files=@PATH for a shell: curl itself reads ';' and ',' in PATH as its own
-    syntax unless the path is in double quotes."""
-    quoted = str(path).replace("\\", "\\\\").replace('"', '\\"')
-    return shlex.quote(f'files=@"{quoted}"')
-
-
-def _figures_line(metrics: dict[str, Any]) -> str:
-    """The model against raw pixels: kNN accuracy where the dataset has labels, else the
-    label-free score, which needs none."""
-    top1 = metrics.get("knn_top1", metrics.get("loo_knn_top1"))
-    if top1 is None and metrics.get("label_free") is not None:
-        return (f"Label-free score (no labels; 1 = every augmented copy finds its own image "
-                f"first): model {metrics['label_free']:.3f}, raw pixels "
-                f"{_score(metrics.get('pixel_label_free'))}, the network untrained "
-                f"{_score(metrics.get('untrained_label_free'))}")
-    pixels = metrics.get("pixel_knn_top1")
-    over = ("the labelled test images" if metrics.get("knn_protocol") == "test"
-            else "the labelled images, each left out in turn")
-    return (f"Weighted kNN top-1 on {over}: model {_share(top1)}, raw pixels {_share(pixels)} "
-            "(the same kNN on the downscaled images themselves)")
-
-
-def _score(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _share(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f} %"
+    print(figures_line(metrics))
 
 
 def _first_item(api: str, key: str, version: str) -> str:

@@ -251,7 +251,7 @@ def test_one_command_run_trains_publishes_and_stops_everything(tmp_path):
     env = {**os.environ, "AND_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
     for k in ("BROKER_URL", "DATA_ROOT", "MODELS_ROOT", "STATE_ROOT", "ADMIN_API_KEY"):
         env.pop(k, None)
-    r = subprocess.run([sys.executable, "deploy/local_stack.py", "--port", str(free_port()),
+    r = subprocess.run([sys.executable, "-m", "deploy.local_stack", "--port", str(free_port()),
                         "--exit-when-done", "--set", "rounds=2", "epochs_per_round=1",
                         "--promote", "always"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -294,7 +294,7 @@ def test_ctrl_c_stops_every_process(tmp_path):
     env = {**os.environ, "AND_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
     for k in ("BROKER_URL", "DATA_ROOT", "MODELS_ROOT", "STATE_ROOT", "ADMIN_API_KEY"):
         env.pop(k, None)
-    proc = subprocess.Popen([sys.executable, "deploy/local_stack.py", "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.local_stack", "--port",
                              str(free_port()), "--set", "rounds=1", "epochs_per_round=1000"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

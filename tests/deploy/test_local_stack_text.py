@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.local_stack import dataset_name, kept_out_hint, skipped_note
+from deploy.local_stack_text import changed_note, dataset_name, kept_out_hint, skipped_note
 
 
 def _gate(promote: bool, incumbent: str) -> dict[str, object]:
@@ -38,3 +38,22 @@ def test_unreadable_files_are_named_with_their_reason() -> None:
     note = skipped_note({"skipped_items": 45, "skipped": many})
     assert note is not None and "0.png (truncated); 1.png (truncated); 2.png (truncated)" in note
     assert "3.png" not in note and "and 42 more" in note
+
+
+def test_a_folder_that_changed_since_its_upload_is_noted(tmp_path) -> None:
+    """A rerun on a folder trains on its upload of before: when the folder holds another
+    number of images now (counted as the API counts them), the run says so."""
+    from PIL import Image
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / f"{i}.png")
+    (folder / ".DS_Store").write_bytes(b"clutter")  # not an image: not counted
+    assert changed_note(folder, 3) is None
+    for i in range(3, 5):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / f"{i}.png")
+    note = changed_note(folder, 3)
+    assert note is not None and "holds 5 images now, 3 when it was uploaded" in note
+    assert "--name" in note and "python -m service.client add" in note
+    assert changed_note(tmp_path / "gone", 3) is None  # nothing to count: no note

@@ -46,12 +46,12 @@ def _unlabelled_folder(root: Path) -> Path:
 
 @contextmanager
 def _up(tmp_path: Path, data: Path, *extra: str) -> Iterator[list[str]]:
-    """`deploy/local_stack.py --data DATA` in the home under `tmp_path`, until it says it is up;
-    yields its output and stops it after."""
+    """`python -m deploy.local_stack --data DATA` in the home under `tmp_path`, until it says
+    it is up; yields its output and stops it after."""
     env = {**os.environ, "AND_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
     for k in ("BROKER_URL", "DATA_ROOT", "MODELS_ROOT", "STATE_ROOT", "ADMIN_API_KEY"):
         env.pop(k, None)
-    proc = subprocess.Popen([sys.executable, "deploy/local_stack.py", "--port", str(free_port()),
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.local_stack", "--port", str(free_port()),
                              "--data", str(data), "--set", "rounds=1", "epochs_per_round=1",
                              *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE,
