@@ -210,10 +210,18 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     stack.model_version = query["model"][0]
     shoot(page, stack, "job")
 
+    # The job list and the models table give the label-free scores beside the kNN figures.
+    model = httpx.get(f"{stack.base}/collections/cifar/models/{stack.model_version}",
+                      timeout=30, headers={"Authorization": f"Bearer {READ_KEY}"}).json()
+    figures = f"{model['metrics']['label_free']:.3f} / {model['metrics']['pixel_label_free']:.3f}"
+    page.goto(f"{stack.base}/#/jobs")
+    expect(page.locator("#jobs-table tbody tr").first.locator("td.label-free")).to_have_text(
+        figures)
     page.goto(f"{stack.base}/#/models")
     row = page.locator(f"#models-table tr[data-version='{stack.model_version}']")
     expect(row).to_contain_text("current")
     expect(row).to_contain_text("flat")
+    expect(row.locator("td.label-free")).to_have_text(figures)
     shoot(page, stack, "models")
 
     # Explore: thumbnails with their ids as alt text; a click shows k neighbour images.

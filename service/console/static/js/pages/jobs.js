@@ -2,8 +2,8 @@
 import { api } from "../api.js";
 import { drawCharts } from "../charts.js";
 import {
-  clear, confirmDialog, fmtDuration, fmtInt, fmtNumber, fmtPercent, fmtTime, h, hideProblem,
-  showProblem,
+  clear, confirmDialog, fmtDuration, fmtInt, fmtLabelFree, fmtNumber, fmtPercent, fmtTime, h,
+  hideProblem, showProblem,
 } from "../ui.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
@@ -32,6 +32,7 @@ function listTable(jobs) {
       h("th", { scope: "col" }, "Status"), h("th", { scope: "col" }, "Stage"),
       h("th", { scope: "col", class: "num" }, "kNN top-1"),
       h("th", { scope: "col", class: "num" }, "Raw pixels"),
+      h("th", { scope: "col", class: "num" }, "Label-free: model / pixels"),
       h("th", { scope: "col" }, "Created"))),
     h("tbody", {}, jobs.map((job) => {
       const p = job.progress || {};
@@ -42,6 +43,8 @@ function listTable(jobs) {
         h("td", {}, job.dataset), h("td", {}, badge(job.status)), h("td", {}, stage(job)),
         h("td", { class: "num" }, fmtPercent(top1)),
         h("td", { class: "num" }, fmtPercent(m.pixel_knn_top1 ?? p.pixel_knn_top1)),
+        // The finished run's score, else the latest one measured while it trains.
+        h("td", { class: "num label-free" }, fmtLabelFree(m.label_free !== undefined ? m : p)),
         h("td", {}, fmtTime(job.created_at)));
     }))));
 }
