@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
 from live.items import store_image
 from service.batcher import EmbedBatcher, Overloaded
+from service.bodies import MAX_ERRORS
 from service.decoding import QueryDecoder
 from service.errors import ProblemError, conflict, insufficient_storage, invalid, not_found
 from service.item_duplicates import DuplicateCheck
@@ -128,10 +128,23 @@ async def add_items(registry: ModelRegistry, served: Served, items: list[NewItem
             raise conflict(f"id {item.id!r} appears twice in this request; nothing was added")
         seen.add(item.id)
     model = served.bundle.model
+    size = model.meta.image_size
     vectors = []
-    for chunk in _chunks(items):
+    chunks = _chunks(items)
+    for n, chunk in enumerate(chunks):
         data = await run_in_threadpool(_read, chunk)
-        images = await _decode(decoder, chunk, data, model.meta.image_size)
+        try:
+            images = await decoder.decode(data, size)
+        except InvalidImage:
+            # Every unreadable item in one answer, so that a large archive is not sent again
+            # once per bad file: the rest is only decoded, not embedded.
+            bad = await _unreadable(decoder, chunk, data, size)
+            for rest in chunks[n + 1:]:
+                bad += await _unreadable(decoder, rest, await run_in_threadpool(_read, rest),
+                                         size)
+            if not bad:
+                raise
+            raise _refused(bad, len(items)) from None
         del data
         try:
             vectors.append(await batcher.embed(model, images))
@@ -165,20 +178,26 @@ def _chunks(items: list[NewItem]) -> list[list[NewItem]]:
     return [c for c in chunks if c]
 
 
-async def _decode(decoder: QueryDecoder, chunk: list[NewItem], data: list[bytes],
-                  size: int) -> torch.Tensor:
-    try:
-        return await decoder.decode(data, size)
-    except InvalidImage:
-        # Found again one by one, so that the bad image is named by its id.
-        for item, one in zip(chunk, data, strict=True):
-            try:
-                await decoder.decode([one], size)
-            except InvalidImage as exc:
-                detail = str(exc).removeprefix("image 0: ").removeprefix("image 0 ")
-                raise ProblemError(422, "Invalid Image", f"item {item.id!r}: {detail}; "
-                                   "nothing was added") from None
-        raise
+async def _unreadable(decoder: QueryDecoder, chunk: list[NewItem], data: list[bytes],
+                      size: int) -> list[dict[str, str]]:
+    """The items of `chunk` whose image does not decode (one by one, to name each), and why."""
+    bad = []
+    for item, one in zip(chunk, data, strict=True):
+        try:
+            await decoder.decode([one], size)
+        except InvalidImage as exc:
+            why = str(exc).removeprefix("image 0: ").removeprefix("image 0 ")
+            bad.append({"item": item.id, "detail": why})
+    return bad
+
+
+def _refused(bad: list[dict[str, str]], total: int) -> ProblemError:
+    """422 naming the first unreadable item, and listing them (at most MAX_ERRORS)."""
+    first = f"item {bad[0]['item']!r}: {bad[0]['detail']}"
+    if len(bad) > 1:
+        first = f"{len(bad)} of the {total} images are not readable (listed in errors); {first}"
+    return ProblemError(422, "Invalid Image", f"{first}; nothing was added",
+                        errors=bad[:MAX_ERRORS], error_count=len(bad))
 
 
 def request_token(key: str | None = None) -> str:

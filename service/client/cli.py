@@ -85,7 +85,9 @@ def error_text(exc: ApiError) -> str:
     if exc.status == 409 and names:  # several collections and no default one
         return (f"409 this service has several collections ({', '.join(names)}): choose one "
                 "with --collection NAME or $AND_COLLECTION")
-    return f"{exc.status} {exc.detail or exc.title}"
+    listed = [f"\n  {e['item']}: {e['detail']}" for e in exc.errors or [] if "item" in e]
+    return f"{exc.status} {exc.detail or exc.title}" + ("".join(listed) if len(listed) > 1
+                                                        else "")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -289,6 +289,16 @@ def test_the_command_line_adds_finds_gets_and_deletes(api, shots):
     # Shown as written, not as \u escapes.
     assert '"id": "dir/été 日本.png"' in cli("get", "dir/été 日本.png").stdout
     cli("delete", "dir/s0.png", "dir/sub dir/s1.png", "dir/sub dir/s2.png", "dir/été 日本.png")
+    # A folder with unreadable files: nothing is added, and each one is named.
+    broken = shots[0].parent.parent / "broken"
+    broken.mkdir()
+    (broken / "ok.png").write_bytes(shots[0].read_bytes())
+    (broken / "empty.jpg").write_bytes(b"")
+    (broken / "half.png").write_bytes(shots[0].read_bytes()[:40])
+    said = cli("add", str(broken), "--prefix", "b/", ok=False).stderr
+    assert said.startswith("error: 422 2 of the 3 images are not readable"), said
+    assert "\n  b/empty.jpg: not a readable image" in said, said
+    assert "\n  b/half.png: not a readable image" in said, said
 
 
 def test_the_command_line_says_what_went_in_when_a_later_request_is_refused(api, tmp_path):

@@ -116,6 +116,23 @@ def test_bad_requests_change_nothing(client):
                     files={"archive": ("a.zip", archive.getvalue(), "application/zip")})
     _problem(r, 422, "'z/bad/broken.png'")
     assert r.json()["title"] == "Invalid Image"
+    assert r.json()["errors"] == [{"item": "z/bad/broken.png",
+                                   "detail": r.json()["errors"][0]["detail"]}]
+    # Several, in different chunks of the embedding (256 images each): all named in one
+    # answer, so that a large archive need not be sent again once per bad file.
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        for i in range(600):
+            broken = i in (3, 300, 599)
+            z.writestr(f"many/{i:03d}.png", b"\x89PNG not really" if broken else _png())
+    r = client.post("/items", headers=AUTH, data={"prefix": "z/"},
+                    files={"archive": ("a.zip", archive.getvalue(), "application/zip")})
+    _problem(r, 422, "3 of the 600 images are not readable")
+    body = r.json()
+    assert "'z/many/003.png'" in body["detail"] and body["error_count"] == 3
+    assert [e["item"] for e in body["errors"]] == ["z/many/003.png", "z/many/300.png",
+                                                   "z/many/599.png"]
+    assert all("not a readable image" in e["detail"] for e in body["errors"])
     _problem(client.post("/items", headers=AUTH, data={"prefix": "z/"},
                          files={"archive": ("a.zip", b"not a zip", "application/zip")}),
              422, "not a zip or tar")
