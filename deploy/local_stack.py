@@ -233,7 +233,8 @@ def _demo(base: str, key: str, args: argparse.Namespace, home: Path) -> tuple[st
 def _print_examples(base: str, key: str, dataset: str, version: str, data_root: str) -> None:
     # The dataset's own collection, not the API's default one: with an earlier run's
     # collection beside it, the routes at the root serve that one, or answer 409.
-    api = f"{base}/collections/{urllib.parse.quote(dataset, safe='')}"
+    coll = urllib.parse.quote(dataset, safe="")
+    api = f"{base}/collections/{coll}"
     model = _request("GET", f"{api}/models/{version}", key)
     metrics = model.get("metrics", {})
     gate = model.get("gate") or {}
@@ -275,7 +276,7 @@ def _print_examples(base: str, key: str, dataset: str, version: str, data_root: 
         tried.append(f"curl -s -H 'Content-Type: application/json' -d {ids} "
                      + shlex.quote(f"{api}/classify{query}"))
     tried.append(f"curl -s {auth} {base}/jobs")
-    look = f"{base}/#/explore?collection={urllib.parse.quote(dataset, safe='')}"
+    look = f"{base}/#/explore?collection={coll}"
     print(f"\nLook at it: {look} (Explore; Map for the embedding map)\nTry it (the admin key "
           f"is in {Path(os.environ.get('AND_HOME', REPO / 'var')) / 'admin.key'}):")
     for line in tried:

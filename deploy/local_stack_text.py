@@ -14,10 +14,14 @@ FEW_ITEMS = 1_000  # below this, more images is the first thing to try
 
 def changed_note(src: Path, uploaded: int) -> str | None:
     """Whether `src` now holds another number of images than its upload of before (counted as
-    the API counts them): a rerun trains on that upload, not on what was added since."""
+    the API counts them): a rerun trains on that upload, not on what was added since. Folders
+    and zips only: they are listed without being read, where opening a compressed tar would
+    extract it beside the user's file."""
     from trainer.data import open_collection
     from trainer.errors import DatasetError
 
+    if not (src.is_dir() or src.suffix.lower() == ".zip"):
+        return None
     try:
         now = len(open_collection(src))
     except (DatasetError, OSError):  # only a note: the upload of before still trains
@@ -88,7 +92,9 @@ def file_field(path: Path) -> str:
 def figures_line(metrics: dict[str, Any]) -> str:
     """The model against raw pixels: kNN accuracy where the dataset has labels, else the
     label-free score, which needs none."""
-    top1 = metrics.get("knn_top1", metrics.get("loo_knn_top1"))
+    from trainer.evaluation import headline
+
+    top1, _ = headline(metrics)
     if top1 is None and metrics.get("label_free") is not None:
         return (f"Label-free score (no labels; 1 = every augmented copy finds its own image "
                 f"first): model {metrics['label_free']:.3f}, raw pixels "

@@ -57,3 +57,10 @@ def test_a_folder_that_changed_since_its_upload_is_noted(tmp_path) -> None:
     assert note is not None and "holds 5 images now, 3 when it was uploaded" in note
     assert "--name" in note and "python -m service.client add" in note
     assert changed_note(tmp_path / "gone", 3) is None  # nothing to count: no note
+    # A compressed tar is not opened: that would extract it beside the user's file.
+    import tarfile
+
+    with tarfile.open(tmp_path / "shots.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="shots")
+    assert changed_note(tmp_path / "shots.tar.gz", 3) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shots", "shots.tar.gz"]
