@@ -14,8 +14,10 @@
 Each load reports the server's CPU per request; for `/embed` also the part beyond the model
 (the CPU per request less the raw forward's CPU per image). `--profile` (needs py-spy) then
 samples the server under `/embed` at 32 clients and under exact `/neighbours` at one client:
-flame graphs in bench/results/serve_profile_*.svg, and the CPU per request split by part
-(bench/profile_split.py).
+flame graphs beside `--out` (OUT_embed.svg, OUT_neighbours.svg; without `--out`,
+bench/results/serve_profile_*.svg), and the CPU per request split by part
+(bench/profile_split.py). `python -m bench.serve_settings` compares API settings in
+interleaved loads.
 
 The load generator (bench/loadgen.py: raw HTTP/1.1 on keep-alive sockets, one process)
 shares the machine with the server and reports its own CPU use.
@@ -134,11 +136,10 @@ def cpu_per_request(r: dict, cpu_s: float, seconds: float) -> None:
 
 
 def profiled(pid: int, port: int, clients: int, seconds: float, next_request,
-             name: str) -> dict[str, float]:
+             svg: Path) -> dict[str, float]:
     """A flame graph of the server under this load, and its CPU per request split by part."""
-    results = REPO / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    spy = profile_split.record(pid, seconds, results / f"serve_profile_{name}.svg", "flamegraph")
+    svg.parent.mkdir(parents=True, exist_ok=True)
+    spy = profile_split.record(pid, seconds, svg, "flamegraph")
     load("127.0.0.1", port, clients, seconds, next_request)
     spy.wait()
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,8 +166,11 @@ def main() -> None:
                    help="concurrent clients of each /neighbours load")
     p.add_argument("--profile", action="store_true", help="flame graphs and the CPU split "
                    "(py-spy)")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="the JSON figures; with --profile the flame "
+                   "graphs go beside it (OUT_embed.svg...), else to bench/results/")
     args = p.parse_args()
+    svg_stem = (Path(args.out).with_suffix("") if args.out else
+                REPO / "bench" / "results" / "serve_profile")
     results: dict = {"backbone": args.backbone, "engine": args.engine,
                      "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,7 +213,8 @@ def main() -> None:
                 results["embed"].append(r)
             if args.profile:
                 results["embed_split_ms"] = profiled(proc.pid, args.port, 32, args.duration,
-                                                     lambda: embed_request, "embed")
+                                                     lambda: embed_request,
+                                                     Path(f"{svg_stem}_embed.svg"))
                 print(f"/embed at 32 clients, CPU ms per request: {results['embed_split_ms']}",
                       flush=True)
 
@@ -238,7 +243,8 @@ def main() -> None:
                     results["neighbours"].append(r)
                 if args.profile and index == "flat" and "neighbours_split_ms" not in results:
                     results["neighbours_split_ms"] = profiled(
-                        proc.pid, args.port, 1, args.duration, neighbours, "neighbours")
+                        proc.pid, args.port, 1, args.duration, neighbours,
+                        Path(f"{svg_stem}_neighbours.svg"))
                     results["neighbours_split_items"] = n
                     print(f"/neighbours exact at {n} items, CPU ms per request: "
                           f"{results['neighbours_split_ms']}", flush=True)
