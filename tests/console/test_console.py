@@ -222,6 +222,11 @@ def test_upload_train_watch_explore_search_and_map(stack: Stack, browser: Browse
     expect(row).to_contain_text("current")
     expect(row).to_contain_text("flat")
     expect(row.locator("td.label-free")).to_have_text(figures)
+    # Every column, the row's links and Promote button included, fits a laptop's window: a
+    # table that scrolls sideways hides its last column.
+    wrap = page.locator("#models-table").locator("xpath=..")
+    scroll, visible = wrap.evaluate("w => [w.scrollWidth, w.clientWidth]")
+    assert scroll <= visible, f"the models table is {scroll} px wide in {visible} px"
     shoot(page, stack, "models")
 
     # Explore: thumbnails with their ids as alt text; a click shows k neighbour images.

@@ -15,6 +15,11 @@ function gateText(m) {
     `${g.incumbent_name}: ${fmt(g.candidate)} vs ${fmt(g.incumbent)} (margin ${fmt(g.margin)})`;
 }
 
+// To the minute, in UTC as published (the full time is the cell's tooltip).
+function fmtCreated(created) {
+  return created ? `${created.slice(0, 10)} ${created.slice(11, 16)}` : "–";
+}
+
 function row(m, onPromote, previous) {
   const enc = encodeURIComponent(m.version);
   return h("tr", { dataset: { version: m.version } },
@@ -26,13 +31,13 @@ function row(m, onPromote, previous) {
     h("td", {}, m.dataset || "–"),
     h("td", {}, m.backbone || "–"),
     h("td", { class: "num" }, fmtInt(m.item_count)),
-    h("td", {}, m.index_type || "–"),
-    h("td", { class: "num" }, m.recall_at_10 === null ? "–" : m.recall_at_10.toFixed(3)),
-    h("td", { class: "num" }, fmtPercent(m.knn_top1)),
-    h("td", { class: "num" }, fmtPercent(m.pixel_knn_top1)),
+    h("td", { class: "index" }, m.index_type || "–",
+      m.recall_at_10 === null ? "" : ` (${m.recall_at_10.toFixed(3)})`),
+    h("td", { class: "num knn" }, m.knn_top1 === null && m.pixel_knn_top1 === null ? "–"
+      : `${fmtPercent(m.knn_top1)} / ${fmtPercent(m.pixel_knn_top1)}`),
     h("td", { class: "num label-free" }, fmtLabelFree(m)),
     h("td", { class: "gate", title: (m.gate && m.gate.reason) || "" }, gateText(m)),
-    h("td", {}, m.created ? m.created.replace("T", " ").replace("+00:00", " UTC") : "–"),
+    h("td", { title: m.created || "" }, fmtCreated(m.created)),
     h("td", { class: "row-actions" },
       h("a", { href: `#/explore?model=${enc}` }, "Explore"), " ",
       h("a", { href: `#/map?model=${enc}` }, "Map"), " ",
@@ -78,13 +83,11 @@ export async function render(main) {
       h("thead", {}, h("tr", {},
         h("th", { scope: "col" }, "Version"), h("th", { scope: "col" }, "Dataset"),
         h("th", { scope: "col" }, "Backbone"), h("th", { scope: "col", class: "num" }, "Items"),
-        h("th", { scope: "col" }, "Index"),
-        h("th", { scope: "col", class: "num" }, "Recall@10"),
-        h("th", { scope: "col", class: "num" }, "kNN top-1"),
-        h("th", { scope: "col", class: "num" }, "Raw pixels"),
+        h("th", { scope: "col" }, "Index (recall@10)"),
+        h("th", { scope: "col", class: "num" }, "kNN top‑1: model / pixels"),
         h("th", { scope: "col", class: "num" }, "Label-free: model / pixels"),
         h("th", { scope: "col" }, "Promotion gate"),
-        h("th", { scope: "col" }, "Created"), h("th", { scope: "col" }, ""))),
+        h("th", { scope: "col" }, "Created (UTC)"), h("th", { scope: "col" }, ""))),
       h("tbody", {}, models.data.map((m) => row(m, promote, models.previous))))),
     models.previous ? h("p", {}, h("button", { type: "button", id: "models-rollback",
       onclick: rollback }, `Roll back to ${models.previous}`)) : null,
