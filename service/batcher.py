@@ -64,6 +64,7 @@ class _RecentLoad:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending = 0
+        self._computing = 0  # of the pending: in a forward pass now
         self._previous_peak = 0
         self._peak = 0
         self._window_end = 0.0
@@ -92,9 +93,20 @@ class _RecentLoad:
             self._peak = max(self._peak, self._pending)
             return True
 
+    def computing(self, n: int) -> None:
+        """n images entered (n < 0: left) a forward pass."""
+        with self._lock:
+            self._computing += n
+
     @property
     def pending(self) -> int:
         return self._pending
+
+    def still_to_come(self) -> int:
+        """Images of the recent load outside every forward pass now: queued, being collected
+        or on their way. A request inside a forward pass cannot come back before the pass
+        ends, so a batch waiting for more than this waits for nothing."""
+        return self.recent_peak() - self._computing
 
     def recent_peak(self) -> int:
         with self._lock:
@@ -166,8 +178,10 @@ class EmbedBatcher:
             # Wait only for the share of pending images this thread should run; take at once
             # whatever is already queued. Under load, requests come back in bursts (one finished
             # batch answers many clients, whose next requests arrive one HTTP parse apart), so
-            # a batch waits for its share instead of starting small and starving the cores.
-            remaining = deadline - time.monotonic() if count < self._share() else 0
+            # a batch waits for its share instead of starting small and starving the cores;
+            # but never for requests that another thread's forward pass holds.
+            wanted = min(self._share(), self._load.still_to_come())
+            remaining = deadline - time.monotonic() if count < wanted else 0
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else (
                     self._queue.get_nowait())
@@ -204,6 +218,8 @@ class EmbedBatcher:
                 self._forward(works)
 
     def _forward(self, works: list[_Work]) -> None:
+        n = sum(w.images.shape[0] for w in works)
+        self._load.computing(n)
         try:
             images = torch.cat([w.images for w in works]) if len(works) > 1 else works[0].images
             vectors = works[0].model.embed_uint8(images)
@@ -213,7 +229,8 @@ class EmbedBatcher:
             _hand_back(works, [exc] * len(works))
             return
         finally:
-            self._load.add(-sum(w.images.shape[0] for w in works))
+            self._load.computing(-n)
+            self._load.add(-n)
         rows, start = [], 0
         for w in works:
             n = w.images.shape[0]

@@ -130,6 +130,57 @@ def test_a_batch_waits_for_requests_that_are_on_their_way(monkeypatch):
     assert sizes == [8], sizes
 
 
+class Gated(RowSums):
+    """A forward pass that holds until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
+        self.started.set()
+        assert self.gate.wait(60), "the gate was never opened"
+        return super().embed_uint8(images)
+
+
+def test_a_batch_never_waits_for_requests_inside_another_forward_pass(monkeypatch):
+    """After a load of 8 images, one request of 7 images is being embedded by one thread when
+    a lone request comes: the other 7 of the recent load cannot come back before that pass
+    ends, so the lone request runs at once on the other thread instead of waiting for its
+    share (4) until max_wait_s (a minute here)."""
+    import service.batcher
+
+    monkeypatch.setattr(service.batcher, "time", _FrozenClock())
+    quick, gated = RowSums(), Gated()
+    batcher = EmbedBatcher(max_batch=64, max_wait_s=60, workers=2)
+    batcher.start()
+
+    def images(n: int, value: int = 1) -> torch.Tensor:
+        return torch.full((n, 1, 2, 2), value, dtype=torch.uint8)
+
+    async def scenario() -> tuple[np.ndarray, np.ndarray, float]:
+        # Eight clients' worth of load (the most seen at once stays "recent": the clock is
+        # frozen); then one thread takes a request of 7 images and holds it in its forward.
+        await asyncio.gather(*(batcher.embed(quick, images(1)) for _ in range(8)))
+        held = asyncio.ensure_future(batcher.embed(gated, images(7, 2)))
+        assert await asyncio.to_thread(gated.started.wait, 60)
+        t0 = time.perf_counter()
+        lone = await asyncio.wait_for(batcher.embed(quick, images(1, 3)), 50)
+        took = time.perf_counter() - t0
+        gated.gate.set()
+        return lone, await asyncio.wait_for(held, 60), took
+
+    try:
+        lone, held, took = asyncio.run(scenario())
+    finally:
+        gated.gate.set()
+        batcher.stop()
+    assert (lone == 12).all() and (held == 8).all() and held.shape == (7, 1)
+    # Well inside the minute it would wait otherwise (a bound, not a speed claim).
+    assert took < 30, f"the lone request waited {took:.1f} s"
+
+
 class Priorities(RowSums):
     """Records the OS scheduling priority of the thread that runs each forward pass."""
 
