@@ -4,9 +4,11 @@ Requests put their decoded images on a queue and await a future; at most `max_qu
 images wait or run at once (past that a request is refused at once: Overloaded, 503). An
 inference thread takes the first waiting request and everything already queued, then waits (at
 most `max_wait_s`, up to `max_batch` images) only while its share of the recent load has not
-arrived; it runs one forward pass per model version in the batch and hands each request its
-rows. A lone request therefore never waits, and under load the model runs large batches (its
-efficient regime) instead of many small ones; the event loop never runs model code.
+arrived, and never for load that another thread's forward pass holds (it cannot come back
+before that pass ends); it runs one forward pass per model version in the batch and hands
+each request its rows. A lone request therefore never waits, and under load the model runs
+large batches (its efficient regime) instead of many small ones; the event loop never runs
+model code.
 
 Collection writes (`POST /items`) have a batcher of their own whose threads run at a lower OS
 priority (`nice`): a bulk add uses every idle cycle, but a query arriving meanwhile takes the
