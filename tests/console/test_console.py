@@ -373,6 +373,14 @@ def test_phone_width_keyboard_and_alt_texts(stack: Stack, browser: Browser) -> N
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{name} is {width} px wide at 390 px"
         shoot(page, stack, f"{name}-phone")
+    # The models table as cards: nothing hidden in a sideways scroll, each figure named.
+    page.goto(f"{stack.base}/#/models")
+    wrap = page.locator("#models-table").locator("xpath=..")
+    scroll, visible = wrap.evaluate("w => [w.scrollWidth, w.clientWidth]")
+    assert scroll <= visible, f"the models table is {scroll} px wide in {visible} px at 390 px"
+    row = page.locator(f"#models-table tr[data-version='{stack.model_version}']")
+    expect(row.locator("td[data-label^='Label-free']")).to_be_visible()
+    expect(row.get_by_role("link", name="Duplicates")).to_be_in_viewport()
 
     # Keyboard only: tab to the first item of the grid, Enter shows its neighbours.
     page.goto(f"{stack.base}/#/explore")

@@ -20,30 +20,40 @@ function fmtCreated(created) {
   return created ? `${created.slice(0, 10)} ${created.slice(11, 16)}` : "–";
 }
 
+// The columns after the version: [header, class]. Each cell also carries its header as
+// data-label, which a phone's layout shows beside the value (one card per model).
+const COLUMNS = [["Dataset", ""], ["Backbone", ""], ["Items", "num"],
+  ["Index (recall@10)", "index"], ["kNN top\u20111: model / pixels", "num knn"],
+  ["Label-free: model / pixels", "num label-free"], ["Promotion gate", "gate"],
+  ["Created (UTC)", "created"], ["", "row-actions"]];
+
 function row(m, onPromote, previous) {
   const enc = encodeURIComponent(m.version);
+  const values = [
+    m.dataset || "–",
+    m.backbone || "–",
+    fmtInt(m.item_count),
+    [m.index_type || "–", m.recall_at_10 === null ? "" : ` (${m.recall_at_10.toFixed(3)})`],
+    m.knn_top1 === null && m.pixel_knn_top1 === null ? "–"
+      : `${fmtPercent(m.knn_top1)} / ${fmtPercent(m.pixel_knn_top1)}`,
+    fmtLabelFree(m),
+    gateText(m),
+    fmtCreated(m.created),
+    [h("a", { href: `#/explore?model=${enc}` }, "Explore"), " ",
+      h("a", { href: `#/map?model=${enc}` }, "Map"), " ",
+      h("a", { href: `#/duplicates?v=${enc}` }, "Duplicates"), " ",
+      m.current ? null : h("button", { type: "button", class: "small",
+        onclick: () => onPromote(m.version) }, "Promote")],
+  ];
+  const titles = { gate: (m.gate && m.gate.reason) || "", created: m.created || "" };
   return h("tr", { dataset: { version: m.version } },
     h("th", { scope: "row" }, h("code", {}, m.version),
       m.current ? h("span", { class: "badge current" }, "current") : null,
       m.version === previous ? h("span", { class: "badge" }, "previous") : null,
       m.gate && !m.gate.promoted
         ? h("span", { class: "badge", title: m.gate.reason || "" }, "candidate") : null),
-    h("td", {}, m.dataset || "–"),
-    h("td", {}, m.backbone || "–"),
-    h("td", { class: "num" }, fmtInt(m.item_count)),
-    h("td", { class: "index" }, m.index_type || "–",
-      m.recall_at_10 === null ? "" : ` (${m.recall_at_10.toFixed(3)})`),
-    h("td", { class: "num knn" }, m.knn_top1 === null && m.pixel_knn_top1 === null ? "–"
-      : `${fmtPercent(m.knn_top1)} / ${fmtPercent(m.pixel_knn_top1)}`),
-    h("td", { class: "num label-free" }, fmtLabelFree(m)),
-    h("td", { class: "gate", title: (m.gate && m.gate.reason) || "" }, gateText(m)),
-    h("td", { title: m.created || "" }, fmtCreated(m.created)),
-    h("td", { class: "row-actions" },
-      h("a", { href: `#/explore?model=${enc}` }, "Explore"), " ",
-      h("a", { href: `#/map?model=${enc}` }, "Map"), " ",
-      h("a", { href: `#/duplicates?v=${enc}` }, "Duplicates"), " ",
-      m.current ? null : h("button", { type: "button", class: "small",
-        onclick: () => onPromote(m.version) }, "Promote")));
+    COLUMNS.map(([label, cls], i) => h("td", { class: cls || null, title: titles[cls] || null,
+      dataset: label ? { label } : null }, values[i])));
 }
 
 // Two versions to compare: A defaults to the current one, B to the newest other.
@@ -81,13 +91,9 @@ export async function render(main) {
     clear(box, comparePicker(models), h("div", { class: "table-wrap" }, h("table", { id: "models-table" },
       h("caption", { class: "sr-only" }, "Published models, newest first"),
       h("thead", {}, h("tr", {},
-        h("th", { scope: "col" }, "Version"), h("th", { scope: "col" }, "Dataset"),
-        h("th", { scope: "col" }, "Backbone"), h("th", { scope: "col", class: "num" }, "Items"),
-        h("th", { scope: "col" }, "Index (recall@10)"),
-        h("th", { scope: "col", class: "num" }, "kNN top‑1: model / pixels"),
-        h("th", { scope: "col", class: "num" }, "Label-free: model / pixels"),
-        h("th", { scope: "col" }, "Promotion gate"),
-        h("th", { scope: "col" }, "Created (UTC)"), h("th", { scope: "col" }, ""))),
+        h("th", { scope: "col" }, "Version"),
+        COLUMNS.map(([label, cls]) => h("th", { scope: "col",
+          class: cls.startsWith("num") ? "num" : null }, label)))),
       h("tbody", {}, models.data.map((m) => row(m, promote, models.previous))))),
     models.previous ? h("p", {}, h("button", { type: "button", id: "models-rollback",
       onclick: rollback }, `Roll back to ${models.previous}`)) : null,
