@@ -16,17 +16,33 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR_ZIP = REPO.parent / "shared" / "data" / "cifar10-jpeg.zip"
 
 
+# The instruction sets that decide the encoder's speed and precision here (trainer/device.py).
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or ""
+    """The CPU (its name, and its family, model and instruction sets: two machines that
+    report the same name can differ by half in speed), cores, torch, threads and commit."""
+    cpu, family, model, flags = platform.processor() or "", "", "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "processor" and value != "0":
+                break  # the first CPU's fields describe them all
+            if key == "model name":
+                cpu = value
+            elif key == "cpu family":
+                family = value
+            elif key == "model":
+                model = value
+            elif key == "flags":
+                flags = set(value.split())
     except OSError:
         pass
     info: dict[str, Any] = {
-        "cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+        "cpu": cpu, "cpu_family": family, "cpu_model": model,
+        "cpu_flags": [f for f in SPEED_FLAGS if f in flags],
+        "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
         "commit": commit(),
     }
