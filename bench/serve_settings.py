@@ -7,8 +7,8 @@ A 2-core virtual machine's speed moves by 10-20 % from one minute to the next (t
 of one bundle measured 502-628 images/s within an hour on one machine), so one run of each
 setting says nothing about a difference of that size: each setting gets a fresh API process in
 every round, the rounds repeat, and the raw forward is measured once at the start as the
-reference. Figures per load: requests/s, its ratio to the raw forward, p50, p99 and the cores
-the API process used.
+reference. Figures per load: requests/s, its ratio to the raw forward, p50, p99, the cores
+the API process used and its CPU per request.
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from pathlib import Path
 
 from bench.common import report
 from bench.loadgen import load, request_bytes
-from bench.serve import make_bundle, png_32, process_cpu_s, raw_forward, start_api
+from bench.serve import (
+    cpu_per_request,
+    make_bundle,
+    png_32,
+    process_cpu_s,
+    raw_forward,
+    start_api,
+)
 from service.http_calls import FilePart, multipart
 from trainer.bundle import set_current
 
@@ -58,10 +65,9 @@ def main() -> None:
                     cpu0 = process_cpu_s(proc.pid)
                     r = load("127.0.0.1", args.port, args.clients, args.duration,
                              lambda: request)
+                    cpu_per_request(r, process_cpu_s(proc.pid) - cpu0, args.duration)
                     r |= {"setting": name, "round": round_,
-                          "ratio_to_raw": round(r["requests_per_s"] / raw, 3),
-                          "server_cpu_share": round(
-                              (process_cpu_s(proc.pid) - cpu0) / args.duration, 2)}
+                          "ratio_to_raw": round(r["requests_per_s"] / raw, 3)}
                     print(f"{name} (round {round_}): {r}", flush=True)
                     results["loads"].append(r)
                 finally:

@@ -220,8 +220,8 @@ class EmbedBatcher:
                 self._forward(works)
 
     def _forward(self, works: list[_Work]) -> None:
-        n = sum(w.images.shape[0] for w in works)
-        self._load.computing(n)
+        total = sum(w.images.shape[0] for w in works)
+        self._load.computing(total)
         try:
             images = torch.cat([w.images for w in works]) if len(works) > 1 else works[0].images
             vectors = works[0].model.embed_uint8(images)
@@ -231,8 +231,8 @@ class EmbedBatcher:
             _hand_back(works, [exc] * len(works))
             return
         finally:
-            self._load.computing(-n)
-            self._load.add(-n)
+            self._load.computing(-total)
+            self._load.add(-total)
         rows, start = [], 0
         for w in works:
             n = w.images.shape[0]
