@@ -373,11 +373,16 @@ def test_phone_width_keyboard_and_alt_texts(stack: Stack, browser: Browser) -> N
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{name} is {width} px wide at 390 px"
         shoot(page, stack, f"{name}-phone")
-    # The models table as cards: nothing hidden in a sideways scroll, each figure named.
+    # The models and jobs tables as cards: nothing hidden in a sideways scroll, each figure
+    # named.
+    for name in ("models", "jobs"):
+        page.goto(f"{stack.base}/#/{name}")
+        wrap = page.locator(f"#{name}-table").locator("xpath=..")
+        scroll, visible = wrap.evaluate("w => [w.scrollWidth, w.clientWidth]")
+        assert scroll <= visible, f"the {name} table is {scroll} px wide in {visible} px"
+    expect(page.locator("#jobs-table tbody tr").first.locator(
+        "td[data-label='Created']")).to_be_in_viewport()
     page.goto(f"{stack.base}/#/models")
-    wrap = page.locator("#models-table").locator("xpath=..")
-    scroll, visible = wrap.evaluate("w => [w.scrollWidth, w.clientWidth]")
-    assert scroll <= visible, f"the models table is {scroll} px wide in {visible} px at 390 px"
     row = page.locator(f"#models-table tr[data-version='{stack.model_version}']")
     expect(row.locator("td[data-label^='Label-free']")).to_be_visible()
     expect(row.get_by_role("link", name="Duplicates")).to_be_in_viewport()

@@ -20,33 +20,39 @@ function stage(job) {
   return p.phase || "";
 }
 
+// [header, class] of every column after the job's id. Each cell also carries its header as
+// data-label, which a phone's layout shows beside the value (one card per job).
+const COLUMNS = [["Dataset", ""], ["Status", ""], ["Stage", ""], ["kNN top\u20111", "num"],
+  ["Raw pixels", "num"], ["Label-free: model / pixels", "num label-free"], ["Created", ""]];
+
+function row(job) {
+  const p = job.progress || {};
+  const m = p.metrics || {};
+  const values = [
+    job.dataset, badge(job.status), stage(job),
+    fmtPercent(m.knn_top1 ?? m.loo_knn_top1 ?? p.knn_top1),
+    fmtPercent(m.pixel_knn_top1 ?? p.pixel_knn_top1),
+    // The finished run's score, else the latest one measured while it trains.
+    fmtLabelFree(m.label_free !== undefined ? m : p),
+    fmtTime(job.created_at),
+  ];
+  return h("tr", {},
+    h("th", { scope: "row" }, h("a", { href: `#/jobs/${job.id}` }, job.id.slice(0, 8))),
+    COLUMNS.map(([label, cls], i) => h("td", { class: cls || null, dataset: { label } },
+      values[i])));
+}
+
 function listTable(jobs) {
   if (!jobs.length) {
     return h("p", { class: "muted" }, "No jobs yet. ", h("a", { href: "#/train" }, "Train"),
       " a model.");
   }
-  return h("div", { class: "table-wrap" }, h("table", { id: "jobs-table" },
+  return h("div", { class: "table-wrap" }, h("table", { id: "jobs-table", class: "cards" },
     h("caption", { class: "sr-only" }, "Jobs, newest first"),
-    h("thead", {}, h("tr", {},
-      h("th", { scope: "col" }, "Job"), h("th", { scope: "col" }, "Dataset"),
-      h("th", { scope: "col" }, "Status"), h("th", { scope: "col" }, "Stage"),
-      h("th", { scope: "col", class: "num" }, "kNN top-1"),
-      h("th", { scope: "col", class: "num" }, "Raw pixels"),
-      h("th", { scope: "col", class: "num" }, "Label-free: model / pixels"),
-      h("th", { scope: "col" }, "Created"))),
-    h("tbody", {}, jobs.map((job) => {
-      const p = job.progress || {};
-      const m = p.metrics || {};
-      const top1 = m.knn_top1 ?? m.loo_knn_top1 ?? p.knn_top1;
-      return h("tr", {},
-        h("th", { scope: "row" }, h("a", { href: `#/jobs/${job.id}` }, job.id.slice(0, 8))),
-        h("td", {}, job.dataset), h("td", {}, badge(job.status)), h("td", {}, stage(job)),
-        h("td", { class: "num" }, fmtPercent(top1)),
-        h("td", { class: "num" }, fmtPercent(m.pixel_knn_top1 ?? p.pixel_knn_top1)),
-        // The finished run's score, else the latest one measured while it trains.
-        h("td", { class: "num label-free" }, fmtLabelFree(m.label_free !== undefined ? m : p)),
-        h("td", {}, fmtTime(job.created_at)));
-    }))));
+    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Job"),
+      COLUMNS.map(([label, cls]) => h("th", { scope: "col",
+        class: cls.startsWith("num") ? "num" : null }, label)))),
+    h("tbody", {}, jobs.map(row))));
 }
 
 async function renderList(main) {

@@ -88,7 +88,8 @@ export async function render(main) {
         h("a", { href: "#/train" }, "Train one"), "."));
       return;
     }
-    clear(box, comparePicker(models), h("div", { class: "table-wrap" }, h("table", { id: "models-table" },
+    clear(box, comparePicker(models), h("div", { class: "table-wrap" },
+      h("table", { id: "models-table", class: "cards" },
       h("caption", { class: "sr-only" }, "Published models, newest first"),
       h("thead", {}, h("tr", {},
         h("th", { scope: "col" }, "Version"),
