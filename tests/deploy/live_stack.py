@@ -19,8 +19,8 @@ from tests.processes import Process, start_api, start_worker, stop_all, wait_for
 KEY = "live-admin-key-0123456789abcdef"
 ADMIN = {"Authorization": f"Bearer {KEY}"}
 POLL_S = 0.3
-TINY = {"backbone": "small_cnn", "rounds": 1, "epochs_per_round": 1, "batch_size": 32,
-        "knn_k": 10, "num_workers": 0}
+TINY = {"backbone": "small_cnn", "image_size": 16, "rounds": 1, "epochs_per_round": 1,
+        "batch_size": 32, "knn_k": 10, "num_workers": 0}
 
 
 def picture(seed: int, shift: int = 0) -> bytes:

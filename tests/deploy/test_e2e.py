@@ -76,7 +76,8 @@ def test_full_flow_through_http(stack, digits_dir, tmp_path):
     assert r.json()["items"] == 1797
 
     r = c.post("/train", json={"dataset": "digits", "promote": "always", "config": {
-        "backbone": "small_cnn", "rounds": 2, "epochs_per_round": 2, "knn_k": 20}},
+        "backbone": "small_cnn", "image_size": 16, "rounds": 2, "epochs_per_round": 2,
+        "knn_k": 20}},
         headers=admin)
     assert r.status_code == 202, r.text
     location = r.headers["location"]

@@ -28,8 +28,9 @@ from trainer.launcher import run_training
 
 REPO = Path(__file__).resolve().parents[2]
 # 1,434 training digits, batches of 128 (64 per process): 12 steps per epoch.
-DIST = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 1, "batch_size": 128,
-        "knn_k": 20, "num_workers": 0, "seed": 3, "precision": "fp32", "anchor_rate": 0.5}
+DIST = {"backbone": "small_cnn", "image_size": 16, "rounds": 2, "epochs_per_round": 1,
+        "batch_size": 128, "knn_k": 20, "num_workers": 0, "seed": 3, "precision": "fp32",
+        "anchor_rate": 0.5}
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from state.stores import open_store
 from tests.processes import Process, discard_all, start_worker, stop_all, wait_for
 
 MAP_POINTS = 500
-SMALL = {"backbone": "small_cnn", "rounds": 2, "epochs_per_round": 1, "batch_size": 128,
-         "knn_k": 20, "num_workers": 0}
+SMALL = {"backbone": "small_cnn", "image_size": 16, "rounds": 2, "epochs_per_round": 1,
+         "batch_size": 128, "knn_k": 20, "num_workers": 0}
 
 
 @dataclass
