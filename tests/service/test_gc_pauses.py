@@ -20,7 +20,9 @@ def test_objects_alive_at_start_are_frozen_and_garbage_is_not():
     kept.me = kept  # type: ignore[attr-defined]
     try:
         frozen = freeze_startup_objects()
-        assert frozen == gc.get_freeze_count() > 0
+        # Frozen objects can still be freed (by other threads of the test process, too), and
+        # leave the count as they go: never more than were frozen.
+        assert 0 < gc.get_freeze_count() <= frozen
         assert gone() is None  # collected first, not frozen
         assert gc.is_tracked(kept) and not any(o is kept for o in gc.get_objects())
     finally:
