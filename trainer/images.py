@@ -121,14 +121,37 @@ def square(image: Image.Image, size: int) -> np.ndarray:
         # JPEG can decode at 1/2, 1/4, 1/8 scale directly: big photos decode much faster (a
         # no-op when open_image was given the size: it set this already).
         image.draft("RGB", (size, size))
+        if image.mode in _RESIZED_FIRST:
+            # Turning an image upright and converting its colours copy it: resized first, a
+            # 24-megapixel RGBA PNG takes ~8 bytes per pixel on its way to 32 x 32, not ~20
+            # (docs/benchmarks.md, "Large images"). The centre square is the same either way.
+            image.load()  # a TIFF decoder turns its image upright as it loads
+            image = _centre_square(image, size)  # keeps the EXIF (in image.info)
+            ImageOps.exif_transpose(image, in_place=True)
+            return np.asarray(to_rgb(image), dtype=np.uint8).copy()
         # In place: without an orientation tag (most images) nothing is copied.
         ImageOps.exif_transpose(image, in_place=True)
-        image = to_rgb(image)
-        image = ImageOps.fit(image, (size, size), Image.Resampling.BICUBIC)
-        return np.asarray(image, dtype=np.uint8).copy()
+        return np.asarray(_centre_square(to_rgb(image), size), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
             Image.DecompressionBombError) as exc:
         raise InvalidImage(f"not a readable image ({_reason(exc)})") from exc
+
+
+# Modes resized before they are converted to RGB, which gives the same pixels: their values
+# average (transparency over white is linear in them). Not palette indices or 1-bit pixels, and
+# not 16-bit or float greyscale, whose brightest pixel sets their scale (to_rgb).
+_RESIZED_FIRST = frozenset({"L", "LA", "RGB", "RGBA"})
+
+
+def _centre_square(image: Image.Image, size: int) -> Image.Image:
+    """The centred square of the shorter side, resized to `size` (bicubic). A large image is
+    first reduced by a whole factor to at least 3 x `size` (`reducing_gap`): what a JPEG's
+    draft mode does in its decoder, for every format, with pixels within a grey level or two of
+    the full filter's."""
+    w, h = image.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
 
 
 def decode_square(data: bytes, size: int) -> np.ndarray:
@@ -148,10 +171,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     white."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         # 16-bit and float greyscale: rescale to 8 bits instead of clipping.
-        arr = np.asarray(image, dtype=np.float32)
-        peak = float(arr.max(initial=0.0))
+        arr = np.asarray(image)
+        peak = float(arr.max(initial=0))
         hi = max(peak, 1.0) if image.mode == "F" else full_scale(peak)
-        arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+        if image.mode != "F" and arr.min(initial=0) >= 0:
+            # Through a table of the values up to the peak: no float copy of the image (a
+            # 24-megapixel 16-bit PNG took 14 bytes per pixel on its way to 32 x 32, now 9).
+            table = np.arange(int(peak) + 1, dtype=np.float32)
+            arr = np.clip(table / hi * 255.0, 0, 255).astype(np.uint8)[arr]
+        else:
+            arr = np.clip(arr.astype(np.float32) / hi * 255.0, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent pixels over white, the way image viewers show them.
