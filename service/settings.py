@@ -62,14 +62,14 @@ class ServiceSettings(Settings):
         default=2, ge=1, le=64, description="POST /items archives handled at once by one API "
         "process; past it 503 with Retry-After.")
     max_query_pixels: int = Field(
-        default=16_000_000, ge=1024, description="Most pixels a query image may decode to, "
+        default=25_000_000, ge=1024, description="Most pixels a query image may decode to, "
         "read from its header before anything is decoded: a JPEG decodes at down to 1/8 of its "
-        "size (a 50-megapixel photo to 0.8 MP), a PNG, TIFF, WebP or HEIC whole (a 12-megapixel "
-        "one passes); a decompression bomb does not.")
+        "size (a 50-megapixel photo to 0.8 MP), a PNG, TIFF, WebP or HEIC whole (a phone's "
+        "24-megapixel HEIC passes); a decompression bomb does not.")
     decode_concurrency: int = Field(
         default=0, ge=0, le=256, description="Query images decoded at once in one API process "
-        "(each may take ~20 bytes per pixel); 0 = one per CPU core. Small images decode "
-        "inline and do not count.")
+        "(each may take up to ~8 bytes per pixel, 16 for WebP); 0 = one per CPU core. Small "
+        "images decode inline and do not count.")
     max_k: int = Field(default=1000, ge=1, description="Largest k for neighbours and search.")
     max_classify_k: int = Field(default=1000, ge=1)
     embed_max_batch: int = Field(default=64, ge=1,

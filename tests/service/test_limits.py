@@ -180,15 +180,15 @@ def test_a_decompression_bomb_is_refused_from_its_header(app_client):
         assert "9000x9000" in _problem(r, 422)["detail"]
         r = client.post("/embed", json={"images": [base64.b64encode(bomb).decode()]})
         _problem(r, 422)
-        # A 12-megapixel photo is below the limit.
-        r = client.post("/embed", files=[("files", ("p.png", _png(4000, 3000, "L"),
+        # A 24-megapixel photo decoded whole (5712 x 4284, a phone's HEIC) is below the limit.
+        r = client.post("/embed", files=[("files", ("p.png", _png(5712, 4284, "L"),
                                                     "image/png"))])
         assert r.status_code == 200, r.text
 
 
 def test_a_phone_photo_as_a_jpeg_is_decoded_at_a_reduced_scale_and_accepted(app_client):
     """50 MP (8160 x 6120, a phone's full-resolution mode): a JPEG decodes at 1/8 of its
-    size for the model (0.8 MP), so MAX_QUERY_PIXELS (16 MP) holds for those pixels and the
+    size for the model (0.8 MP), so MAX_QUERY_PIXELS (25 MP) holds for those pixels and the
     photo is accepted; the same pixels as a PNG would decode whole and are refused."""
     photo = io.BytesIO()
     Image.open(io.BytesIO(_jpeg())).resize((8160, 6120)).save(photo, "JPEG", quality=85)
