@@ -254,6 +254,7 @@ def test_one_command_run_trains_publishes_and_stops_everything(tmp_path):
         env.pop(k, None)
     r = subprocess.run([sys.executable, "-m", "deploy.local_stack", "--port", str(free_port()),
                         "--exit-when-done", "--set", "rounds=2", "epochs_per_round=1",
+                        "image_size=16",
                         "--promote", "always"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -53,6 +53,7 @@ def _up(tmp_path: Path, data: Path, *extra: str) -> Iterator[list[str]]:
         env.pop(k, None)
     proc = subprocess.Popen([sys.executable, "-m", "deploy.local_stack", "--port", str(free_port()),
                              "--data", str(data), "--set", "rounds=1", "epochs_per_round=1",
+                             "image_size=16",
                              *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
