@@ -30,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from trainer.collection import Collection
 from trainer.data import open_collection
 from trainer.errors import DatasetError
-from trainer.images import InvalidImage, is_clutter, open_image, to_rgb
+from trainer.images import RESIZED_FIRST, InvalidImage, is_clutter, open_image, to_rgb
 
 THUMB_FORMAT = ("WEBP", "image/webp") if features.check("webp") else ("JPEG", "image/jpeg")
 
@@ -47,7 +47,7 @@ class ThumbSize(IntEnum):
 
 
 THUMB_SIZES = tuple(int(s) for s in ThumbSize)
-THUMB_MAX_PIXELS = 25_000_000  # a 24 MP photo passes; a PNG or TIFF this size takes ~100 MB
+THUMB_MAX_PIXELS = 25_000_000  # a 24 MP photo passes: ~100 MB as an RGB PNG, ~190 as RGBA
 THUMB_DECODES = min(4, os.cpu_count() or 1)
 
 
@@ -190,6 +190,11 @@ def thumbnail(data: bytes, size: int) -> bytes:
     # The header only; a JPEG is set to decode at a reduced scale, and the limit holds for that.
     image = open_image(data, max_pixels=THUMB_MAX_PIXELS, decode_size=size)
     try:
+        if image.mode in RESIZED_FIRST:
+            # Shrunk before it is turned upright and converted, as trainer.images.square does:
+            # a 24 MP RGBA PNG took 561 MB on its way to a thumbnail, every step a full copy.
+            image.load()  # a TIFF decoder turns its image upright as it loads
+            image.thumbnail((size, size), Image.Resampling.LANCZOS)  # keeps the EXIF
         image = to_rgb(ImageOps.exif_transpose(image))
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,

@@ -121,7 +121,7 @@ def square(image: Image.Image, size: int) -> np.ndarray:
         # JPEG can decode at 1/2, 1/4, 1/8 scale directly: big photos decode much faster (a
         # no-op when open_image was given the size: it set this already).
         image.draft("RGB", (size, size))
-        if image.mode in _RESIZED_FIRST:
+        if image.mode in RESIZED_FIRST:
             # Turning an image upright and converting its colours copy it: resized first, a
             # 24-megapixel RGBA PNG takes ~8 bytes per pixel on its way to 32 x 32, not ~20
             # (docs/benchmarks.md, "Large images"). The centre square is the same either way.
@@ -140,7 +140,7 @@ def square(image: Image.Image, size: int) -> np.ndarray:
 # Modes resized before they are converted to RGB, which gives the same pixels: their values
 # average (transparency over white is linear in them). Not palette indices or 1-bit pixels, and
 # not 16-bit or float greyscale, whose brightest pixel sets their scale (to_rgb).
-_RESIZED_FIRST = frozenset({"L", "LA", "RGB", "RGBA"})
+RESIZED_FIRST = frozenset({"L", "LA", "RGB", "RGBA"})
 
 
 def _centre_square(image: Image.Image, size: int) -> Image.Image:

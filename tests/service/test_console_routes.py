@@ -109,6 +109,23 @@ def test_thumbnails_show_deep_and_transparent_images_as_the_model_sees_them(kind
     assert shown[:, :8].mean() < shown[:, -8:].mean() - 50 or kind == "transparent"
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "JPEG"])
+def test_a_large_image_shrunk_first_still_gets_an_upright_thumbnail(fmt):
+    """2048 x 1024 stored landscape with orientation 6 (left half red, right half blue): the
+    thumbnail, made before the image is turned upright, is a 32 x 64 portrait, red on top
+    (a TIFF decoder turns its image upright itself)."""
+    image = Image.new("RGB", (2048, 1024), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 1024, 1024))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    image.save(out, fmt, exif=exif)
+    shown = Image.open(io.BytesIO(thumbnail(out.getvalue(), 64))).convert("RGB")
+    assert shown.size == (32, 64)
+    top, bottom = np.asarray(shown)[4, 16], np.asarray(shown)[60, 16]
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60, (top, bottom)
+
+
 def test_thumbnails_refuse_large_images(served):
     """A 30 MP PNG (a few kB on disk) is refused from its header, before it is decoded; a 30 MP
     JPEG photo is not."""
