@@ -97,7 +97,10 @@ def make_stack(tmp_path: Path, digits_dir: Path, broker_url: str | None) -> Stac
         **os.environ,
         "DATA_ROOT": str(data), "MODELS_ROOT": str(tmp_path / "models"),
         "STATE_ROOT": str(tmp_path / "state"), "KEY_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
-        "HEARTBEAT_S": "0.3", "LEASE_S": "2", "SWEEP_INTERVAL_S": "0.5",
+        # A lease of 13 heartbeats: a worker killed or paused here is noticed within seconds,
+        # and one busy moment of a loaded 2-core machine (a live job process once went 2 s
+        # without a renewal in the whole suite) does not count as a lost worker.
+        "HEARTBEAT_S": "0.3", "LEASE_S": "4", "SWEEP_INTERVAL_S": "0.5",
         # A map of a sample of the digits' 1,797 items: its t-SNE takes 1.4 s instead of 5.5,
         # and each job here publishes a bundle; what a full map holds is tested in
         # tests/trainer and tests/service.

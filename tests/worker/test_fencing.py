@@ -58,6 +58,23 @@ def test_writes_naming_an_owner_land_only_while_it_holds_the_lease(store):
     assert store.history(stale.id) == []
 
 
+def test_a_late_renewal_is_logged_with_the_gap_and_the_lease(store, caplog):
+    """A process that stalls past half its lease says so when it renews (the stall that
+    sends a live job to another worker is otherwise silent)."""
+    from worker.lease import Lease
+
+    job = store.create(Job.new("d", {}))
+    lease = Lease(store, job.id, "a", 0.4)
+    assert lease.acquire()
+    with caplog.at_level("WARNING", logger="worker.lease"):
+        assert lease.renew()
+        assert not caplog.records  # on time
+        wait_for(lambda: not lease.held(), 30, "the local bound to run out")
+        lease.renew()  # whether the store has let it lapse yet or not
+    [late] = [r.getMessage() for r in caplog.records if "since the lease" in r.getMessage()]
+    assert job.id in late and "(it lasts 0.4 s)" in late, late
+
+
 def test_conditions_on_the_lease_and_on_fields(store):
     job = store.create(Job.new("d", {}))
     assert store.transition(job.id, {QUEUED}, QUEUED, unleased=True, when={"worker": None},
@@ -161,7 +178,7 @@ def test_a_paused_worker_never_writes_the_record_of_a_job_another_took_over(redi
     a = stack.start_worker()
     job = stack.submit(tiny, **TINY, rounds=2, epochs_per_round=10)
     stack.wait(job.id, lambda j: j.progress.get("global_epoch", 0) >= 1, what="epoch 1 on a")
-    a.pause()  # past its lease (LEASE_S=2): b's sweep re-queues the job and b resumes it
+    a.pause()  # past its lease (LEASE_S in conftest): b's sweep re-queues the job and b resumes it
     b = stack.start_worker()
     done = stack.finished(job.id)
     assert done.status == SUCCEEDED, done.error
