@@ -174,9 +174,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
         arr = np.asarray(image)
         peak = float(arr.max(initial=0))
         hi = max(peak, 1.0) if image.mode == "F" else full_scale(peak)
-        if image.mode != "F" and arr.min(initial=0) >= 0:
+        if image.mode != "F" and arr.min(initial=0) >= 0 and peak <= 0xFFFF:
             # Through a table of the values up to the peak: no float copy of the image (a
             # 24-megapixel 16-bit PNG took 14 bytes per pixel on its way to 32 x 32, now 9).
+            # Not past 16 bits: one bright pixel of a 32-bit image would size the table.
             table = np.arange(int(peak) + 1, dtype=np.float32)
             arr = np.clip(table / hi * 255.0, 0, 255).astype(np.uint8)[arr]
         else:

@@ -1,5 +1,6 @@
 import io
 import tarfile
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -124,6 +125,21 @@ def test_deep_greyscale_is_scaled_by_the_bits_it_uses(bits, peak):
     top = 2 ** max(bits, 8) - 1
     assert abs(out[:, -1].max() - round(peak / top * 255)) <= 1, out[:, -1]
     assert out[:, 0].max() == 0 and len(np.unique(out)) > min(50, peak // 4)
+
+
+def test_one_bright_pixel_of_a_32_bit_image_costs_no_more_than_the_image():
+    """8 x 8 pixels, one of them 2**30: scaled as the float path scales it, without a table
+    of values up to the peak (it took 12 GB and 22 s)."""
+    arr = np.zeros((8, 8), dtype=np.int32)
+    arr[0, 0], arr[1, 1] = 2**30, 2**29
+    tracemalloc.start()  # numpy reports its buffers to it
+    try:
+        out = np.asarray(to_rgb(Image.fromarray(arr, mode="I")))
+        assert tracemalloc.get_traced_memory()[1] < 1_000_000
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (8, 8, 3) and out[0, 0, 0] == 255 and out[2, 2, 0] == 0
+    assert out[1, 1, 0] == 255  # above the 16-bit full scale (to_rgb clips, as for floats)
 
 
 def test_webp_jpeg_and_avif(tmp_path):
