@@ -35,14 +35,13 @@ class Lease:
     def __init__(self, store: JobStore, job_id: str, owner: str, lease_s: float) -> None:
         self.store, self.job_id, self.owner, self.lease_s = store, job_id, owner, lease_s
         self._valid_until = float("-inf")
-        self._last_sent = float("-inf")
         self._lost = False
 
     def acquire(self) -> bool:
         sent = time.monotonic()
         if not self.store.acquire(self.job_id, self.owner, self.lease_s):
             return False
-        self._valid_until, self._last_sent = sent + self.lease_s, sent
+        self._valid_until = sent + self.lease_s
         return True
 
     def renew(self) -> bool:
@@ -53,7 +52,7 @@ class Lease:
         sent = time.monotonic()
         self._warn_if_late(sent)
         if self.store.renew(self.job_id, self.owner, self.lease_s):
-            self._valid_until, self._last_sent = sent + self.lease_s, sent
+            self._valid_until = sent + self.lease_s
             return True
         self.mark_lost()
         return False
@@ -61,7 +60,7 @@ class Lease:
     def _warn_if_late(self, now: float) -> None:
         """Say so when the renewals fall behind: a lease that lapses while its process lives
         sends the job to another worker (an operator then raises LEASE_S, or finds the stall)."""
-        gap = now - self._last_sent
+        gap = now - (self._valid_until - self.lease_s)  # since the last renewal was sent
         if gap > self.lease_s / 2:
             log.warning("job %s: %.2f s since the lease was last renewed (it lasts %.1f s): "
                         "this process was stalled", self.job_id, gap, self.lease_s)
