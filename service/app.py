@@ -18,6 +18,7 @@ from service import console, contract, errors
 from service.batcher import BULK_NICE, EmbedBatcher, cpu_workers
 from service.collections import Collections
 from service.decoding import QueryDecoder
+from service.deps import QueryTools
 from service.errors import problems
 from service.limits import Gate, Limits
 from service.memory_budget import budget_bytes
@@ -211,6 +212,8 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.bulk_batcher = bulk_batcher
     app.state.decoder = decoder
     app.state.search_lane = SearchLane()
+    app.state.query_tools = QueryTools(limits, app.state.bodies, batcher, decoder,
+                                       app.state.search_lane)
     app.state.metrics = metrics
     app.state.enqueue = queue
     app.state.retrainer = retrainer

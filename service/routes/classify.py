@@ -16,16 +16,7 @@ from service.bodies import (
     read_json,
     require_media,
 )
-from service.deps import (
-    BatcherDep,
-    BodiesDep,
-    DecoderDep,
-    LimitsDep,
-    RegistryDep,
-    SearchLaneDep,
-    served_model,
-    stamp,
-)
+from service.deps import QueryToolsDep, RegistryDep, served_model, stamp
 from service.errors import ProblemError, invalid, not_found, problems
 from service.filters import from_body, from_form
 from service.registry import Served
@@ -73,15 +64,15 @@ def classify_vectors(served: Served, queries: np.ndarray, k: int, sigma: float,
              "classified by id does not vote for itself. With a filter (JSON: `filter` "
              "{labels, prefix}; multipart: `labels` fields and a `prefix`), only the labelled "
              "items that match vote. 409: the model has no labelled items (that match).")
-async def classify(request: Request, response: Response, limits: LimitsDep, bodies: BodiesDep,
-                   registry: RegistryDep, batcher: BatcherDep, decoder: DecoderDep,
-                   lane: SearchLaneDep,
+async def classify(request: Request, response: Response, tools: QueryToolsDep,
+                   registry: RegistryDep,
                    model_version: str | None = VERSION_QUERY) -> ClassifyResponse:
     kind = require_media(request, MULTIPART, JSON)
     served = await served_model(registry, model_version)
+    limits, lane = tools.limits, tools.lane
     ids: list[str] | None = None
     if kind == JSON:
-        body = await read_json(request, bodies.classify, limits.ids_budget, limits.images,
+        body = await read_json(request, tools.bodies.classify, limits.ids_budget, limits.images,
                                limits.b64_image_chars)
         k, sigma, only = body.k, body.sigma, from_body(body.filter)
         if "ids" in body.model_fields_set:
@@ -115,7 +106,7 @@ async def classify(request: Request, response: Response, limits: LimitsDep, bodi
         for p, item in zip(predictions, ids, strict=True):
             p.id = item
     else:
-        queries = await embed_images(blobs or [], served, batcher, decoder)
+        queries = await embed_images(blobs or [], served, tools)
         predictions = await lane.run(classify_vectors, served, queries, k, sigma, None, only)
     stamp(response, served)
     return ClassifyResponse(model_version=served.version, k=k, sigma=sigma,

@@ -17,16 +17,7 @@ from service.bodies import (
     read_json,
     require_media,
 )
-from service.deps import (
-    BatcherDep,
-    BodiesDep,
-    DecoderDep,
-    LimitsDep,
-    RegistryDep,
-    SearchLaneDep,
-    served_model,
-    stamp,
-)
+from service.deps import QueryTools, QueryToolsDep, RegistryDep, served_model, stamp
 from service.errors import ProblemError, invalid, not_found, problems
 from service.filters import (
     FORM_FIELDS,
@@ -55,12 +46,11 @@ VERSION_QUERY = Query(None, max_length=VERSION_MAX, pattern=VERSION,
 QUERY_ERRORS = (400, 401, 403, 404, 413, 415, 422, 503)
 
 
-async def embed_images(blobs: list[bytes], served: Served, batcher: BatcherDep,
-                       decoder: DecoderDep) -> np.ndarray:
+async def embed_images(blobs: list[bytes], served: Served, tools: QueryTools) -> np.ndarray:
     """Decode (see service/decoding.py) and embed (batcher thread) a request's images."""
-    images = await decoder.decode(blobs, served.bundle.model.meta.image_size)
+    images = await tools.decoder.decode(blobs, served.bundle.model.meta.image_size)
     try:
-        return await batcher.embed(served.bundle.model, images)
+        return await tools.batcher.embed(served.bundle.model, images)
     except Overloaded as exc:
         raise ProblemError(503, "Service Unavailable", str(exc),
                            headers={"Retry-After": "1"}) from None
@@ -76,18 +66,19 @@ async def images_form(request: Request, limits: Limits, fields: set[str],
 
 @router.post("/embed", response_model=EmbedResponse, dependencies=[Reader],
              responses=problems(*QUERY_ERRORS), summary="Embed a batch of images")
-async def embed(request: Request, response: Response, limits: LimitsDep, bodies: BodiesDep,
-                registry: RegistryDep, batcher: BatcherDep, decoder: DecoderDep,
+async def embed(request: Request, response: Response, tools: QueryToolsDep,
+                registry: RegistryDep,
                 model_version: str | None = VERSION_QUERY) -> EmbedResponse:
     kind = require_media(request, MULTIPART, JSON)
     served = await served_model(registry, model_version)
+    limits = tools.limits
     if kind == JSON:
-        body = await read_json(request, bodies.embed, JSON_BASE, limits.images,
+        body = await read_json(request, tools.bodies.embed, JSON_BASE, limits.images,
                                limits.b64_image_chars)
         blobs = b64_images(body.images, limits)
     else:
         blobs = await form_images(await images_form(request, limits, set()), limits)
-    vectors = await embed_images(blobs, served, batcher, decoder)
+    vectors = await embed_images(blobs, served, tools)
     stamp(response, served)
     return EmbedResponse(model_version=served.version, dim=served.bundle.dim,
                          embeddings=vectors.tolist())
@@ -116,8 +107,7 @@ def check_k(k: int, limit: int) -> None:
             summary="The k nearest indexed items of an indexed item (itself excluded)",
             description="With `labels` and/or `prefix`, only items that match are searched: k "
             "neighbours whenever k items match.")
-async def neighbours(response: Response, limits: LimitsDep, registry: RegistryDep,
-                     lane: SearchLaneDep,
+async def neighbours(response: Response, tools: QueryToolsDep, registry: RegistryDep,
                      item_id: str = Path(max_length=ID_MAX, pattern=ITEM_ID,
                                          description="An indexed item's id (its path in the "
                                          "dataset)."),
@@ -126,14 +116,14 @@ async def neighbours(response: Response, limits: LimitsDep, registry: RegistryDe
                      model_version: str | None = VERSION_QUERY,
                      labels: list[LabelText] | None = LABELS_QUERY,
                      prefix: str | None = PREFIX_QUERY) -> NeighboursResponse:
-    k = limits.default_k if k is None else k
-    check_k(k, limits.k)
+    k = tools.limits.default_k if k is None else k
+    check_k(k, tools.limits.k)
     only = from_fields(labels, prefix)
     served = await served_model(registry, model_version)
     vector = served.index.vector(item_id)
     if vector is None:
         raise not_found(f"no item {item_id!r} in model {served.version}")
-    found = await lane.run(neighbours_of, served, vector[None], k, [item_id], only)
+    found = await tools.lane.run(neighbours_of, served, vector[None], k, [item_id], only)
     stamp(response, served)
     return NeighboursResponse(id=item_id, model_version=served.version, neighbours=found[0])
 
@@ -158,27 +148,27 @@ def query_vectors(vectors: list[list[float]], dim: int, version: str) -> np.ndar
              description="With a filter (JSON: `filter` {labels, prefix}; multipart: `labels` "
              "fields and a `prefix`), only items that match are searched: k neighbours per "
              "query whenever k items match.")
-async def search(request: Request, response: Response, limits: LimitsDep, bodies: BodiesDep,
-                 registry: RegistryDep, batcher: BatcherDep, decoder: DecoderDep,
-                 lane: SearchLaneDep,
+async def search(request: Request, response: Response, tools: QueryToolsDep,
+                 registry: RegistryDep,
                  model_version: str | None = VERSION_QUERY) -> SearchResponse:
     kind = require_media(request, MULTIPART, JSON)
     served = await served_model(registry, model_version)
+    limits = tools.limits
     if kind == JSON:
-        body = await read_json(request, bodies.search, limits.vectors_budget(served.bundle.dim),
-                               limits.images, limits.b64_image_chars)
+        body = await read_json(request, tools.bodies.search,
+                               limits.vectors_budget(served.bundle.dim), limits.images,
+                               limits.b64_image_chars)
         k, only = body.k, from_body(body.filter)
         if "vectors" in body.model_fields_set:
             queries = query_vectors(body.vectors, served.bundle.dim, served.version)
         else:
-            queries = await embed_images(b64_images(body.images, limits), served, batcher,
-                                         decoder)
+            queries = await embed_images(b64_images(body.images, limits), served, tools)
     else:
         form = await images_form(request, limits, {"k"}, filtered=True)
         k, only = form_int(form, "k", limits.default_k), from_form(form)
         check_k(k, limits.k)
-        queries = await embed_images(await form_images(form, limits), served, batcher, decoder)
-    found = await lane.run(neighbours_of, served, queries, k, None, only)
+        queries = await embed_images(await form_images(form, limits), served, tools)
+    found = await tools.lane.run(neighbours_of, served, queries, k, None, only)
     stamp(response, served)
     return SearchResponse(model_version=served.version,
                           results=[SearchResult(neighbours=n) for n in found])
