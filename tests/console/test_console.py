@@ -431,10 +431,20 @@ def test_retrain_policy_page_and_the_gate_verdicts(stack: Stack, browser: Browse
     page.click("#retrain-submit")
     expect(page.locator("#retrain-reason")).to_contain_text("the policy is off")
 
-    # The models page shows the gate's verdict of the model published by the first test.
+    # The models page shows the gate's verdict of the model published by the first test, and,
+    # where the verdict was against it, that `promote: always` made it current all the same.
     page.goto(f"{stack.base}/#/models")
-    cell = page.locator(f"#models-table tr[data-version='{stack.model_version}'] td.gate")
-    expect(cell).to_contain_text("raw pixels")
+    row = page.locator(f"#models-table tr[data-version='{stack.model_version}']")
+    expect(row.locator("td.gate")).to_contain_text("raw pixels")
+    gate = httpx.get(f"{stack.base}/models/{stack.model_version}", timeout=30,
+                     headers={"Authorization": f"Bearer {READ_KEY}"}).json()["gate"]
+    assert gate["policy"] == "always" and gate["promoted"]
+    if gate["promote"]:
+        expect(row.locator("td.gate")).not_to_contain_text("anyway")
+    else:
+        expect(row.locator("td.gate")).to_contain_text("; made current anyway (promote: always)")
+    expect(row.locator(".badge", has_text="current")).to_be_visible()
+    expect(row.locator(".badge", has_text="candidate")).to_have_count(0)
     shoot(page, stack, "models-gate")
     settle(page)
     watch.check(allowed={422})
@@ -506,6 +516,21 @@ def test_compare_two_versions_with_their_neighbours_side_by_side(stack: Stack, b
     width = phone.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"], f"the compare page is {width} px wide at 390 px"
     shoot(phone, stack, "compare-phone")
+
+    # Promoted by hand, the candidate is current and says how; one step rolls it back.
+    page.goto(f"{stack.base}/#/models")
+    candidate = page.locator(f"#models-table tr[data-version='{other}']")
+    expect(candidate.locator(".badge", has_text="candidate")).to_be_visible()
+    candidate.locator("button", has_text="Promote").click()
+    page.click("#confirm-yes")
+    expect(candidate.locator(".badge", has_text="current")).to_be_visible()
+    expect(candidate.locator(".badge", has_text="candidate")).to_have_count(0)
+    expect(candidate.locator("td.gate")).to_contain_text("; made current by hand")
+    page.click("#models-rollback")
+    page.click("#confirm-yes")
+    expect(page.locator(f"#models-table tr[data-version='{stack.model_version}'] .badge",
+                        has_text="current")).to_be_visible()
+    expect(candidate.locator(".badge", has_text="candidate")).to_be_visible()
     settle(page)
     watch.check()
 

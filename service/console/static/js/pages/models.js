@@ -12,7 +12,18 @@ function gateText(m) {
   const labelFree = g.measure === "label_free";
   const fmt = labelFree ? (v) => fmtNumber(v, 4) : fmtPercent;
   return `${labelFree ? "label-free score " : ""}${g.promote ? "beats" : "does not beat"} ` +
-    `${g.incumbent_name}: ${fmt(g.candidate)} vs ${fmt(g.incumbent)} (margin ${fmt(g.margin)})`;
+    `${g.incumbent_name}: ${fmt(g.candidate)} vs ${fmt(g.incumbent)} (margin ${fmt(g.margin)})` +
+    gateOutcome(m);
+}
+
+// What came of the verdict where the verdict alone does not say it: a job's `promote` that
+// overruled it, or a promotion by hand (the manifest keeps the verdict as it was).
+function gateOutcome(m) {
+  const g = m.gate;
+  if (g.promote && !g.promoted) return g.policy === "never" ? "; kept out (promote: never)" : "";
+  if (!g.promote && g.promoted) return `; made current anyway (promote: ${g.policy})`;
+  if (!g.promote && m.current) return "; made current by hand";
+  return "";
 }
 
 // To the minute, in UTC as published (the full time is the cell's tooltip).
@@ -50,7 +61,7 @@ function row(m, onPromote, previous) {
     h("th", { scope: "row" }, h("code", {}, m.version),
       m.current ? h("span", { class: "badge current" }, "current") : null,
       m.version === previous ? h("span", { class: "badge" }, "previous") : null,
-      m.gate && !m.gate.promoted
+      m.gate && !m.gate.promoted && !m.current
         ? h("span", { class: "badge", title: m.gate.reason || "" }, "candidate") : null),
     COLUMNS.map(([label, cls], i) => h("td", { class: cls || null, title: titles[cls] || null,
       dataset: label ? { label } : null }, values[i])));
