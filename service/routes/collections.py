@@ -5,6 +5,7 @@ collection) and under /collections/{collection}."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
@@ -31,6 +32,17 @@ async def collection_path(request: Request, collection: str = COLLECTION_PATH) -
     """Declares the prefix's parameter (the registry dependency reads it from the path), and
     answers 404 for a collection that does not exist, whatever the route."""
     request.app.state.collections.resolve(collection)
+
+
+def link(request: Request, path: str) -> str:
+    """`path` (a serving route's, at the root) in the collection this request came through: a
+    link in an answer stays in the collection that was asked. At the root it serves the
+    default collection, so a link from /collections/{name} that left the prefix would open
+    another collection's item, or a 409 where there is no default."""
+    collection = request.path_params.get("collection")
+    if not isinstance(collection, str) or not collection:
+        return path
+    return PREFIX.format(collection=quote(collection, safe="")) + path
 
 
 def scoped_paths(paths: dict[str, Any], path: str) -> list[str]:

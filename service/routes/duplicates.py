@@ -20,6 +20,7 @@ from service.deps import RegistryDep, SettingsDep, served_model, stamp
 from service.errors import problems
 from service.limits import DUPLICATE_PAIRS_MAX, DUPLICATE_THRESHOLD_MIN
 from service.registry import Served
+from service.routes.collections import link
 from service.routes.models import VERSION_PATH
 from service.schemas_duplicates import DuplicatePair, DuplicatePairs, PairItem
 
@@ -38,11 +39,12 @@ def _find(served: Served) -> tuple[dict[str, Any], bool]:
     return {"pairs": find_pairs(served.live.index, DUPLICATE_THRESHOLD_MIN)}, True
 
 
-def _item(served: Served, item: str) -> PairItem:
+def _item(request: Request, served: Served, item: str) -> PairItem:
     index = served.live.index
     label = index.label(item)
     return PairItem(id=item, label=index.classes[label] if label is not None and label >= 0
-                    else None, image=f"/models/{served.version}/images/{quote(item)}")
+                    else None,
+                    image=link(request, f"/models/{served.version}/images/{quote(item)}"))
 
 
 @router.get("/models/{version}/duplicates", response_model=DuplicatePairs,
@@ -74,6 +76,6 @@ async def duplicates(request: Request, response: Response, settings: SettingsDep
     return DuplicatePairs(
         model_version=served.version, seq=seq, threshold=cut, items=pairs.items, total=total,
         offset=offset, neighbours=pairs.neighbours, crowded=pairs.crowded,
-        pairs=[DuplicatePair(a=_item(served, pairs.ids[int(pairs.a[i])]),
-                             b=_item(served, pairs.ids[int(pairs.b[i])]),
+        pairs=[DuplicatePair(a=_item(request, served, pairs.ids[int(pairs.a[i])]),
+                             b=_item(request, served, pairs.ids[int(pairs.b[i])]),
                              cosine=float(pairs.cosine[i])) for i in shown])

@@ -39,6 +39,7 @@ from service.item_schemas import ItemPublic, ItemsChanged
 from service.items import NewItem, add_items, check_id, check_label, delete_items, is_new_id
 from service.limits import JSON_BASE, MIB, Gate, Limits
 from service.registry import ModelRegistry, Served
+from service.routes.collections import link
 from service.routes.models import ITEM_PATH
 from service.routes.retrieval import VERSION_QUERY
 from service.schemas import IDEMPOTENCY_KEY
@@ -279,7 +280,8 @@ async def delete_many(request: Request, response: Response, limits: LimitsDep,
 @router.get("/items/{item_id:path}", response_model=ItemPublic, dependencies=[Reader],
             responses=problems(404, 422, 503),
             summary="An item of the served collection: label, model, when it was added")
-async def get_item(response: Response, registry: RegistryDep, item_id: str = ITEM_PATH,
+async def get_item(request: Request, response: Response, registry: RegistryDep,
+                   item_id: str = ITEM_PATH,
                    model_version: str | None = VERSION_QUERY) -> ItemPublic:
     served = await served_model(registry, model_version)
     view = served.live
@@ -298,5 +300,6 @@ async def get_item(response: Response, registry: RegistryDep, item_id: str = ITE
         added_at=live_state.get("at"),
         added_with=live_state.get("version"),
         seq=live_state.get("seq"),
-        links={"self": f"/items/{quoted}", "neighbours": f"/neighbours/{quoted}",
-               "image": f"/models/{served.version}/images/{quoted}"})
+        links={"self": link(request, f"/items/{quoted}"),
+               "neighbours": link(request, f"/neighbours/{quoted}"),
+               "image": link(request, f"/models/{served.version}/images/{quoted}")})

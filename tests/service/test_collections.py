@@ -15,7 +15,7 @@ from service.client import ApiError, Client
 from service.client.cli import error_text
 from service.client.core import Core
 from service.errors import PROBLEM
-from service.limits import Limits
+from service.limits import DUPLICATE_THRESHOLD_MIN, Limits
 from tests.conftest import CIFAR_SLICE
 from tests.service.conftest import ADMIN, OTHER, V1, V2, make_settings
 from trainer.bundle import write_bundle
@@ -141,6 +141,27 @@ def test_the_default_collection_serves_the_root_routes(tmp_path, two_collections
         assert r.status_code == 200 and r.headers["x-model-version"] == OTHER
         assert c.get("/collections").json()["default"] == "other"
         assert c.get("/models").json()["current"] == OTHER
+
+
+def test_links_in_an_answer_stay_in_the_collection_that_was_asked(tmp_path, two_collections):
+    """The root serves the default collection ("other" here): a link out of
+    /collections/cifar-slice that dropped the prefix would open the other collection."""
+    settings = make_settings(tmp_path, two_collections, default_collection="other")
+    with zipfile.ZipFile(CIFAR_SLICE) as z:  # cifar-slice's images, as a folder
+        z.extractall(settings.data_root / "cifar-slice")
+    with TestClient(create_app(settings, enqueue=lambda j: None)) as c:
+        item = c.get(f"/collections/cifar-slice/items/{ITEM}").json()
+        assert item["model_version"] == V1
+        for name, url in item["links"].items():
+            assert url.startswith("/collections/cifar-slice/"), (name, url)
+            r = c.get(url)
+            assert r.status_code == 200, (name, url, r.text[:200])
+            assert r.headers["x-model-version"] == V1, (name, url)
+        pairs = c.get(f"/collections/cifar-slice/models/{V1}/duplicates",
+                      params={"threshold": DUPLICATE_THRESHOLD_MIN, "limit": 1}).json()["pairs"]
+        image = pairs[0]["a"]["image"]
+        assert image.startswith(f"/collections/cifar-slice/models/{V1}/images/")
+        assert c.get(image).status_code == 200
 
 
 def test_images_that_cannot_be_reached_are_said_once(tmp_path, two_collections):
