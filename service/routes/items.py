@@ -128,7 +128,7 @@ async def add(request: Request, response: Response, settings: SettingsDep, limit
         form = await read_form(request, form_fields(limits), {"files", "archive"})
         changes = await _add_form(form, request, settings, limits, registry, served, upsert,
                                   decoder, batcher, idempotency_key, check)
-    response.headers["Location"] = f"/items/{quote(changes[0].id)}"
+    response.headers["Location"] = link(request, f"/items/{quote(changes[0].id)}")
     response.headers["X-Model-Version"] = served.version
     return _changed(served.version, served.live.dataset, changes, check)
 

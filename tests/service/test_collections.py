@@ -162,6 +162,11 @@ def test_links_in_an_answer_stay_in_the_collection_that_was_asked(tmp_path, two_
         image = pairs[0]["a"]["image"]
         assert image.startswith(f"/collections/cifar-slice/models/{V1}/images/")
         assert c.get(image).status_code == 200
+        r = c.post("/collections/cifar-slice/items", headers=ADMIN_HEADERS,
+                   data={"ids": ["added/cat.jpg"]}, files=[("files", ("cat.jpg", RAW_CAT))])
+        assert r.status_code == 201, r.text
+        assert r.headers["location"] == "/collections/cifar-slice/items/added/cat.jpg"
+        assert c.get(r.headers["location"]).json()["model_version"] == V1
 
 
 def test_images_that_cannot_be_reached_are_said_once(tmp_path, two_collections):
