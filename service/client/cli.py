@@ -55,13 +55,18 @@ def _add(api: Client, args: argparse.Namespace) -> None:
         # Each request is all or nothing, but those before the refused one went through.
         left = f"; {len(images) - sent} of the {len(images)} files were not" if images else ""
         raise SystemExit(
-            f"error: {error_text(exc)}\n{added} items were added by the "
+            f"error: {error_text(exc)}\n{_items(added)} {'was' if added == 1 else 'were'} "
+            "added by the "
             f"requests before this one{left} (to send the rest again: --upsert, or only the "
             "files not added)") from None
 
 
+def _items(n: int) -> str:
+    return f"{n} item" if n == 1 else f"{n} items"
+
+
 def _added(ids: list[str], dataset: str, version: str, seq: int) -> None:
-    print(f"added {len(ids)} items to {dataset} (model {version}, log position {seq})")
+    print(f"added {_items(len(ids))} to {dataset} (model {version}, log position {seq})")
 
 
 def _find(api: Client, args: argparse.Namespace) -> None:
@@ -76,7 +81,7 @@ def _get(api: Client, args: argparse.Namespace) -> None:
 
 def _delete(api: Client, args: argparse.Namespace) -> None:
     answer = api.delete_items(args.ids)
-    print(f"deleted {len(answer.ids)} items (log position {answer.seq})")
+    print(f"deleted {_items(len(answer.ids))} (log position {answer.seq})")
 
 
 def error_text(exc: ApiError) -> str:
