@@ -15,6 +15,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
@@ -382,6 +383,13 @@ def test_phone_width_keyboard_and_alt_texts(stack: Stack, browser: Browser) -> N
         assert scroll <= visible, f"the {name} table is {scroll} px wide in {visible} px"
     expect(page.locator("#jobs-table tbody tr").first.locator(
         "td[data-label='Created']")).to_be_in_viewport()
+    # In UTC, year first, as the models table: a locale's 07/12/2026 is July or December.
+    job = httpx.get(f"{stack.base}/jobs", timeout=30,
+                    headers={"Authorization": f"Bearer {READ_KEY}"}).json()["data"][0]
+    created = page.locator("#jobs-table tbody tr").filter(
+        has=page.locator(f"a[href='#/jobs/{job['id']}']")).locator("td[data-label='Created']")
+    expect(created).to_have_text(datetime.fromtimestamp(job["created_at"], timezone.utc)
+                                 .strftime("%Y-%m-%d %H:%M:%S UTC"))
     page.goto(f"{stack.base}/#/models")
     row = page.locator(f"#models-table tr[data-version='{stack.model_version}']")
     expect(row.locator("td[data-label^='Label-free']")).to_be_visible()

@@ -75,9 +75,11 @@ export function fmtDuration(seconds) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
+// A moment as the models table and the API's manifests give it: year first, in UTC, said so
+// (a locale's "07/12/2026" reads as July in one country and December in the next).
 export function fmtTime(epochSeconds) {
   if (!epochSeconds) return "–";
-  return new Date(epochSeconds * 1000).toLocaleString("en-GB");
+  return `${new Date(epochSeconds * 1000).toISOString().slice(0, 19).replace("T", " ")} UTC`;
 }
 
 // Scores of neighbours: four decimals, more where two shown scores would look the same.
