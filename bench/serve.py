@@ -1,7 +1,9 @@
 """Serving benchmark, in one run on one machine:
 
 1. /embed images/s at 1, 8 and 32 concurrent clients (one 32x32 PNG per request) against the
-   raw batched forward throughput of the same model: their ratio is the figure (goal >= 0.8).
+   raw batched forward throughput of the same model (the faster of two layouts: one stream
+   over every core, one single-threaded stream per core): their ratio is the figure (goal
+   >= 0.8).
 2. /neighbours p50/p99 latency at 50,000 and 1,000,000 items, exact and HNSW, with the HNSW
    index's recall@10 (embedding-like synthetic vectors: clustered, low-rank), at one client
    unless `--neighbour-clients` names more loads.
