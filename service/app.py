@@ -211,9 +211,7 @@ def create_app(settings: ServiceSettings | None = None, *, store: JobStore | Non
     app.state.batcher = batcher
     app.state.bulk_batcher = bulk_batcher
     app.state.decoder = decoder
-    app.state.search_lane = SearchLane()
-    app.state.query_tools = QueryTools(limits, app.state.bodies, batcher, decoder,
-                                       app.state.search_lane)
+    app.state.query_tools = QueryTools(limits, app.state.bodies, batcher, decoder, SearchLane())
     app.state.metrics = metrics
     app.state.enqueue = queue
     app.state.retrainer = retrainer

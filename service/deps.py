@@ -59,10 +59,6 @@ async def _registry(request: Request) -> AsyncIterator[ModelRegistry]:
         yield registry
 
 
-async def _batcher(request: Request) -> EmbedBatcher:
-    return request.app.state.batcher
-
-
 async def _bulk_batcher(request: Request) -> EmbedBatcher:
     return request.app.state.bulk_batcher
 
@@ -83,18 +79,14 @@ async def _decoder(request: Request) -> QueryDecoder:
     return request.app.state.decoder
 
 
-async def _search_lane(request: Request) -> SearchLane:
-    return request.app.state.search_lane
-
-
 async def _enqueue(request: Request) -> Callable[[str], None]:
     return request.app.state.enqueue
 
 
 @dataclass(frozen=True)
 class QueryTools:
-    """What the query routes (/embed, /search, /classify, /neighbours) share, the same objects
-    as the single dependencies above."""
+    """What the query routes (/embed, /search, /classify, /neighbours) share, as one dependency
+    (FastAPI resolves each dependency of a route on every request)."""
 
     limits: Limits
     bodies: QueryModels
@@ -112,13 +104,11 @@ StoreDep = Annotated[JobStore, Depends(_store)]
 CollectionDep = Annotated[str | None, Depends(_collection)]
 CollectionsDep = Annotated[Collections, Depends(_collections)]
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
-BatcherDep = Annotated[EmbedBatcher, Depends(_batcher)]
 BulkBatcherDep = Annotated[EmbedBatcher, Depends(_bulk_batcher)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 LimitsDep = Annotated[Limits, Depends(_limits)]
 BodiesDep = Annotated[QueryModels, Depends(_bodies)]
 DecoderDep = Annotated[QueryDecoder, Depends(_decoder)]
-SearchLaneDep = Annotated[SearchLane, Depends(_search_lane)]
 EnqueueDep = Annotated[Callable[[str], None], Depends(_enqueue)]
 QueryToolsDep = Annotated[QueryTools, Depends(_query_tools)]
 

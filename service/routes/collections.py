@@ -45,6 +45,11 @@ def link(request: Request, path: str) -> str:
     return PREFIX.format(collection=quote(collection, safe="")) + path
 
 
+def image_link(request: Request, version: str, item_id: str) -> str:
+    """The link to an item's image as `version` serves it, in the request's collection."""
+    return link(request, f"/models/{version}/images/{quote(item_id)}")
+
+
 def scoped_paths(paths: dict[str, Any], path: str) -> list[str]:
     """A serving route's path in an OpenAPI document: at the root and under a collection."""
     return [p for p in (path, PREFIX + path) if p in paths]

@@ -9,7 +9,6 @@ moves the log position, so the next request finds the pairs again, adds and dele
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -20,7 +19,7 @@ from service.deps import RegistryDep, SettingsDep, served_model, stamp
 from service.errors import problems
 from service.limits import DUPLICATE_PAIRS_MAX, DUPLICATE_THRESHOLD_MIN
 from service.registry import Served
-from service.routes.collections import link
+from service.routes.collections import image_link
 from service.routes.models import VERSION_PATH
 from service.schemas_duplicates import DuplicatePair, DuplicatePairs, PairItem
 
@@ -44,7 +43,7 @@ def _item(request: Request, served: Served, item: str) -> PairItem:
     label = index.label(item)
     return PairItem(id=item, label=index.classes[label] if label is not None and label >= 0
                     else None,
-                    image=link(request, f"/models/{served.version}/images/{quote(item)}"))
+                    image=image_link(request, served.version, item))
 
 
 @router.get("/models/{version}/duplicates", response_model=DuplicatePairs,

@@ -39,7 +39,7 @@ from service.item_schemas import ItemPublic, ItemsChanged
 from service.items import NewItem, add_items, check_id, check_label, delete_items, is_new_id
 from service.limits import JSON_BASE, MIB, Gate, Limits
 from service.registry import ModelRegistry, Served
-from service.routes.collections import link
+from service.routes.collections import image_link, link
 from service.routes.models import ITEM_PATH
 from service.routes.retrieval import VERSION_QUERY
 from service.schemas import IDEMPOTENCY_KEY
@@ -302,4 +302,4 @@ async def get_item(request: Request, response: Response, registry: RegistryDep,
         seq=live_state.get("seq"),
         links={"self": link(request, f"/items/{quoted}"),
                "neighbours": link(request, f"/neighbours/{quoted}"),
-               "image": link(request, f"/models/{served.version}/images/{quoted}")})
+               "image": image_link(request, served.version, item_id)})
