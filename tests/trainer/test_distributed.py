@@ -9,6 +9,7 @@ shared. The test allows 1 % on the loss and asks for 99 % of the anchors.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import signal
@@ -131,18 +132,33 @@ def test_killed_rank_stops_the_run_which_resumes_to_the_same_result(reference_ru
     out = tmp_path / "killed"
     proc = _cli(digits_dir, out, checkpoint_interval_s=1)
 
-    def mid_epoch_of_round_1() -> bool:
+    def mid_epoch_of_round_1() -> int | None:
+        """Rank 1's pid once a mid-epoch checkpoint of round 1 is on disk, with both ranks
+        (the launcher is rank 0) stopped while the checkpoint is read: on a fast machine the
+        rest of the run takes less than a poll, and must not end before the kill."""
         if proc.poll() is not None:
             raise AssertionError(f"the run ended first: {proc.communicate()}")
+        ranks = [proc.pid, *_rank_children(proc.pid)]
+        if len(ranks) != 2:
+            return None
+        with contextlib.suppress(ProcessLookupError):  # rank 1 may just have ended
+            for pid in ranks:
+                os.kill(pid, signal.SIGSTOP)
         try:
             state = checkpoint.load(out / "checkpoint.pt")
         except (OSError, EOFError, RuntimeError):
-            return False
-        return state["round"] == 1 and state["step"] > 0
+            state = None
+        if state is not None and state["round"] == 1 and state["step"] > 0:
+            return ranks[1]  # left stopped, killed next
+        with contextlib.suppress(ProcessLookupError):
+            for pid in ranks:
+                os.kill(pid, signal.SIGCONT)
+        return None
 
-    wait_for(mid_epoch_of_round_1, 300, "a mid-epoch checkpoint in round 1")
-    (rank1,) = _rank_children(proc.pid)
+    rank1 = wait_for(mid_epoch_of_round_1, 300, "a mid-epoch checkpoint in round 1")
+    assert isinstance(rank1, int)
     os.kill(rank1, signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGCONT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err
     assert "rank 1 was killed by SIGKILL" in err
