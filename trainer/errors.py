@@ -20,6 +20,11 @@ class DatasetError(TrainerError, ValueError):
     """The dataset cannot be used for training (empty, too small, corrupt, bad layout)."""
 
 
+class EncoderOutputError(TrainerError):
+    """The encoder gave a vector that is not a finite unit vector (trainer/unit_vectors.py):
+    nothing is written from it."""
+
+
 class BundleError(TrainerError):
     """A model bundle is missing, incomplete or inconsistent."""
 

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from trainer import unit_vectors
 from trainer.collection import Collection
 from trainer.device import cpu_count
-from trainer.errors import DatasetError
+from trainer.errors import DatasetError, EncoderOutputError
 from trainer.images import InvalidImage
 
 log = logging.getLogger(__name__)
@@ -148,14 +149,24 @@ def split_batches(order: np.ndarray, batch_size: int, min_last: int = 2) -> list
     two of every batch: min_last = 2 x processes)."""
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if len(chunks) > 1 and len(chunks[-1]) < min_last:
-        chunks[-2] = np.concatenate([chunks[-2], chunks.pop()])
+        last = chunks.pop()  # first: `chunks[-2] = f(chunks.pop())` would store into the
+        chunks[-1] = np.concatenate([chunks[-1], last])  # slot before, losing a batch
     return chunks
 
 
 def embed_all(reader: BatchReader, n: int, dim: int,
               forward: Callable[[torch.Tensor], np.ndarray], batch_size: int = 256) -> np.ndarray:
-    """Embeddings of rows 0..n-1 in order; `forward` maps a uint8 batch to B x dim vectors."""
+    """Embeddings of rows 0..n-1 in order; `forward` maps a uint8 batch to B x dim unit
+    vectors. Raises EncoderOutputError when one is not (trainer/unit_vectors.py)."""
     out = np.empty((n, dim), dtype=np.float32)
     for rows, images in reader(split_batches(np.arange(n), batch_size)):
-        out[rows] = forward(images)
+        vectors = forward(images)
+        bad = unit_vectors.off_unit_rows(vectors)
+        if len(bad):
+            raise EncoderOutputError(
+                "the encoder's output is not usable: "
+                + unit_vectors.describe(vectors, bad, [f"row {rows[b]}" for b in
+                                                       range(len(rows))])
+                + "; a model whose training diverged (a lower lr helps) gives this")
+        out[rows] = vectors
     return out
