@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer import embedding_map
+from trainer import embedding_map, unit_vectors
 from trainer import index as faiss_index
 from trainer.current import current_version as current_version
 from trainer.current import dataset_of, register, unregister
@@ -109,6 +109,10 @@ def write_bundle(run_dir: str | os.PathLike[str], models_root: str | os.PathLike
             ids = [str(i) for i in saved["ids"]]
             labels = saved["labels"].astype(int).tolist()
             classes = [str(c) for c in saved["classes"]]
+        bad = unit_vectors.off_unit_rows(vectors)
+        if len(bad):  # never published: every search would put these items first
+            raise BundleError("the embeddings to publish are not usable: "
+                              + unit_vectors.describe(vectors, bad, ids))
         with atomic_file(tmp / "embeddings.npy") as f:
             np.save(f, vectors)
         atomic_write_json(tmp / "items.json", {"ids": ids, "labels": labels, "classes": classes})

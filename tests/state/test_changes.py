@@ -158,6 +158,19 @@ def test_an_entry_that_cannot_be_read_is_set_aside(log):
 
 
 
+def test_a_vector_that_is_not_unit_is_dropped_and_the_item_kept(log):
+    """No encoder makes such a vector (one would stand first in every search): the entry
+    stays, without it, and whoever applies the entry embeds the item's image again."""
+    log.append("d", [_add("a", vector=(3.0, 4.0)), _add("b", vector=(0.6, 0.8))], known={})
+    _inject(log, "d", 3, '{"seq": 3, "op": "add", "id": "c", "path": ".items/c.png", '
+                         '"vector": "AADAfwAAAAA="}')  # (nan, 0)
+    page = log.since("d", 0)
+    assert [(c.id, c.path) for c in page] == [("a", ".items/a"), ("b", ".items/b"),
+                                              ("c", ".items/c.png")]
+    assert page[0].vector is None and page[2].vector is None and not page.set_aside
+    assert np.array_equal(page[1].vector, np.asarray([0.6, 0.8], dtype=np.float32))
+
+
 def _held(log, dataset: str, upto: int | None = None, after: int = 0,
           start: dict[str, str | None] | None = None) -> dict[str, str | None]:
     """What a reader that held `start` (id -> label) at position `after` holds once it has

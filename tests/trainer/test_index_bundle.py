@@ -107,6 +107,28 @@ def test_invalid_bundles_never_become_current(finished_run, tmp_path):
     assert not [p for p in models.iterdir() if p.name.startswith(".tmp")]
 
 
+def test_embeddings_that_are_not_unit_vectors_are_never_published(finished_run, tmp_path):
+    """A vector of another length would stand first in every search: the bundle is refused,
+    naming the item, and nothing is left behind."""
+    models = tmp_path / "models"
+    with np.load(finished_run / "embeddings.npz") as saved:
+        arrays = dict(saved)
+    arrays["vectors"][3] *= 1.9e14
+    bad_id = str(arrays["ids"][3])
+    np.savez(tmp_path / "bad.npz", **arrays)
+    refused = rf"1 vector is not of length 1: {bad_id} \(norm 1.9e\+14"
+    with pytest.raises(BundleError, match=refused):
+        write_bundle(finished_run, models, dataset="d", version="v-bad",
+                     embeddings=tmp_path / "bad.npz")
+    arrays["vectors"][3] = np.nan
+    np.savez(tmp_path / "nan.npz", **arrays)
+    with pytest.raises(BundleError, match=rf"{bad_id} \(norm nan"):
+        write_bundle(finished_run, models, dataset="d", version="v-bad",
+                     embeddings=tmp_path / "nan.npz")
+    assert not (models / "v-bad").exists()
+    assert not [p for p in models.iterdir() if p.name.startswith(".tmp")]
+
+
 @pytest.mark.parametrize("damage", [b"", b"not an encoder", b"PK\x03\x04cut short"],
                          ids=["empty", "text", "truncated-zip"])
 def test_a_damaged_encoder_file_is_an_invalid_bundle(finished_run, tmp_path, damage):
