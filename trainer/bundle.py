@@ -225,6 +225,9 @@ def validate(path: str | os.PathLike[str]) -> dict[str, Any]:
         problems.append("item ids are not unique")
     if vectors.shape != (n, dim):
         problems.append(f"embeddings are {vectors.shape}, expected {(n, dim)}")
+    elif len(bad := unit_vectors.off_unit_rows(vectors)):
+        named = items["ids"] if len(items["ids"]) == n else None
+        problems.append(unit_vectors.describe(vectors, bad, named))
     if built.ntotal != n or built.dim != dim:
         problems.append(f"index holds {built.ntotal} x {built.dim}, expected {n} x {dim}")
     if model.meta.dim != dim:

@@ -86,6 +86,16 @@ def test_invalid_bundles_never_become_current(finished_run, tmp_path):
     np.save(broken / "embeddings.npy", np.zeros((3, 128), dtype=np.float32))
     with pytest.raises(BundleError):
         validate(broken)
+    # Published before the embedding pass wrote every row: a zero row is refused (a promote
+    # or rollback to it fails), naming the item.
+    shutil.copy2(path / "index.faiss", broken / "index.faiss")
+    vectors = np.load(path / "embeddings.npy")
+    vectors[1] = 0
+    np.save(broken / "embeddings.npy", vectors)
+    first_ids = json.loads((path / "items.json").read_text())["ids"]
+    with pytest.raises(BundleError, match=rf"1 vector is not of length 1: {first_ids[1]} "
+                                          r"\(norm 0\)"):
+        validate(broken)
     with pytest.raises(BundleError):
         set_current(models, "no-such-version")
     # A build that fails part way (its embeddings unreadable) leaves no partial folder behind;
