@@ -149,8 +149,10 @@ def split_batches(order: np.ndarray, batch_size: int, min_last: int = 2) -> list
     two of every batch: min_last = 2 x processes)."""
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if len(chunks) > 1 and len(chunks[-1]) < min_last:
-        last = chunks.pop()  # first: `chunks[-2] = f(chunks.pop())` would store into the
-        chunks[-1] = np.concatenate([chunks[-1], last])  # slot before, losing a batch
+        # Popped in a statement of its own: in `chunks[-2] = f(chunks.pop())` the target is
+        # found after the pop, one slot too early, and a whole batch is lost.
+        last = chunks.pop()
+        chunks[-1] = np.concatenate([chunks[-1], last])
     return chunks
 
 
@@ -167,6 +169,6 @@ def embed_all(reader: BatchReader, n: int, dim: int,
                 "the encoder's output is not usable: "
                 + unit_vectors.describe(vectors, bad, [f"row {rows[b]}" for b in
                                                        range(len(rows))])
-                + "; a model whose training diverged (a lower lr helps) gives this")
+                + "; nothing is written from it")
         out[rows] = vectors
     return out
