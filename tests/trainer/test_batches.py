@@ -59,3 +59,27 @@ def test_embed_all_refuses_a_vector_that_is_not_unit():
     with pytest.raises(EncoderOutputError, match=r"1 vector is not of length 1: row 5 \(norm 2\)"):
         embed_all(_Cached(7), 7, 2, lambda x: _circle(x, off_unit=5),  # type: ignore[arg-type]
                   batch_size=2)
+
+
+def test_a_run_on_513_images_embeds_every_one(digits_dir, tmp_path):
+    """Through the real engine: 513 = 2 x 256 + 1 items, so the embedding pass's last batch
+    holds one image (and, at batch size 32, the training's too). Every row of the run's
+    embeddings is its image's unit vector: before the fix, 256 rows were never written."""
+    from trainer.config import TrainConfig
+    from trainer.data import open_collection
+    from trainer.engine import Trainer
+    from trainer.unit_vectors import off_unit_rows
+
+    images = sorted((digits_dir / "train").rglob("*.png"))[:513]
+    for path in images:
+        target = tmp_path / "data" / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    config = TrainConfig.from_dict({"backbone": "small_cnn", "image_size": 16, "rounds": 1,
+                                    "epochs_per_round": 1, "batch_size": 32, "knn_k": 10,
+                                    "num_workers": 0})
+    Trainer(config, open_collection(tmp_path / "data"), tmp_path / "run").run()
+    with np.load(tmp_path / "run" / "embeddings.npz") as saved:
+        vectors, ids = saved["vectors"], [str(i) for i in saved["ids"]]
+    assert len(ids) == 513 == len(set(ids))
+    assert off_unit_rows(vectors).tolist() == []
