@@ -167,8 +167,7 @@ def embed_all(reader: BatchReader, n: int, dim: int,
         if len(bad):
             raise EncoderOutputError(
                 "the encoder's output is not usable: "
-                + unit_vectors.describe(vectors, bad, [f"row {rows[b]}" for b in
-                                                       range(len(rows))])
+                + unit_vectors.describe(vectors, bad, [f"row {r}" for r in rows])
                 + "; nothing is written from it")
         out[rows] = vectors
     return out
