@@ -6,6 +6,7 @@
     python -m service.client find query.jpg [-k 5]                         # search by image
     python -m service.client find query.jpg --label cat --label dog --prefix added/  # filtered
     python -m service.client get added/2026-11-27/0001.jpg
+    python -m service.client list [--prefix added/] [--label cat]          # id and label
     python -m service.client delete added/2026-11-27/0001.jpg [more ids]
 
 The API's address comes from --url (default $AND_API_URL, else http://127.0.0.1:8000) and the
@@ -79,6 +80,12 @@ def _get(api: Client, args: argparse.Namespace) -> None:
     print(json.dumps(dataclasses.asdict(api.item(args.id)), indent=2, ensure_ascii=False))
 
 
+def _list(api: Client, args: argparse.Namespace) -> None:
+    # One line per item, tab-separated, so that cut, grep and xargs can take it from here.
+    for item in api.items(label=args.label, prefix=args.prefix):
+        print(f"{item.id}\t{item.label or ''}")
+
+
 def _delete(api: Client, args: argparse.Namespace) -> None:
     answer = api.delete_items(args.ids)
     print(f"deleted {_items(len(answer.ids))} (log position {answer.seq})")
@@ -117,11 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--prefix", default=None, help="only items whose id starts with this")
     g = sub.add_parser("get", help="an item: label, model, when it was added")
     g.add_argument("id")
+    li = sub.add_parser("list", help="the collection's items, one per line: id, a tab, label")
+    li.add_argument("--label", default=None, help="only items of this class")
+    li.add_argument("--prefix", default=None, help="only items whose id starts with this")
     d = sub.add_parser("delete", help="delete items (all, or none when one is missing)")
     d.add_argument("ids", nargs="+")
     args = p.parse_args(argv)
     # Reads go with the read key (or the admin key); only changes need the admin key.
-    command = {"add": _add, "find": _find, "get": _get, "delete": _delete}[args.command]
+    command = {"add": _add, "find": _find, "get": _get, "list": _list,
+               "delete": _delete}[args.command]
     with Client(args.url, collection=args.collection) as api:
         try:
             command(api, args)

@@ -40,9 +40,9 @@ from service.items import NewItem, add_items, check_id, check_label, delete_item
 from service.limits import JSON_BASE, MIB, Gate, Limits
 from service.registry import ModelRegistry, Served
 from service.routes.collections import image_link, link
-from service.routes.models import ITEM_PATH
+from service.routes.models import ITEM_PATH, ItemsQueryDep, items_page
 from service.routes.retrieval import VERSION_QUERY
-from service.schemas import IDEMPOTENCY_KEY
+from service.schemas import IDEMPOTENCY_KEY, ItemsPublic
 from service.settings import ServiceSettings
 from service.uploads import (
     UPLOAD_PREFIX,
@@ -275,6 +275,15 @@ async def delete_many(request: Request, response: Response, limits: LimitsDep,
     changes = await delete_items(registry, served, body.ids, idempotency_key)
     response.headers["X-Model-Version"] = served.version
     return _changed(served.version, served.live.dataset, changes)
+
+
+@router.get("/items", response_model=ItemsPublic, dependencies=[Reader],
+            responses=problems(401, 403, 404, 422, 503),
+            summary="The served collection's items (ids and labels), in index order, with "
+            "every add and delete applied; `count` is the number that match the filters")
+async def list_live(response: Response, registry: RegistryDep, query: ItemsQueryDep,
+                    model_version: str | None = VERSION_QUERY) -> ItemsPublic:
+    return await items_page(response, await served_model(registry, model_version), query)
 
 
 @router.get("/items/{item_id:path}", response_model=ItemPublic, dependencies=[Reader],

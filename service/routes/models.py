@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from live.filters import ItemFilter
@@ -18,6 +18,7 @@ from service.deps import (
 )
 from service.errors import conflict, not_found, problems
 from service.limits import ID_MAX, VERSION_MAX
+from service.registry import Served
 from service.schemas import (
     FILTER_TEXT,
     ITEM_ID,
@@ -165,28 +166,30 @@ async def roll_back(settings: SettingsDep, collection: CollectionDep,
                     current_version(settings.models_root, collection))
 
 
-@router.get("/models/{version}/items", response_model=ItemsPublic, dependencies=[Reader],
-            responses=problems(401, 403, 404, 422, 503),
-            summary="The indexed items of a model (ids and labels), in index order; `count` "
-            "is the number that match the filters")
-async def list_items(response: Response, registry: RegistryDep,
-                     version: str = VERSION_PATH,
-                     offset: int = Query(0, ge=0, le=10**9),
-                     limit: int = Query(100, ge=1, le=10_000),
-                     label: str | None = Query(None, min_length=1, max_length=256,
-                                               pattern=FILTER_TEXT,
-                                               description="Only items of this class."),
-                     prefix: str | None = Query(None, min_length=1, max_length=1024,
-                                                pattern=FILTER_TEXT,
-                                                description="Only items whose id starts with "
-                                                "this."),
-                     ) -> ItemsPublic:
-    served = await served_model(registry, version)
+class ItemsQuery:
+    """A page of a collection's items and its filters: one definition for both listings
+    (`GET /models/{version}/items` and `GET /items`)."""
 
+    def __init__(self, offset: int = Query(0, ge=0, le=10**9),
+                 limit: int = Query(100, ge=1, le=10_000),
+                 label: str | None = Query(None, min_length=1, max_length=256,
+                                           pattern=FILTER_TEXT,
+                                           description="Only items of this class."),
+                 prefix: str | None = Query(None, min_length=1, max_length=1024,
+                                            pattern=FILTER_TEXT,
+                                            description="Only items whose id starts with "
+                                            "this.")) -> None:
+        self.offset, self.limit = offset, limit
+        self.only = ItemFilter(None if label is None else (label,), prefix)
+
+
+ItemsQueryDep = Annotated[ItemsQuery, Depends()]
+
+
+async def items_page(response: Response, served: Served, query: ItemsQuery) -> ItemsPublic:
     def page() -> tuple[list[Item], int, list[str]]:
         index = served.index
-        only = ItemFilter(None if label is None else (label,), prefix)
-        items, count = index.items(offset, limit, only)
+        items, count = index.items(query.offset, query.limit, query.only)
         # Copied after the page: a change since can only extend the list, never reorder it.
         classes = list(index.classes)
         return ([Item(id=i, label=classes[lab] if lab >= 0 else None) for i, lab in items],
@@ -195,3 +198,12 @@ async def list_items(response: Response, registry: RegistryDep,
     data, count, classes = await run_in_threadpool(page)
     stamp(response, served)
     return ItemsPublic(model_version=served.version, data=data, count=count, classes=classes)
+
+
+@router.get("/models/{version}/items", response_model=ItemsPublic, dependencies=[Reader],
+            responses=problems(401, 403, 404, 422, 503),
+            summary="The indexed items of a model (ids and labels), in index order; `count` "
+            "is the number that match the filters")
+async def list_items(response: Response, registry: RegistryDep, query: ItemsQueryDep,
+                     version: str = VERSION_PATH) -> ItemsPublic:
+    return await items_page(response, await served_model(registry, version), query)

@@ -240,7 +240,7 @@ def test_the_async_client_covers_the_api(api, shots):
 
 # --- the command line ----------------------------------------------------------------------------
 
-def test_the_command_line_adds_finds_gets_and_deletes(api, shots):
+def test_the_command_line_adds_finds_lists_gets_and_deletes(api, shots):
     env = {**os.environ, "AND_API_URL": api.url, "ADMIN_API_KEY": ADMIN, "READ_API_KEY": READ,
            "PYTHONPATH": str(REPO)}
 
@@ -284,6 +284,12 @@ def test_the_command_line_adds_finds_gets_and_deletes(api, shots):
     (folder / "été 日本.png").write_bytes(shots[0].read_bytes())
     out = cli("add", str(folder), "--prefix", "dir/").stdout
     assert out.startswith("added 4 items to cifar-slice"), out
+    listed = cli("list", "--prefix", "dir/").stdout
+    assert sorted(listed.splitlines()) == ["dir/s0.png\t", "dir/sub dir/s1.png\t",
+                                           "dir/sub dir/s2.png\t", "dir/été 日本.png\t"]
+    assert cli("list", "--prefix", "dir/", "--label", "shot").stdout == ""
+    everything = cli("list").stdout.splitlines()
+    assert len(everything) == 124 and "train/cat/0000.jpg\tcat" in everything
     assert json.loads(cli("get", "dir/sub dir/s1.png").stdout)["id"] == "dir/sub dir/s1.png"
     assert json.loads(cli("get", "dir/s0.png").stdout)["id"] == "dir/s0.png"
     # Shown as written, not as \u escapes.

@@ -17,7 +17,7 @@ from PIL import Image
 from service.console import STATIC
 from service.item_images import THUMB_DECODES, THUMB_SIZES, safe_id, thumbnail
 from tests.conftest import CIFAR_SLICE
-from tests.service.conftest import V1
+from tests.service.conftest import V1, V2
 from trainer.embedding_map import MAP_FILE, ROWS_FILE
 from trainer.images import decode_square
 
@@ -234,6 +234,21 @@ def test_items_filtered_by_label_and_prefix(api):
         r = c.get(f"/models/{V1}/items", params=params)
         assert r.status_code == 422, params
         assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_the_live_collection_lists_its_items_at_items(api):
+    c = api.client
+    for params in ({"limit": 1000}, {"prefix": "test/", "label": "cat", "offset": 2, "limit": 3}):
+        r = c.get("/items", params=params)
+        assert r.status_code == 200 and r.headers["X-Model-Version"] == V1
+        assert r.json() == c.get(f"/models/{V1}/items", params=params).json()
+    assert c.get("/items").json()["count"] == 120 and len(c.get("/items").json()["data"]) == 100
+    pinned = c.get("/items", params={"model_version": V2, "limit": 1})
+    assert pinned.status_code == 200 and pinned.json()["model_version"] == V2
+    for params in ({"limit": 0}, {"prefix": "a\x01b"}, {"model_version": "../x"}):
+        r = c.get("/items", params=params)
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    assert c.get("/items", params={"model_version": "20990101-000000-none"}).status_code == 404
 
 
 def test_map_of_a_model_and_of_one_published_without(api):
