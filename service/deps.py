@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 
+from service import answered_by
 from service.batcher import EmbedBatcher
 from service.collections import Collections
 from service.decoding import QueryDecoder
@@ -116,7 +117,7 @@ QueryToolsDep = Annotated[QueryTools, Depends(_query_tools)]
 async def served_model(registry: ModelRegistry, version: str | None) -> Served:
     """The bundle this request will use from start to end (see registry)."""
     try:
-        return await registry.get(version)
+        served = await registry.get(version)
     except NoModel:
         if registry.collection:  # a collection exists once a version is published
             raise not_ready(
@@ -129,10 +130,10 @@ async def served_model(registry: ModelRegistry, version: str | None) -> Served:
         raise not_found(f"no model version {version!r}") from None
     except (BrokenVersion, TooManyLoads) as exc:
         raise not_ready(str(exc), retry_after_s=max(1, math.ceil(exc.retry_in_s))) from None
+    answered_by.note(served)
+    return served
 
 
 def stamp(response: Response, served: Served) -> None:
-    """Name what answered: the model version, and the change-log position its collection had
-    reached (an older version catches up on demand: service/catch_up.py)."""
-    response.headers["X-Model-Version"] = served.version
-    response.headers["X-Changes-Seq"] = str(served.live.applied)
+    """Name what answered (service/answered_by.py)."""
+    response.headers.update(answered_by.headers_of(served))

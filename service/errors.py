@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import answered_by
 from state.jobs import JobNotFound
 from trainer.errors import BundleError, ConfigError, DatasetError
 from trainer.images import InvalidImage
@@ -89,7 +90,9 @@ def problem_response(request: Request, status: int, title: str, detail: str | No
                      error_count: int | None = None) -> JSONResponse:
     body = Problem(title=title, status=status, detail=detail, instance=request.url.path,
                    errors=errors, error_count=error_count).model_dump(exclude_none=True)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    # After a route chose its model version, its errors name that version as its answers do.
+    return JSONResponse(body, status_code=status, media_type=PROBLEM,
+                        headers=answered_by.headers() | dict(headers or {}))
 
 
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",

@@ -152,6 +152,24 @@ def test_neighbours_exclude_the_item_and_carry_labels(api):
     assert len(big["neighbours"]) == 119  # every other item
 
 
+def test_an_error_after_the_version_was_chosen_names_it(api):
+    c = api.client
+    for r in (c.get("/neighbours/no/such.jpg"),
+              c.get("/neighbours/no/such.jpg", params={"model_version": V2}),
+              c.post("/embed", files=[("files", ("a.png", b"not an image", "image/png"))]),
+              c.post("/search", json={"vectors": [[1.0, 2.0]]})):
+        assert r.status_code in (404, 422) and r.headers["content-type"] == (
+            "application/problem+json"), r.text
+        version = r.request.url.params.get("model_version", V1)
+        assert r.headers["X-Model-Version"] == version and int(r.headers["X-Changes-Seq"]) >= 0
+    # Refused before any version was chosen (or by a route with none): no version to name,
+    # and none left over from the requests before.
+    for r in (c.get("/neighbours/train/cat/0000.jpg", params={"k": 0}),
+              c.get("/neighbours/x.jpg", params={"model_version": "20990101-000000-none"}),
+              c.get("/jobs/nope")):
+        assert r.status_code in (404, 422) and "X-Model-Version" not in r.headers, r.text
+
+
 def test_search_by_vector_and_by_image(api, cifar_zip):
     c = api.client
     bundle = Bundle.load(api.settings.models_root, V1, device="cpu")
