@@ -100,6 +100,15 @@ class _RecentLoad:
         with self._lock:
             self._computing += n
 
+    def start_alone(self, n: int) -> bool:
+        """n images enter a forward pass; True when they are all the work there is (no other
+        pass runs, nothing else waits). Checked and counted at once, so that of two threads
+        starting together at most one is told it is alone."""
+        with self._lock:
+            alone = self._computing == 0 and self._pending == n
+            self._computing += n
+            return alone
+
     @property
     def pending(self) -> int:
         return self._pending
@@ -206,7 +215,7 @@ class EmbedBatcher:
         if self.workers > 1:
             # Each thread's share of the cores. With OpenMP this is per calling thread: the
             # rest of the process keeps its own thread count.
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // self.workers))
+            torch.set_num_threads(self._share_of_cores())
         carry: _Work | None = None
         while True:
             batch, carry = self._next_batch(carry)
@@ -219,10 +228,19 @@ class EmbedBatcher:
             for works in by_model.values():
                 self._forward(works)
 
+    def _share_of_cores(self) -> int:
+        return max(1, len(os.sched_getaffinity(0)) // self.workers)
+
     def _forward(self, works: list[_Work]) -> None:
         total = sum(w.images.shape[0] for w in works)
-        self._load.computing(total)
+        # Work that is all there is runs on every core: the other threads are idle, and a lone
+        # request answers sooner (ResNet-18, one 32x32 image, on a 2-core AVX2 machine: 23 ms
+        # against 31 on one core). Under load the threads keep single-core kernels, which pass
+        # more images per second.
+        wide = self._load.start_alone(total) and self.workers > 1
         try:
+            if wide:
+                torch.set_num_threads(len(os.sched_getaffinity(0)))
             images = torch.cat([w.images for w in works]) if len(works) > 1 else works[0].images
             vectors = works[0].model.embed_uint8(images)
             self.on_batch(images.shape[0])
@@ -231,6 +249,8 @@ class EmbedBatcher:
             _hand_back(works, [exc] * len(works))
             return
         finally:
+            if wide:
+                torch.set_num_threads(self._share_of_cores())
             self._load.computing(-total)
             self._load.add(-total)
         rows, start = [], 0

@@ -129,7 +129,7 @@ async def add(request: Request, response: Response, settings: SettingsDep, limit
         changes = await _add_form(form, request, settings, limits, registry, served, upsert,
                                   decoder, batcher, idempotency_key, check)
     response.headers["Location"] = link(request, f"/items/{quote(changes[0].id)}")
-    response.headers["X-Model-Version"] = served.version
+    stamp(response, served)
     return _changed(served.version, served.live.dataset, changes, check)
 
 
@@ -257,7 +257,7 @@ async def delete(response: Response, registry: RegistryDep, item_id: str = ITEM_
                  idempotency_key: str | None = KEY) -> ItemsChanged:
     served = await served_model(registry, model_version)
     changes = await delete_items(registry, served, [item_id], idempotency_key)
-    response.headers["X-Model-Version"] = served.version
+    stamp(response, served)
     return _changed(served.version, served.live.dataset, changes)
 
 
@@ -273,7 +273,7 @@ async def delete_many(request: Request, response: Response, limits: LimitsDep,
     served = await served_model(registry, model_version)
     body = await read_json(request, bodies.delete_items, limits.bulk_ids_budget)
     changes = await delete_items(registry, served, body.ids, idempotency_key)
-    response.headers["X-Model-Version"] = served.version
+    stamp(response, served)
     return _changed(served.version, served.live.dataset, changes)
 
 

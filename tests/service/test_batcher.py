@@ -47,9 +47,50 @@ def test_concurrent_requests_are_batched_and_each_gets_its_rows():
     assert sum(sizes) == sum(1 + i % 3 for i in range(40))
     assert max(sizes) <= 8 and len(sizes) < 40  # requests were grouped
     assert not any(t.is_alive() for t in batcher._threads)
-    # Inference threads split the cores between them; the rest of the process keeps its own.
+    # Inference threads split the cores between them (a batch that is all the work there is
+    # may take them all: the next test); the rest of the process keeps its own thread count.
     assert torch.get_num_threads() == main_threads
-    assert model.torch_threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
+    cores = len(os.sched_getaffinity(0))
+    assert max(1, cores // 2) in model.torch_threads <= {max(1, cores // 2), cores}
+
+
+def test_work_that_is_all_there_is_runs_on_every_core_and_work_beside_other_work_on_a_share():
+    cores = len(os.sched_getaffinity(0))
+    share = max(1, cores // 2)
+    release = threading.Event()
+    seen: list[tuple[int, int]] = []  # (the request's pixel value, threads its forward had)
+
+    class Held(RowSums):
+        def embed_uint8(self, images: torch.Tensor) -> np.ndarray:
+            seen.append((int(images[0, 0, 0, 0]), torch.get_num_threads()))
+            if images[0, 0, 0, 0] == 1:
+                release.wait(30)
+            return super().embed_uint8(images)
+
+    model = Held()
+    batcher = EmbedBatcher(max_batch=8, max_wait_s=0.0, workers=2)
+    batcher.start()
+
+    def image(value: int) -> torch.Tensor:
+        return torch.full((1, 1, 2, 2), value, dtype=torch.uint8)
+
+    async def main() -> None:
+        assert (await batcher.embed(model, image(5)) == 20).all()  # alone
+        held = asyncio.ensure_future(batcher.embed(model, image(1)))  # alone, then held
+        while len(seen) < 2:
+            await asyncio.sleep(0.005)
+        beside = await asyncio.wait_for(batcher.embed(model, image(2)), 30)  # the other thread
+        release.set()
+        assert (await held == 4).all() and (beside == 8).all()
+        await batcher.embed(model, image(3))  # alone again, on whichever thread
+
+    try:
+        asyncio.run(main())
+    finally:
+        release.set()
+        batcher.stop()
+    assert seen == [(5, cores), (1, cores), (2, share), (3, cores)]
+    assert model.torch_threads <= {share, cores}
 
 
 def test_a_lone_request_never_waits_for_a_batch_to_fill():

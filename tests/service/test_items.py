@@ -56,6 +56,8 @@ def test_add_in_every_form_then_find_get_and_delete(client):
     r = client.post("/items", headers=AUTH, data={"prefix": "zip/", "label": "truck"},
                     files={"archive": ("a.zip", archive.getvalue(), "application/zip")})
     assert r.status_code == 201 and r.json()["ids"] == ["zip/one.png", "zip/sub/two.png"]
+    # The answer says which version took the write and how far its collection got: this one.
+    assert (r.headers["X-Model-Version"], r.headers["X-Changes-Seq"]) == (V1, "5")
     item = client.get("/items/added/c.png").json()
     assert item["label"] == "brand-new" and item["added_with"] == V1 and item["seq"] == 3
     base = client.get("/items/train/cat/0000.jpg").json()
@@ -77,6 +79,7 @@ def test_add_in_every_form_then_find_get_and_delete(client):
     r = client.request("DELETE", "/items", headers=AUTH,
                        json={"ids": ["zip/one.png", "train/cat/0000.jpg"]})
     assert r.status_code == 200 and r.json()["seq"] == 8  # 5 adds, 1 delete, then these 2
+    assert (r.headers["X-Model-Version"], r.headers["X-Changes-Seq"]) == (V1, "8")
     ids = {n["id"] for n in client.get("/neighbours/train/cat/0001.jpg",
                                        params={"k": 200}).json()["neighbours"]}
     assert {"added/a.png", "added/b.png", "zip/sub/two.png"} <= ids
