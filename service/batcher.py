@@ -18,7 +18,8 @@ query latency nearly where it was (bench/live.py).
 On CPU several inference threads each run single-threaded kernels (see `cpu_workers`): one
 batch computes while the next is collected, and no OpenMP team waits on a core that the event
 loop holds. On a 2-core machine that gives 350 images/s against 294 for one thread running
-2-thread kernels (ResNet-18 at 32x32, batch 32).
+2-thread kernels (ResNet-18 at 32x32, batch 32). A batch that is all the work there is runs on
+every core instead: the other threads would sit idle, and a lone request answers sooner.
 """
 
 from __future__ import annotations
