@@ -1,5 +1,5 @@
 """Exact search of a few queries: FAISS's flat scan against the two-stage search of
-trainer/exact_rerank.py (8-bit codes, then the candidates' float vectors), at several sizes.
+trainer/exact_rerank.py (fp16 codes, then the candidates' float vectors), at several sizes.
 
 Items are embedding-like clustered unit vectors (bench.serve.embedding_like); queries are items
 of the collection, sent in batches of 1, 4, 8 and 16 as the query routes send them. For each size:

@@ -1,10 +1,14 @@
-"""Exact top-k of a few queries in two stages: a scan of 8-bit codes, then the float vectors of
-its best candidates, with a bound that proves no other item could have entered the answer.
+"""Exact top-k of a few queries in two stages: a scan of half-precision codes, then the float
+vectors of its best candidates, with a bound that proves no other item could have entered the
+answer.
 
 Why: a lone exact query over 50,000 x 128 float vectors reads 25.6 MB, and on a 2-core machine
-FAISS's flat scan takes 2.6-7 ms for it, depending on the path it picks. Codes of one byte per
-dimension are a quarter of that (and fit in a server's L3 cache): FAISS scans them in about
-1.3 ms, and the candidates' exact scores cost microseconds.
+FAISS's flat scan takes 2.6-7 ms for it, depending on the path it picks. Codes of two bytes per
+dimension (IEEE fp16) are half of that: FAISS scans them in about 2 ms on the slowest machine
+measured (3.4 ms for the flat scan), and the candidates' exact scores cost microseconds. They
+scanned a fifth faster there than codes of one byte per dimension, whose per-dimension
+scaling costs more to undo than the extra bytes cost to read, and their coding error is 30
+times smaller, so the bound below proves more answers (docs/benchmarks.md, machine H).
 
 The proof. Each stored vector x is coded as x' with |x - x'| <= E (E, the largest coding error,
 is measured over the collection when the codes are made). For a query q, Cauchy-Schwarz gives
@@ -46,7 +50,7 @@ def _thread_per_query(search: Callable[..., tuple[np.ndarray, np.ndarray]], quer
 
 
 class RerankedScan:
-    """8-bit codes of a flat inner-product index's vectors, searched as the module describes.
+    """fp16 codes of a flat inner-product index's vectors, searched as the module describes.
     The flat index is read, never modified; both are safe to search from several threads."""
 
     def __init__(self, flat: faiss.IndexFlat) -> None:
@@ -54,9 +58,9 @@ class RerankedScan:
         self.flat = flat
         # A view of the flat index's own storage: no copy, alive as long as `flat` is.
         self.vectors = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
-        self.codes = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit,
+        self.codes = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16,
                                                 faiss.METRIC_INNER_PRODUCT)
-        self.codes.train(self.vectors)  # per-dimension min and max: every value in range
+        self.codes.train(self.vectors)  # nothing to learn for fp16; kept for any other code
         self.codes.add(self.vectors)
         self.error_bound = self._largest_coding_error()
 

@@ -77,7 +77,7 @@ class SearchIndex:
     def memory_bytes(self) -> int:
         """What the index holds in memory, from its shape (serialising a large index to
         measure it would copy it): the stored vectors, plus HNSW's links (2M at level 0,
-        about M more above), IVF's ids and centroids, or a large flat index's 8-bit codes."""
+        about M more above), IVF's ids and centroids, or a large flat index's fp16 codes."""
         n, d = self.ntotal, self.dim
         size = n * d * 4
         if self.kind == "hnsw":
