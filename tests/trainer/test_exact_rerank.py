@@ -46,7 +46,7 @@ def assert_exact(x: np.ndarray, q: np.ndarray, scores: np.ndarray, rows: np.ndar
         assert len(set(kept.tolist())) == len(kept)
 
 
-def test_the_coding_error_bound_holds_for_every_item_and_is_within_half_a_step():
+def test_the_coding_error_bound_holds_for_every_item_and_is_within_one_step():
     x = clustered(3000, 16, 0.05)
     scan = RerankedScan(flat_of(x))
     decoded = scan.codes.sa_decode(scan.codes.sa_encode(x))
