@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 from pathlib import Path
 
 import httpx
@@ -140,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: {error_text(exc)}") from None
         except httpx.TransportError as exc:
             raise SystemExit(f"error: cannot reach {api.url}: {exc}") from None
+        except BrokenPipeError:
+            # Whatever read the output stopped (`list | head`): stop too, as cat does, with
+            # nothing more to flush into the closed pipe at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except OSError as exc:  # a file named on the command line: missing, a folder...
             raise SystemExit(f"error: cannot read {exc.filename}: {exc.strerror}") from None
     return 0

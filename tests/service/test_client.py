@@ -290,6 +290,15 @@ def test_the_command_line_adds_finds_lists_gets_and_deletes(api, shots):
     assert cli("list", "--prefix", "dir/", "--label", "shot").stdout == ""
     everything = cli("list").stdout.splitlines()
     assert len(everything) == 124 and "train/cat/0000.jpg\tcat" in everything
+    # Into a reader that has gone (`list | head -1`): it stops quietly, no error, no traceback.
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run([sys.executable, "-m", "service.client", "list"], env=env,
+                           stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
     assert json.loads(cli("get", "dir/sub dir/s1.png").stdout)["id"] == "dir/sub dir/s1.png"
     assert json.loads(cli("get", "dir/s0.png").stdout)["id"] == "dir/s0.png"
     # Shown as written, not as \u escapes.
