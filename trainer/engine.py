@@ -97,7 +97,7 @@ class Trainer:
             config.init_from, backbone=config.backbone) if config.init_from else None)
         self.start_weights = (Path(self.init_weights) if self.init_weights and
                               config.init_from == pretrained.IMAGENET else None)
-        self.start_embeddings: np.ndarray | None = None  # of the warm start, all items
+        self.start_embeddings: np.ndarray | None = None  # the starting network's, all items
         self.embeddings: np.ndarray | None = None  # of the last epoch's evaluation, if any
         self.replica_checks = 0  # steps after which the banks of all processes were compared
 
@@ -287,6 +287,8 @@ class Trainer:
                      s.step)
         elif self.init_weights:
             self._warm_start(self.init_weights)
+        elif cfg.bank_init == "embeddings":
+            self._bank_from_start()
         # After the restore: a resumed run normalises with the statistics it started with.
         self.augment = BatchAugment(
             cfg.input_size, s.mean.to(dev), s.std.to(dev), crop_scale_min=cfg.crop_scale_min,
@@ -313,10 +315,14 @@ class Trainer:
                               optimizer, bank, cfg.tau, self.rt, self.profile)
 
     def _warm_start(self, weights: str | Path) -> None:
-        """Start from existing weights; the bank starts as their embeddings of the training
-        images (rather than random vectors), so round 0 begins where those weights are."""
+        """Start from existing weights, the bank from their embeddings."""
         loaded = load_initial_weights(cast(Encoder, self.state.model), weights)
         log.info("starting from %s", loaded)
+        self._bank_from_start()
+
+    def _bank_from_start(self) -> None:
+        """The bank starts as the starting network's embeddings of the training images
+        (rather than random vectors), so round 0 begins where that network is."""
         if not self.main:
             return  # rank 0's bank is broadcast
         self.start_embeddings = self._embed_all()
