@@ -94,13 +94,13 @@ class TrainConfig:
         "Softmax temperature of the non-parametric classifier.")] = 0.1
     bank_momentum: Annotated[Float, Field(ge=0, lt=1, description=
         "m in v <- normalize(m*v + (1-m)*f); 0.5 as in the reference.")] = 0.5
-    bank_init: Annotated[Literal["embeddings", "random"], Field(description=
-        "How a run from scratch fills its memory bank: `embeddings`, the starting network's "
-        "embeddings of the training images (one pass), or `random` unit vectors, as the "
-        "reference does (AND_SPEC §2). A random bank pulls every feature towards noise for "
+    bank_init: Annotated[Literal["random", "embeddings"], Field(description=
+        "How a run from scratch fills its memory bank: `random` unit vectors, as the "
+        "reference does (AND_SPEC §2), or `embeddings`, the starting network's embeddings of "
+        "the training images (one pass). A random bank pulls every feature towards noise for "
         "the first epochs, which costs short runs much of what the network started with "
         "(docs/benchmarks.md, \"The memory bank's start\"). A warm start always starts "
-        "from its embeddings.")] = "embeddings"
+        "from its embeddings.")] = "random"
     # --- optimisation --------------------------------------------------------------------
     batch_size: Annotated[Int, Field(ge=2, le=65_536, description=
         "Images per step over all processes together (the global batch; the paper's 128). A "

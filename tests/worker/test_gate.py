@@ -4,7 +4,7 @@ the same items; otherwise it is published as a candidate, and the record says wh
 
 On the digits at the suite's budget, training from the reference's random memory bank lowers
 kNN top-1 far below the untrained network (0.53-0.68 against 0.91-0.92; from the network's own
-embeddings, the default, 0.83-0.87: docs/benchmarks.md) and both stay below raw pixels (0.99):
+embeddings, 0.83-0.87: docs/benchmarks.md) and both stay below raw pixels (0.99):
 a learning rate of 1e-9 gives the untrained network, a better model than the trained one,
 which makes the decisions known.
 """
