@@ -1,6 +1,6 @@
 """How the memory bank starts, and what a short run learns from it: the same runs with the bank
-filled from the starting network's embeddings (`bank_init=embeddings`, the default) and from
-the reference's random vectors (`bank_init=random`, AND_SPEC §2), on scikit-learn's digits
+filled from the starting network's embeddings (`bank_init=embeddings`) and from the
+reference's random vectors (`bank_init=random`, the default, AND_SPEC §2), on scikit-learn's digits
 and the demo's photo patches, each seeded alike. Prints the weighted-kNN top-1 of both beside
 raw pixels' and the untrained network's, and the label-free score of both.
 
@@ -33,11 +33,15 @@ SCHEDULES = {"digits": "2x3", "photo-patches": "2x5"}
 INITS = ("random", "embeddings")
 
 
+def _config(seed: int, rounds: int = 1, epochs: int = 1, **more: str) -> TrainConfig:
+    return TrainConfig.from_dict({"backbone": "small_cnn", "rounds": rounds,
+                                  "epochs_per_round": epochs, "batch_size": 128, "knn_k": 20,
+                                  "num_workers": 0, "seed": seed, **more})
+
+
 def one_run(data: Path, bank_init: str, seed: int, schedule: str, out: Path) -> dict:
     rounds, epochs = (int(x) for x in schedule.split("x"))
-    config = TrainConfig.from_dict({
-        "backbone": "small_cnn", "rounds": rounds, "epochs_per_round": epochs,
-        "batch_size": 128, "knn_k": 20, "num_workers": 0, "seed": seed, "bank_init": bank_init})
+    config = _config(seed, rounds, epochs, bank_init=bank_init)
     t0 = time.time()
     m = Trainer(config, open_collection(data), out).run().metrics
     return {"knn_top1": m["knn_top1"], "pixel_knn_top1": m.get("pixel_knn_top1"),
@@ -48,10 +52,7 @@ def one_run(data: Path, bank_init: str, seed: int, schedule: str, out: Path) -> 
 
 def untrained_knn(data: Path, seed: int, out: Path) -> float:
     """The same network (same seed, same split) with every epoch cut to no step."""
-    config = TrainConfig.from_dict({"backbone": "small_cnn", "rounds": 1, "epochs_per_round": 1,
-                                    "batch_size": 128, "knn_k": 20, "num_workers": 0,
-                                    "seed": seed})
-    return float(Trainer(config, open_collection(data), out, max_steps=0).run()
+    return float(Trainer(_config(seed), open_collection(data), out, max_steps=0).run()
                  .metrics["knn_top1"])
 
 
